@@ -1,0 +1,172 @@
+"""Run directories, crash-safe writes and safe loading.
+
+A run directory holds::
+
+    config.json          every setting (model, data, train), the tokenizer, library versions
+    tokenizer_config.json (+ tokenizer.json)   the tokenizer
+    model.safetensors    weights with the best validation loss so far
+    last.safetensors     the latest weights
+    trainer.pt           everything needed to resume exactly (weights, optimizer, schedule
+                         position, GradScaler, RNG states, data position, best val loss)
+    metrics.jsonl        one JSON line per step / evaluation
+
+Every file is written to a temporary file in the same directory, fsynced and renamed
+over the old one, so a kill at any instant leaves the previous version loadable.
+``trainer.pt`` carries its own copy of the weights so that resuming reads a single
+file that is consistent with itself. Nothing is ever unpickled beyond tensors and
+plain containers (safetensors; ``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from .errors import TinyGPTError
+
+CONFIG_FILE = "config.json"
+BEST_WEIGHTS = "model.safetensors"
+LAST_WEIGHTS = "last.safetensors"
+TRAINER_STATE = "trainer.pt"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS = {"best": BEST_WEIGHTS, "last": LAST_WEIGHTS}
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some platforms (Windows) cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Run ``write(tmp_path)`` then move the finished file over ``path`` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """State dict with each shared tensor once (safetensors refuses aliases; tied head)."""
+    out, seen = {}, set()
+    for name, t in model.state_dict().items():
+        key = (t.data_ptr(), t.shape) if t.numel() else (name,)
+        if key in seen:
+            continue
+        seen.add(key)
+        out[name] = t.detach().to("cpu").contiguous()
+    return out
+
+
+def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict[str, Any] | None = None) -> None:
+    """Write ``model``'s weights as safetensors; ``metadata`` values are stored as strings."""
+    tensors = _weights(model)
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata stored in a safetensors file (step, val_loss ...)."""
+    path = _existing(path, "checkpoint")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:
+        raise _unreadable(path, e) from None
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load safetensors weights into ``model``, explaining any mismatch with its config."""
+    path = _existing(path, "checkpoint")
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:
+        raise _unreadable(path, e) from None
+    expected = model.state_dict()
+    for name, t in tensors.items():
+        if name not in expected:
+            raise TinyGPTError(f"{path} has a tensor {name!r} that this model does not: config.json does not "
+                               "match the weights; load it with the config it was trained with")
+        if expected[name].shape != t.shape:
+            raise TinyGPTError(f"{path}: {name} is {tuple(t.shape)} but config.json implies "
+                               f"{tuple(expected[name].shape)}; the config does not match the weights")
+    tied = {n for n, t in expected.items() if n not in tensors
+            and any(t.data_ptr() == expected[m].data_ptr() for m in tensors if m in expected)}
+    missing = set(expected) - set(tensors) - tied
+    if missing:
+        raise TinyGPTError(f"{path} lacks {len(missing)} tensors (e.g. {sorted(missing)[0]}): it does not "
+                           "match config.json; load it with the config it was trained with")
+    model.load_state_dict(tensors, strict=False)
+
+
+def save_state(state: dict, path: str | Path) -> None:
+    """Write a trainer-state dict (tensors and plain containers only) atomically."""
+    atomic_write(path, lambda p: torch.save(state, p))
+
+
+def load_state(path: str | Path) -> dict:
+    """Read a trainer state without unpickling arbitrary objects."""
+    path = _existing(path, "trainer state")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise _unreadable(path, e) from None
+
+
+def load_run_config(run_dir: str | Path) -> dict:
+    """The parsed config.json of a run directory."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise TinyGPTError(f"no run directory at {run_dir}; pass a directory made by 'tinygpt train' (see runs/)")
+    path = _existing(run_dir / CONFIG_FILE, "run config")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TinyGPTError(f"{path} is not valid JSON ({e}); the run directory is damaged") from None
+
+
+def _existing(path: str | Path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        hint = ("train first, or point at a run directory that 'tinygpt train' wrote"
+                if what != "trainer state" else "this run cannot be resumed; start a new run instead")
+        raise TinyGPTError(f"no {what} at {path}: {hint}")
+    return path
+
+
+def _unreadable(path: Path, err: Exception) -> TinyGPTError:
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    return TinyGPTError(f"{path} is unreadable (truncated or corrupt: {first}); "
+                        "use the run's other checkpoint (--checkpoint best|last) or train again")

@@ -1,0 +1,302 @@
+"""Typed dataclass configs: the single source of truth for every option.
+
+Each component (model, data, training, sampling) owns a ``@dataclass`` whose fields
+are declared with :func:`opt`, which carries the help text and allowed values. From
+those declarations this module derives everything else, so nothing is written twice:
+
+* the command line: every leaf field becomes a ``--kebab-case`` flag
+  (:func:`add_arguments`), nested configs are flattened, so names must be unique;
+* config files: YAML or JSON, either flat (``lr: 3e-4``) or nested by section
+  (``train: {lr: 3e-4}``) (:func:`load_config_file`);
+* JSON round-trips for checkpoints (:func:`to_dict`, :func:`from_dict`).
+
+Precedence is dataclass default < preset < config file < command-line flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .errors import TinyGPTError
+
+
+def opt(default: Any, help: str, *, choices: tuple | None = None, parse: Callable[[str], Any] | None = None):
+    """Declare a config field with its help text (and optionally allowed values / a parser).
+
+    ``parse`` turns a command-line or config-file string into the field's value
+    (e.g. ``"6h"`` -> 21600.0 seconds); it must raise ``ValueError`` on bad input.
+    """
+    meta = {"help": help, "choices": choices, "parse": parse}
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------------------- value parsers
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | float | int | None) -> float | None:
+    """'90' / '90s' / '15m' / '6h' / '1h30m' / '1.5d' -> seconds; None / '' / 'none' -> None."""
+    if text is None or isinstance(text, (int, float)):
+        return None if text is None else float(text)
+    text = text.strip().lower()
+    if text in ("", "none", "0"):
+        return None if text != "0" else 0.0
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhd])", text)
+    if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s+", "", text):
+        raise ValueError(f"not a duration: {text!r} (use e.g. 300, 90s, 15m, 6h or 1h30m)")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+_COUNT_SUFFIX = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
+
+
+def parse_count(text: str | int | None) -> int | None:
+    """'5000' / '50k' / '2.5M' / '1B' -> int; None / 'none' -> None."""
+    if text is None or isinstance(text, int):
+        return text
+    if isinstance(text, float):
+        return int(text)
+    text = text.strip().lower().replace("_", "")
+    if text in ("", "none"):
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([kmbgt]?)", text)
+    if not m:
+        raise ValueError(f"not a count: {text!r} (use e.g. 5000, 50k, 2.5M)")
+    return int(float(m.group(1)) * _COUNT_SUFFIX.get(m.group(2), 1))
+
+
+def _parse_bool(text: str) -> bool:
+    t = str(text).strip().lower()
+    if t in ("1", "true", "yes", "on", "y"):
+        return True
+    if t in ("0", "false", "no", "off", "n"):
+        return False
+    raise ValueError(f"not a boolean: {text!r} (use true or false)")
+
+
+# ---------------------------------------------------------------------------- field walking
+
+def _is_config(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _leaf_type(tp: Any) -> tuple[Any, bool]:
+    """Strip ``Optional[X]`` -> (X, True); anything else -> (tp, False)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def iter_fields(cls: type, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], dataclasses.Field, Any]]:
+    """Yield (path, field, resolved type) for every leaf field, depth first."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = hints[f.name]
+        if _is_config(tp):
+            yield from iter_fields(tp, prefix + (f.name,))
+        else:
+            yield prefix + (f.name,), f, tp
+
+
+def convert(f: dataclasses.Field, tp: Any, value: Any) -> Any:
+    """Coerce a raw value (string from the CLI, or YAML/JSON scalar) to the field's type."""
+    name = "--" + f.name.replace("_", "-")
+    base, optional = _leaf_type(tp)
+    parse = f.metadata.get("parse")
+    try:
+        if value is None or (optional and isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+            if not optional and parse is None:
+                raise ValueError("a value is required")
+            out = parse(value) if parse is not None else None
+        elif parse is not None:
+            out = parse(value)
+        elif base is bool:
+            out = value if isinstance(value, bool) else _parse_bool(value)
+        elif base is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(f"not an integer: {value!r}")
+            out = int(value) if not isinstance(value, str) else int(value.replace("_", ""))
+        elif base is float:
+            out = float(value)
+        elif base is str:
+            out = str(value)
+        elif typing.get_origin(base) in (list, tuple):
+            items = value if isinstance(value, (list, tuple)) else [s for s in str(value).split(",") if s]
+            out = type(items)(items) if typing.get_origin(base) is list else tuple(items)
+            out = list(out) if typing.get_origin(base) is list else out
+        else:
+            out = value
+    except (TypeError, ValueError) as e:
+        raise TinyGPTError(f"bad value {value!r} for {name}: {e}") from None
+    choices = f.metadata.get("choices")
+    if choices and out is not None and out not in choices:
+        raise TinyGPTError(
+            f"unknown value {out!r} for {name}; choose one of: {', '.join(map(str, choices))}"
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------- dict round-trips
+
+def to_dict(cfg: Any) -> dict:
+    """Nested plain-JSON dict of a config's settable fields (derived fields are recomputed on load)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if f.init:
+            v = getattr(cfg, f.name)
+            out[f.name] = to_dict(v) if dataclasses.is_dataclass(v) else json.loads(json.dumps(v))
+    return out
+
+
+def flatten_values(cls: type, values: dict, *, strict: bool = True) -> dict[tuple[str, ...], Any]:
+    """Map flat or nested ``values`` onto the leaf paths of ``cls``, converted to their types.
+
+    Unknown keys raise (with a did-you-mean hint) unless ``strict`` is False.
+    """
+    leaves = {path[-1]: (path, f, tp) for path, f, tp in iter_fields(cls)}
+    sections = {path[0] for path in (p for p, _, _ in iter_fields(cls)) if len(path) > 1}
+    out: dict[tuple[str, ...], Any] = {}
+
+    def walk(vals: dict, where: str) -> None:
+        for key, raw in vals.items():
+            k = str(key).replace("-", "_")
+            if k in sections and isinstance(raw, dict):
+                walk(raw, k)
+            elif k in leaves:
+                path, f, tp = leaves[k]
+                out[path] = convert(f, tp, raw)
+            elif strict:
+                near = [n.replace("_", "-") for n in leaves if n.startswith(k[:3])][:3]
+                hint = f" (did you mean {', '.join('--' + n for n in near)}?)" if near else ""
+                where_s = f" in section {where!r}" if where else ""
+                raise TinyGPTError(f"unknown option {key!r}{where_s}{hint}; see --help for the options")
+
+    walk(values, "")
+    return out
+
+
+def _build(cls: type, leaves: dict[tuple[str, ...], Any], prefix: tuple[str, ...] = ()) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        path = prefix + (f.name,)
+        if _is_config(hints[f.name]):
+            kwargs[f.name] = _build(hints[f.name], leaves, path)
+        elif path in leaves:
+            kwargs[f.name] = leaves[path]
+    return cls(**kwargs)
+
+
+def from_dict(cls: type, values: dict, *, strict: bool = True) -> Any:
+    """Build ``cls`` from a nested or flat dict (missing fields keep their defaults)."""
+    return _build(cls, flatten_values(cls, values, strict=strict))
+
+
+def layered(cls: type, *layers: dict) -> Any:
+    """Build ``cls`` from flat or nested dicts, each laid over the ones before it
+    (e.g. preset, then config file, then command-line flags)."""
+    leaves: dict[tuple[str, ...], Any] = {}
+    for layer in layers:
+        leaves.update(flatten_values(cls, layer))
+    return _build(cls, leaves)
+
+
+def replace(cfg: Any, values: dict) -> Any:
+    """A copy of ``cfg`` with flat or nested ``values`` laid on top, validated again."""
+    return layered(type(cfg), to_dict(cfg), values)
+
+
+# ---------------------------------------------------------------------------- files and CLI
+
+def load_config_file(path: str | Path) -> dict:
+    """Read a YAML or JSON config file into a dict (flat or nested by section)."""
+    p = Path(path)
+    if not p.is_file():
+        raise TinyGPTError(f"config file not found: {p}; check the path given to --config")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as e:  # yaml.YAMLError / json.JSONDecodeError carry positions
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TinyGPTError(f"cannot parse config file {p}: {first}; fix the syntax (YAML or JSON)") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise TinyGPTError(f"config file {p} must hold a mapping of option: value, not {type(data).__name__}")
+    return data
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
+    """Add one ``--flag`` per leaf field of ``cls`` (defaults stay ``None`` = 'not given')."""
+    hints_seen: set[str] = set()
+    for path, f, tp in iter_fields(cls):
+        name = f.name
+        if name in skip:
+            continue
+        if name in hints_seen:
+            raise RuntimeError(f"duplicate config field name {name!r}: CLI flags must be unique")
+        hints_seen.add(name)
+        base, _ = _leaf_type(tp)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        choices = f.metadata.get("choices")
+        help_text = f.metadata.get("help", "")
+        if choices:
+            help_text += f" [{'|'.join(map(str, choices))}]"
+        help_text += f" (default: {default})"
+        flag = "--" + name.replace("_", "-")
+        if base is bool:
+            parser.add_argument(flag, dest=name, nargs="?", const="true", default=None,
+                                metavar="BOOL", help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_text)
+
+
+def cli_values(cls: type, ns: argparse.Namespace) -> dict:
+    """The flags the user actually gave, as a flat dict of raw strings."""
+    return {f.name: getattr(ns, f.name) for _, f, _ in iter_fields(cls)
+            if getattr(ns, f.name, None) is not None}
+
+
+def cache_dir() -> Path:
+    """Where downloaded corpora and tokenized datasets live (``$TINYGPT_CACHE`` overrides)."""
+    import os
+
+    root = os.environ.get("TINYGPT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "tinygpt")
+    return Path(root)
+
+
+def check_choices(cfg: Any) -> None:
+    """Validate every field declared with ``choices`` (call from ``__post_init__``)."""
+    for f in dataclasses.fields(cfg):
+        choices = f.metadata.get("choices")
+        if choices and getattr(cfg, f.name) not in choices:
+            value = getattr(cfg, f.name)
+            raise TinyGPTError(f"unknown value {value!r} for --{f.name.replace('_', '-')}; "
+                               f"choose one of: {', '.join(map(str, choices))}")

@@ -1,0 +1,80 @@
+"""Which device and number format to run on, decided once, from what the machine has."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+
+from .errors import TinyGPTError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks cuda, then mps, then cpu; an explicit choice must exist on this machine."""
+    kind = name.split(":")[0]
+    if kind not in DEVICES:
+        raise TinyGPTError(f"unknown device {name!r}; choose one of: {', '.join(DEVICES)} (or cuda:N)")
+    if kind == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise TinyGPTError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu "
+                           "(or install a CUDA build of torch)")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise TinyGPTError("--device mps was asked for but this machine has no usable MPS; use --device cpu")
+    return torch.device(name)
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has native bf16 matmuls (AVX512-BF16 / AMX).
+
+    Without them bf16 autocast is emulated and runs far *slower* than fp32, so 'auto'
+    only picks it where the hardware is there.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype for 'auto'/'fp32'/'bf16'/'fp16' on ``device`` (fp32 = no autocast)."""
+    if name not in DTYPES:
+        raise TinyGPTError(f"unknown dtype {name!r}; choose one of: {', '.join(DTYPES)}")
+    if name != "auto":
+        if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise TinyGPTError("this GPU does not support bf16; use --dtype fp16 (with loss scaling) or fp32")
+        return _TORCH_DTYPES[name]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return torch.bfloat16
+    # MPS autocast support varies across macOS/PyTorch versions; fp32 always works.
+    return torch.float32
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {v: k for k, v in _TORCH_DTYPES.items()}[dtype]
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """Mixed-precision context for forward passes; a no-op for fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def configure_backends(device: torch.device) -> None:
+    """Let fp32 matmuls use TF32 tensor cores on CUDA (~free speed, ample precision for training)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True

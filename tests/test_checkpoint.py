@@ -1,0 +1,109 @@
+"""Atomic writes, safetensors weights and trainer state round-trips."""
+
+import os
+
+import pytest
+import torch
+
+from tinygpt import checkpoint as ckpt
+from tinygpt.errors import TinyGPTError
+from tinygpt.model import GPT, GPTConfig
+
+
+def _leftovers(directory):
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_weights_round_trip_exactly(tmp_path, tiny_model):
+    path = tmp_path / "model.safetensors"
+    ckpt.save_weights(tiny_model, path, {"step": 7, "val_loss": 1.25})
+    torch.manual_seed(123)
+    other = GPT(tiny_model.config)
+    ckpt.load_weights(other, path)
+    for (n, a), (_, b) in zip(tiny_model.state_dict().items(), other.state_dict().items()):
+        assert torch.equal(a, b), n
+    assert ckpt.read_metadata(path) == {"step": "7", "val_loss": "1.25"}
+    if tiny_model.config.tie_embeddings:  # tied head stored once and still tied after loading
+        assert other.lm_head.weight.data_ptr() == other.transformer.wte.weight.data_ptr()
+
+
+def test_crash_during_write_keeps_previous_file(tmp_path, tiny_model, monkeypatch):
+    path = tmp_path / "model.safetensors"
+    ckpt.save_weights(tiny_model, path, {"step": 1})
+    before = path.read_bytes()
+
+    def crash(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"\x00" * 100)  # half-written file...
+        raise KeyboardInterrupt  # ...then the process is interrupted
+
+    monkeypatch.setattr(ckpt, "save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_weights(tiny_model, path, {"step": 2})
+    assert path.read_bytes() == before
+    assert _leftovers(tmp_path) == []
+    monkeypatch.undo()
+    ckpt.load_weights(GPT(tiny_model.config), path)
+
+
+def test_kill_before_rename_leaves_old_file_loadable(tmp_path, tiny_model, monkeypatch):
+    """A kill between writing the temp file and the rename: the old file is untouched."""
+    path = tmp_path / "last.safetensors"
+    ckpt.save_weights(tiny_model, path, {"step": 1})
+    before = path.read_bytes()
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(SystemExit(137)))
+    with pytest.raises(SystemExit):
+        ckpt.save_weights(tiny_model, path, {"step": 2})
+    assert path.read_bytes() == before
+
+
+def test_truncated_weights_give_clear_error(tmp_path, tiny_model):
+    path = tmp_path / "model.safetensors"
+    ckpt.save_weights(tiny_model, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(TinyGPTError, match=r"model.safetensors is unreadable \(truncated or corrupt"):
+        ckpt.load_weights(GPT(tiny_model.config), path)
+
+
+def test_missing_files_give_clear_errors(tmp_path):
+    with pytest.raises(TinyGPTError, match="no checkpoint at"):
+        ckpt.load_weights(GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=4, vocab_size=5)),
+                          tmp_path / "nope.safetensors")
+    with pytest.raises(TinyGPTError, match="cannot be resumed"):
+        ckpt.load_state(tmp_path / "trainer.pt")
+    with pytest.raises(TinyGPTError, match="no run directory"):
+        ckpt.load_run_config(tmp_path / "missing-run")
+
+
+def test_weights_that_do_not_match_the_config(tmp_path, tiny_model):
+    path = tmp_path / "model.safetensors"
+    ckpt.save_weights(tiny_model, path)
+    wider = GPTConfig(**{**_settable(tiny_model.config), "n_embd": 64})
+    with pytest.raises(TinyGPTError, match="does not match the weights|config does not match"):
+        ckpt.load_weights(GPT(wider), path)
+    deeper = GPTConfig(**{**_settable(tiny_model.config), "n_layer": 3})
+    with pytest.raises(TinyGPTError, match="lacks .* tensors"):
+        ckpt.load_weights(GPT(deeper), path)
+
+
+def test_state_loads_without_unpickling_objects(tmp_path):
+    path = tmp_path / "trainer.pt"
+    state = {"step": 3, "t": torch.arange(4), "rng": (3, tuple(range(5)), None), "nested": {"x": [1.5, "a"]}}
+    ckpt.save_state(state, path)
+    back = ckpt.load_state(path)
+    assert back["step"] == 3 and torch.equal(back["t"], torch.arange(4)) and back["rng"] == state["rng"]
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"x": Evil()}, path)
+    with pytest.raises(TinyGPTError, match="unreadable"):
+        ckpt.load_state(path)
+
+
+def _settable(cfg):
+    from tinygpt.config import to_dict
+
+    return to_dict(cfg)

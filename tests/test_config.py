@@ -1,0 +1,118 @@
+"""Config dataclasses -> CLI flags, config files and JSON round-trips."""
+
+import argparse
+import json
+
+import pytest
+
+from tinygpt.config import (add_arguments, cli_values, from_dict, layered, load_config_file, parse_count,
+                            parse_duration, replace, to_dict)
+from tinygpt.errors import TinyGPTError
+from tinygpt.model import GPTConfig
+from tinygpt.train import RunConfig
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("300", 300.0), ("90s", 90.0), ("15m", 900.0), ("6h", 21600.0), ("1h30m", 5400.0), ("1.5d", 129600.0),
+    (" 2h 5m ", 7500.0), (None, None), ("none", None), (45, 45.0),
+])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["6x", "h", "1h30", "-5m", "1 hour"])
+def test_parse_duration_rejects(text):
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("text, n", [("5000", 5000), ("50k", 50_000), ("2.5M", 2_500_000), ("1B", 10**9),
+                                     ("20_000", 20_000), (None, None), (7, 7)])
+def test_parse_count(text, n):
+    assert parse_count(text) == n
+
+
+def test_round_trip_through_json_is_exact():
+    cfg = layered(RunConfig, {"model": {"n_layer": 3, "pos_emb": "rope"}, "train": {"max_time": "2h", "lr": 3e-4}})
+    again = from_dict(RunConfig, json.loads(json.dumps(to_dict(cfg))))
+    assert again == cfg
+    assert again.train.max_time == 7200.0 and again.model.pos_emb == "rope"
+    # Derived fields are recomputed, never stored.
+    assert "padded_vocab_size" not in to_dict(cfg)["model"]
+
+
+def test_flat_and_nested_values_are_equivalent():
+    flat = layered(RunConfig, {"n_layer": 2, "lr": 0.01, "tokenizer": "gpt2"})
+    nested = layered(RunConfig, {"model": {"n_layer": 2}, "train": {"lr": 0.01}, "data": {"tokenizer": "gpt2"}})
+    assert flat == nested
+
+
+def test_layers_apply_in_order():
+    cfg = layered(RunConfig, {"n_layer": 2, "n_head": 2}, {"n_layer": 4}, {"lr": "0.5"})
+    assert (cfg.model.n_layer, cfg.model.n_head, cfg.train.lr) == (4, 2, 0.5)
+
+
+def test_replace_keeps_other_fields():
+    cfg = layered(RunConfig, {"n_layer": 3, "max_steps": "10k"})
+    new = replace(cfg, {"lr": 0.2})
+    assert new.model.n_layer == 3 and new.train.max_steps == 10_000 and new.train.lr == 0.2
+
+
+def test_unknown_option_suggests_close_names():
+    with pytest.raises(TinyGPTError, match=r"unknown option 'n_layers'.*--n-layer"):
+        layered(RunConfig, {"n_layers": 3})
+
+
+@pytest.mark.parametrize("values, match", [
+    ({"n_layer": "three"}, "--n-layer"),
+    ({"norm": "batchnorm"}, "unknown value 'batchnorm' for --norm; choose one of: layernorm, rmsnorm"),
+    ({"compile": "maybe"}, "--compile"),
+    ({"max_time": "soon"}, "--max-time"),
+    ({"dtype": "int8"}, "--dtype"),
+    ({"n_layer": 2.5}, "--n-layer"),
+])
+def test_bad_values_name_the_option(values, match):
+    with pytest.raises(TinyGPTError, match=match) as e:
+        layered(RunConfig, values)
+    assert "\n" not in str(e.value)
+
+
+def test_cli_flags_are_generated_from_fields():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, RunConfig)
+    ns = parser.parse_args(["--n-layer", "3", "--max-time", "6h", "--compile", "--bias", "false", "--lr", "1e-3"])
+    given = cli_values(RunConfig, ns)
+    assert given == {"n_layer": "3", "max_time": "6h", "compile": "true", "bias": "false", "lr": "1e-3"}
+    cfg = layered(RunConfig, given)
+    assert (cfg.model.n_layer, cfg.train.max_time, cfg.train.compile, cfg.model.bias) == (3, 21600.0, True, False)
+
+
+def test_every_field_has_help():
+    from tinygpt.config import iter_fields
+
+    for path, f, _ in iter_fields(RunConfig):
+        assert f.metadata.get("help"), f"{'.'.join(path)} has no help text"
+
+
+def test_yaml_and_json_config_files(tmp_path):
+    y = tmp_path / "run.yaml"
+    y.write_text("model:\n  n_layer: 3\nlr: 0.002\nmax_time: 10m\n")
+    j = tmp_path / "run.json"
+    j.write_text(json.dumps({"n_layer": 3, "train": {"lr": 0.002, "max_time": "10m"}}))
+    assert layered(RunConfig, load_config_file(y)) == layered(RunConfig, load_config_file(j))
+
+
+@pytest.mark.parametrize("content, match", [("model: [unclosed", "cannot parse config file"),
+                                            ("- a\n- b\n", "must hold a mapping")])
+def test_bad_config_files(tmp_path, content, match):
+    p = tmp_path / "bad.yaml"
+    p.write_text(content)
+    with pytest.raises(TinyGPTError, match=match):
+        load_config_file(p)
+    with pytest.raises(TinyGPTError, match="config file not found"):
+        load_config_file(tmp_path / "missing.yaml")
+
+
+def test_model_config_direct_construction_validates():
+    with pytest.raises(TinyGPTError, match="--mlp"):
+        GPTConfig(mlp="relu")
