@@ -129,9 +129,9 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
         if expected[name].shape != t.shape:
             raise TinyGPTError(f"{path}: {name} is {tuple(t.shape)} but config.json implies "
                                f"{tuple(expected[name].shape)}; the config does not match the weights")
-    tied = {n for n, t in expected.items() if n not in tensors
-            and any(t.data_ptr() == expected[m].data_ptr() for m in tensors if m in expected)}
-    missing = set(expected) - set(tensors) - tied
+    # A tied head shares storage with the embedding and is stored once, under one name.
+    loaded_storage = {expected[n].data_ptr() for n in tensors}
+    missing = {n for n, t in expected.items() if n not in tensors and t.data_ptr() not in loaded_storage}
     if missing:
         raise TinyGPTError(f"{path} lacks {len(missing)} tensors (e.g. {sorted(missing)[0]}): it does not "
                            "match config.json; load it with the config it was trained with")

@@ -63,8 +63,8 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, *, temperature:
     block = model.config.block_size
     cache = None
     if use_cache:
-        p = next(model.parameters())
-        cache = KVCache(model.config, idx.size(0), device=idx.device, dtype=_cache_dtype(p.dtype))
+        # Parameter dtype: under autocast the new keys/values are cast on the way in.
+        cache = KVCache(model.config, idx.size(0), device=idx.device, dtype=next(model.parameters()).dtype)
     finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
     try:
         for _ in range(max_new_tokens):
@@ -84,12 +84,6 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, *, temperature:
     finally:
         model.train(was_training)
     return idx
-
-
-def _cache_dtype(param_dtype: torch.dtype) -> torch.dtype:
-    # Under autocast the keys/values come out in the autocast dtype; the cache copies
-    # them in, so keeping it in the parameter dtype loses nothing.
-    return param_dtype
 
 
 def start_ids(tokenizer: Tokenizer) -> list[int]:

@@ -397,7 +397,9 @@ class _ProgressBar:
         if enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=self.RESOLUTION, dynamic_ncols=True, mininterval=0.5, file=sys.stderr,
+            # Redirected to a file, a line every 10 s beats a wall of carriage returns.
+            interval = 0.5 if sys.stderr.isatty() else 10.0
+            self.bar = tqdm(total=self.RESOLUTION, dynamic_ncols=True, mininterval=interval, file=sys.stderr,
                             bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
 
     def update(self, trainer: Trainer, record: dict, ema: float) -> None:
