@@ -129,8 +129,15 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
         if expected[name].shape != t.shape:
             raise TinyGPTError(f"{path}: {name} is {tuple(t.shape)} but config.json implies "
                                f"{tuple(expected[name].shape)}; the config does not match the weights")
-    # A tied head shares storage with the embedding and is stored once, under one name.
-    loaded_storage = {expected[n].data_ptr() for n in tensors}
+    # A tied head shares storage with the embedding and is stored once, under one name;
+    # a file holding both (an untied model) must not be squeezed into one tensor.
+    owners: dict[int, str] = {}
+    for n in tensors:
+        other = owners.setdefault(expected[n].data_ptr(), n)
+        if other != n:
+            raise TinyGPTError(f"{path} has separate {other} and {n} but config.json ties them "
+                               "(tie_embeddings); the config does not match the weights")
+    loaded_storage = set(owners)
     missing = {n for n, t in expected.items() if n not in tensors and t.data_ptr() not in loaded_storage}
     if missing:
         raise TinyGPTError(f"{path} lacks {len(missing)} tensors (e.g. {sorted(missing)[0]}): it does not "

@@ -146,7 +146,10 @@ class TinyGPT:
         idx, _ = self.encode_prompt(prompt)
         idx = idx.expand(num_samples, -1).contiguous()
         g = torch.Generator(device=self.device)
-        g.manual_seed(seed if seed is not None else torch.seed())
+        if seed is None:
+            g.seed()  # fresh entropy for this generator only; the global RNG is left alone
+        else:
+            g.manual_seed(seed)
         streams = [StreamDecoder(self.tokenizer) for _ in range(num_samples)]
 
         def emit(nxt: torch.Tensor) -> None:

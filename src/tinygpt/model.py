@@ -312,6 +312,9 @@ class GPT(nn.Module):
         """
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
+        if cache is not None and start + T > cache.max_len:
+            raise TinyGPTError(f"the KV cache holds {cache.max_len} positions but {start + T} were asked for; "
+                               "make a larger KVCache (max_len) or crop the input")
         if start + T > self.config.block_size:
             raise TinyGPTError(f"sequence of {start + T} tokens exceeds the context of "
                                f"{self.config.block_size}; crop the input to the last block")
@@ -331,14 +334,14 @@ class GPT(nn.Module):
         if cache is not None:
             cache.pos += T
         x = self.transformer.ln_f(x)
-        logits = self.lm_head(x)  # (B, T, V)
+        # The head computes all V padded rows (the fast matmul shape); the padding columns
+        # are dropped so that they take no part in the softmax, the loss or sampling.
+        logits = self.lm_head(x)[..., :self.config.vocab_size]  # (B, T, vocab_size)
         loss = None
         if targets is not None:
-            # Padded vocabulary rows are never targets, so the loss over V logits equals
-            # the loss over the real vocabulary's; skipping the slice avoids a copy.
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1),
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
                                    ignore_index=ignore_index)
-        return GPTOutput(logits[..., :self.config.vocab_size], loss, attentions)
+        return GPTOutput(logits, loss, attentions)
 
     @torch.no_grad()
     def attention_maps(self, idx: torch.Tensor) -> list[torch.Tensor]:
