@@ -1,6 +1,17 @@
 """Shared fixtures: every test gets a private cache directory and runs on CPU."""
 
 import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    # Test models are tiny: extra intra-op threads only add overhead, and on a busy
+    # machine spinning threads make each forward many times slower.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

@@ -107,3 +107,15 @@ def _settable(cfg):
     from tinygpt.config import to_dict
 
     return to_dict(cfg)
+
+
+def test_written_files_get_normal_permissions(tmp_path, tiny_model):
+    mask = os.umask(0o022)
+    try:
+        ckpt.save_weights(tiny_model, tmp_path / "w.safetensors")
+        ckpt.save_state({"step": 1}, tmp_path / "trainer.pt")
+        ckpt.atomic_write_text(tmp_path / "config.json", "{}")
+    finally:
+        os.umask(mask)
+    for name in ("w.safetensors", "trainer.pt", "config.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name

@@ -36,6 +36,7 @@ def test_train_then_sample(tmp_path, corpus, capsys):
         assert (out / name).is_file(), name
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["n_layer"] == 1 and config["train"]["max_steps"] == 6
+    assert config["train"]["preset"] == "char-tiny" and config["train"]["lr"] == 6e-3  # the preset's own lr
     assert config["tokenizer"]["kind"] == "char" and config["versions"]["torch"]
 
     args = ["sample", str(out), "--prompt", "ROMEO:", "--max-new-tokens", "25", "--seed", "3"]
@@ -70,6 +71,10 @@ def test_resume_continues_and_refuses_model_changes(tmp_path, corpus, capsys):
     assert main(["train", "--resume", str(out), "--n-layer", "3"]) == 1
     err = capsys.readouterr().err
     assert "--n-layer cannot change when resuming" in err
+    assert (out / "last.safetensors").read_bytes() == before
+    corpus.write_text(TEXT + "more text\n", encoding="utf-8")
+    assert main(["train", "--resume", str(out), "--max-steps", "12", "--progress", "false"]) == 1
+    assert "has changed since" in capsys.readouterr().err
     assert (out / "last.safetensors").read_bytes() == before
 
 

@@ -15,15 +15,6 @@ from tinygpt.model import GPT, GPTConfig
 from tinygpt.tokenizer import CharTokenizer, GPT2Tokenizer, build_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: extra intra-op threads only add overhead (and much more on a busy machine).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def seeded(seed):
     return torch.Generator().manual_seed(seed)
 

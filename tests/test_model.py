@@ -14,17 +14,6 @@ from tinygpt.model import GPT, PRESETS, GPTConfig, KVCache, preset
 # ---------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These models are tiny: threads only add overhead, and on a busy machine spinning
-    # intra-op threads make each forward take a hundred times longer.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-
 def random_ids(shape, vocab=TINY_MODEL["vocab_size"], seed=1):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, shape, generator=g)

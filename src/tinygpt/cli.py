@@ -48,15 +48,16 @@ def _train_config(args: argparse.Namespace):
     """RunConfig from defaults < preset < --config file < flags, with the 'auto' preset resolved."""
     from .device import resolve_device
     from .model import preset
-    from .train import RunConfig
+    from .train import PRESET_TRAINING, RunConfig
 
     file_values = load_config_file(args.config) if args.config else {}
     flags = cli_values(RunConfig, args)
-    name = layered(RunConfig, file_values, flags).train.preset
+    given = layered(RunConfig, file_values, flags).train
+    name = given.preset
     if name == "auto":
-        name = "char-tiny" if resolve_device(layered(RunConfig, file_values, flags).train.device).type == "cpu" \
-            else "baby"
-    return layered(RunConfig, {"model": preset(name)}, file_values, flags, {"train": {"preset": name}})
+        name = "char-tiny" if resolve_device(given.device).type == "cpu" else "baby"
+    return layered(RunConfig, {"model": preset(name), "train": PRESET_TRAINING.get(name, {})}, file_values, flags,
+                   {"train": {"preset": name}})
 
 
 def _resume_config(run_dir: Path, args: argparse.Namespace):
@@ -93,9 +94,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     data = prepare_data(cfg.data, log=_log)
     cfg = replace(cfg, {"model": {"vocab_size": data.tokenizer.vocab_size}})
-    if args.resume and saved.get("tokenizer") not in (None, data.tokenizer.to_dict()):
-        raise TinyGPTError(f"the text at --data {cfg.data.data!r} has changed since {run_dir} started (its tokenizer "
-                           "differs); resuming needs the same data")
+    if args.resume and saved.get("data_key") != data.meta["key"]:
+        raise TinyGPTError(f"the text at --data {cfg.data.data!r} has changed since {run_dir} started; resuming "
+                           "needs the same files (restore them, or start a new run)")
 
     trainer = Trainer(cfg, data, run_dir, log=_log)  # validates everything before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
              f"{trainer.elapsed:.0f}s trained)")
     else:
         data.tokenizer.save(run_dir)
-    ckpt.atomic_write_json(run_dir / ckpt.CONFIG_FILE, run_config_dict(cfg, data.tokenizer))
+    ckpt.atomic_write_json(run_dir / ckpt.CONFIG_FILE, run_config_dict(cfg, data))
     _log(f"run: {run_dir}")
     _log(trainer.describe())
     budget = [f"{k} {v}" for k, v in (("steps", cfg.train.max_steps), ("tokens", cfg.train.max_tokens),
@@ -117,11 +118,12 @@ def cmd_train(args: argparse.Namespace) -> int:
              "or --max-time to train further")
         return 0
 
-    t0 = time.time()
+    t0, tokens0 = time.time(), trainer.tokens
     summary = trainer.fit()
-    val = summary["val_loss"]
+    val, seconds = summary["val_loss"], time.time() - t0
     _log(f"{'stopped' if summary['interrupted'] else 'done'}: step {summary['step']}, "
-         f"{summary['tokens']:,} tokens in {time.time() - t0:.0f}s"
+         f"{summary['tokens']:,} tokens, {seconds:.0f}s this session "
+         f"({(summary['tokens'] - tokens0) / max(seconds, 1e-9):,.0f} tokens/s with evaluations)"
          + (f", val loss {val:.4f} (best {summary['best_val']:.4f})" if val is not None else ""))
     if summary["interrupted"]:
         _log(f"checkpoint saved; continue with: tinygpt train --resume {run_dir}")
