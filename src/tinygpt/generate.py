@@ -97,26 +97,27 @@ def start_ids(tokenizer: Tokenizer) -> list[int]:
 
 
 class StreamDecoder:
-    """Turns a growing id sequence into text pieces as they become printable.
+    """Turns ids, pushed one at a time, into text pieces as soon as they are printable.
 
-    Byte-level tokens can end mid-character; decoding all ids so far and holding back
-    a trailing replacement character prints each character exactly once, whole."""
+    A byte-level token can end inside a multi-byte character, which decodes to a
+    trailing U+FFFD; such ids wait (at most 4, the longest UTF-8 character) until the
+    character is whole. Decoding restarts after every emitted piece, so streaming a
+    long text costs linear time."""
 
     def __init__(self, tokenizer: Tokenizer):
-        self.tokenizer, self.ids, self.emitted = tokenizer, [], 0
+        self.tokenizer, self.pending = tokenizer, []
 
     def push(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids)
-        stable = len(text.rstrip("\ufffd"))  # a trailing U+FFFD may be half a character
-        piece = text[self.emitted:stable]
-        self.emitted = max(self.emitted, stable)
-        return piece
+        self.pending.append(token_id)
+        text = self.tokenizer.decode(self.pending)
+        if text.endswith("\ufffd") and len(self.pending) < 4:
+            return ""
+        self.pending = []
+        return text
 
     def flush(self) -> str:
-        text = self.tokenizer.decode(self.ids)
-        piece, self.emitted = text[self.emitted:], len(text)
-        return piece
+        text, self.pending = self.tokenizer.decode(self.pending), []
+        return text
 
 
 @dataclass
