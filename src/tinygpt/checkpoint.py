@@ -122,6 +122,12 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
         tensors = load_file(str(path))
     except Exception as e:
         raise _unreadable(path, e) from None
+    assign_weights(model, tensors, path)
+
+
+def assign_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Copy ``tensors`` (as written by :func:`save_weights`) into ``model``, checking that they
+    are exactly its parameters; ``path`` names their source in errors."""
     expected = model.state_dict()
     for name, t in tensors.items():
         if name not in expected:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import types
 import typing
@@ -49,8 +50,8 @@ def parse_duration(text: str | float | int | None) -> float | None:
     if text is None or isinstance(text, (int, float)):
         return None if text is None else float(text)
     text = text.strip().lower()
-    if text in ("", "none", "0"):
-        return None if text != "0" else 0.0
+    if text in ("", "none"):
+        return None
     try:
         return float(text)
     except ValueError:
@@ -139,10 +140,6 @@ def convert(f: dataclasses.Field, tp: Any, value: Any) -> Any:
             out = float(value)
         elif base is str:
             out = str(value)
-        elif typing.get_origin(base) in (list, tuple):
-            items = value if isinstance(value, (list, tuple)) else [s for s in str(value).split(",") if s]
-            out = type(items)(items) if typing.get_origin(base) is list else tuple(items)
-            out = list(out) if typing.get_origin(base) is list else out
         else:
             out = value
     except (TypeError, ValueError) as e:
@@ -254,14 +251,14 @@ def load_config_file(path: str | Path) -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
     """Add one ``--flag`` per leaf field of ``cls`` (defaults stay ``None`` = 'not given')."""
-    hints_seen: set[str] = set()
+    seen: set[str] = set()
     for path, f, tp in iter_fields(cls):
         name = f.name
         if name in skip:
             continue
-        if name in hints_seen:
+        if name in seen:
             raise RuntimeError(f"duplicate config field name {name!r}: CLI flags must be unique")
-        hints_seen.add(name)
+        seen.add(name)
         base, _ = _leaf_type(tp)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         choices = f.metadata.get("choices")
@@ -285,8 +282,6 @@ def cli_values(cls: type, ns: argparse.Namespace) -> dict:
 
 def cache_dir() -> Path:
     """Where downloaded corpora and tokenized datasets live (``$TINYGPT_CACHE`` overrides)."""
-    import os
-
     root = os.environ.get("TINYGPT_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "tinygpt")
     return Path(root)

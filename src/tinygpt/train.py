@@ -82,11 +82,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
-        for name in ("batch_size", "eval_interval", "eval_batches", "warmup_steps", "sample_interval",
-                     "sample_tokens", "max_steps", "max_tokens", "tokens_per_step"):
+        at_least = {"batch_size": 1, "eval_interval": 1, "eval_batches": 1, "max_steps": 1, "max_tokens": 1,
+                    "tokens_per_step": 1, "warmup_steps": 0, "sample_interval": 0, "sample_tokens": 0}
+        for name, lowest in at_least.items():
             v = getattr(self, name)
-            lowest = 1 if name in ("batch_size", "eval_interval", "eval_batches", "max_steps",
-                                   "max_tokens", "tokens_per_step") else 0
             if v is not None and v < lowest:
                 raise TinyGPTError(f"--{name.replace('_', '-')} must be at least {lowest}, got {v}")
         if self.max_time is not None and self.max_time <= 0:
@@ -159,8 +158,8 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        ckpt.assign_weights(self.model, state.get("model", {}), self.run_dir / ckpt.TRAINER_STATE)
         try:
-            self.model.load_state_dict(state["model"], strict=False)
             self.optimizer.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
             self.batches.load_state_dict(state["batches"])
