@@ -395,6 +395,13 @@ def test_generate_streams_the_same_text(tmp_path):
     texts = lm.generate("ab", 15, seed=1, on_text=lambda i, piece: pieces.append((i, piece)))
     assert {i for i, _ in pieces} == {0}
     assert "".join(p for _, p in pieces) == texts[0]
+    # Several samples stream side by side, each piece tagged with its sample.
+    pieces.clear()
+    texts = lm.generate("ab", 15, seed=1, num_samples=3, temperature=1.0,
+                        on_text=lambda i, piece: pieces.append((i, piece)))
+    assert len(set(texts)) > 1
+    for i, text in enumerate(texts):
+        assert "".join(p for j, p in pieces if j == i) == text
 
 
 def test_empty_prompt_starts_from_start_ids(tmp_path):

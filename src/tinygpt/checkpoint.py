@@ -86,7 +86,7 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
-def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def weight_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """State dict with each shared tensor once (safetensors refuses aliases; tied head)."""
     out, seen = {}, set()
     for name, t in model.state_dict().items():
@@ -100,7 +100,7 @@ def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict[str, Any] | None = None) -> None:
     """Write ``model``'s weights as safetensors; ``metadata`` values are stored as strings."""
-    tensors = _weights(model)
+    tensors = weight_tensors(model)
     meta = {k: str(v) for k, v in (metadata or {}).items()}
     atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
 

@@ -144,12 +144,16 @@ def convert(f: dataclasses.Field, tp: Any, value: Any) -> Any:
             out = value
     except (TypeError, ValueError) as e:
         raise TinyGPTError(f"bad value {value!r} for {name}: {e}") from None
-    choices = f.metadata.get("choices")
-    if choices and out is not None and out not in choices:
-        raise TinyGPTError(
-            f"unknown value {out!r} for {name}; choose one of: {', '.join(map(str, choices))}"
-        )
+    if out is not None:
+        _check_choice(f, out)
     return out
+
+
+def _check_choice(f: dataclasses.Field, value: Any) -> None:
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise TinyGPTError(f"unknown value {value!r} for --{f.name.replace('_', '-')}; "
+                           f"choose one of: {', '.join(map(str, choices))}")
 
 
 # ---------------------------------------------------------------------------- dict round-trips
@@ -290,8 +294,5 @@ def cache_dir() -> Path:
 def check_choices(cfg: Any) -> None:
     """Validate every field declared with ``choices`` (call from ``__post_init__``)."""
     for f in dataclasses.fields(cfg):
-        choices = f.metadata.get("choices")
-        if choices and getattr(cfg, f.name) not in choices:
-            value = getattr(cfg, f.name)
-            raise TinyGPTError(f"unknown value {value!r} for --{f.name.replace('_', '-')}; "
-                               f"choose one of: {', '.join(map(str, choices))}")
+        if f.init:
+            _check_choice(f, getattr(cfg, f.name))

@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from .config import cache_dir, opt
+from .config import cache_dir, check_choices, opt
 from .corpora import BUILTIN_CORPORA, corpus_files
 from .errors import TinyGPTError
 from .tokenizer import TOKENIZER_KINDS, Tokenizer, build_tokenizer, load_tokenizer
@@ -52,11 +52,7 @@ class DataConfig:
                         choices=SAMPLING_MODES)
 
     def __post_init__(self) -> None:
-        # The CLI checks choices too, but configs are also built directly in code.
-        for flag, value, allowed in (("tokenizer", self.tokenizer, TOKENIZER_KINDS),
-                                     ("sampling", self.sampling, SAMPLING_MODES)):
-            if value not in allowed:
-                raise TinyGPTError(f"unknown value {value!r} for --{flag}; choose one of: {', '.join(allowed)}")
+        check_choices(self)  # the CLI checks too, but configs are also built directly in code
         if not 0 <= self.val_fraction < 1:
             raise TinyGPTError(f"--val-fraction must be at least 0 and below 1, got {self.val_fraction}; "
                                "e.g. --val-fraction 0.1")

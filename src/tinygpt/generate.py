@@ -154,21 +154,18 @@ class TinyGPT:
         streams = [StreamDecoder(self.tokenizer) for _ in range(num_samples)]
 
         def emit(nxt: torch.Tensor) -> None:
-            if on_text is not None:
-                for i, t in enumerate(nxt[:, 0].tolist()):
-                    piece = streams[i].push(t)
-                    if piece:
-                        on_text(i, piece)
+            for i, t in enumerate(nxt[:, 0].tolist()):
+                if piece := streams[i].push(t):
+                    on_text(i, piece)
 
         with autocast(self.device, self.dtype):
             out = generate(self.model, idx, max_new_tokens, temperature=temperature, top_k=top_k,
-                           top_p=top_p, generator=g, on_token=emit if on_text and num_samples == 1 else None)
-        texts = [self.tokenizer.decode(row[idx.size(1):].tolist()) for row in out]
-        if on_text is not None and num_samples == 1:
-            rest = streams[0].flush()
-            if rest:
-                on_text(0, rest)
-        return texts
+                           top_p=top_p, generator=g, on_token=emit if on_text is not None else None)
+        if on_text is not None:
+            for i, stream in enumerate(streams):
+                if rest := stream.flush():
+                    on_text(i, rest)
+        return [self.tokenizer.decode(row[idx.size(1):].tolist()) for row in out]
 
 
 def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", dtype: str = "fp32") -> TinyGPT:

@@ -143,7 +143,7 @@ class Trainer:
 
     def state_dict(self) -> dict:
         return {
-            "model": ckpt._weights(self.model),
+            "model": ckpt.weight_tensors(self.model),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "batches": self.batches.state_dict(),
