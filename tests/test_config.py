@@ -5,8 +5,18 @@ import json
 
 import pytest
 
-from tinygpt.config import (add_arguments, cli_values, from_dict, layered, load_config_file, parse_count,
-                            parse_duration, replace, to_dict)
+from tinygpt.config import (
+    add_arguments,
+    cli_values,
+    from_dict,
+    layered,
+    load_config_file,
+    parse_count,
+    parse_duration,
+    replace,
+    to_dict,
+)
+from tinygpt.device import RuntimeConfig
 from tinygpt.errors import TinyGPTError
 from tinygpt.model import GPTConfig
 from tinygpt.train import RunConfig
@@ -90,8 +100,8 @@ def test_cli_flags_are_generated_from_fields():
 def test_every_field_has_help():
     from tinygpt.config import iter_fields
 
-    for path, f, _ in iter_fields(RunConfig):
-        assert f.metadata.get("help"), f"{'.'.join(path)} has no help text"
+    for leaf in iter_fields(RunConfig):
+        assert leaf.field.metadata.get("help"), f"{'.'.join(leaf.path)} has no help text"
 
 
 def test_yaml_and_json_config_files(tmp_path):
@@ -116,3 +126,25 @@ def test_bad_config_files(tmp_path, content, match):
 def test_model_config_direct_construction_validates():
     with pytest.raises(TinyGPTError, match="--mlp"):
         GPTConfig(mlp="relu")
+
+
+def test_a_section_sets_its_own_defaults_for_a_shared_config():
+    """RuntimeConfig is declared once; a run seeds with 1337 and the sample command samples in fp32."""
+    from tinygpt.cli.sample import SampleCommand
+    from tinygpt.config import iter_fields
+
+    assert RuntimeConfig().seed is None and RuntimeConfig().dtype == "auto"
+    run, sample = layered(RunConfig), layered(SampleCommand)
+    assert (run.runtime.seed, run.runtime.dtype) == (1337, "auto")
+    assert (sample.runtime.seed, sample.runtime.dtype) == (None, "fp32")
+    assert layered(SampleCommand, {"dtype": "bf16"}).runtime.dtype == "bf16"  # a given value still wins
+    defaults = {leaf.path: leaf.default for leaf in iter_fields(SampleCommand)}
+    assert defaults[("runtime", "dtype")] == "fp32" and defaults[("runtime", "device")] == "auto"
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, SampleCommand)
+    dtype_help = next(a.help for a in parser._actions if "--dtype" in a.option_strings)
+    assert dtype_help.endswith("(default: fp32)")
+    with pytest.raises(TypeError, match="no field"):
+        from tinygpt.config import section
+
+        section(RuntimeConfig, colour="red")

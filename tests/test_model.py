@@ -1,22 +1,23 @@
-"""The GPT model: preset sizes, exact parity with HF GPT-2 / Llama, init, validation,
-attention, causality, dropout, determinism and the KV cache."""
+"""The GPT model: sizes, the loss, init, validation, attention, causality, dropout,
+determinism, explicit positions (batched prompts of different lengths), loss masks and
+the KV cache. Parity with Hugging Face GPT-2 / Llama is in test_interop_hf.py."""
 
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import MODERN, TINY_MODEL, random_ids, randomize_
 
-from conftest import MODERN, TINY_MODEL
 from tinygpt.errors import TinyGPTError
-from tinygpt.model import GPT, PRESETS, GPTConfig, KVCache, preset
+from tinygpt.model import GPT, GPTConfig, KVCache, record_attention
+from tinygpt.presets import get_preset
+
+
+def preset(name):
+    return dict(get_preset(name).model)
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def random_ids(shape, vocab=TINY_MODEL["vocab_size"], seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab, shape, generator=g)
 
 
 def meta_model(cfg):
@@ -26,23 +27,6 @@ def meta_model(cfg):
 
 def meta_count(model):
     return sum(p.numel() for p in model.parameters())
-
-
-def randomize_(model, seed=0, scale=0.2):
-    """Overwrite every parameter with values big enough that a wrong mapping shows in the logits.
-
-    Norm weights get 1 + noise (not plain noise) so the network stays well conditioned."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g) * scale
-            p.copy_(1 + noise if "norm" in name and name.endswith("weight") else noise)
-
-
-def copy_padded_(dst, src):
-    """Copy ``src`` into the first rows of ``dst``, zeroing the padding rows."""
-    dst.zero_()
-    dst[: src.shape[0]].copy_(src)
 
 
 # ---------------------------------------------------------------------------- presets and sizes
@@ -78,24 +62,6 @@ def test_gpt2_counts_match_huggingface_plus_padding():
     assert hf_counts == {"gpt2": 124_439_808, "gpt2-medium": 354_823_168}
 
 
-def test_small_presets_shapes():
-    baby = GPTConfig(**preset("baby"), vocab_size=65)
-    assert (baby.n_layer, baby.n_head, baby.n_embd, baby.block_size) == (6, 6, 384, 256)
-    llama = GPTConfig(**preset("baby-llama"), vocab_size=65)
-    assert (llama.pos_emb, llama.norm, llama.mlp, llama.bias, llama.tie_embeddings) == (
-        "rope", "rmsnorm", "swiglu", False, False)
-    # SwiGLU default hidden width: 8/3 * 384 = 1024, already a multiple of 64.
-    assert llama.hidden_size == 1024 and baby.hidden_size == 4 * 384
-    for name in PRESETS:  # every preset is a valid config
-        GPTConfig(**preset(name), vocab_size=50257)
-
-
-def test_preset_returns_a_copy():
-    p = preset("baby")
-    p["n_layer"] = 99
-    assert preset("baby")["n_layer"] == 6
-
-
 def test_untied_rope_model_counts_head_separately():
     cfg = GPTConfig(**TINY_MODEL, **MODERN)
     model = GPT(cfg)
@@ -117,63 +83,10 @@ def test_logits_cover_the_real_vocabulary_only():
     assert model.transformer.wte.weight.shape[0] == 128 and model.lm_head.weight.shape[0] == 128
     out = model(random_ids((2, 8), vocab=65))
     assert out.logits.shape == (2, 8, 65)
-    assert out.loss is None and out.attentions is None
+    assert out.loss is None and out.loss_sum is None and out.n_targets is None
 
 
-# ---------------------------------------------------------------------------- HF parity
-
-HF_GPT2 = dict(n_layer=2, n_head=4, n_embd=32, n_positions=16, vocab_size=50,
-               resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5)
-
-
-@pytest.fixture(scope="module")
-def gpt2_pair():
-    """A random HF GPT-2 and our GPT carrying the same weights."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(**HF_GPT2)).eval()
-    randomize_(hf, seed=3)
-    ours = GPT(GPTConfig(**TINY_MODEL)).eval()
-    sd = ours.state_dict()
-    copied = set()
-    with torch.no_grad():
-        for key, value in hf.state_dict().items():
-            if key.endswith((".attn.bias", ".attn.masked_bias")):  # HF's causal-mask buffers
-                continue
-            if key.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
-                value = value.t()  # HF Conv1D stores (in, out)
-            if key in ("transformer.wte.weight", "lm_head.weight"):
-                copy_padded_(sd[key], value)
-            else:
-                sd[key].copy_(value)
-            copied.add(key)
-    assert copied == set(sd)  # every one of our tensors came from HF, nothing left over
-    return hf, ours
-
-
-def test_gpt2_logits_match_huggingface(gpt2_pair):
-    hf, ours = gpt2_pair
-    idx = random_ids((3, 16), seed=5)
-    with torch.no_grad():
-        ref = hf(idx).logits
-        got = ours(idx).logits
-    assert got.shape == ref.shape == (3, 16, 50)
-    assert ref.abs().max() > 0.5  # the weights are big enough for a wrong mapping to show
-    assert (got - ref).abs().max() < 1e-5
-    # A shorter sequence and a single token take other attention code paths.
-    with torch.no_grad():
-        assert (ours(idx[:, :7]).logits - hf(idx[:, :7]).logits).abs().max() < 1e-5
-        assert (ours(idx[:, :1]).logits - hf(idx[:, :1]).logits).abs().max() < 1e-5
-
-
-def test_gpt2_loss_matches_huggingface(gpt2_pair):
-    hf, ours = gpt2_pair
-    idx = random_ids((3, 16), seed=5)
-    with torch.no_grad():
-        ref = hf(idx, labels=idx).loss  # HF shifts the labels itself
-        got = ours(idx[:, :-1].contiguous(), idx[:, 1:].contiguous()).loss
-    assert abs(got.item() - ref.item()) < 1e-5
+# ---------------------------------------------------------------------------- the loss
 
 
 @pytest.mark.parametrize("variant", ["gpt2", "modern"])
@@ -211,50 +124,6 @@ def test_loss_accepts_non_contiguous_targets():
         got = model(idx[:, :-1], idx[:, 1:]).loss
         ref = model(idx[:, :-1].contiguous(), idx[:, 1:].contiguous()).loss
     assert torch.equal(got, ref)
-
-
-def test_llama_style_options_match_huggingface_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    hf = LlamaForCausalLM(LlamaConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-        max_position_embeddings=16, vocab_size=50, rms_norm_eps=1e-5, rope_theta=10000.0,
-        tie_word_embeddings=False, attention_bias=False, mlp_bias=False)).eval()
-    randomize_(hf, seed=4)
-    ours = GPT(GPTConfig(**TINY_MODEL, pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False,
-                         tie_embeddings=False, qk_norm=False, mlp_hidden=64)).eval()
-    h = hf.state_dict()
-    mapped = {
-        "transformer.wte.weight": h["model.embed_tokens.weight"],
-        "lm_head.weight": h["lm_head.weight"],
-        "transformer.ln_f.weight": h["model.norm.weight"],
-    }
-    for i in range(2):
-        src, dst = f"model.layers.{i}.", f"transformer.h.{i}."
-        mapped[dst + "attn.c_attn.weight"] = torch.cat(
-            [h[src + "self_attn.q_proj.weight"], h[src + "self_attn.k_proj.weight"], h[src + "self_attn.v_proj.weight"]])
-        mapped[dst + "attn.c_proj.weight"] = h[src + "self_attn.o_proj.weight"]
-        mapped[dst + "mlp.c_fc.weight"] = torch.cat([h[src + "mlp.gate_proj.weight"], h[src + "mlp.up_proj.weight"]])
-        mapped[dst + "mlp.c_proj.weight"] = h[src + "mlp.down_proj.weight"]
-        mapped[dst + "ln_1.weight"] = h[src + "input_layernorm.weight"]
-        mapped[dst + "ln_2.weight"] = h[src + "post_attention_layernorm.weight"]
-    sd = ours.state_dict()
-    assert set(mapped) == set(sd)
-    with torch.no_grad():
-        for key, value in mapped.items():
-            if key in ("transformer.wte.weight", "lm_head.weight"):
-                copy_padded_(sd[key], value)
-            else:
-                sd[key].copy_(value)
-        idx = random_ids((3, 16), seed=6)
-        ref = hf(idx).logits
-        got = ours(idx).logits
-        assert ref.abs().max() > 0.5
-        assert got.shape == ref.shape
-        assert (got - ref).abs().max() < 1e-5
-        # Position-dependence really is RoPE's: shifting the sequence changes the logits.
-        assert (ours(idx[:, 1:]).logits - got[:, 1:]).abs().max() > 1e-3
 
 
 # ---------------------------------------------------------------------------- init
@@ -333,13 +202,6 @@ def test_odd_head_size_is_fine_without_rope():
     assert GPTConfig(**{**TINY_MODEL, "n_embd": 12, "n_head": 4}).head_size == 3
 
 
-def test_unknown_preset():
-    with pytest.raises(TinyGPTError) as err:
-        preset("gpt3")
-    msg = str(err.value)
-    assert "\n" not in msg and "'gpt3'" in msg and "gpt2-medium" in msg
-
-
 # ---------------------------------------------------------------------------- attention
 
 
@@ -357,12 +219,20 @@ def test_attention_maps(tiny_model):
 
 
 def test_explicit_attention_path_matches_sdpa(tiny_model):
+    """The recorded weights are the ones SDPA used: weights @ v reproduces its output."""
     idx = random_ids((2, 16))
+    seen = []
+    attend = tiny_model.transformer.h[1].attn.attend
+    handle = attend.register_forward_hook(lambda m, args, out: seen.append((args, out)))
+    with torch.no_grad(), record_attention(tiny_model) as maps:
+        plain = tiny_model(idx).logits
+    handle.remove()
+    (q, k, v, mask, causal), y = seen[0]
+    assert causal and mask is None and len(maps) == 2
+    assert (maps[1] @ v - y).abs().max() < 1e-6
     with torch.no_grad():
-        fast = tiny_model(idx)
-        slow = tiny_model(idx, need_weights=True)
-    assert fast.attentions is None and len(slow.attentions) == 2
-    assert (fast.logits - slow.logits).abs().max() < 1e-5
+        assert torch.equal(tiny_model(idx).logits, plain)  # recording changes nothing, and the hooks are gone
+    assert not attend._forward_hooks
 
 
 def test_explicit_attention_path_with_cache(tiny_model):
@@ -370,9 +240,10 @@ def test_explicit_attention_path_with_cache(tiny_model):
     cache = KVCache(tiny_model.config, 1)
     with torch.no_grad():
         tiny_model(idx[:, :5], cache=cache)
-        out = tiny_model(idx[:, 5:], cache=cache, need_weights=True)  # 7 queries over 12 keys
+        with record_attention(tiny_model) as maps:
+            out = tiny_model(idx[:, 5:], cache=cache)  # 7 queries over 12 keys
         full = tiny_model(idx)
-    att = out.attentions[0]
+    att = maps[0]
     assert att.shape == (1, 4, 7, 12)
     assert torch.count_nonzero(att[..., torch.ones(7, 12, dtype=torch.bool).triu(6)]) == 0
     assert (att.sum(-1) - 1).abs().max() < 1e-6
@@ -394,19 +265,18 @@ def test_causality(tiny_model, t):
     assert (a[:, t] - b[:, t]).abs().max() > 1e-6  # the changed position itself does move
 
 
-@pytest.mark.parametrize("need_weights", [False, True])
-def test_dropout_only_in_train_mode(need_weights):
+def test_dropout_only_in_train_mode():
     torch.manual_seed(0)
     model = GPT(GPTConfig(**TINY_MODEL, dropout=0.2))
     idx = random_ids((2, 16))
     model.train()
-    a = model(idx, need_weights=need_weights).logits
-    b = model(idx, need_weights=need_weights).logits
+    a = model(idx).logits
+    b = model(idx).logits
     assert (a - b).abs().max() > 1e-4
     model.eval()
     with torch.no_grad():
-        c = model(idx, need_weights=need_weights).logits
-        d = model(idx, need_weights=need_weights).logits
+        c = model(idx).logits
+        d = model(idx).logits
     assert torch.equal(c, d)
 
 
@@ -474,7 +344,7 @@ def test_context_overflow(tiny_model):
     with pytest.raises(TinyGPTError):
         tiny_model(random_ids((1, 7)), cache=cache)
     tiny_model(random_ids((1, 6)), cache=cache)
-    assert cache.pos == 16
+    assert cache.length == 16
 
 
 def test_cache_shorter_than_context_overflows_with_a_clear_error():
@@ -498,7 +368,7 @@ def test_kv_cache_reproduces_the_full_forward(tiny_model, chunks):
         for n in chunks:
             pieces.append(tiny_model(idx[:, pos:pos + n], cache=cache).logits)
             pos += n
-            assert cache.pos == pos
+            assert cache.length == pos
     got = torch.cat(pieces, dim=1)
     assert got.shape == full.shape
     assert (got - full).abs().max() < 1e-5
@@ -506,8 +376,10 @@ def test_kv_cache_reproduces_the_full_forward(tiny_model, chunks):
 
 def test_kv_cache_layout(tiny_model):
     cache = KVCache(tiny_model.config, 3, max_len=10)
-    assert cache.k.shape == cache.v.shape == (2, 3, 4, 10, 8)
-    assert cache.max_len == 10 and cache.pos == 0
+    assert len(cache.layers) == 2  # one (keys, values) pair per layer
+    # (B, nh, max_len + 1, hs): slot s holds position s, and a spare last slot takes pads' writes.
+    assert cache.layers[0].k.shape == cache.layers[0].v.shape == (3, 4, 11, 8)
+    assert cache.max_len == 10 and cache.length == 0 and cache.batch_size == 3
     assert KVCache(tiny_model.config, 1).max_len == 16
 
 
@@ -516,11 +388,192 @@ def test_kv_cache_reorder_keeps_the_chosen_rows(tiny_model):
     cache = KVCache(tiny_model.config, 3)
     with torch.no_grad():
         tiny_model(idx[:, :8], cache=cache)
-        before_k, before_v = cache.k.clone(), cache.v.clone()
+        before = [(layer.k.clone(), layer.v.clone()) for layer in cache.layers]
         order = torch.tensor([2, 0])
         cache.reorder(order)
-        assert cache.pos == 8
-        assert torch.equal(cache.k, before_k[:, order]) and torch.equal(cache.v, before_v[:, order])
+        assert cache.length == 8
+        for layer, (k, v) in zip(cache.layers, before):
+            assert torch.equal(layer.k, k[order]) and torch.equal(layer.v, v[order])
         step = tiny_model(idx[order, 8:], cache=cache).logits
         full = tiny_model(idx[order]).logits
     assert (step[:, 0] - full[:, 8]).abs().max() < 1e-5
+
+
+def test_a_batch_larger_than_the_cache_is_refused(tiny_model):
+    with pytest.raises(TinyGPTError, match="holds 1 rows but the batch has 2"):
+        tiny_model(random_ids((2, 3)), cache=KVCache(tiny_model.config, 1))
+
+
+# ---------------------------------------------------------------------------- explicit positions
+
+
+PROMPTS = [[5, 17, 3], [9, 2, 44, 21, 8, 30, 1], [12]]  # three lengths in one batch
+PAD = 0
+
+
+def padded(prompts, side):
+    """(B, T) ids and (B, T) positions, pads at ``side`` marked by position -1."""
+    T = max(map(len, prompts))
+    ids = torch.full((len(prompts), T), PAD)
+    pos = torch.full((len(prompts), T), -1)
+    for b, p in enumerate(prompts):
+        cols = slice(T - len(p), T) if side == "left" else slice(0, len(p))
+        ids[b, cols] = torch.tensor(p)
+        pos[b, cols] = torch.arange(len(p))
+    return ids, pos
+
+
+def greedy_alone(model, prompt, steps):
+    """Reference: one prompt by itself, prefill then one token at a time (positions implicit)."""
+    cache = KVCache(model.config, 1)
+    logits = model(torch.tensor([prompt]), cache=cache).logits[:, -1]
+    tokens, all_logits = [], []
+    for _ in range(steps):
+        all_logits.append(logits[0])
+        nxt = logits.argmax(-1, keepdim=True)
+        tokens.append(nxt.item())
+        logits = model(nxt, cache=cache).logits[:, -1]
+    return tokens, torch.stack(all_logits)
+
+
+def greedy_batched(model, prompts, steps, side):
+    ids, pos = padded(prompts, side)
+    cache = KVCache(model.config, len(prompts))
+    out = model(ids, input_pos=pos, cache=cache).logits
+    last = torch.tensor([len(p) - 1 for p in prompts])  # each row's last real position
+    col = last if side == "right" else torch.full_like(last, ids.shape[1] - 1)
+    logits = out[torch.arange(len(prompts)), col]
+    tokens, all_logits = [], []
+    for step in range(steps):
+        all_logits.append(logits)
+        nxt = logits.argmax(-1, keepdim=True)  # (B, 1)
+        tokens.append(nxt[:, 0])
+        logits = model(nxt, input_pos=(last + 1 + step)[:, None], cache=cache).logits[:, -1]
+    return torch.stack(tokens, 1).tolist(), torch.stack(all_logits, 1)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_batched_prompts_of_different_lengths_match_each_alone(tiny_model, side):
+    model = randomize_(tiny_model, seed=2, scale=0.3, embedding_scale=0.1)
+    with torch.no_grad():
+        tokens, logits = greedy_batched(model, PROMPTS, 8, side)
+        for b, prompt in enumerate(PROMPTS):
+            alone_tokens, alone_logits = greedy_alone(model, prompt, 8)
+            assert tokens[b] == alone_tokens
+            assert (logits[b] - alone_logits).abs().max() < 1e-5
+    assert len({tuple(t) for t in tokens}) == 3  # the rows really do differ
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_rows_without_a_cache_match_each_alone(tiny_model, side):
+    model = randomize_(tiny_model, seed=3)
+    ids, pos = padded(PROMPTS, side)
+    with torch.no_grad():
+        out = model(ids, input_pos=pos).logits
+        for b, prompt in enumerate(PROMPTS):
+            real = pos[b] >= 0
+            alone = model(torch.tensor([prompt])).logits[0]
+            assert (out[b, real] - alone).abs().max() < 1e-5
+        assert torch.isfinite(out).all()  # pad rows compute garbage, never NaN
+
+
+def test_pads_get_no_attention(tiny_model):
+    ids, pos = padded(PROMPTS, "left")
+    maps = tiny_model.attention_maps(ids, input_pos=pos)
+    for att in maps:  # (B, nh, T, T)
+        for b in range(len(PROMPTS)):
+            real = pos[b] >= 0
+            assert torch.count_nonzero(att[b][:, real][..., ~real]) == 0
+            assert (att[b][:, real].sum(-1) - 1).abs().max() < 1e-6
+
+
+def test_shared_positions_equal_the_default(tiny_model):
+    idx = random_ids((2, 10))
+    with torch.no_grad():
+        default = tiny_model(idx).logits
+        explicit = tiny_model(idx, input_pos=torch.arange(10)).logits
+        rows = tiny_model(idx, input_pos=torch.arange(10).expand(2, 10)).logits
+        later = tiny_model(idx[:, 4:], input_pos=torch.arange(4, 10)).logits  # positions move the output
+    assert (explicit - default).abs().max() < 1e-5 and (rows - default).abs().max() < 1e-5
+    assert (later - default[:, 4:]).abs().max() > 1e-4
+
+
+def test_bad_positions_are_clear_errors(tiny_model):
+    idx = random_ids((2, 4))
+    with pytest.raises(TinyGPTError, match=r"input_pos has shape \(3,\); it must be \(4,\) or \(2, 4\)"):
+        tiny_model(idx, input_pos=torch.arange(3))
+    with pytest.raises(TinyGPTError, match="exceeds the context of 16"):
+        tiny_model(idx, input_pos=torch.arange(14, 18))
+    with pytest.raises(TinyGPTError, match="the KV cache holds 8 positions"):
+        tiny_model(idx, input_pos=torch.arange(6, 10), cache=KVCache(tiny_model.config, 2, max_len=8))
+
+
+# ---------------------------------------------------------------------------- loss masks
+
+
+def grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_same_grads(a, b):
+    assert a.keys() == b.keys()
+    for n in a:
+        torch.testing.assert_close(a[n], b[n], rtol=1e-5, atol=1e-7, msg=n)
+
+
+@pytest.mark.parametrize("variant", ["gpt2", "modern"])
+def test_loss_mask_equals_training_on_the_unmasked_half_alone(variant):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY_MODEL, **(MODERN if variant == "modern" else {})))
+    idx, targets = random_ids((4, 16), seed=2), random_ids((4, 16), seed=3)
+
+    def grad_of(*args, **kwargs):
+        model.zero_grad()
+        out = model(*args, **kwargs)
+        out.loss.backward()
+        return out, grads(model)
+
+    # Mask the second half of every sequence: causal, so it equals the first half alone.
+    mask = torch.zeros(4, 16, dtype=torch.bool)
+    mask[:, :8] = True
+    masked, g_masked = grad_of(idx, targets, loss_mask=mask)
+    alone, g_alone = grad_of(idx[:, :8], targets[:, :8])
+    assert masked.n_targets.item() == 32 and abs(masked.loss.item() - alone.loss.item()) < 1e-6
+    assert_same_grads(g_masked, g_alone)
+    # Mask two whole rows: equals the other two rows alone.
+    rows = torch.tensor([True, False, True, False])[:, None].expand(4, 16)
+    _, g_rows = grad_of(idx, targets, loss_mask=rows)
+    _, g_two = grad_of(idx[[0, 2]], targets[[0, 2]])
+    assert_same_grads(g_rows, g_two)
+    full, g_full = grad_of(idx, targets)
+    key = "transformer.wte.weight"  # the (possibly tied) embedding: every token touches it
+    assert (g_full[key] - g_masked[key]).abs().max() > 1e-4  # the mask matters
+
+
+def test_loss_is_returned_as_sum_and_count(tiny_model):
+    idx, targets = random_ids((2, 16), seed=2), random_ids((2, 16), seed=3)
+    mask = torch.rand(2, 16, generator=torch.Generator().manual_seed(0)) > 0.3
+    targets[0, 0] = -100  # an ignored target counts as masked
+    with torch.no_grad():
+        out = tiny_model(idx, targets, loss_mask=mask)
+    counted = mask & (targets != -100)
+    assert out.n_targets.item() == counted.sum().item()
+    expected = F.cross_entropy(out.logits[counted], targets[counted], reduction="sum")
+    assert abs(out.loss_sum.item() - expected.item()) < 1e-4
+    assert out.loss.item() == (out.loss_sum / out.n_targets).item()
+
+
+# ---------------------------------------------------------------------------- building without init
+
+
+def test_a_meta_model_is_built_without_init_and_needs_a_vocabulary():
+    with torch.device("meta"):
+        model = GPT(GPTConfig(**TINY_MODEL, **MODERN))
+    assert all(p.is_meta for p in model.parameters())
+    model.to_empty(device="cpu")
+    model.init_buffers()
+    assert not model.rotary.cos.is_meta
+    torch.manual_seed(0)
+    assert torch.equal(model.rotary.cos, GPT(GPTConfig(**TINY_MODEL, **MODERN)).rotary.cos)
+    with pytest.raises(TinyGPTError, match="vocab_size is not set"):
+        GPT(GPTConfig(**{**TINY_MODEL, "vocab_size": None}))

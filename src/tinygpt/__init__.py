@@ -8,8 +8,8 @@
 __version__ = "0.1.0"
 
 
-def load(run_dir, checkpoint: str = "best", device: str = "auto", dtype: str = "fp32"):
-    """Load a trained run for generation; see :func:`tinygpt.generate.load`."""
-    from .generate import load as _load
+def load(source, checkpoint: str = "best", device: str = "auto", dtype: str = "fp32"):
+    """Load a trained model for generation; see :func:`tinygpt.generation.load`."""
+    from .generation import load as _load
 
-    return _load(run_dir, checkpoint=checkpoint, device=device, dtype=dtype)
+    return _load(source, checkpoint=checkpoint, device=device, dtype=dtype)

@@ -1,20 +1,9 @@
-"""Run directories, crash-safe writes and safe loading.
-
-A run directory holds::
-
-    config.json          every setting (model, data, train), the tokenizer, library versions
-    tokenizer_config.json (+ tokenizer.json)   the tokenizer
-    model.safetensors    weights with the best validation loss so far
-    last.safetensors     the latest weights
-    trainer.pt           everything needed to resume exactly (weights, optimizer, schedule
-                         position, GradScaler, RNG states, data position, best val loss)
-    metrics.jsonl        one JSON line per step / evaluation
+"""Crash-safe writes and safe loading of weights and state; no file names (see run.py).
 
 Every file is written to a temporary file in the same directory, fsynced and renamed
 over the old one, so a kill at any instant leaves the previous version loadable.
-``trainer.pt`` carries its own copy of the weights so that resuming reads a single
-file that is consistent with itself. Nothing is ever unpickled beyond tensors and
-plain containers (safetensors; ``torch.load(weights_only=True)``).
+Nothing is ever unpickled beyond tensors and plain containers (safetensors for weights;
+``torch.load(weights_only=True)`` for trainer state). Weights are read memory-mapped.
 """
 
 from __future__ import annotations
@@ -31,12 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import TinyGPTError
 
-CONFIG_FILE = "config.json"
-BEST_WEIGHTS = "model.safetensors"
-LAST_WEIGHTS = "last.safetensors"
-TRAINER_STATE = "trainer.pt"
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINTS = {"best": BEST_WEIGHTS, "last": LAST_WEIGHTS}
+METADATA_KEY = "tinygpt"  # safetensors metadata is str -> str; ours is one JSON document under this key
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -86,6 +70,15 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def read_json(path: str | Path, what: str) -> Any:
+    """Parse a JSON file, with a one-line error naming ``what`` it is when it is absent or damaged."""
+    path = existing_file(path, what)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TinyGPTError(f"{path} is not valid JSON ({e}); the run directory is damaged") from None
+
+
 def weight_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """State dict with each shared tensor once (safetensors refuses aliases; tied head)."""
     out, seen = {}, set()
@@ -99,57 +92,63 @@ def weight_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict[str, Any] | None = None) -> None:
-    """Write ``model``'s weights as safetensors; ``metadata`` values are stored as strings."""
+    """Write ``model``'s weights as safetensors, with ``metadata`` as one JSON document."""
     tensors = weight_tensors(model)
-    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    meta = {METADATA_KEY: json.dumps(metadata or {})}
     atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    """The string metadata stored in a safetensors file (step, val_loss ...)."""
-    path = _existing(path, "checkpoint")
+    """The raw string metadata of a safetensors file (our JSON document is under METADATA_KEY)."""
+    path = existing_file(path, "checkpoint")
     try:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
     except Exception as e:
-        raise _unreadable(path, e) from None
+        raise unreadable(path, e) from None
 
 
-def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Load safetensors weights into ``model``, explaining any mismatch with its config."""
-    path = _existing(path, "checkpoint")
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; on CPU the tensors are memory-mapped (copy-on-write), not copied."""
+    path = existing_file(path, "checkpoint")
     try:
-        tensors = load_file(str(path))
+        return load_file(str(path))
     except Exception as e:
-        raise _unreadable(path, e) from None
-    assign_weights(model, tensors, path)
+        raise unreadable(path, e) from None
 
 
-def assign_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Copy ``tensors`` (as written by :func:`save_weights`) into ``model``, checking that they
-    are exactly its parameters; ``path`` names their source in errors."""
+def assign_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str | Path, *,
+                   assign: bool = False) -> None:
+    """Put ``tensors`` (as written by :func:`save_weights`) into ``model``, checking that they are
+    exactly its parameters; ``source`` names them in errors.
+
+    ``assign=True`` makes the tensors the parameters themselves (no copy), for a model
+    built on the meta device; ``model.tie_weights()``, if it has one, then re-ties shared weights."""
     expected = model.state_dict()
     for name, t in tensors.items():
         if name not in expected:
-            raise TinyGPTError(f"{path} has a tensor {name!r} that this model does not: config.json does not "
+            raise TinyGPTError(f"{source} has a tensor {name!r} that this model does not: config.json does not "
                                "match the weights; load it with the config it was trained with")
         if expected[name].shape != t.shape:
-            raise TinyGPTError(f"{path}: {name} is {tuple(t.shape)} but config.json implies "
+            raise TinyGPTError(f"{source}: {name} is {tuple(t.shape)} but config.json implies "
                                f"{tuple(expected[name].shape)}; the config does not match the weights")
-    # A tied head shares storage with the embedding and is stored once, under one name;
-    # a file holding both (an untied model) must not be squeezed into one tensor.
+    # A tied head shares its parameter with the embedding and is stored once, under one
+    # name; a file holding both (an untied model) must not be squeezed into one tensor.
     owners: dict[int, str] = {}
+    params = {name: p for name, p in model.named_parameters(remove_duplicate=False)}
     for n in tensors:
-        other = owners.setdefault(expected[n].data_ptr(), n)
+        other = owners.setdefault(id(params.get(n, expected[n])), n)
         if other != n:
-            raise TinyGPTError(f"{path} has separate {other} and {n} but config.json ties them "
+            raise TinyGPTError(f"{source} has separate {other} and {n} but config.json ties them "
                                "(tie_embeddings); the config does not match the weights")
-    loaded_storage = set(owners)
-    missing = {n for n, t in expected.items() if n not in tensors and t.data_ptr() not in loaded_storage}
+    loaded = set(owners)
+    missing = {n for n, t in expected.items() if n not in tensors and id(params.get(n, t)) not in loaded}
     if missing:
-        raise TinyGPTError(f"{path} lacks {len(missing)} tensors (e.g. {sorted(missing)[0]}): it does not "
+        raise TinyGPTError(f"{source} lacks {len(missing)} tensors (e.g. {sorted(missing)[0]}): it does not "
                            "match config.json; load it with the config it was trained with")
-    model.load_state_dict(tensors, strict=False)
+    model.load_state_dict(tensors, strict=False, assign=assign)
+    if assign and hasattr(model, "tie_weights"):
+        model.tie_weights()
 
 
 def save_state(state: dict, path: str | Path) -> None:
@@ -159,26 +158,14 @@ def save_state(state: dict, path: str | Path) -> None:
 
 def load_state(path: str | Path) -> dict:
     """Read a trainer state without unpickling arbitrary objects."""
-    path = _existing(path, "trainer state")
+    path = existing_file(path, "trainer state")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise _unreadable(path, e) from None
+        raise unreadable(path, e) from None
 
 
-def load_run_config(run_dir: str | Path) -> dict:
-    """The parsed config.json of a run directory."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise TinyGPTError(f"no run directory at {run_dir}; pass a directory made by 'tinygpt train' (see runs/)")
-    path = _existing(run_dir / CONFIG_FILE, "run config")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TinyGPTError(f"{path} is not valid JSON ({e}); the run directory is damaged") from None
-
-
-def _existing(path: str | Path, what: str) -> Path:
+def existing_file(path: str | Path, what: str) -> Path:
     path = Path(path)
     if not path.is_file():
         hint = ("train first, or point at a run directory that 'tinygpt train' wrote"
@@ -187,7 +174,7 @@ def _existing(path: str | Path, what: str) -> Path:
     return path
 
 
-def _unreadable(path: Path, err: Exception) -> TinyGPTError:
+def unreadable(path: Path, err: Exception) -> TinyGPTError:
     first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
     return TinyGPTError(f"{path} is unreadable (truncated or corrupt: {first}); "
                         "use the run's other checkpoint (--checkpoint best|last) or train again")

@@ -40,6 +40,19 @@ def opt(default: Any, help: str, *, choices: tuple | None = None, parse: Callabl
     return dataclasses.field(default=default, metadata=meta)
 
 
+def section(cls: type, **defaults: Any):
+    """A nested config of type ``cls`` whose defaults differ from ``cls``'s own in this context.
+
+    This is how an option is declared once and shared: e.g. ``RuntimeConfig.seed`` defaults
+    to None (fresh randomness), and a training run declares ``section(RuntimeConfig, seed=1337)``.
+    """
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(defaults) - names
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
+    return dataclasses.field(default_factory=lambda: cls(**defaults), metadata={"defaults": defaults})
+
+
 # ---------------------------------------------------------------------------- value parsers
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -105,17 +118,27 @@ def _leaf_type(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def iter_fields(cls: type, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], dataclasses.Field, Any]]:
-    """Yield (path, field, resolved type) for every leaf field, depth first."""
+class Leaf(typing.NamedTuple):
+    path: tuple[str, ...]       # section names, then the field name
+    field: dataclasses.Field
+    type: Any                   # the resolved annotation
+    default: Any                # in this context (a section may override the class default)
+
+
+def iter_fields(cls: type, prefix: tuple[str, ...] = (), defaults: dict | None = None) -> Iterator[Leaf]:
+    """Yield every leaf field of ``cls``, depth first."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
         tp = hints[f.name]
         if _is_config(tp):
-            yield from iter_fields(tp, prefix + (f.name,))
+            yield from iter_fields(tp, prefix + (f.name,), f.metadata.get("defaults", {}))
+        elif defaults and f.name in defaults:
+            yield Leaf(prefix + (f.name,), f, tp, defaults[f.name])
         else:
-            yield prefix + (f.name,), f, tp
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            yield Leaf(prefix + (f.name,), f, tp, default)
 
 
 def convert(f: dataclasses.Field, tp: Any, value: Any) -> Any:
@@ -173,8 +196,8 @@ def flatten_values(cls: type, values: dict, *, strict: bool = True) -> dict[tupl
 
     Unknown keys raise (with a did-you-mean hint) unless ``strict`` is False.
     """
-    leaves = {path[-1]: (path, f, tp) for path, f, tp in iter_fields(cls)}
-    sections = {path[0] for path in (p for p, _, _ in iter_fields(cls)) if len(path) > 1}
+    leaves = {leaf.path[-1]: leaf for leaf in iter_fields(cls)}
+    sections = {leaf.path[0] for leaf in leaves.values() if len(leaf.path) > 1}
     out: dict[tuple[str, ...], Any] = {}
 
     def walk(vals: dict, where: str) -> None:
@@ -183,8 +206,8 @@ def flatten_values(cls: type, values: dict, *, strict: bool = True) -> dict[tupl
             if k in sections and isinstance(raw, dict):
                 walk(raw, k)
             elif k in leaves:
-                path, f, tp = leaves[k]
-                out[path] = convert(f, tp, raw)
+                leaf = leaves[k]
+                out[leaf.path] = convert(leaf.field, leaf.type, raw)
             elif strict:
                 near = [n.replace("_", "-") for n in leaves if n.startswith(k[:3])][:3]
                 hint = f" (did you mean {', '.join('--' + n for n in near)}?)" if near else ""
@@ -195,15 +218,16 @@ def flatten_values(cls: type, values: dict, *, strict: bool = True) -> dict[tupl
     return out
 
 
-def _build(cls: type, leaves: dict[tuple[str, ...], Any], prefix: tuple[str, ...] = ()) -> Any:
+def _build(cls: type, leaves: dict[tuple[str, ...], Any], prefix: tuple[str, ...] = (),
+           defaults: dict | None = None) -> Any:
     hints = typing.get_type_hints(cls)
-    kwargs = {}
+    kwargs = dict(defaults or {})
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
         path = prefix + (f.name,)
         if _is_config(hints[f.name]):
-            kwargs[f.name] = _build(hints[f.name], leaves, path)
+            kwargs[f.name] = _build(hints[f.name], leaves, path, f.metadata.get("defaults"))
         elif path in leaves:
             kwargs[f.name] = leaves[path]
     return cls(**kwargs)
@@ -256,7 +280,7 @@ def load_config_file(path: str | Path) -> dict:
 def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
     """Add one ``--flag`` per leaf field of ``cls`` (defaults stay ``None`` = 'not given')."""
     seen: set[str] = set()
-    for path, f, tp in iter_fields(cls):
+    for _, f, tp, default in iter_fields(cls):
         name = f.name
         if name in skip:
             continue
@@ -264,7 +288,6 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str
             raise RuntimeError(f"duplicate config field name {name!r}: CLI flags must be unique")
         seen.add(name)
         base, _ = _leaf_type(tp)
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         choices = f.metadata.get("choices")
         help_text = f.metadata.get("help", "")
         if choices:
@@ -280,8 +303,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str
 
 def cli_values(cls: type, ns: argparse.Namespace) -> dict:
     """The flags the user actually gave, as a flat dict of raw strings."""
-    return {f.name: getattr(ns, f.name) for _, f, _ in iter_fields(cls)
-            if getattr(ns, f.name, None) is not None}
+    return {leaf.field.name: getattr(ns, leaf.field.name) for leaf in iter_fields(cls)
+            if getattr(ns, leaf.field.name, None) is not None}
 
 
 def cache_dir() -> Path:

@@ -1,17 +1,48 @@
-"""Which device and number format to run on, decided once, from what the machine has."""
+"""Where the math runs: device, number format and seed, decided once, from what the machine has."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import random
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from .config import check_choices, opt
 from .errors import TinyGPTError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 _TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class RuntimeConfig:
+    """Options every command that runs a model shares; each context may set its own
+    defaults with ``config.section`` (a training run seeds with 1337, sampling samples in fp32)."""
+    device: str = opt("auto", "cpu, cuda, cuda:N or mps (auto: the best available)")
+    dtype: str = opt("auto", "number format (auto: bf16 where fast, fp16 on older GPUs, else fp32)", choices=DTYPES)
+    seed: int | None = opt(None, "random seed (none: fresh randomness)")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        kind = self.device.split(":")[0]
+        if kind not in DEVICES:
+            raise TinyGPTError(f"unknown device {self.device!r}; choose one of: {', '.join(DEVICES)} (or cuda:N)")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (weights and dropout draw from them)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def fresh_seed() -> int:
+    """A seed from the OS's entropy, for runs that asked for none (then recorded, so they resume)."""
+    return random.SystemRandom().randrange(2**31)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -8,16 +8,22 @@ linears, an untied head and QK-norm can be switched on by itself.
 Parameter names follow the GPT-2 checkpoint (``transformer.wte``, ``h.0.attn.c_attn``,
 ``ln_f`` ...) so weight conversion is a renaming, not a reshuffle.
 
+Positions are explicit: ``forward(idx, input_pos=...)`` takes one position per token,
+shared (T,) or per row (B, T), and the attention mask follows from them, so one batch
+can hold sequences of different lengths. A negative position marks padding: a pad is
+never cached and never attended to. The KV cache is per layer, slot = position.
+
 This module knows nothing of training, files or devices.
 Shape legend: B batch, T time (new tokens), S keys attended (cached + new),
-C n_embd, nh heads, hs head size, V padded vocabulary.
+C n_embd, nh heads, hs head size, V vocabulary.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -26,6 +32,8 @@ import torch.nn.functional as F
 from .config import check_choices, opt
 from .errors import TinyGPTError
 
+IGNORE_INDEX = -100  # a target equal to this takes no part in the loss (as in PyTorch and HF)
+
 
 @dataclass
 class GPTConfig:
@@ -33,7 +41,7 @@ class GPTConfig:
     n_head: int = opt(6, "attention heads per block")
     n_embd: int = opt(384, "width of the residual stream")
     block_size: int = opt(256, "context length in tokens")
-    vocab_size: int = opt(50257, "tokenizer vocabulary size (set from the tokenizer when training)")
+    vocab_size: int | None = opt(None, "vocabulary size (taken from the tokenizer when the model is built)")
     dropout: float = opt(0.0, "dropout probability (attention, residual and embeddings)")
     bias: bool = opt(True, "bias in linear layers and LayerNorm (GPT-2: true)")
     norm: str = opt("layernorm", "normalisation layer", choices=("layernorm", "rmsnorm"))
@@ -46,14 +54,15 @@ class GPTConfig:
     norm_eps: float = opt(1e-5, "epsilon of the normalisation layers")
     # Derived, never set directly: the embedding/head row count, padded to a multiple of
     # 64 because matmuls with such shapes are markedly faster on GPUs.
-    padded_vocab_size: int = field(init=False)
+    padded_vocab_size: int | None = field(init=False)
     hidden_size: int = field(init=False)
 
     def __post_init__(self) -> None:
         check_choices(self)
         for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
-            if getattr(self, name) <= 0:
-                raise TinyGPTError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise TinyGPTError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if self.n_embd % self.n_head:
             raise TinyGPTError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
@@ -65,7 +74,7 @@ class GPTConfig:
             raise TinyGPTError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.mlp_hidden is not None and self.mlp_hidden <= 0:
             raise TinyGPTError(f"--mlp-hidden must be positive, got {self.mlp_hidden}")
-        self.padded_vocab_size = -(-self.vocab_size // 64) * 64
+        self.padded_vocab_size = None if self.vocab_size is None else -(-self.vocab_size // 64) * 64
         if self.mlp_hidden is not None:
             self.hidden_size = self.mlp_hidden
         elif self.mlp == "swiglu":
@@ -79,50 +88,64 @@ class GPTConfig:
         return self.n_embd // self.n_head
 
 
-# n_layer, n_head, n_embd, block_size (+ any other GPTConfig field).
-PRESETS: dict[str, dict] = {
-    "char-tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=128),
-    "char-small": dict(n_layer=4, n_head=4, n_embd=256, block_size=256),
-    "baby": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
-    "baby-llama": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, pos_emb="rope", norm="rmsnorm",
-                       mlp="swiglu", bias=False, tie_embeddings=False),
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280, block_size=1024),
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600, block_size=1024),
-}
+# ---------------------------------------------------------------------------- KV cache
 
 
-def preset(name: str) -> dict:
-    """Model settings of a named preset (a dict to lay under user overrides)."""
-    if name not in PRESETS:
-        raise TinyGPTError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    return dict(PRESETS[name])
+class LayerKV:
+    """One layer's cached keys and values, (B, nh, max_len + 1, hs); slot s holds position s.
+
+    The extra last slot takes the writes of padding tokens, so a batch with pads needs
+    no data-dependent indexing; attention never reads it."""
+
+    def __init__(self, shape: tuple[int, ...], device, dtype):
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+
+    def write(self, slots: torch.Tensor | int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store k, v (B, nh, T, hs) at ``slots``: a start position shared by all rows, or (B, T)."""
+        B, T = k.shape[0], k.shape[2]
+        if isinstance(slots, int):
+            self.k[:B, :, slots:slots + T] = k
+            self.v[:B, :, slots:slots + T] = v
+        else:
+            rows = torch.arange(B, device=k.device)[:, None]  # (B, 1) with slots (B, T)
+            self.k[rows, :, slots] = k.transpose(1, 2)  # indexed view is (B, T, nh, hs)
+            self.v[rows, :, slots] = v.transpose(1, 2)
 
 
 class KVCache:
-    """Preallocated keys/values of every layer for incremental decoding.
+    """Keys and values of every layer for incremental decoding.
 
-    ``k``/``v`` are (n_layer, B, nh, max_len, hs); ``pos`` counts the filled positions.
-    The model writes new keys at ``pos`` and advances it once per forward.
+    ``length`` is one past the highest position written: attention reads slots
+    [0, length). Without explicit positions, a forward continues every row at ``length``.
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, max_len: int | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
-        max_len = max_len or config.block_size
-        shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_size)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.pos = 0
+        self.max_len = max_len or config.block_size
+        shape = (batch_size, config.n_head, self.max_len + 1, config.head_size)
+        self.layers = [LayerKV(shape, device, dtype) for _ in range(config.n_layer)]
+        self.length = 0
 
     @property
-    def max_len(self) -> int:
-        return self.k.shape[3]
+    def batch_size(self) -> int:
+        return self.layers[0].k.shape[0]
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep batch rows ``index`` (beam search reorders hypotheses between steps)."""
-        self.k = self.k.index_select(1, index)
-        self.v = self.v.index_select(1, index)
+        for layer in self.layers:
+            layer.k, layer.v = layer.k.index_select(0, index), layer.v.index_select(0, index)
+
+
+class _Attend(NamedTuple):
+    """How one forward's queries attend, worked out once for all layers."""
+    slots: torch.Tensor | int | None  # where new keys go in the cache (None: no cache)
+    length: int                       # keys attended: S
+    mask: torch.Tensor | None         # bool, True = may attend: (T, S) or (B, 1, T, S)
+    causal: bool                      # plain causal over T == S keys (SDPA's fast path)
+
+
+# ---------------------------------------------------------------------------- layers
 
 
 class RotaryEmbedding(nn.Module):
@@ -130,15 +153,24 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_size: int, max_len: int, theta: float):
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_size, 2, dtype=torch.float32) / head_size))
-        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (T, hs/2)
+        self.head_size, self.max_len, self.theta = head_size, max_len, theta
+        self.reset_tables()
+
+    def reset_tables(self, device: torch.device | str | None = None) -> None:
+        """(Re)compute the tables; a model built on the meta device calls this once real."""
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.head_size, 2, dtype=torch.float32,
+                                                      device=device) / self.head_size))
+        angles = torch.outer(torch.arange(self.max_len, dtype=torch.float32, device=device), inv_freq)  # (T, hs/2)
         angles = torch.cat([angles, angles], dim=-1)  # (T, hs)
         # Not persistent: derived from the config, so checkpoints stay pure weights.
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
     def forward(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.cos[pos], self.sin[pos]  # each (T, hs)
+        cos, sin = self.cos[pos], self.sin[pos]  # (T, hs) or (B, T, hs)
+        if pos.dim() == 2:
+            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, hs): broadcast over heads
+        return cos, sin
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -154,6 +186,31 @@ def make_norm(config: GPTConfig, dim: int) -> nn.Module:
     return nn.LayerNorm(dim, eps=config.norm_eps, bias=config.bias)
 
 
+def attention_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+    """The explicit attention path: softmax(q k^T / sqrt(hs)) under the mask, (B, nh, T, S).
+
+    The same math SDPA does internally; used only to look at attention."""
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, nh, T, S)
+    if causal:
+        mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1)
+
+
+class ScaledDotProduct(nn.Module):
+    """SDPA (flash attention where available) as a module, so that forward hooks can see
+    its inputs: :func:`record_attention` recomputes the weights from them."""
+
+    def __init__(self, dropout: float):
+        super().__init__()
+        self.dropout = dropout
+
+    def forward(self, q, k, v, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                              dropout_p=self.dropout if self.training else 0.0)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -161,7 +218,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.residual_scaled = True  # see GPT._init_weights
-        self.dropout = config.dropout
+        self.attend = ScaledDotProduct(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
         if config.qk_norm:
             self.q_norm = nn.RMSNorm(self.head_size, eps=config.norm_eps)
@@ -169,8 +226,8 @@ class CausalSelfAttention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                cache: KVCache | None = None, layer: int = 0, need_weights: bool = False):
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                how: _Attend, kv: LayerKV | None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, nh, T, hs)
@@ -181,38 +238,12 @@ class CausalSelfAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-
-        start = 0
-        if cache is not None:
-            start = cache.pos
-            cache.k[layer, :B, :, start:start + T] = k
-            cache.v[layer, :B, :, start:start + T] = v
-            k, v = cache.k[layer, :B, :, :start + T], cache.v[layer, :B, :, :start + T]  # (B, nh, S, hs)
-
-        # Query i (absolute position start+i) may see keys 0..start+i. A lone new query
-        # sees everything cached, and an uncached prefix is plain causal: both avoid a mask.
-        mask, causal = None, False
-        if T > 1 and start == 0:
-            causal = True
-        elif T > 1:
-            S = start + T
-            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=start)
-
-        att = None
-        if need_weights:
-            # Explicit path, used only to look at attention: same math as SDPA.
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_size)  # (B, nh, T, S)
-            if causal:
-                mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            att = scores.softmax(dim=-1)
-            y = F.dropout(att, self.dropout, self.training) @ v
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                               dropout_p=self.dropout if self.training else 0.0)
+        if kv is not None:
+            kv.write(how.slots, k, v)
+            k, v = kv.k[:B, :, :how.length], kv.v[:B, :, :how.length]  # (B, nh, S, hs)
+        y = self.attend(q, k, v, how.mask, how.causal)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
-        return self.resid_dropout(self.c_proj(y)), att
+        return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
@@ -244,22 +275,27 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope=None, cache=None, layer=0, need_weights=False):
-        a, att = self.attn(self.ln_1(x), rope, cache, layer, need_weights)
-        x = x + a
-        x = x + self.mlp(self.ln_2(x))
-        return x, att
+    def forward(self, x, rope, how: _Attend, kv: LayerKV | None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, how, kv)
+        return x + self.mlp(self.ln_2(x))
+
+
+# ---------------------------------------------------------------------------- the model
 
 
 class GPTOutput(NamedTuple):
-    logits: torch.Tensor  # (B, T, vocab_size)
-    loss: torch.Tensor | None
-    attentions: list[torch.Tensor] | None  # per layer (B, nh, T, S), only when asked
+    logits: torch.Tensor                 # (B, T, vocab_size)
+    loss: torch.Tensor | None = None     # mean cross-entropy over the counted targets
+    loss_sum: torch.Tensor | None = None  # summed cross-entropy (fp32), for averaging across batches
+    n_targets: torch.Tensor | None = None  # how many targets were counted (int64)
 
 
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
+        if config.vocab_size is None:
+            raise TinyGPTError("GPTConfig.vocab_size is not set; build the model with the tokenizer's size, "
+                               "e.g. dataclasses.replace(config, vocab_size=tokenizer.vocab_size)")
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
@@ -273,9 +309,20 @@ class GPT(nn.Module):
         else:
             self.rotary = RotaryEmbedding(config.head_size, config.block_size, config.rope_theta)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
-        if config.tie_embeddings:
+        self.tie_weights()
+        if not any(p.is_meta for p in self.parameters()):  # a meta model gets its weights assigned later
+            self.apply(self._init_weights)
+
+    def tie_weights(self) -> None:
+        """Share the embedding with the head (again, after weights were assigned)."""
+        if self.config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
-        self.apply(self._init_weights)
+
+    def init_buffers(self, device: torch.device | str | None = None) -> None:
+        """Compute the derived buffers (RoPE tables) for real: a model built on the meta
+        device and given its weights by assignment still has them on meta."""
+        if self.rotary is not None:
+            self.rotary.reset_tables(device or self.transformer.wte.weight.device)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
@@ -304,21 +351,17 @@ class GPT(nn.Module):
         return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * T
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
-                cache: KVCache | None = None, need_weights: bool = False,
-                ignore_index: int = -100) -> GPTOutput:
-        """idx (B, T) token ids -> logits (B, T, vocab_size) and, given targets (B, T), the mean loss.
+                input_pos: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> GPTOutput:
+        """idx (B, T) token ids -> logits (B, T, vocab_size); with targets (B, T), the loss.
 
-        With ``cache`` the tokens continue the cached sequence at position ``cache.pos``.
+        ``input_pos``: each token's position, (T,) or (B, T); negative marks padding.
+        Default: 0..T-1, or with ``cache`` the continuation at ``cache.length``.
+        ``loss_mask`` (B, T): only targets where it is true count (as do targets equal
+        to IGNORE_INDEX not); the loss is returned as mean, sum and count.
         """
         B, T = idx.shape
-        start = cache.pos if cache is not None else 0
-        if cache is not None and start + T > cache.max_len:
-            raise TinyGPTError(f"the KV cache holds {cache.max_len} positions but {start + T} were asked for; "
-                               "make a larger KVCache (max_len) or crop the input")
-        if start + T > self.config.block_size:
-            raise TinyGPTError(f"sequence of {start + T} tokens exceeds the context of "
-                               f"{self.config.block_size}; crop the input to the last block")
-        pos = torch.arange(start, start + T, device=idx.device)
+        pos, how = self._plan(idx, input_pos, cache)
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.rotary is not None:
@@ -326,24 +369,99 @@ class GPT(nn.Module):
         else:
             x = x + self.transformer.wpe(pos)
         x = self.transformer.drop(x)
-        attentions = [] if need_weights else None
-        for layer, block in enumerate(self.transformer.h):
-            x, att = block(x, rope, cache, layer, need_weights)
-            if need_weights:
-                attentions.append(att)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, rope, how, cache.layers[i] if cache is not None else None)
         if cache is not None:
-            cache.pos += T
+            cache.length = how.length
         x = self.transformer.ln_f(x)
-        # The head computes all V padded rows (the fast matmul shape); the padding columns
+        # The head computes all padded rows (the fast matmul shape); the padding columns
         # are dropped so that they take no part in the softmax, the loss or sampling.
         logits = self.lm_head(x)[..., :self.config.vocab_size]  # (B, T, vocab_size)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
-                                   ignore_index=ignore_index)
-        return GPTOutput(logits, loss, attentions)
+        if targets is None:
+            return GPTOutput(logits)
+        if loss_mask is not None:
+            targets = targets.masked_fill(~loss_mask.bool(), IGNORE_INDEX)
+        targets = targets.reshape(-1)
+        loss_sum = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets,
+                                   ignore_index=IGNORE_INDEX, reduction="sum")
+        n_targets = (targets != IGNORE_INDEX).sum()
+        return GPTOutput(logits, loss_sum / n_targets, loss_sum, n_targets)
+
+    def _plan(self, idx: torch.Tensor, input_pos: torch.Tensor | None,
+              cache: KVCache | None) -> tuple[torch.Tensor, _Attend]:
+        """Positions for the embeddings and how attention reads, from input_pos and the cache."""
+        B, T = idx.shape
+        if cache is not None and B > cache.batch_size:
+            raise TinyGPTError(f"the KV cache holds {cache.batch_size} rows but the batch has {B}; make a larger KVCache")
+        if input_pos is None:
+            # One position counter for all rows: the fast paths, no mask tensor at all.
+            start = cache.length if cache is not None else 0
+            end = start + T
+            self._check_length(end, cache)
+            pos = torch.arange(start, end, device=idx.device)
+            if cache is None or start == 0:
+                how = _Attend(None if cache is None else 0, end, None, T > 1)
+            elif T == 1:  # a lone new query sees everything cached
+                how = _Attend(start, end, None, False)
+            else:  # query i (position start+i) sees keys 0..start+i
+                mask = torch.ones(T, end, dtype=torch.bool, device=idx.device).tril(diagonal=start)
+                how = _Attend(start, end, mask, False)
+            return pos, how
+
+        input_pos = input_pos.to(device=idx.device, dtype=torch.long)
+        if input_pos.shape not in ((T,), (B, T)):
+            raise TinyGPTError(f"input_pos has shape {tuple(input_pos.shape)}; it must be ({T},) or ({B}, {T}) "
+                               "to match the tokens")
+        input_pos = input_pos.expand(B, T)
+        pad = input_pos < 0
+        highest = int(input_pos.max()) if T else -1  # one sync: bounds and the span to attend
+        end = max(highest + 1, cache.length if cache is not None else 0)
+        self._check_length(highest + 1, cache)
+        pos = input_pos.clamp(min=0)
+        if cache is None:
+            # Keys are this batch's tokens: causal by index, never a pad.
+            mask = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril() & ~pad[:, None, :]  # (B, T, T)
+            slots, end = None, T
+        else:
+            # Keys are cache slots = positions: a query at position p sees slots 0..p.
+            mask = torch.arange(end, device=idx.device) <= input_pos[..., None]  # (B, T, S)
+            slots = input_pos.masked_fill(pad, cache.max_len)  # pads write to the spare slot
+        # A pad query may attend anything: it must not be a row of -inf (NaN softmax),
+        # and what it computes goes nowhere.
+        mask = mask | pad[..., None]
+        return pos, _Attend(slots, end, mask.unsqueeze(1), False)  # (B, 1, T, S)
+
+    def _check_length(self, end: int, cache: KVCache | None) -> None:
+        if cache is not None and end > cache.max_len:
+            raise TinyGPTError(f"the KV cache holds {cache.max_len} positions but {end} were asked for; "
+                               "make a larger KVCache (max_len) or crop the input")
+        if end > self.config.block_size:
+            raise TinyGPTError(f"sequence of {end} tokens exceeds the context of {self.config.block_size}; "
+                               "crop the input to the last block")
 
     @torch.no_grad()
-    def attention_maps(self, idx: torch.Tensor) -> list[torch.Tensor]:
-        """Attention weights of every layer for ``idx`` (B, T): a list of (B, nh, T, T)."""
-        return self.forward(idx, need_weights=True).attentions
+    def attention_maps(self, idx: torch.Tensor, **forward_kwargs) -> list[torch.Tensor]:
+        """Attention weights of every layer for ``idx`` (B, T): a list of (B, nh, T, S)."""
+        with record_attention(self) as maps:
+            self.forward(idx, **forward_kwargs)
+        return maps
+
+
+@contextmanager
+def record_attention(model: GPT) -> Iterator[list[torch.Tensor]]:
+    """Collect each layer's attention weights (B, nh, T, S) during the forwards inside.
+
+    A forward hook on every layer's SDPA module recomputes the weights from its inputs
+    through :func:`attention_probs`; the forward itself is unchanged."""
+    maps: list[torch.Tensor] = []
+
+    def hook(module, args, output):
+        q, k, _, mask, causal = args
+        maps.append(attention_probs(q, k, mask, causal).detach())
+
+    handles = [block.attn.attend.register_forward_hook(hook) for block in model.transformer.h]
+    try:
+        yield maps
+    finally:
+        for h in handles:
+            h.remove()

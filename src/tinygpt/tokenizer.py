@@ -23,6 +23,7 @@ from typing import Callable, ClassVar, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .checkpoint import atomic_write, atomic_write_text
 from .errors import TinyGPTError
 
 TOKENIZER_KINDS = ("char", "gpt2", "bpe")
@@ -64,8 +65,7 @@ class Tokenizer(ABC):
         """Write this tokenizer into an existing ``directory`` (always ``tokenizer_config.json``)."""
         # ASCII-escaped JSON (the default): a char vocabulary may hold lone surrogates,
         # which UTF-8 cannot store.
-        text = json.dumps(self._config(), indent=1) + "\n"
-        (Path(directory) / CONFIG_FILE).write_text(text, encoding="utf-8")
+        atomic_write_text(Path(directory) / CONFIG_FILE, json.dumps(self._config(), indent=1) + "\n")
 
     def _config(self) -> dict:
         # What tokenizer_config.json holds; subclasses add what they need to reload.
@@ -290,7 +290,7 @@ class BPETokenizer(Tokenizer):
         return {**super().to_dict(), "special_tokens": self.special_tokens}
 
     def save(self, directory: str | Path) -> None:
-        self._tok.save(str(Path(directory) / BPE_FILE))
+        atomic_write(Path(directory) / BPE_FILE, lambda p: self._tok.save(str(p)))
         super().save(directory)
 
     @classmethod

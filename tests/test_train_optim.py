@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tinygpt.model import GPT, GPTConfig
-from tinygpt.optim import lr_at, make_optimizer
+from tinygpt.train.optim import lr_at, make_optimizer
 
 
 def test_warmup_is_linear_from_lr_over_warmup():

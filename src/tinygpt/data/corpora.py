@@ -25,8 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from .config import cache_dir
-from .errors import TinyGPTError
+from ..config import cache_dir
+from ..errors import TinyGPTError
 
 BUILTIN_CORPORA = ("shakespeare",)
 

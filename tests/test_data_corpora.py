@@ -8,10 +8,10 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import FAKE_PLAYS
-from tinygpt import corpora
+
 from tinygpt.config import cache_dir
+from tinygpt.data import corpora
 from tinygpt.errors import TinyGPTError
 
 

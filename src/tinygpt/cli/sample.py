@@ -1,0 +1,76 @@
+"""``tinygpt sample``: load a run, stream its continuation of a prompt to stdout."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import add_arguments, cli_values, from_dict, opt, section
+from ..device import RuntimeConfig
+from ..errors import TinyGPTError
+from ..generation import GenerationConfig, load
+from .common import log
+
+
+@dataclass
+class PromptOptions:
+    prompt: str = opt("", "text to continue (default: start of a document)")
+    prompt_file: str | None = opt(None, "read the prompt from this file instead")
+    checkpoint: str = opt("best", "which weights: best (lowest val loss), last, or a .safetensors path")
+
+
+@dataclass
+class SampleCommand:
+    prompt: PromptOptions = field(default_factory=PromptOptions)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    runtime: RuntimeConfig = section(RuntimeConfig, dtype="fp32")  # exact logits unless asked otherwise
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("sample", help="generate text from a trained run",
+                       description="Generate text from a run directory written by 'tinygpt train'.")
+    p.add_argument("run", metavar="RUN", help="run directory, e.g. runs/shakespeare-char-tiny-...")
+    add_arguments(p, SampleCommand)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cmd = from_dict(SampleCommand, cli_values(SampleCommand, args))
+    prompt = cmd.prompt.prompt
+    if cmd.prompt.prompt_file:
+        try:
+            prompt = Path(cmd.prompt.prompt_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise TinyGPTError(f"cannot read --prompt-file {cmd.prompt.prompt_file}: {e}; give a UTF-8 text file") from None
+    lm = load(args.run, checkpoint=cmd.prompt.checkpoint, device=cmd.runtime.device, dtype=cmd.runtime.dtype)
+    log(f"{lm.checkpoint}: step {lm.step}" + (f", val loss {lm.val_loss:.4f}" if lm.val_loss is not None else "")
+        + f" | {lm.model.num_params() / 1e6:.2f}M parameters on {lm.device}")
+    ids, cropped = lm.encode_prompt(prompt)
+    if cropped:
+        log(f"notice: the prompt is longer than the context; using its last {lm.model.config.block_size} tokens")
+    echo = lm.tokenizer.decode(ids[0].tolist()) if prompt else ""
+    n = cmd.generation.num_samples
+
+    def header(i: int) -> None:
+        if n > 1:
+            sys.stdout.write(f"--- sample {i + 1} ---\n")
+        sys.stdout.write(echo)
+        sys.stdout.flush()
+
+    # All samples are drawn as one batch; the first streams as it is generated, the others
+    # print when it is done (the same text tinygpt.load(...).generate(...) returns).
+    def on_text(i: int, piece: str) -> None:
+        if i == 0:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
+    header(0)
+    texts = lm.generate(prompt, config=cmd.generation, seed=cmd.runtime.seed, on_text=on_text)
+    sys.stdout.write("\n")
+    for i in range(1, n):
+        header(i)
+        sys.stdout.write(texts[i] + "\n")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,18 @@
+"""Text in, batches out: built-in corpora, files, the tokenize-and-cache step, and batch samplers.
+
+    from tinygpt.data import DataConfig, prepare_data, Batches
+    data = prepare_data(DataConfig(data="books/"))          # tokenized once, memory-mapped
+    batches = Batches(data.train, batch_size=32, block_size=256, seed=0)
+    x, y, loss_mask = next(batches)                         # a Batch
+
+Whatever feeds the trainer yields :class:`Batch` (x, y, loss_mask): instruction data,
+word datasets and rank-sharded data plug in as other iterators of batches.
+"""
+
+from .batches import Batch, Batches
+from .cache import TokenData, prepare_data, token_dtype
+from .config import SAMPLING_MODES, DataConfig
+from .files import check_encoding, resolve_files
+
+__all__ = ["Batch", "Batches", "DataConfig", "SAMPLING_MODES", "TokenData", "check_encoding", "prepare_data",
+           "resolve_files", "token_dtype"]

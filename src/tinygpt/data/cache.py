@@ -1,0 +1,227 @@
+"""Text -> tokenized corpus, cached on disk as a memory-mapped token file.
+
+``prepare_data`` tokenizes a corpus once into ``cache_dir()/data/<key>/``, the key being
+a SHA-256 over the settings that change the tokens and over every file's name and bytes.
+Text is streamed (see files.py), encoded a batch of chunks at a time (the tokenizer
+backends run ``encode_batch`` in parallel) and appended to ``tokens.bin``. A cache dir
+is built under a temporary name and renamed into place, so it only ever appears complete.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..config import cache_dir
+from ..errors import TinyGPTError
+from ..tokenizer import Tokenizer, build_tokenizer, load_tokenizer
+from .config import DataConfig
+from .files import (
+    CHUNK_BYTES,
+    check_encoding,
+    iter_chunks,
+    open_binary,
+    relative_names,
+    resolve_files,
+)
+
+FORMAT_VERSION = 1          # bump when the layout or meaning of a cache dir changes
+ENCODE_BATCH_CHUNKS = 16    # chunks handed to one encode_batch call (the parallelism)
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """Smallest little-endian unsigned dtype holding every id below ``vocab_size``."""
+    return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
+
+
+@dataclass
+class TokenData:
+    """A tokenized corpus: the tokenizer plus read-only 1-D memmap views of the two splits."""
+    directory: Path
+    tokenizer: Tokenizer
+    meta: dict
+    train: np.ndarray   # (val_start,) uint16/uint32 memmap view
+    val: np.ndarray     # (n_tokens - val_start,)
+
+
+def prepare_data(cfg: DataConfig, *, log: Callable[[str], None] = print) -> TokenData:
+    """Tokenize ``cfg.data`` into ``cache_dir()/data/<key>/`` (once) and map it into memory."""
+    files = resolve_files(cfg.data, cfg.encoding, log)
+    names = relative_names(files)
+    key, n_raw = _cache_key(cfg, files, names)
+    directory = cache_dir() / "data" / key[:16]
+    if not (directory / "meta.json").is_file():
+        if n_raw == 0:
+            raise TinyGPTError(f"no text in {cfg.data!r}: the corpus is empty")
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        log(f"data: tokenizing {len(files)} file(s), {n_raw / 1e6:.1f} MB, with the {cfg.tokenizer} tokenizer")
+        started = time.perf_counter()
+        _build(cfg, files, names, key, n_raw, directory, log)
+        log(f"data: tokenized in {time.perf_counter() - started:.1f}s into {directory}")
+    data = _load(directory)
+    m = data.meta
+    log(f"data: {m['n_tokens']:,} tokens ({len(data.train):,} train, {len(data.val):,} val), "
+        f"vocab {m['vocab_size']:,} ({m['tokenizer']['kind']})")
+    return data
+
+
+def _cache_key(cfg: DataConfig, files: list[Path], names: list[str]) -> tuple[str, int]:
+    """(sha256 hex over settings + each file's name and bytes, total bytes read)."""
+    settings = {"version": FORMAT_VERSION, "tokenizer": cfg.tokenizer, "val_fraction": cfg.val_fraction,
+                "encoding": check_encoding(cfg.encoding)}
+    if cfg.tokenizer == "bpe":
+        settings["bpe_vocab_size"] = cfg.bpe_vocab_size
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    total = 0
+    for path, name in zip(files, names):
+        # Hashing each file separately and feeding (name, digest) pairs keeps the key
+        # unambiguous: no file content can masquerade as a file boundary.
+        content = hashlib.sha256()
+        with open_binary(path) as f:
+            while block := f.read(CHUNK_BYTES):
+                content.update(block)
+                total += len(block)
+        key.update(json.dumps(name).encode() + content.digest())
+    return key.hexdigest(), total
+
+
+def _load(directory: Path) -> TokenData:
+    meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
+    dtype = np.dtype(meta["dtype"]).newbyteorder("<")
+    size = (directory / "tokens.bin").stat().st_size
+    if size != meta["n_tokens"] * dtype.itemsize:
+        raise TinyGPTError(f"the token cache {directory} is damaged (tokens.bin has {size} bytes, expected "
+                           f"{meta['n_tokens'] * dtype.itemsize}); delete that folder and run again")
+    tokens = np.memmap(directory / "tokens.bin", dtype=dtype, mode="r")
+    split = meta["val_start"]
+    return TokenData(directory, load_tokenizer(directory), meta, tokens[:split], tokens[split:])
+
+
+def _remove_stale_builds(data_root: Path, key: str) -> None:
+    """Delete temp dirs of this key left by builds that were killed (their process is gone)."""
+    if os.name != "posix":  # os.kill(pid, 0) only probes on POSIX; elsewhere it would kill
+        return
+    for stale in data_root.glob(f".tmp-{key[:16]}-*"):
+        try:
+            pid = int(stale.name.split("-")[2])
+            if pid != os.getpid():
+                os.kill(pid, 0)
+                continue  # still running: another process is building the same data
+        except (ValueError, IndexError, PermissionError):
+            continue
+        except ProcessLookupError:
+            pass
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _build(cfg: DataConfig, files: list[Path], names: list[str], key: str, n_raw: int,
+           directory: Path, log: Callable[[str], None]) -> None:
+    """Tokenize into a temp dir beside ``directory``, then rename it into place."""
+    _remove_stale_builds(directory.parent, key)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:16]}-{os.getpid()}-", dir=directory.parent))
+    try:
+        def texts() -> Iterator[str]:
+            return (chunk for path in files for chunk in iter_chunks(path, cfg.encoding))
+
+        tokenizer = build_tokenizer(cfg.tokenizer, texts, vocab_size=cfg.bpe_vocab_size)
+        dtype = token_dtype(tokenizer.vocab_size)
+        n_tokens, n_bytes, marks = _write_tokens(files, cfg.encoding, tokenizer, staging / "tokens.bin",
+                                                 dtype, n_raw, log)
+        if n_tokens == 0:
+            raise TinyGPTError(f"no text in {cfg.data!r}: the corpus is empty")
+        val_start = n_tokens - round(n_tokens * cfg.val_fraction)
+        meta = {"version": FORMAT_VERSION, "key": key, "source": cfg.data, "files": names,
+                "n_tokens": n_tokens, "val_start": val_start, "dtype": dtype.name,
+                "vocab_size": tokenizer.vocab_size, "tokenizer": tokenizer.to_dict(),
+                "encoding": check_encoding(cfg.encoding), "n_bytes": n_bytes}
+        train_bytes = _bytes_before(tokenizer, staging / "tokens.bin", dtype, marks, val_start)
+        if train_bytes is not None:
+            meta.update(train_bytes=train_bytes, val_bytes=n_bytes - train_bytes)
+        tokenizer.save(staging)
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        try:
+            os.rename(staging, directory)
+        except OSError:
+            # A concurrent run with the same inputs got there first; its result is identical.
+            if not (directory / "meta.json").is_file():
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _write_tokens(files: list[Path], encoding: str, tokenizer: Tokenizer, out_path: Path, dtype: np.dtype,
+                  n_raw: int, log: Callable[[str], None]) -> tuple[int, int, list[tuple[int, int]]]:
+    """Encode every file into ``out_path``; returns (n_tokens, utf-8 bytes of text, marks).
+
+    ``marks`` holds (tokens so far, text bytes so far) after every encoded chunk, so the
+    byte count of the text before any token can later be found without re-reading files.
+    """
+    eot = tokenizer.eot_id
+    n_tokens = n_bytes = 0
+    marks: list[tuple[int, int]] = []
+    batch: list[tuple[str, bool]] = []      # (chunk text, is it the start of a new file)
+    last_report = time.perf_counter()
+
+    with open(out_path, "wb") as out:
+        def flush() -> None:
+            nonlocal n_tokens, n_bytes
+            encoded = tokenizer.encode_batch([text for text, _ in batch])
+            for (text, starts_file), ids in zip(batch, encoded):
+                if starts_file and eot is not None and n_tokens:
+                    np.array([eot], dtype=dtype).tofile(out)   # document separator: 1 token, 0 bytes
+                    n_tokens += 1
+                    marks.append((n_tokens, n_bytes))
+                np.asarray(ids, dtype=dtype).tofile(out)
+                n_tokens += len(ids)
+                n_bytes += len(text.encode("utf-8"))
+                marks.append((n_tokens, n_bytes))
+            batch.clear()
+
+        for path in files:
+            starts_file = True
+            for chunk in iter_chunks(path, encoding):
+                batch.append((chunk, starts_file))
+                starts_file = False
+                if len(batch) == ENCODE_BATCH_CHUNKS:
+                    flush()
+                    if time.perf_counter() - last_report > 10:  # big corpora: show it is alive
+                        last_report = time.perf_counter()
+                        log(f"data:   {n_bytes / 1e6:,.0f} of ~{n_raw / 1e6:,.0f} MB, {n_tokens:,} tokens")
+        if batch:
+            flush()
+    return n_tokens, n_bytes, marks
+
+
+def _bytes_before(tokenizer: Tokenizer, token_file: Path, dtype: np.dtype,
+                  marks: list[tuple[int, int]], index: int) -> int | None:
+    """UTF-8 bytes of the text encoded by tokens[:index], or None when not exactly knowable.
+
+    Exact at chunk boundaries. Inside a chunk, the chunk's tokens are decoded in two
+    halves; if the halves rejoin into the chunk, the cut lies between characters and the
+    first half's byte length is exact. Byte-level tokenizers can cut inside a multi-byte
+    character, and there is no exact answer in characters then.
+    """
+    if index == 0:
+        return 0
+    i = bisect.bisect_left([end for end, _ in marks], index)   # the chunk holding token index - 1
+    end, bytes_end = marks[i]
+    start, bytes_start = marks[i - 1] if i else (0, 0)
+    if index == end:
+        return bytes_end
+    ids = np.fromfile(token_file, dtype=dtype, count=end - start, offset=start * dtype.itemsize).tolist()
+    whole, head = tokenizer.decode(ids), tokenizer.decode(ids[: index - start])
+    if len(whole.encode("utf-8")) != bytes_end - bytes_start or head + tokenizer.decode(ids[index - start:]) != whole:
+        return None
+    return bytes_start + len(head.encode("utf-8"))

@@ -1,0 +1,284 @@
+"""Hugging Face GPT-2 and Llama checkpoints <-> tinygpt, both ways.
+
+Configs travel as plain dicts (``PretrainedConfig.to_dict()`` in, kwargs for
+``GPT2Config(**d)`` / ``LlamaConfig(**d)`` out) and weights as state dicts, so this
+module needs neither ``transformers`` nor any file format.
+
+The name tables are all there is to know:
+
+* GPT-2 uses our names already (ours were chosen to match). Its Conv1D layers store
+  weights (in, out), the transpose of ``nn.Linear``, so those four get transposed.
+* Llama keeps q/k/v and gate/up as separate matrices; we pack each group into one
+  matmul on the output dim, so conversion concatenates / splits along dim 0.
+  RoPE uses the same rotate-half convention on both sides: no q/k permutation.
+
+Our embedding and head carry ``padded_vocab_size`` rows; HF carries ``vocab_size``.
+Padding rows are zeros on the way in and dropped on the way out.
+Anything we cannot represent is a ``TinyGPTError`` naming the option, raised as the
+value comes in, rather than a model that loads but computes something else.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from ..errors import TinyGPTError
+from ..model import GPT, GPTConfig
+
+StateDict = dict[str, torch.Tensor]
+
+# Our keys whose rows index the vocabulary (padded on our side only).
+_VOCAB_ROWS = ("transformer.wte.weight", "lm_head.weight")
+
+# GPT-2's Conv1D weights, stored (in, out) by HF.
+_GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+# Our module path -> HF module paths, concatenated in this order along dim 0.
+_LLAMA_TOP = {"transformer.wte": ("model.embed_tokens",), "transformer.ln_f": ("model.norm",),
+              "lm_head": ("lm_head",)}
+_LLAMA_BLOCK = {
+    "ln_1": ("input_layernorm",),
+    "attn.c_attn": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "attn.c_proj": ("self_attn.o_proj",),
+    "ln_2": ("post_attention_layernorm",),
+    "mlp.c_fc": ("mlp.gate_proj", "mlp.up_proj"),
+    "mlp.c_proj": ("mlp.down_proj",),
+}
+
+# The architecture switches each format fixes: field -> required value.
+_GPT2_SHAPE = {"pos_emb": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True, "qk_norm": False}
+_LLAMA_SHAPE = {"pos_emb": "rope", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": False}
+
+# HF options that change the computation in ways we do not model: key -> (default, allowed).
+_GPT2_OPTIONS = {
+    "activation_function": ("gelu_new", ("gelu_new", "gelu_pytorch_tanh")),  # both tanh-approximate
+    "scale_attn_weights": (True, (True,)),
+    "scale_attn_by_inverse_layer_idx": (False, (False,)),
+    "reorder_and_upcast_attn": (False, (False,)),
+}
+_LLAMA_OPTIONS = {"hidden_act": ("silu", ("silu",))}
+
+# Checkpoint entries that are not weights: GPT-2's causal-mask buffers and the RoPE
+# frequencies that older Llama checkpoints saved. Both are rebuilt from the config.
+_GPT2_BUFFERS = (".attn.bias", ".attn.masked_bias")
+_LLAMA_BUFFERS = ("rotary_emb.inv_freq",)
+
+
+# ---------------------------------------------------------------------------- configs
+
+def _flag(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _require_shape(cfg: GPTConfig, shape: dict, family: str) -> None:
+    if cfg.vocab_size is None:  # normally filled in from the tokenizer
+        raise TinyGPTError(f"the model config has no vocab_size; set it (from the tokenizer) "
+                           f"before converting to or from {family}")
+    for field, want in shape.items():
+        got = getattr(cfg, field)
+        if got != want:
+            raise TinyGPTError(f"the {family} format needs {field}={_flag(want)} but this model has "
+                               f"{field}={_flag(got)}; only models trained with --{field.replace('_', '-')} "
+                               f"{_flag(want)} can be converted to {family}")
+
+
+def _check_options(hf: dict, options: dict, family: str) -> None:
+    model_type = hf.get("model_type")
+    if model_type not in (None, family.lower().replace("-", "")):
+        raise TinyGPTError(f"expected a {family} config but model_type is {model_type!r}; "
+                           "use the converter for that model family")
+    for key, (default, allowed) in options.items():
+        value = hf.get(key, default)
+        if value not in allowed:
+            raise TinyGPTError(f"{family} option {key}={value!r} is not supported by tinygpt; "
+                               f"only checkpoints with {key} in {list(allowed)} can be converted")
+
+
+def _need(hf: dict, key: str, family: str):
+    if hf.get(key) is None:
+        raise TinyGPTError(f"the {family} config has no {key!r}; pass the checkpoint's full config "
+                           "(config.json or config.to_dict())")
+    return hf[key]
+
+
+def gpt2_config_from_hf(hf: dict) -> GPTConfig:
+    """A ``GPT2Config.to_dict()``-style dict -> our GPTConfig."""
+    _check_options(hf, _GPT2_OPTIONS, "GPT-2")
+    n_layer, n_head, n_embd, n_positions, vocab_size = (
+        _need(hf, k, "GPT-2") for k in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size"))
+    return GPTConfig(
+        n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=n_positions, vocab_size=vocab_size,
+        # One dropout for all three sites; GPT-2 checkpoints set them equal.
+        dropout=hf.get("resid_pdrop", 0.0), mlp_hidden=hf.get("n_inner"),
+        norm_eps=hf.get("layer_norm_epsilon", 1e-5), tie_embeddings=hf.get("tie_word_embeddings", True),
+        **_GPT2_SHAPE)
+
+
+def gpt2_config_to_hf(cfg: GPTConfig) -> dict:
+    """Our GPTConfig -> kwargs for ``transformers.GPT2Config``."""
+    _require_shape(cfg, _GPT2_SHAPE, "GPT-2")
+    # <|endoftext|> is 50256 only in GPT-2's own BPE; otherwise the tokenizer is unknown here.
+    eot = 50256 if cfg.vocab_size == 50257 else None
+    return dict(
+        model_type="gpt2", architectures=["GPT2LMHeadModel"], vocab_size=cfg.vocab_size,
+        n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
+        n_inner=cfg.mlp_hidden, activation_function="gelu_new", layer_norm_epsilon=cfg.norm_eps,
+        resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
+        tie_word_embeddings=cfg.tie_embeddings, bos_token_id=eot, eos_token_id=eot)
+
+
+def llama_config_from_hf(hf: dict) -> GPTConfig:
+    """A ``LlamaConfig.to_dict()``-style dict -> our GPTConfig (RoPE, RMSNorm, SwiGLU)."""
+    _check_options(hf, _LLAMA_OPTIONS, "Llama")
+    n_embd, n_head = _need(hf, "hidden_size", "Llama"), _need(hf, "num_attention_heads", "Llama")
+    kv_heads = hf.get("num_key_value_heads") or n_head
+    if kv_heads != n_head:
+        raise TinyGPTError(f"Llama num_key_value_heads={kv_heads} differs from num_attention_heads={n_head}: "
+                           "grouped-query attention is not supported; convert a multi-head checkpoint")
+    head_dim = hf.get("head_dim") or n_embd // n_head
+    if head_dim * n_head != n_embd:
+        raise TinyGPTError(f"Llama head_dim={head_dim} times num_attention_heads={n_head} is not "
+                           f"hidden_size={n_embd}; only checkpoints with head_dim = hidden_size / heads convert")
+    # Older transformers: top-level rope_theta plus an optional rope_scaling dict ("type" or
+    # "rope_type"); 5.x: a rope_parameters dict holding rope_theta and rope_type.
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type")) or "default"
+    if rope_type != "default":
+        raise TinyGPTError(f"Llama rope scaling type {rope_type!r} is not supported; "
+                           "only checkpoints with plain RoPE (rope_type 'default') can be converted")
+    # One flag in tinygpt covers every linear layer's bias.
+    attention_bias, mlp_bias = hf.get("attention_bias", False), hf.get("mlp_bias", False)
+    if attention_bias != mlp_bias:
+        raise TinyGPTError(f"Llama attention_bias={attention_bias} with mlp_bias={mlp_bias} is not supported; "
+                           "tinygpt's --bias applies to both, so they must be equal")
+    return GPTConfig(
+        n_layer=_need(hf, "num_hidden_layers", "Llama"), n_head=n_head, n_embd=n_embd,
+        block_size=_need(hf, "max_position_embeddings", "Llama"), vocab_size=_need(hf, "vocab_size", "Llama"),
+        dropout=hf.get("attention_dropout", 0.0), bias=bool(attention_bias),
+        mlp_hidden=_need(hf, "intermediate_size", "Llama"), tie_embeddings=hf.get("tie_word_embeddings", False),
+        rope_theta=float(hf.get("rope_theta", rope.get("rope_theta", 10000.0))),
+        norm_eps=hf.get("rms_norm_eps", 1e-6), **_LLAMA_SHAPE)
+
+
+def llama_config_to_hf(cfg: GPTConfig) -> dict:
+    """Our GPTConfig -> kwargs for ``transformers.LlamaConfig``."""
+    _require_shape(cfg, _LLAMA_SHAPE, "Llama")
+    return dict(
+        model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=cfg.vocab_size,
+        hidden_size=cfg.n_embd, intermediate_size=cfg.hidden_size, num_hidden_layers=cfg.n_layer,
+        num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head, head_dim=cfg.head_size,
+        max_position_embeddings=cfg.block_size, hidden_act="silu", rms_norm_eps=cfg.norm_eps,
+        # Top-level rope_theta is accepted by every transformers version (5.x moves it into
+        # rope_parameters itself); a rope_parameters dict would be ignored by 4.x.
+        rope_theta=cfg.rope_theta, attention_bias=cfg.bias, mlp_bias=cfg.bias,
+        attention_dropout=cfg.dropout, tie_word_embeddings=cfg.tie_embeddings,
+        # Special tokens belong to the tokenizer, which this function does not know.
+        bos_token_id=None, eos_token_id=None)
+
+
+# ---------------------------------------------------------------------------- weights
+
+def _gpt2_names(key: str) -> tuple[tuple[str, ...], bool]:
+    return (key,), key.endswith(_GPT2_CONV1D)
+
+
+def _llama_names(key: str) -> tuple[tuple[str, ...], bool]:
+    module, param = key.rsplit(".", 1)
+    block = re.fullmatch(r"transformer\.h\.(\d+)\.(.+)", module)
+    if block:
+        parts = tuple(f"model.layers.{block[1]}.{p}" for p in _LLAMA_BLOCK[block[2]])
+    else:
+        parts = _LLAMA_TOP[module]
+    return tuple(f"{p}.{param}" for p in parts), False
+
+
+def _plan(cfg: GPTConfig, names) -> list[tuple[str, torch.Size, tuple[str, ...], bool]]:
+    """(our key, our shape, HF keys, transposed) for every tensor the config implies."""
+    # The model itself is the one source of truth for our names and shapes; built on the
+    # meta device it allocates nothing.
+    with torch.device("meta"):
+        ours = GPT(cfg).state_dict()
+    if cfg.tie_embeddings:
+        del ours["lm_head.weight"]  # the same tensor as wte: converted once
+    return [(key, t.shape, *names(key)) for key, t in ours.items()]
+
+
+def _hf_shape(cfg: GPTConfig, key: str, shape: torch.Size, n_parts: int, transposed: bool) -> tuple:
+    rows = cfg.vocab_size if key in _VOCAB_ROWS else shape[0]
+    part = (rows // n_parts, *shape[1:])  # packed groups split evenly along dim 0
+    return part[::-1] if transposed else part
+
+
+def _check(sd: StateDict, expected: dict[str, tuple], ignored, source: str) -> None:
+    """Same keys (up to ``ignored``) and same shapes, or a TinyGPTError naming the first bad key."""
+    hint = "the config does not match the checkpoint (check n_layer, bias and tie_embeddings)"
+    for key, shape in expected.items():
+        if key not in sd:
+            raise TinyGPTError(f"the {source} state dict lacks {key!r}; {hint}")
+        if tuple(sd[key].shape) != tuple(shape):
+            raise TinyGPTError(f"{source} tensor {key!r} has shape {tuple(sd[key].shape)} but the config "
+                               f"implies {tuple(shape)}; {hint}")
+    for key in sd:
+        if key not in expected and not ignored(key):
+            raise TinyGPTError(f"unexpected key {key!r} in the {source} state dict; {hint}")
+
+
+def _from_hf(hf_sd: StateDict, cfg: GPTConfig, names, buffers: tuple, family: str) -> StateDict:
+    plan = _plan(cfg, names)
+    expected = {}
+    for key, shape, parts, transposed in plan:
+        expected.update(dict.fromkeys(parts, _hf_shape(cfg, key, shape, len(parts), transposed)))
+    # HF state dicts repeat a tied head as lm_head.weight; some saved files leave it out.
+    _check(hf_sd, expected, lambda k: k.endswith(buffers) or (cfg.tie_embeddings and k == "lm_head.weight"),
+           f"Hugging Face {family}")
+    out = {}
+    for key, shape, parts, transposed in plan:
+        tensors = [hf_sd[p].t() if transposed else hf_sd[p] for p in parts]
+        t = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
+        if key in _VOCAB_ROWS:  # (vocab_size, C) -> (padded_vocab_size, C), zero rows
+            t = torch.cat([t, t.new_zeros(shape[0] - t.shape[0], *t.shape[1:])])
+        out[key] = t.contiguous()
+    return out
+
+
+def _to_hf(sd: StateDict, cfg: GPTConfig, names, family: str) -> StateDict:
+    plan = _plan(cfg, names)
+    # model.state_dict() of a tied model lists the head too; it is wte, so ignore it.
+    _check(sd, {key: shape for key, shape, _, _ in plan},
+           lambda k: cfg.tie_embeddings and k == "lm_head.weight", "tinygpt")
+    out = {}
+    for key, _, parts, transposed in plan:
+        t = sd[key]
+        if key in _VOCAB_ROWS:
+            t = t[:cfg.vocab_size]  # (padded_vocab_size, C) -> (vocab_size, C)
+        for part, chunk in zip(parts, t.chunk(len(parts))):  # (n*D, ...) -> n of (D, ...)
+            out[part] = (chunk.t() if transposed else chunk).contiguous()
+    if cfg.tie_embeddings:  # as in HF's own state_dict(), which load_state_dict(strict=True) expects
+        out["lm_head.weight"] = out[names("transformer.wte.weight")[0][0]]
+    return out
+
+
+def gpt2_weights_from_hf(hf_sd: StateDict, cfg: GPTConfig) -> StateDict:
+    """HF GPT2LMHeadModel state dict -> ours (no lm_head.weight when tied: it is wte)."""
+    _require_shape(cfg, _GPT2_SHAPE, "GPT-2")
+    return _from_hf(hf_sd, cfg, _gpt2_names, _GPT2_BUFFERS, "GPT-2")
+
+
+def gpt2_weights_to_hf(sd: StateDict, cfg: GPTConfig) -> StateDict:
+    """Our state dict -> HF GPT2LMHeadModel's."""
+    _require_shape(cfg, _GPT2_SHAPE, "GPT-2")
+    return _to_hf(sd, cfg, _gpt2_names, "GPT-2")
+
+
+def llama_weights_from_hf(hf_sd: StateDict, cfg: GPTConfig) -> StateDict:
+    """HF LlamaForCausalLM state dict -> ours (no lm_head.weight when tied: it is wte)."""
+    _require_shape(cfg, _LLAMA_SHAPE, "Llama")
+    return _from_hf(hf_sd, cfg, _llama_names, _LLAMA_BUFFERS, "Llama")
+
+
+def llama_weights_to_hf(sd: StateDict, cfg: GPTConfig) -> StateDict:
+    """Our state dict -> HF LlamaForCausalLM's."""
+    _require_shape(cfg, _LLAMA_SHAPE, "Llama")
+    return _to_hf(sd, cfg, _llama_names, "Llama")

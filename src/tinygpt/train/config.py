@@ -1,0 +1,66 @@
+"""The training component's settings, and the schema of a whole run (what config.json holds)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import check_choices, opt, parse_count, parse_duration, section
+from ..data import DataConfig
+from ..device import RuntimeConfig
+from ..errors import TinyGPTError
+from ..model import GPTConfig
+from ..presets import PRESETS
+from .optim import SCHEDULES
+
+
+@dataclass
+class TrainConfig:
+    preset: str = opt("auto", "model preset; auto picks one that fits the hardware found (cpu: char-tiny, gpu: baby)",
+                      choices=("auto",) + tuple(PRESETS))
+    out: str | None = opt(None, "run directory (default: runs/<name>)")
+    name: str | None = opt(None, "run name under runs/ (default: <data>-<preset>-<date>-<time>)")
+    max_steps: int | None = opt(None, "stop after this many optimizer steps (e.g. 5000, 20k)", parse=parse_count)
+    max_tokens: int | None = opt(None, "stop after training on this many tokens (e.g. 50M)", parse=parse_count)
+    max_time: float | None = opt(None, "stop after this much wall-clock time, e.g. 300, 15m, 6h "
+                                 "(default 5m when no other budget is given)", parse=parse_duration)
+    batch_size: int = opt(32, "sequences per micro-batch")
+    tokens_per_step: int | None = opt(None, "tokens per optimizer step; micro-batches are accumulated to reach it "
+                                      "(default: one micro-batch)", parse=parse_count)
+    lr: float = opt(1e-3, "peak learning rate (each preset sets its own; see tinygpt.presets)")
+    min_lr: float | None = opt(None, "learning rate at the end of the schedule (default lr/10)")
+    warmup_steps: int = opt(100, "linear warmup steps")
+    schedule: str = opt("cosine", "decay after warmup", choices=SCHEDULES)
+    weight_decay: float = opt(0.1, "AdamW weight decay (matrices and embeddings only)")
+    beta1: float = opt(0.9, "AdamW beta1")
+    beta2: float = opt(0.99, "AdamW beta2")
+    grad_clip: float = opt(1.0, "clip the gradient norm to this (0: off)")
+    eval_interval: int = opt(200, "evaluate and checkpoint every N steps")
+    eval_batches: int = opt(20, "batches averaged per evaluation")
+    sample_interval: int = opt(0, "print a sample every N steps (0: only at the end)")
+    sample_tokens: int = opt(200, "length of the printed samples in tokens (0: none)")
+    compile: bool = opt(False, "torch.compile the model (slow start, faster steps on GPUs)")
+    progress: bool = opt(True, "show a progress bar (a line every 10 s when stderr is not a terminal)")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        at_least = {"batch_size": 1, "eval_interval": 1, "eval_batches": 1, "max_steps": 1, "max_tokens": 1,
+                    "tokens_per_step": 1, "warmup_steps": 0, "sample_interval": 0, "sample_tokens": 0}
+        for name, lowest in at_least.items():
+            v = getattr(self, name)
+            if v is not None and v < lowest:
+                raise TinyGPTError(f"--{name.replace('_', '-')} must be at least {lowest}, got {v}")
+        if self.max_time is not None and self.max_time <= 0:
+            raise TinyGPTError(f"--max-time must be positive, got {self.max_time}")
+        if self.lr <= 0 or (self.min_lr is not None and not 0 <= self.min_lr <= self.lr):
+            raise TinyGPTError(f"need 0 < --lr and 0 <= --min-lr <= --lr, got lr={self.lr} min_lr={self.min_lr}")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a training run; saved as the run's config.json.
+
+    ``model.vocab_size`` stays None here until the tokenizer is known."""
+    model: GPTConfig = field(default_factory=GPTConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = section(RuntimeConfig, seed=1337)  # one seed: weights, batches, dropout, samples

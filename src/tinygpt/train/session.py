@@ -1,0 +1,185 @@
+"""A training run from settings to a run directory: what ``tinygpt train`` does, as a library.
+
+    from tinygpt.train import Session
+    session = Session.start({"data": "my_book.txt", "max_time": "15m"})   # or Session.resume("runs/x")
+    summary = session.fit()
+    print(session.sample())
+
+Settings are layered (defaults < preset < each given layer, flat or nested dicts), the
+'auto' preset is resolved for the device found, the model's vocabulary comes from the
+tokenizer, and everything is built and checked before anything is written to disk.
+"""
+
+from __future__ import annotations
+
+import itertools
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .. import __version__
+from ..config import flatten_values, layered, replace, to_dict
+from ..data import Batches, TokenData, prepare_data
+from ..device import fresh_seed, resolve_device, resolve_dtype, seed_everything
+from ..errors import TinyGPTError
+from ..generation import GenerationConfig, TinyGPT
+from ..model import GPT
+from ..presets import get_preset, resolve_preset
+from ..run import RunDir
+from .callbacks import (
+    Callback,
+    Checkpointer,
+    Evaluator,
+    MetricsLog,
+    PeriodicSampler,
+    ProgressBar,
+)
+from .config import RunConfig
+from .trainer import Trainer
+
+RUNS_DIR = Path("runs")
+# Settings that define what a run *is*; they cannot change when it is resumed.
+FIXED_ON_RESUME = ("model", "data")
+
+
+def new_run_config(*layers: dict) -> RunConfig:
+    """Defaults < the preset's model shape and training settings < ``layers``; 'auto' resolved."""
+    given = layered(RunConfig, *layers)
+    name = resolve_preset(given.train.preset, resolve_device(given.runtime.device).type)
+    cfg = layered(RunConfig, get_preset(name).layer(), *layers, {"train": {"preset": name}})
+    if cfg.runtime.seed is None:  # asked for fresh randomness: draw a seed and record it, so resume works
+        cfg = replace(cfg, {"runtime": {"seed": fresh_seed()}})
+    return cfg
+
+
+def resumed_run_config(saved: dict, *layers: dict) -> RunConfig:
+    """A saved run's config with ``layers`` laid over it; model and data settings cannot change."""
+    base = layered(RunConfig, {k: saved[k] for k in ("model", "data", "train", "runtime") if k in saved})
+    changes: dict = {}
+    for layer in layers:
+        changes.update(flatten_values(RunConfig, layer))
+    for path, value in changes.items():
+        current = getattr(getattr(base, path[0]), path[-1])
+        if path[0] in FIXED_ON_RESUME and current != value:
+            raise TinyGPTError(f"--{path[-1].replace('_', '-')} cannot change when resuming (the run has "
+                               f"{current!r}); start a new run with --out instead")
+    allowed = {path[-1]: v for path, v in changes.items() if path[0] not in FIXED_ON_RESUME}
+    return layered(RunConfig, to_dict(base), allowed)
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    """``--out``, else ``runs/<--name>``, else ``runs/<data>-<preset>-<date>-<time>``."""
+    if cfg.train.out:
+        return Path(cfg.train.out)
+    stem = _data_name(cfg.data.data)
+    return RUNS_DIR / (cfg.train.name or f"{stem}-{cfg.train.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def _data_name(spec: str) -> str:
+    """A file's stem, a folder's name, or for a glob the folder before its first wildcard."""
+    plain = list(itertools.takewhile(lambda part: not any(c in part for c in "*?["), Path(spec).parts))
+    return (Path(*plain).stem if plain else "") or "data"
+
+
+class Session:
+    """A run's config, data, model and trainer, and the run directory they write to."""
+
+    def __init__(self, cfg: RunConfig, run: RunDir, data: TokenData, trainer: Trainer, resumed: bool,
+                 log: Callable[[str], None]):
+        self.cfg, self.run, self.data, self.trainer, self.resumed, self.log = cfg, run, data, trainer, resumed, log
+        self.progress: ProgressBar | None = None
+
+    @classmethod
+    def start(cls, *layers: dict, log: Callable[[str], None] = print) -> "Session":
+        """A new run from settings layers (e.g. a config file's, then command-line flags)."""
+        cfg = new_run_config(*layers)
+        path = default_run_dir(cfg)
+        RunDir.check_new(path)  # before the data is prepared, which can take a while
+        data = prepare_data(cfg.data, log=log)
+        cfg = replace(cfg, {"model": {"vocab_size": data.tokenizer.vocab_size}})
+        session = cls._build(cfg, data, RunDir(path), resumed=False, log=log)  # checks all before writing
+        session.run = RunDir.create(path)
+        session.run.save_tokenizer(data.tokenizer)
+        session._write_config()
+        return session
+
+    @classmethod
+    def resume(cls, path: str | Path, *layers: dict, log: Callable[[str], None] = print) -> "Session":
+        """Continue the run at ``path`` exactly where its last checkpoint left it."""
+        run = RunDir.open(path)
+        saved = run.read_config()
+        cfg = resumed_run_config(saved, *layers)
+        data = prepare_data(cfg.data, log=log)
+        if saved.get("data_key") != data.meta["key"]:
+            raise TinyGPTError(f"the text at --data {cfg.data.data!r} has changed since {run.path} started; resuming "
+                               "needs the same files (restore them, or start a new run)")
+        if cfg.model.vocab_size != data.tokenizer.vocab_size:
+            raise TinyGPTError(f"{run.path} has a {cfg.model.vocab_size}-token model but the data's tokenizer has "
+                               f"{data.tokenizer.vocab_size}; the run directory is inconsistent")
+        session = cls._build(cfg, data, run, resumed=True, log=log)
+        session.trainer.load_state_dict(run.load_state(), source=str(run.path))
+        session._write_config()
+        return session
+
+    @classmethod
+    def _build(cls, cfg: RunConfig, data: TokenData, run: RunDir, resumed: bool, log) -> "Session":
+        device = resolve_device(cfg.runtime.device)
+        dtype = resolve_dtype(cfg.runtime.dtype, device)
+        T = cfg.model.block_size
+        # Batch windows first: a corpus too short for one block fails here, before any work.
+        batches = Batches(data.train, cfg.train.batch_size, T, mode=cfg.data.sampling, seed=cfg.runtime.seed,
+                          split="train")
+        if len(data.val):
+            Batches(data.val, 1, T, split="val")
+        seed_everything(cfg.runtime.seed)  # the model's init is the first draw from the seeded generators
+        model = GPT(cfg.model).to(device)
+        trainer = Trainer(model, cfg.train, batches, device=device, dtype=dtype)
+        return cls(cfg, run, data, trainer, resumed, log)
+
+    def _write_config(self) -> None:
+        self.run.write_config({
+            **to_dict(self.cfg), "tokenizer": self.data.tokenizer.to_dict(), "data_key": self.data.meta["key"],
+            "versions": {"tinygpt": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        })
+
+    def callbacks(self) -> list[Callback]:
+        """The standard ones, in order: evaluate, checkpoint, metrics file, progress, samples."""
+        t, seed, T = self.cfg.train, self.cfg.runtime.seed, self.cfg.model.block_size
+        has_val = len(self.data.val) > 0
+        splits = {"train": lambda: Batches(self.data.train, t.batch_size, T, seed=seed + 1, split="train")}
+        if has_val:
+            splits["val"] = lambda: Batches(self.data.val, t.batch_size, T, seed=seed + 2, split="val")
+        out: list[Callback] = [Evaluator(splits, t.eval_interval, t.eval_batches),
+                               Checkpointer(self.run, t.eval_interval, has_val), MetricsLog(self.run.metrics_path)]
+        write = print
+        if t.progress:
+            self.progress = ProgressBar()
+            out.append(self.progress)
+            write = self.progress.write
+        if t.sample_interval and t.sample_tokens:
+            out.append(PeriodicSampler(t.sample_interval, self.sample, write))
+        return out
+
+    def fit(self, *extra: Callback) -> dict:
+        """Train to the budget (or a stop request); the standard callbacks, then ``extra``."""
+        self.trainer.callbacks = self.callbacks() + list(extra)
+        return self.trainer.fit()
+
+    def sample(self, max_new_tokens: int | None = None) -> str:
+        """A sample of the current weights from a document start, drawn exactly as
+        ``tinygpt.load(run).generate("", max_new_tokens, seed=<the run's seed>)`` draws it."""
+        lm = TinyGPT(self.trainer.model, self.data.tokenizer, self.trainer.device, self.trainer.dtype)
+        n = self.cfg.train.sample_tokens if max_new_tokens is None else max_new_tokens
+        return lm.generate("", config=GenerationConfig(max_new_tokens=n), seed=self.cfg.runtime.seed)[0]
+
+    def describe(self) -> list[str]:
+        """What the run is, in a few lines for the log."""
+        t, tr, tok = self.cfg.train, self.trainer, self.data.tokenizer
+        budget = [f"{k} {v}" for k, v in (("steps", t.max_steps), ("tokens", t.max_tokens),
+                                          ("time", f"{tr.max_time:.0f}s" if tr.max_time else None)) if v]
+        return [f"run: {self.run.path}", tr.describe(),
+                f"budget: {', '.join(budget)}; data: {len(self.data.train):,} train / {len(self.data.val):,} val "
+                f"tokens ({tok.kind} tokenizer, {tok.vocab_size} tokens)"]

@@ -1,0 +1,244 @@
+"""The training loop: optimizer steps over an iterator of batches, with a budget and a schedule.
+
+The trainer owns the optimizer, the learning-rate schedule, mixed precision, gradient
+accumulation and the :class:`TrainState`; its whole state round-trips through
+``state_dict()``. It knows nothing of attention, files or terminals: evaluation,
+checkpoints, the metrics file, the progress bar and samples are callbacks.
+
+A run stops at whichever budget comes first (steps, tokens, wall-clock time) and the
+learning-rate schedule is laid over that same budget, so a ``--max-time 6h`` run decays
+properly by morning.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+
+from ..checkpoint import assign_weights, weight_tensors
+from ..data import Batch
+from ..device import autocast, configure_backends, dtype_name
+from ..errors import TinyGPTError
+from ..model import GPT
+from .callbacks import Callback
+from .config import TrainConfig
+from .distributed import DistContext
+from .optim import lr_at, make_optimizer
+from .state import TrainState, capture_rng, restore_rng
+
+DEFAULT_TIME_BUDGET = 300.0  # seconds, when no budget at all is given
+
+
+class Trainer:
+    def __init__(self, model: GPT, cfg: TrainConfig, batches: Iterator[Batch], *, device: torch.device,
+                 dtype: torch.dtype, callbacks: Sequence[Callback] = (), dist: DistContext | None = None):
+        self.model, self.cfg, self.batches = model, cfg, batches
+        self.device, self.dtype = device, dtype
+        self.callbacks = list(callbacks)
+        self.dist = dist or DistContext()
+        configure_backends(device)
+        self.forward = self.dist.wrap(torch.compile(model) if cfg.compile else model)
+        self.optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device)
+        # Loss scaling keeps fp16 gradients from underflowing; bf16/fp32 have the range.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+        tokens_per_micro = cfg.batch_size * model.config.block_size
+        self.grad_accum = max(1, math.ceil((cfg.tokens_per_step or tokens_per_micro) / tokens_per_micro))
+        self.tokens_per_step = self.grad_accum * tokens_per_micro
+        no_budget = cfg.max_steps is None and cfg.max_tokens is None and cfg.max_time is None
+        self.max_time = DEFAULT_TIME_BUDGET if no_budget else cfg.max_time
+        self.min_lr = cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr
+        self.state = TrainState()
+        self._stop: str | None = None
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly: weights, optimizer, scaler, data position,
+        the loop's counters and every random generator."""
+        return {
+            **self.state.state_dict(),
+            "model": weight_tensors(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "batches": self.batches.state_dict() if hasattr(self.batches, "state_dict") else None,
+            "rng": capture_rng(),
+        }
+
+    def load_state_dict(self, state: dict, source: str = "the trainer state") -> None:
+        assign_weights(self.model, state.get("model", {}), source)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            if state["batches"] is not None and hasattr(self.batches, "load_state_dict"):
+                self.batches.load_state_dict(state["batches"])
+            self.state.load_state_dict(state)
+            rng = state["rng"]
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise TinyGPTError(f"the trainer state in {source} does not fit this run ({str(e)[:120]}); "
+                               "start a new run instead of --resume") from None
+        restore_rng(rng)
+
+    # ------------------------------------------------------------------ budget
+
+    def progress(self) -> float:
+        """Fraction of the budget used: whichever of steps, tokens, time is furthest along."""
+        t, s = self.cfg, self.state
+        fractions = [0.0]
+        if t.max_steps:
+            span = max(1, t.max_steps - t.warmup_steps)
+            fractions.append((s.step - t.warmup_steps) / span if t.max_steps > t.warmup_steps
+                             else s.step / t.max_steps)
+        if t.max_tokens:
+            fractions.append(s.tokens / t.max_tokens)
+        if self.max_time:
+            fractions.append(s.elapsed / self.max_time)
+        return min(1.0, max(fractions))
+
+    def done(self) -> bool:
+        t, s = self.cfg, self.state
+        return ((t.max_steps is not None and s.step >= t.max_steps)
+                or (t.max_tokens is not None and s.tokens >= t.max_tokens)
+                or (self.max_time is not None and s.elapsed >= self.max_time))
+
+    def at_interval(self, every: int) -> bool:
+        """Whether this step is one of every ``every``, or the last of the run."""
+        return self.state.step % every == 0 or self.done()
+
+    def lr(self) -> float:
+        t = self.cfg
+        return lr_at(self.state.step, self.progress(), lr=t.lr, min_lr=self.min_lr,
+                     warmup_steps=t.warmup_steps, schedule=t.schedule)
+
+    # ------------------------------------------------------------------ steps
+
+    def train_step(self) -> dict:
+        """One optimizer step over ``grad_accum`` micro-batches."""
+        self.model.train()
+        lr = self.lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        micro = [next(self.batches) for _ in range(self.grad_accum)]
+        # The step's loss is the mean over every real target in it (all micro-batches, all
+        # ranks): each micro-batch's summed loss is divided by that one count, so batches
+        # holding fewer real tokens weigh less, exactly as they would in one big batch.
+        n_targets = self.dist.sum_across_ranks(sum(b.n_targets() for b in micro))
+        if n_targets == 0:
+            raise TinyGPTError(f"step {self.state.step + 1} has no targets to learn from (every loss_mask entry "
+                               "is false); check the data's loss masks or use longer sequences")
+        total = torch.zeros((), device=self.device)
+        for i, batch in enumerate(micro):
+            b = batch.to(self.device, non_blocking=True)
+            with self.dist.gradient_sync(self.forward, sync=i == len(micro) - 1):
+                with autocast(self.device, self.dtype):
+                    loss = self.forward(b.x, b.y, loss_mask=b.loss_mask).loss_sum / n_targets
+                self.scaler.scale(loss).backward()
+            total += loss.detach()
+        grad_norm = None
+        if self.cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self.state.tokens += self.tokens_per_step
+        return {"loss": total.item(), "lr": lr, "grad_norm": None if grad_norm is None else grad_norm.item()}
+
+    @torch.no_grad()
+    def evaluate(self, batches: Iterator[Batch], n_batches: int) -> float:
+        """Mean loss over every real target of the next ``n_batches`` batches."""
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        count = torch.zeros((), device=self.device, dtype=torch.long)
+        for _ in range(n_batches):
+            b = next(batches).to(self.device)
+            with autocast(self.device, self.dtype):
+                out = self.forward(b.x, b.y, loss_mask=b.loss_mask)
+            loss_sum += out.loss_sum.float()
+            count += out.n_targets
+        return (loss_sum / count).item()
+
+    # ------------------------------------------------------------------ loop
+
+    def fit(self) -> dict:
+        """Train until a budget runs out or a stop is requested; returns a summary.
+
+        Ctrl+C / SIGTERM finish the current step and end the loop with
+        ``summary["interrupted"]`` set (the checkpointer saves then); a second Ctrl+C aborts."""
+        self._stop = None
+        callbacks = [cb for cb in self.callbacks if self.dist.is_main or not cb.main_process_only]
+        try:
+            for cb in callbacks:
+                cb.on_train_start(self)
+            with self._stop_signals():
+                t_last = time.perf_counter()
+                while not self.done() and self._stop is None:
+                    info = self.train_step()
+                    now = time.perf_counter()
+                    dt, s = now - t_last, self.state
+                    s.elapsed += dt
+                    record = {"step": s.step, "tokens": s.tokens, "elapsed": round(s.elapsed, 3), **info,
+                              "tok_per_s": self.tokens_per_step / dt}
+                    if not math.isfinite(info["loss"]):
+                        for cb in callbacks:
+                            cb.on_nonfinite(self, record)
+                        raise TinyGPTError(f"the loss became {info['loss']} at step {s.step}; lower --lr "
+                                           "(or use --dtype fp32 / --grad-clip 1.0) and start again")
+                    for cb in callbacks:
+                        cb.on_step_end(self, record)
+                    # Callbacks (evaluation, saving) count towards the time budget, not the step's tokens/s.
+                    t_last = time.perf_counter()
+                    s.elapsed += t_last - now
+                summary = self.summary()
+                for cb in callbacks:
+                    cb.on_train_end(self, summary)
+        finally:
+            for cb in callbacks:
+                cb.close()
+        return summary
+
+    def summary(self) -> dict:
+        s = self.state
+        return {"step": s.step, "tokens": s.tokens, "elapsed": s.elapsed, "val_loss": s.last_val,
+                "best_val": s.best_val if math.isfinite(s.best_val) else None, "interrupted": self._stop}
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Ask the loop to end after the current step (as Ctrl+C does)."""
+        self._stop = reason
+
+    @contextmanager
+    def _stop_signals(self):
+        """First Ctrl+C / SIGTERM: stop after this step. Second Ctrl+C: abort."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._stop is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._stop = signal.Signals(signum).name
+            print(f"\n{self._stop}: finishing this step and saving a checkpoint "
+                  "(Ctrl+C again to abort without saving)", file=sys.stderr, flush=True)
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def describe(self) -> str:
+        c, t = self.model.config, self.cfg
+        return (f"model: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, context {c.block_size}, "
+                f"{self.model.num_params() / 1e6:.2f}M parameters | device {self.device} {dtype_name(self.dtype)}"
+                f"{' compiled' if t.compile else ''} | {self.tokens_per_step} tokens/step "
+                f"(batch {t.batch_size} x {c.block_size} x {self.grad_accum} accumulation)")

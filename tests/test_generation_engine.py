@@ -1,0 +1,128 @@
+"""The decode loop: cached and uncached generation agree, stopping, streaming hooks, model mode."""
+
+import pytest
+import torch
+from helpers import TINY_MODEL, random_ids, randomize_, seeded
+
+from tinygpt.generation import generate
+from tinygpt.model import GPT, GPTConfig
+
+
+def reference_greedy(model, idx, n):
+    """The textbook loop: re-read the last block_size tokens, take the argmax."""
+    block = model.config.block_size
+    with torch.no_grad():
+        for _ in range(n):
+            nxt = model(idx[:, -block:]).logits[:, -1].argmax(-1, keepdim=True)
+            idx = torch.cat([idx, nxt], dim=1)
+    return idx
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_greedy_cached_equals_uncached_past_the_context(tiny_model, batch):
+    model = randomize_(tiny_model, scale=0.3, embedding_scale=0.1)
+    prompt = random_ids((batch, 5))
+    cached = generate(model, prompt, 30, temperature=0, use_cache=True)
+    uncached = generate(model, prompt, 30, temperature=0, use_cache=False)
+    assert cached.shape == (batch, 35)
+    assert torch.equal(cached[:, :5], prompt)
+    assert torch.equal(cached, uncached)
+    assert torch.equal(cached, reference_greedy(model, prompt, 30))
+    for row in cached:
+        assert len(set(row[5:].tolist())) >= 5  # a real walk, not one repeated token
+
+
+@pytest.mark.parametrize("prompt_len", [1, 15, 16, 20])
+def test_greedy_cache_at_and_beyond_the_context_edge(tiny_model, prompt_len):
+    model = randomize_(tiny_model, seed=1, scale=0.3, embedding_scale=0.1)
+    prompt = random_ids((2, prompt_len), seed=prompt_len)
+    cached = generate(model, prompt, 6, temperature=0, use_cache=True)
+    assert cached.shape == (2, prompt_len + 6)
+    assert torch.equal(cached, generate(model, prompt, 6, temperature=0, use_cache=False))
+    assert torch.equal(cached, reference_greedy(model, prompt, 6))
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(temperature=0.7, top_k=10), dict(temperature=1.5, top_p=0.9)])
+def test_seeded_sampling_same_with_and_without_cache(tiny_model, kw):
+    model = randomize_(tiny_model, seed=2, scale=0.3, embedding_scale=0.1)
+    prompt = random_ids((2, 5))
+    cached = generate(model, prompt, 25, generator=seeded(5), use_cache=True, **kw)
+    uncached = generate(model, prompt, 25, generator=seeded(5), use_cache=False, **kw)
+    assert cached.shape == (2, 30)
+    assert torch.equal(cached, uncached)
+    assert torch.equal(cached, generate(model, prompt, 25, generator=seeded(5), **kw))
+    others = [generate(model, prompt, 25, generator=seeded(s), **kw) for s in (6, 7)]
+    assert any(not torch.equal(cached, o) for o in others)
+
+
+def test_generate_applies_top_k_and_top_p(tiny_model):
+    model = randomize_(tiny_model, seed=5, scale=0.3, embedding_scale=0.1)
+    prompt = random_ids((2, 5))
+    greedy = generate(model, prompt, 12, temperature=0)
+    assert not torch.equal(generate(model, prompt, 12, temperature=1.0, generator=seeded(0)), greedy)
+    assert torch.equal(generate(model, prompt, 12, temperature=1.0, top_k=1, generator=seeded(0)), greedy)
+    assert torch.equal(generate(model, prompt, 12, temperature=1.0, top_p=1e-6, generator=seeded(0)), greedy)
+
+
+def test_stop_id_stops_early(tiny_model):
+    model = randomize_(tiny_model, seed=3, scale=0.3, embedding_scale=0.1)
+    prompt = random_ids((1, 4))
+    full = generate(model, prompt, 20, temperature=0)
+    new = full[0, 4:].tolist()
+    stop = new[3]
+    first = new.index(stop)
+    out = generate(model, prompt, 20, temperature=0, stop_id=stop)
+    assert out.shape == (1, 4 + first + 1)
+    assert torch.equal(out, full[:, :4 + first + 1])
+    absent = next(t for t in range(50) if t not in new)
+    assert torch.equal(generate(model, prompt, 20, temperature=0, stop_id=absent), full)
+
+
+def test_stop_id_waits_for_every_row(tiny_model):
+    model = randomize_(tiny_model, seed=4, scale=0.3, embedding_scale=0.1)
+    prompt = random_ids((2, 4), seed=9)
+    full = generate(model, prompt, 20, temperature=0)
+    rows = [r[4:].tolist() for r in full]
+    both = [t for t in set(rows[0]) & set(rows[1]) if rows[0].index(t) != rows[1].index(t)]
+    assert both, "test setup: need a token both rows produce at different steps"
+    stop = both[0]
+    last = max(rows[0].index(stop), rows[1].index(stop))
+    out = generate(model, prompt, 20, temperature=0, stop_id=stop)
+    assert torch.equal(out, full[:, :4 + last + 1])
+
+
+def test_on_token_sees_each_new_column(tiny_model):
+    seen = []
+    prompt = random_ids((2, 3))
+    out = generate(tiny_model, prompt, 7, temperature=0, on_token=seen.append)
+    assert len(seen) == 7 and all(t.shape == (2, 1) for t in seen)
+    assert torch.equal(torch.cat(seen, dim=1), out[:, 3:])
+
+
+def test_zero_new_tokens_returns_the_prompt(tiny_model):
+    prompt = random_ids((2, 3))
+    assert torch.equal(generate(tiny_model, prompt, 0), prompt)
+
+
+def test_training_flag_is_restored():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY_MODEL, dropout=0.5))
+    prompt = random_ids((1, 4))
+    model.train()
+    a = generate(model, prompt, 10, temperature=0)
+    assert model.training and all(m.training for m in model.modules())
+    b = generate(model, prompt, 10, temperature=0)
+    model.eval()
+    c = generate(model, prompt, 10, temperature=0)
+    assert not model.training
+    # Decoding always runs without dropout, whatever mode the model was in.
+    assert torch.equal(a, b) and torch.equal(a, c)
+
+    model.train()
+
+    def boom(_):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate(model, prompt, 10, on_token=boom)
+    assert model.training

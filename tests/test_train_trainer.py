@@ -1,0 +1,316 @@
+"""The training loop: exact resume, budgets, schedule, checkpoints, signals, mixed precision,
+gradient accumulation over unequal token counts, and the distributed seam."""
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import tinygpt
+from tinygpt.config import from_dict
+from tinygpt.data import Batch, Batches, DataConfig, prepare_data
+from tinygpt.device import seed_everything
+from tinygpt.errors import TinyGPTError
+from tinygpt.model import GPT, GPTConfig
+from tinygpt.run import RunDir
+from tinygpt.train import (
+    Callback,
+    DistContext,
+    Evaluator,
+    LambdaCallback,
+    MetricsLog,
+    Session,
+    TrainConfig,
+    Trainer,
+    TrainState,
+)
+
+TEXT = "".join(f"{i} To be, or not to be, that is the question: whether 'tis nobler.\n" for i in range(300))
+MODEL = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, dropout=0.1)
+TRAIN = dict(batch_size=4, max_steps=12, eval_interval=4, eval_batches=2, warmup_steps=3, progress=False,
+             sample_tokens=0, device="cpu", dtype="fp32", lr=3e-3)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def data(corpus):
+    return prepare_data(DataConfig(data=str(corpus)), log=lambda _: None)
+
+
+def start(corpus, out, **settings):
+    return Session.start({"data": str(corpus), "out": str(out), **MODEL, **TRAIN, **settings}, log=lambda _: None)
+
+
+def fit(session, stop_at=None):
+    """Train; returns (losses by step, summary). ``stop_at`` interrupts like Ctrl+C would."""
+    losses = {}
+
+    def on_step(trainer, record):
+        losses[record["step"]] = record["loss"]
+        if stop_at is not None and trainer.state.step == stop_at:
+            trainer.request_stop("test")
+
+    return losses, session.fit(LambdaCallback(on_step))
+
+
+def make_trainer(data, *, batches=None, **train):
+    """A bare Trainer (no callbacks) on the tiny model, without dropout."""
+    cfg = from_dict(TrainConfig, {k: v for k, v in {**TRAIN, **train}.items() if k not in ("device", "dtype")})
+    seed_everything(0)
+    model = GPT(GPTConfig(**{**MODEL, "dropout": 0.0}, vocab_size=data.tokenizer.vocab_size))
+    batches = batches or Batches(data.train, cfg.batch_size, MODEL["block_size"], seed=0)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[train.get("dtype", "fp32")]
+    return Trainer(model, cfg, batches, device=torch.device("cpu"), dtype=dtype)
+
+
+# ---------------------------------------------------------------------------- resume and checkpoints
+
+
+@pytest.mark.parametrize("sampling, tokens_per_step, stop_at", [
+    ("random", None, 5),        # stop between evaluations
+    ("sequential", 128, 8),     # stop right at an evaluation, with 2 accumulated micro-batches
+])
+def test_resume_is_bitwise_identical(tmp_path, corpus, sampling, tokens_per_step, stop_at):
+    kw = dict(sampling=sampling, tokens_per_step=tokens_per_step)
+    full_session = start(corpus, tmp_path / "full", **kw)
+    full, _ = fit(full_session)
+
+    first, summary = fit(start(corpus, tmp_path / "resumed", **kw), stop_at=stop_at)
+    assert summary["interrupted"] == "test" and summary["step"] == stop_at
+    assert RunDir(tmp_path / "resumed").load_state()["step"] == stop_at
+    resumed = Session.resume(tmp_path / "resumed", log=lambda _: None)
+    second, summary = fit(resumed)
+
+    assert {**first, **second} == full  # every loss, exactly
+    assert summary["step"] == 12 and summary["val_loss"] == full_session.trainer.state.last_val
+    for (name, a), (_, b) in zip(full_session.trainer.model.state_dict().items(),
+                                 resumed.trainer.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    # The resumed run's metrics log has each step once, in order.
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))
+
+
+def test_checkpoints_and_metrics(tmp_path, corpus):
+    session = start(corpus, tmp_path / "run")
+    _, summary = fit(session)
+    assert not summary["interrupted"] and summary["tokens"] == 12 * 4 * 16
+    run = RunDir.open(tmp_path / "run")
+    records = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
+    evals = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in evals] == [4, 8, 12]
+    assert all(math.isfinite(r["loss"]) and r["lr"] > 0 and r["tok_per_s"] > 0 for r in records)
+    best = min(evals, key=lambda r: r["val_loss"])
+    assert run.checkpoint_info("best").step == best["step"] and run.checkpoint_info("best").val_loss == best["val_loss"]
+    assert run.checkpoint_info("last").step == 12 and run.checkpoint_info("last").tokens == 12 * 64
+    assert [r["best"] for r in evals] == [r["val_loss"] == min(e["val_loss"] for e in evals[:i + 1])
+                                          for i, r in enumerate(evals)]
+    assert summary["best_val"] == best["val_loss"]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"]  # training on repeated text must actually learn
+
+
+def test_sigterm_checkpoints_and_stops_in_a_child_process(tmp_path, corpus):
+    # In a child process: a regression in signal handling must fail this test, not kill the suite.
+    script = textwrap.dedent(f"""
+        import json, os, signal, sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        from tinygpt.train import LambdaCallback, Session
+        session = Session.start({{"data": {str(corpus)!r}, "out": {str(tmp_path / "run")!r}, **{MODEL!r},
+                                  **{TRAIN!r}, "max_steps": 1000}}, log=lambda _: None)
+        kill = lambda t, r: os.kill(os.getpid(), signal.SIGTERM) if t.state.step == 3 else None
+        summary = session.fit(LambdaCallback(kill))
+        print(json.dumps({{**summary, "restored": signal.getsignal(signal.SIGTERM) is signal.SIG_DFL}}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    assert summary["interrupted"] == "SIGTERM" and summary["step"] == 3 and summary["restored"]
+    assert "SIGTERM: finishing this step and saving a checkpoint" in proc.stderr
+    run = RunDir.open(tmp_path / "run")
+    assert run.load_state()["step"] == 3 and run.checkpoint_info("last").step == 3
+
+
+def test_block_longer_than_split_is_a_clear_error_and_writes_nothing(tmp_path, corpus):
+    with pytest.raises(TinyGPTError, match=r"the train split has \d+ tokens, fewer than one block"):
+        start(corpus, tmp_path / "out", block_size=100_000)
+    assert not (tmp_path / "out").exists()
+
+
+def test_diverging_loss_stops_with_advice(tmp_path, corpus):
+    with pytest.raises(TinyGPTError, match="lower --lr"):
+        fit(start(corpus, tmp_path / "run", lr=1e30, warmup_steps=0, grad_clip=0.0))
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert not math.isfinite(last["loss"])  # the step that went wrong is in the log
+
+
+# ---------------------------------------------------------------------------- budget and schedule
+
+
+def test_schedule_follows_steps(data):
+    trainer = make_trainer(data, max_steps=10, warmup_steps=2, min_lr=0.0, lr=1e-2, schedule="linear")
+    lrs = []
+    trainer.callbacks = [LambdaCallback(lambda t, r: lrs.append(r["lr"]))]
+    trainer.fit()
+    expected = [0.005, 0.01] + [1e-2 * (1 - (s - 2) / 8) for s in range(2, 10)]
+    assert lrs == pytest.approx(expected, rel=1e-12)
+
+
+def test_time_budget_drives_progress(data):
+    trainer = make_trainer(data, max_steps=None, max_time="1h")
+    trainer.state.elapsed = 1800.0
+    assert trainer.progress() == 0.5 and not trainer.done()
+    trainer.state.elapsed = 3600.0
+    assert trainer.done()
+
+
+def test_no_budget_means_five_minutes(data):
+    assert make_trainer(data, max_steps=None).max_time == 300.0
+
+
+def test_token_budget(data):
+    summary = make_trainer(data, max_steps=None, max_tokens=200).fit()
+    assert summary["step"] == 4 and summary["tokens"] == 256  # 64 tokens per step, first step reaching 200
+
+
+def test_train_state_round_trips():
+    state = TrainState(step=7, tokens=448, elapsed=1.5, best_val=2.25, last_val=2.5)
+    again = TrainState()
+    again.load_state_dict(state.state_dict())
+    assert again == state
+    assert TrainState().best_val == math.inf and TrainState().last_val is None
+
+
+# ---------------------------------------------------------------------------- batches, masks, accumulation
+
+
+def masked_micro_batches(data, seed=3):
+    """Two micro-batches of 4 x 16 whose masks keep very different numbers of targets."""
+    b1, b2 = Batches(data.train, 4, 16, seed=seed).next_batch(), Batches(data.train, 4, 16, seed=seed + 1).next_batch()
+    m1 = torch.zeros(4, 16, dtype=torch.bool)
+    m1[:, :3] = True                     # 12 targets
+    m2 = torch.ones(4, 16, dtype=torch.bool)
+    m2[0, 8:] = False                    # 56 targets
+    return Batch(b1.x, b1.y, m1), Batch(b2.x, b2.y, m2)
+
+
+def gradients_of_one_step(trainer):
+    """Run one train_step and return the gradients the optimizer was about to apply."""
+    seen = {}
+
+    def record(*args, **kwargs):
+        seen.update({n: p.grad.clone() for n, p in trainer.model.named_parameters()})
+
+    trainer.optimizer.step = record
+    trainer.train_step()
+    return seen
+
+
+def test_accumulating_unequal_micro_batches_equals_one_big_batch(data):
+    first, second = masked_micro_batches(data)
+    accumulated = make_trainer(data, batch_size=4, tokens_per_step=128, grad_clip=0.0,
+                               batches=iter([first, second]))
+    assert accumulated.grad_accum == 2
+    big = Batch(torch.cat([first.x, second.x]), torch.cat([first.y, second.y]),
+                torch.cat([first.loss_mask, second.loss_mask]))
+    one = make_trainer(data, batch_size=8, grad_clip=0.0, batches=iter([big]))
+    assert one.grad_accum == 1
+    g_acc, g_one = gradients_of_one_step(accumulated), gradients_of_one_step(one)
+    for name in g_one:
+        torch.testing.assert_close(g_acc[name], g_one[name], rtol=1e-5, atol=1e-7, msg=name)
+
+    # The tempting shortcut, averaging the two micro-batch means, weighs 12 targets like 56: it differs.
+    model = one.model
+    model.zero_grad()
+    for b in (first, second):
+        (model(b.x, b.y, loss_mask=b.loss_mask).loss / 2).backward()
+    key = "transformer.wte.weight"
+    assert (model.transformer.wte.weight.grad - g_one[key]).abs().max() > 1e-4
+
+
+def test_trainer_takes_any_iterator_of_batches(data):
+    batches = (Batch(b.x, b.y, torch.rand(b.y.shape, generator=torch.Generator().manual_seed(i)) > 0.5)
+               for i, b in enumerate(Batches(data.train, 4, 16, seed=0)))
+    trainer = make_trainer(data, max_steps=3, batches=batches)
+    summary = trainer.fit()
+    assert summary["step"] == 3
+    assert trainer.state_dict()["batches"] is None  # a plain generator has no position to save
+
+
+def test_a_step_with_no_targets_is_a_clear_error(data):
+    b = Batches(data.train, 4, 16, seed=0).next_batch()
+    trainer = make_trainer(data, batches=iter([Batch(b.x, b.y, torch.zeros_like(b.y, dtype=torch.bool))]))
+    with pytest.raises(TinyGPTError, match="has no targets to learn from"):
+        trainer.train_step()
+
+
+class CountingDist(DistContext):
+    """A fake rank that records what the trainer asks of the distributed seam."""
+
+    def __init__(self, rank):
+        super().__init__(rank=rank, world_size=2)
+        object.__setattr__(self, "calls", [])
+
+    def gradient_sync(self, module, sync):
+        self.calls.append(("sync", sync))
+        return super().gradient_sync(module, sync)
+
+    def sum_across_ranks(self, n):
+        self.calls.append(("sum", n))
+        return 2 * n  # as if the other rank had the same count
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_distributed_seam(data, tmp_path, rank):
+    trainer = make_trainer(data, max_steps=1, tokens_per_step=128)
+    trainer.dist = CountingDist(rank)
+    wrote = []
+
+    class Writer(Callback):  # main_process_only by default
+        def on_step_end(self, trainer, record):
+            wrote.append(record["step"])
+
+    splits = {"val": lambda: Batches(data.val, 4, 16, seed=1)}
+    trainer.callbacks = [Evaluator(splits, every=1, n_batches=1), Writer(), MetricsLog(tmp_path / "m.jsonl")]
+    trainer.fit()
+    assert trainer.dist.calls == [("sum", 128), ("sync", False), ("sync", True)]  # no all-reduce until the last
+    assert trainer.state.last_val is not None  # every rank evaluates
+    assert wrote == ([1] if rank == 0 else []) and (tmp_path / "m.jsonl").exists() == (rank == 0)
+
+
+# ---------------------------------------------------------------------------- precision and samples
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_mixed_precision_trains_like_fp32(tmp_path, corpus, dtype):
+    losses = {}
+    for d in ("fp32", dtype):
+        session = start(corpus, tmp_path / d, dtype=d, max_steps=8, eval_interval=8, dropout=0.0)
+        losses[d], summary = fit(session)
+    reduced, full = [losses[dtype][s] for s in range(1, 9)], [losses["fp32"][s] for s in range(1, 9)]
+    assert reduced != full  # autocast really ran in reduced precision...
+    assert max(abs(a - b) for a, b in zip(reduced, full)) < 0.05  # ...and tracks fp32 closely
+    assert reduced[-1] < reduced[0] - 0.2  # and learns
+    trainer = session.trainer
+    assert trainer.scaler.is_enabled() == (dtype == "fp16")  # loss scaling only where fp16 needs it
+    assert next(trainer.model.parameters()).dtype == torch.float32  # master weights stay fp32
+
+
+def test_the_trainers_sample_is_what_the_api_gives(tmp_path, corpus):
+    session = start(corpus, tmp_path / "run", max_steps=2, eval_interval=2)
+    fit(session)
+    text = session.sample(30)
+    lm = tinygpt.load(tmp_path / "run", checkpoint="last", device="cpu")
+    assert text == lm.generate("", 30, seed=session.cfg.runtime.seed)[0]  # same options, same text
+    assert len(text) == 30 and set(text) <= set(TEXT)
+    assert text != lm.generate("", 30, seed=session.cfg.runtime.seed + 1)[0]
