@@ -28,9 +28,7 @@ class RuntimeConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
-        kind = self.device.split(":")[0]
-        if kind not in DEVICES:
-            raise TinyGPTError(f"unknown device {self.device!r}; choose one of: {', '.join(DEVICES)} (or cuda:N)")
+        device_kind(self.device)
 
 
 def seed_everything(seed: int) -> None:
@@ -45,11 +43,17 @@ def fresh_seed() -> int:
     return random.SystemRandom().randrange(2**31)
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks cuda, then mps, then cpu; an explicit choice must exist on this machine."""
+def device_kind(name: str) -> str:
+    """'cuda:1' -> 'cuda'; TinyGPTError for a name that is no device at all."""
     kind = name.split(":")[0]
     if kind not in DEVICES:
         raise TinyGPTError(f"unknown device {name!r}; choose one of: {', '.join(DEVICES)} (or cuda:N)")
+    return kind
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks cuda, then mps, then cpu; an explicit choice must exist on this machine."""
+    kind = device_kind(name)
     if kind == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

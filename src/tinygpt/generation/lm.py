@@ -59,7 +59,9 @@ class TinyGPT:
         piece)`` streams text as it is produced."""
         if max_new_tokens is not None:
             options["max_new_tokens"] = max_new_tokens
-        cfg = replace(config or GenerationConfig(), options) if options else (config or GenerationConfig())
+        cfg = config or GenerationConfig()
+        if options:
+            cfg = replace(cfg, options)
         n = cfg.num_samples
         idx, _ = self.encode_prompt(prompt)
         idx = idx.expand(n, -1).contiguous()

@@ -21,6 +21,7 @@ value comes in, rather than a model that loads but computes something else.
 from __future__ import annotations
 
 import re
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -194,6 +195,17 @@ def _llama_names(key: str) -> tuple[tuple[str, ...], bool]:
     return tuple(f"{p}.{param}" for p in parts), False
 
 
+class _Family(NamedTuple):
+    name: str                            # as users know it, for messages
+    shape: dict                          # the architecture switches the format fixes
+    names: Callable[[str], tuple[tuple[str, ...], bool]]  # our key -> (its HF keys, transposed)
+    buffers: tuple[str, ...]             # HF state-dict entries that are not weights
+
+
+_GPT2 = _Family("GPT-2", _GPT2_SHAPE, _gpt2_names, _GPT2_BUFFERS)
+_LLAMA = _Family("Llama", _LLAMA_SHAPE, _llama_names, _LLAMA_BUFFERS)
+
+
 def _plan(cfg: GPTConfig, names) -> list[tuple[str, torch.Size, tuple[str, ...], bool]]:
     """(our key, our shape, HF keys, transposed) for every tensor the config implies."""
     # The model itself is the one source of truth for our names and shapes; built on the
@@ -225,14 +237,16 @@ def _check(sd: StateDict, expected: dict[str, tuple], ignored, source: str) -> N
             raise TinyGPTError(f"unexpected key {key!r} in the {source} state dict; {hint}")
 
 
-def _from_hf(hf_sd: StateDict, cfg: GPTConfig, names, buffers: tuple, family: str) -> StateDict:
+def _from_hf(hf_sd: StateDict, cfg: GPTConfig, family: _Family) -> StateDict:
+    _require_shape(cfg, family.shape, family.name)
+    names, buffers = family.names, family.buffers
     plan = _plan(cfg, names)
     expected = {}
     for key, shape, parts, transposed in plan:
         expected.update(dict.fromkeys(parts, _hf_shape(cfg, key, shape, len(parts), transposed)))
     # HF state dicts repeat a tied head as lm_head.weight; some saved files leave it out.
     _check(hf_sd, expected, lambda k: k.endswith(buffers) or (cfg.tie_embeddings and k == "lm_head.weight"),
-           f"Hugging Face {family}")
+           f"Hugging Face {family.name}")
     out = {}
     for key, shape, parts, transposed in plan:
         tensors = [hf_sd[p].t() if transposed else hf_sd[p] for p in parts]
@@ -243,7 +257,9 @@ def _from_hf(hf_sd: StateDict, cfg: GPTConfig, names, buffers: tuple, family: st
     return out
 
 
-def _to_hf(sd: StateDict, cfg: GPTConfig, names, family: str) -> StateDict:
+def _to_hf(sd: StateDict, cfg: GPTConfig, family: _Family) -> StateDict:
+    _require_shape(cfg, family.shape, family.name)
+    names = family.names
     plan = _plan(cfg, names)
     # model.state_dict() of a tied model lists the head too; it is wte, so ignore it.
     _check(sd, {key: shape for key, shape, _, _ in plan},
@@ -262,23 +278,19 @@ def _to_hf(sd: StateDict, cfg: GPTConfig, names, family: str) -> StateDict:
 
 def gpt2_weights_from_hf(hf_sd: StateDict, cfg: GPTConfig) -> StateDict:
     """HF GPT2LMHeadModel state dict -> ours (no lm_head.weight when tied: it is wte)."""
-    _require_shape(cfg, _GPT2_SHAPE, "GPT-2")
-    return _from_hf(hf_sd, cfg, _gpt2_names, _GPT2_BUFFERS, "GPT-2")
+    return _from_hf(hf_sd, cfg, _GPT2)
 
 
 def gpt2_weights_to_hf(sd: StateDict, cfg: GPTConfig) -> StateDict:
     """Our state dict -> HF GPT2LMHeadModel's."""
-    _require_shape(cfg, _GPT2_SHAPE, "GPT-2")
-    return _to_hf(sd, cfg, _gpt2_names, "GPT-2")
+    return _to_hf(sd, cfg, _GPT2)
 
 
 def llama_weights_from_hf(hf_sd: StateDict, cfg: GPTConfig) -> StateDict:
     """HF LlamaForCausalLM state dict -> ours (no lm_head.weight when tied: it is wte)."""
-    _require_shape(cfg, _LLAMA_SHAPE, "Llama")
-    return _from_hf(hf_sd, cfg, _llama_names, _LLAMA_BUFFERS, "Llama")
+    return _from_hf(hf_sd, cfg, _LLAMA)
 
 
 def llama_weights_to_hf(sd: StateDict, cfg: GPTConfig) -> StateDict:
     """Our state dict -> HF LlamaForCausalLM's."""
-    _require_shape(cfg, _LLAMA_SHAPE, "Llama")
-    return _to_hf(sd, cfg, _llama_names, "Llama")
+    return _to_hf(sd, cfg, _LLAMA)

@@ -87,10 +87,8 @@ def _data_name(spec: str) -> str:
 class Session:
     """A run's config, data, model and trainer, and the run directory they write to."""
 
-    def __init__(self, cfg: RunConfig, run: RunDir, data: TokenData, trainer: Trainer, resumed: bool,
-                 log: Callable[[str], None]):
-        self.cfg, self.run, self.data, self.trainer, self.resumed, self.log = cfg, run, data, trainer, resumed, log
-        self.progress: ProgressBar | None = None
+    def __init__(self, cfg: RunConfig, run: RunDir, data: TokenData, trainer: Trainer):
+        self.cfg, self.run, self.data, self.trainer = cfg, run, data, trainer
 
     @classmethod
     def start(cls, *layers: dict, log: Callable[[str], None] = print) -> "Session":
@@ -100,7 +98,7 @@ class Session:
         RunDir.check_new(path)  # before the data is prepared, which can take a while
         data = prepare_data(cfg.data, log=log)
         cfg = replace(cfg, {"model": {"vocab_size": data.tokenizer.vocab_size}})
-        session = cls._build(cfg, data, RunDir(path), resumed=False, log=log)  # checks all before writing
+        session = cls._build(cfg, data, RunDir(path))  # checks everything before anything is written
         session.run = RunDir.create(path)
         session.run.save_tokenizer(data.tokenizer)
         session._write_config()
@@ -119,13 +117,13 @@ class Session:
         if cfg.model.vocab_size != data.tokenizer.vocab_size:
             raise TinyGPTError(f"{run.path} has a {cfg.model.vocab_size}-token model but the data's tokenizer has "
                                f"{data.tokenizer.vocab_size}; the run directory is inconsistent")
-        session = cls._build(cfg, data, run, resumed=True, log=log)
+        session = cls._build(cfg, data, run)
         session.trainer.load_state_dict(run.load_state(), source=str(run.path))
         session._write_config()
         return session
 
     @classmethod
-    def _build(cls, cfg: RunConfig, data: TokenData, run: RunDir, resumed: bool, log) -> "Session":
+    def _build(cls, cfg: RunConfig, data: TokenData, run: RunDir) -> "Session":
         device = resolve_device(cfg.runtime.device)
         dtype = resolve_dtype(cfg.runtime.dtype, device)
         T = cfg.model.block_size
@@ -137,7 +135,7 @@ class Session:
         seed_everything(cfg.runtime.seed)  # the model's init is the first draw from the seeded generators
         model = GPT(cfg.model).to(device)
         trainer = Trainer(model, cfg.train, batches, device=device, dtype=dtype)
-        return cls(cfg, run, data, trainer, resumed, log)
+        return cls(cfg, run, data, trainer)
 
     def _write_config(self) -> None:
         self.run.write_config({
@@ -156,9 +154,9 @@ class Session:
                                Checkpointer(self.run, t.eval_interval, has_val), MetricsLog(self.run.metrics_path)]
         write = print
         if t.progress:
-            self.progress = ProgressBar()
-            out.append(self.progress)
-            write = self.progress.write
+            bar = ProgressBar()
+            out.append(bar)
+            write = bar.write
         if t.sample_interval and t.sample_tokens:
             out.append(PeriodicSampler(t.sample_interval, self.sample, write))
         return out
