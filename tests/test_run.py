@@ -19,9 +19,13 @@ FIXTURE = Path(__file__).parent / "fixtures" / "run_v0_1" / "run"
 def test_create_refuses_an_existing_run_and_open_needs_one(tmp_path):
     run = RunDir.create(tmp_path / "a" / "run")
     assert run.path.is_dir() and not RunDir.is_run(run.path)
-    run.write_config({"model": {}})
+    run.write_config({"model": {}, "versions": {"tinygpt": "0.1.0"}})
     assert RunDir.is_run(run.path)
-    with pytest.raises(TinyGPTError, match="already holds a run; continue it with --resume"):
+    with pytest.raises(TinyGPTError, match="holds a run that stopped before its first checkpoint; start it over "
+                                           "with --resume"):
+        RunDir.create(run.path)
+    run.save_state({"step": 1})
+    with pytest.raises(TinyGPTError, match="already holds a run; continue it with --resume .* or pass --force"):
         RunDir.create(run.path)
     with pytest.raises(TinyGPTError, match="no run directory at"):
         RunDir.open(tmp_path / "missing")
@@ -40,7 +44,7 @@ def test_config_round_trip_and_damage(tmp_path):
     with pytest.raises(TinyGPTError, match="is not valid JSON"):
         RunDir.open(run.path).read_config()
     path.write_text("[1, 2]")
-    with pytest.raises(TinyGPTError, match="does not hold a mapping"):
+    with pytest.raises(TinyGPTError, match="holds list, not a mapping of settings; the run directory is damaged"):
         RunDir.open(run.path).read_config()
     path.write_text(json.dumps({"tokenizer": config["tokenizer"]}))
     with pytest.raises(TinyGPTError, match="no model section"):

@@ -1,8 +1,9 @@
-"""Training callbacks: progress output in a log file, the metrics file on resume, periodic samples."""
+"""Training callbacks: progress output in a log file, the metrics file after a resume, periodic samples."""
 
 import io
 import json
 
+from tinygpt.run import RunDir
 from tinygpt.train import MetricsLog, PeriodicSampler, ProgressBar
 
 
@@ -48,16 +49,21 @@ def test_progress_lines_are_rate_limited_but_the_last_state_is_kept():
     assert stream.getvalue().splitlines()[0].startswith("step 4 | ")  # the end state is always written
 
 
-def test_metrics_log_drops_steps_past_the_checkpoint(tmp_path):
-    path = tmp_path / "metrics.jsonl"
-    path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 8)))
-    log, trainer = MetricsLog(path), FakeTrainer()
-    trainer.state.step = 5  # resumed from a checkpoint at step 5; steps 6-7 were never saved
+def test_metrics_log_appends_after_the_trimmed_file(tmp_path):
+    run = RunDir(tmp_path)
+    # Steps 6-7 were taken but never saved, and the kill tore the last line in two.
+    run.metrics_path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 8))
+                                + '{"step": 8, "lo')
+    notices = []
+    run.trim_metrics(5, notice=notices.append)  # what Session.resume does at step 5
+    assert notices == [f"notice: dropped 1 damaged line(s) of {run.metrics_path} (a write cut short)"]
+    log, trainer = MetricsLog(run.metrics_path), FakeTrainer()
+    trainer.state.step = 5
     log.on_train_start(trainer)
     log.on_step_end(trainer, trainer.step())
     log.on_nonfinite(trainer, {**trainer.step(), "loss": float("nan")})
     log.close()
-    steps = [json.loads(line)["step"] for line in path.read_text().splitlines()]
+    steps = [json.loads(line)["step"] for line in run.metrics_path.read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6, 7]
 
 

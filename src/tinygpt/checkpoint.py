@@ -8,15 +8,21 @@ Nothing is ever unpickled beyond tensors and plain containers (safetensors for w
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import pickle
+import re
+import shutil
+import struct
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .errors import TinyGPTError
 
@@ -42,32 +48,98 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(tmp_path)`` then move the finished file over ``path`` in one rename."""
+TMP_SUFFIX = ".tmp"  # atomic_write's temp files are ".<name>.<random>.tmp"; see stale_temp_files
+
+
+class DiskFullError(TinyGPTError):
+    """A write found the disk full; the file it was replacing is untouched."""
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""  # unreachable
+
+
+def _disk_full(err: BaseException) -> bool:
+    """Whether ``err`` (or what it wraps: torch.save reports a failed write as a RuntimeError
+    whose context is the OSError) is the disk or the quota running out."""
+    seen = 0
+    while err is not None and seen < 8:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(err) or "Disk quota exceeded" in str(err):
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
+
+
+def _full_error(path: Path, size: int | None, existed: bool) -> DiskFullError:
+    free = shutil.disk_usage(path.parent).free
+    need = f"needs about {_fmt_bytes(size)}" if size else "could not be written"
+    kept = f"the previous {path.name} is intact" if existed else "nothing was replaced"
+    return DiskFullError(f"the disk is full: {path} {need} and {path.parent} has {_fmt_bytes(free)} free; "
+                         f"{kept}. Free some space and run the command again")
+
+
+def _open_temp(path: Path) -> tuple[Path, BinaryIO]:
+    """A new temp file beside ``path`` (same filesystem, so the final rename is atomic)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    return Path(tmp), os.fdopen(fd, "wb")
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], *, size: int | None = None) -> None:
+    """Run ``write(f)`` on a temp file, fsync it and rename it over ``path`` in one step.
+
+    ``size`` (bytes, when the caller knows it) lets a full disk be reported before any
+    byte is written. A full disk raises :class:`DiskFullError`; either way the old
+    ``path`` is untouched and the temp file removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    if path.is_dir():
+        raise TinyGPTError(f"{path} is a directory; give a file path to write to")
+    existed = path.exists()
+    if size is not None and shutil.disk_usage(path.parent).free < size:
+        raise _full_error(path, size, existed)
+    tmp_path, f = _open_temp(path)
     try:
-        write(tmp_path)
-        # mkstemp makes 0600 (and some writers recreate the file): give it normal permissions.
-        os.chmod(tmp_path, 0o666 & ~_umask())
-        with open(tmp_path, "rb+") as f:
+        with f:
+            write(f)
+            f.flush()
             os.fsync(f.fileno())
+        # mkstemp makes 0600: give the file the permissions a plain open() would.
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as e:
         tmp_path.unlink(missing_ok=True)
+        if isinstance(e, Exception) and _disk_full(e):
+            raise _full_error(path, size, existed) from None
         raise
     _fsync_dir(path.parent)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+    data = text.encode("utf-8")
+    atomic_write(path, lambda f: f.write(data), size=len(data))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def stale_temp_files(directory: str | Path) -> list[Path]:
+    """Temp files a killed write left in ``directory``: ours (".<name>.<random>.tmp") and
+    those of safetensors' own writer (".tmp" + 6 characters) that tinygpt 0.1 used."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.name.startswith(".")
+                  and (p.name.endswith(TMP_SUFFIX) or _SAFETENSORS_TMP.fullmatch(p.name)))
+
+
+_SAFETENSORS_TMP = re.compile(r"\.tmp[A-Za-z0-9]{6}")
 
 
 def read_json(path: str | Path, what: str) -> Any:
@@ -91,11 +163,65 @@ def weight_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+# safetensors dtype names (the format's spec) for the dtypes a model can hold.
+_ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+              torch.bool: "BOOL"}
+
+
+def write_safetensors(f: BinaryIO, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Stream ``tensors`` to ``f`` in the safetensors format, one tensor at a time.
+
+    The safetensors package can only write to a path (through a temp file of its own,
+    which a kill leaves behind) or build the whole file in memory; streaming to our own
+    temp file keeps the atomic-write discipline, costs no second copy of the weights,
+    and reports a full disk as an OSError. The file is read back by the package itself;
+    the layout (8-byte header length, JSON header padded to 8 bytes, tensors packed in
+    header order, largest dtypes first) is the one it writes."""
+    if sys.byteorder != "little":  # the format is little-endian; let the package convert
+        from safetensors.torch import save
+
+        f.write(save(tensors, metadata=metadata))
+        return
+    order = sorted(tensors, key=lambda n: (-tensors[n].element_size(), n))
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    for name in order:
+        t = tensors[name]
+        if t.dtype not in _ST_DTYPES:
+            raise TypeError(f"cannot store {name} of dtype {t.dtype} in safetensors")
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    f.write(struct.pack("<Q", len(raw)) + raw)
+    for name in order:
+        t = tensors[name].detach().to("cpu").contiguous()
+        if t.numel():
+            f.write(t.reshape(-1).view(torch.uint8).numpy().data)
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes held by the tensors in a nest of dicts / lists / tuples."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
 def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict[str, Any] | None = None) -> None:
     """Write ``model``'s weights as safetensors, with ``metadata`` as one JSON document."""
-    tensors = weight_tensors(model)
+    save_tensors(weight_tensors(model), path, metadata)
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, Any] | None = None) -> None:
+    """Write ``tensors`` as a safetensors file, with ``metadata`` as one JSON document."""
     meta = {METADATA_KEY: json.dumps(metadata or {})}
-    atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
+    atomic_write(path, lambda f: write_safetensors(f, tensors, meta), size=_tensor_bytes(tensors) + 65536)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -153,16 +279,27 @@ def assign_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], sou
 
 def save_state(state: dict, path: str | Path) -> None:
     """Write a trainer-state dict (tensors and plain containers only) atomically."""
-    atomic_write(path, lambda p: torch.save(state, p))
+    # To a file object, not a path: torch's own path writer reports a full disk only as
+    # "basic_ios::clear: iostream error"; through Python the OSError survives.
+    atomic_write(path, lambda f: torch.save(state, f), size=_tensor_bytes(state) + (1 << 20))
 
 
 def load_state(path: str | Path) -> dict:
     """Read a trainer state without unpickling arbitrary objects."""
     path = existing_file(path, "trainer state")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's message here advises weights_only=False, i.e. running the file's code: never.
+        raise TinyGPTError(f"{path} holds objects other than tensors and plain values (it was not written by "
+                           "tinygpt, or was altered); refusing to unpickle it. This run cannot be resumed: "
+                           "start a new run") from None
     except Exception as e:
-        raise unreadable(path, e) from None
+        raise TinyGPTError(f"{path} is unreadable (truncated or corrupt: {_first_line(e)}); this run cannot be "
+                           "resumed exactly: its weights still sample, or start a new run") from None
+    if not isinstance(state, dict):
+        raise TinyGPTError(f"{path} does not hold a trainer state; this run cannot be resumed: start a new run")
+    return state
 
 
 def existing_file(path: str | Path, what: str) -> Path:
@@ -174,7 +311,10 @@ def existing_file(path: str | Path, what: str) -> Path:
     return path
 
 
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+
+
 def unreadable(path: Path, err: Exception) -> TinyGPTError:
-    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-    return TinyGPTError(f"{path} is unreadable (truncated or corrupt: {first}); "
+    return TinyGPTError(f"{path} is unreadable (truncated or corrupt: {_first_line(err)}); "
                         "use the run's other checkpoint (--checkpoint best|last) or train again")

@@ -11,10 +11,16 @@
     metrics.jsonl          one JSON line per step / evaluation (appended by a train callback)
     adapter.safetensors    a fine-tune's adapters, described by adapter.json
     eval.json, plots/, attention/     results and pictures
+    .lock                  held by the one process writing the run (see lock.py)
 
 Weights carry a typed :class:`CheckpointInfo` as one JSON document in the safetensors
 metadata. ``trainer.pt`` carries its own copy of the weights, so resuming reads a single
 file that is consistent with itself. Every file goes through the atomic writer.
+
+Safety rules: a new run only goes into a new or empty directory (``force`` to write into
+anything else); one process at a time writes a run (:meth:`RunDir.lock`, which also
+sweeps temp files a killed write left); readers (sampling, loading) need no lock because
+every file is replaced whole.
 """
 
 from __future__ import annotations
@@ -23,15 +29,17 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from . import checkpoint as ckpt
+from . import lock as _lock
 from .config import from_dict
 from .errors import TinyGPTError
 from .model import GPT, GPTConfig
-from .tokenizer import Tokenizer, load_tokenizer
+from .tokenizer import BPE_FILE, Tokenizer, load_tokenizer
+from .tokenizer import CONFIG_FILE as TOKENIZER_CONFIG
 
 CONFIG_FILE = "config.json"
 BEST_WEIGHTS = "model.safetensors"
@@ -40,7 +48,13 @@ TRAINER_STATE = "trainer.pt"
 METRICS_FILE = "metrics.jsonl"
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter.json"
+LOCK_FILE = ".lock"
 CHECKPOINTS = {"best": BEST_WEIGHTS, "last": LAST_WEIGHTS}
+SECTIONS = ("model", "data", "train", "runtime")  # config.json's settings; each a mapping
+# What a new run replaces when told to (``force``) write where a run already was: everything
+# that would otherwise describe the old run beside the new one.
+RUN_FILES = (CONFIG_FILE, TOKENIZER_CONFIG, BPE_FILE, BEST_WEIGHTS, LAST_WEIGHTS, TRAINER_STATE, METRICS_FILE,
+             ADAPTER_WEIGHTS, ADAPTER_CONFIG)
 
 
 @dataclass
@@ -66,6 +80,15 @@ class CheckpointInfo:
         return cls(step=legacy("step", int), tokens=legacy("tokens", int), val_loss=legacy("val_loss", float))
 
 
+def _is_tinygpt_config(path: Path) -> bool:
+    """Whether ``path`` is a config.json that tinygpt wrote (an HF model folder has one too)."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and isinstance(config.get("versions"), dict) and "tinygpt" in config["versions"]
+
+
 class RunDir:
     """A run directory on disk. ``RunDir.create`` for a new run, ``RunDir.open`` for an existing one."""
 
@@ -81,28 +104,62 @@ class RunDir:
         return (Path(path) / CONFIG_FILE).is_file()
 
     @staticmethod
-    def check_new(path: str | Path) -> None:
-        """Raise unless ``path`` is free for a new run."""
+    def check_new(path: str | Path, *, force: bool = False) -> None:
+        """Raise unless ``path`` is free for a new run: absent, or a directory holding
+        nothing but what tinygpt itself leaves (its lock file, temp files of killed writes).
+        ``force`` allows any directory (a new run then replaces an old one's files)."""
         path = Path(path)
-        if (path / CONFIG_FILE).exists():
-            raise TinyGPTError(f"{path} already holds a run; continue it with --resume {path}, "
-                               "or choose another --out / --name")
+        if path.exists() and not path.is_dir():
+            raise TinyGPTError(f"--out {path} is a file, not a directory; choose a directory for the run")
+        if force or not path.is_dir():
+            return
+        if (path / CONFIG_FILE).is_file() and _is_tinygpt_config(path / CONFIG_FILE):
+            if not (path / TRAINER_STATE).exists():
+                raise TinyGPTError(f"{path} holds a run that stopped before its first checkpoint; start it over "
+                                   f"with --resume {path}, or pass --force to replace it with a new run")
+            raise TinyGPTError(f"{path} already holds a run; continue it with --resume {path}, choose another "
+                               "--out / --name, or pass --force to replace it")
+        temps = set(ckpt.stale_temp_files(path))
+        others = sorted(p.name for p in path.iterdir() if p.name != LOCK_FILE and p not in temps)
+        if others:
+            listed = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+            raise TinyGPTError(f"--out {path} is not empty and is not a tinygpt run (it holds {listed}); choose a "
+                               "new or empty directory, or pass --force to write the run into it anyway")
 
     @classmethod
-    def create(cls, path: str | Path) -> "RunDir":
-        """Make the directory for a new run; refuses one that already holds a run."""
-        cls.check_new(path)
+    def create(cls, path: str | Path, *, force: bool = False) -> "RunDir":
+        """Make and lock the directory for a new run; refuses one that holds anything else
+        (see :meth:`check_new`), checked again under the lock so two processes cannot both pass."""
+        cls.check_new(path, force=force)
         Path(path).mkdir(parents=True, exist_ok=True)
-        return cls(path)
+        run = cls(path)
+        run.lock()
+        cls.check_new(path, force=force)
+        if force:
+            for name in RUN_FILES:  # config.json first: a kill part-way leaves no half-old run
+                (run.path / name).unlink(missing_ok=True)
+        return run
 
     @classmethod
     def open(cls, path: str | Path) -> "RunDir":
-        """An existing run directory (it must have its config.json)."""
+        """An existing run directory (it must have its config.json), for reading; writers
+        also call :meth:`lock`."""
         path = Path(path)
         if not path.is_dir():
             raise TinyGPTError(f"no run directory at {path}; pass a directory made by 'tinygpt train' (see runs/)")
         ckpt.existing_file(path / CONFIG_FILE, "run config")
         return cls(path)
+
+    def lock(self) -> None:
+        """Become the one process writing this run (until it exits), then remove the temp
+        files that writes killed part-way left behind (no write can be in flight now)."""
+        _lock.acquire(self.path / LOCK_FILE, f"the run {self.path}")
+        for tmp in ckpt.stale_temp_files(self.path):
+            tmp.unlink(missing_ok=True)
+
+    def has_checkpoint(self) -> bool:
+        """Whether the run saved a resumable checkpoint (a run killed before its first has none)."""
+        return self.state_path.exists()
 
     # ------------------------------------------------------------------ config and tokenizer
 
@@ -111,18 +168,31 @@ class RunDir:
         self._config = json.loads(json.dumps(config))
 
     def read_config(self) -> dict:
+        """config.json, checked to be a mapping whose settings sections are mappings."""
         if self._config is None:
-            config = ckpt.read_json(self.path / CONFIG_FILE, "run config")
+            path = self.path / CONFIG_FILE
+            config = ckpt.read_json(path, "run config")
             if not isinstance(config, dict):
-                raise TinyGPTError(f"{self.path / CONFIG_FILE} does not hold a mapping; the run directory is damaged")
+                raise TinyGPTError(f"{path} holds {type(config).__name__}, not a mapping of settings; the run "
+                                   "directory is damaged (restore config.json, or start a new run)")
+            for name in SECTIONS:
+                if name in config and not isinstance(config[name], dict):
+                    raise TinyGPTError(f"{path}: the {name!r} section is {json.dumps(config[name])[:40]}, not a "
+                                       "mapping; the run directory is damaged (restore config.json, or start a new run)")
             self._config = config
         return self._config
 
     def model_config(self) -> GPTConfig:
         section = self.read_config().get("model")
-        if not isinstance(section, dict):
+        if section is None:
             raise TinyGPTError(f"{self.path / CONFIG_FILE} has no model section; the run directory is damaged")
-        return from_dict(GPTConfig, section)
+        try:
+            return from_dict(GPTConfig, section)
+        except TinyGPTError as e:
+            raise TinyGPTError(f"{self.path / CONFIG_FILE}: {e}; the run directory is damaged") from None
+
+    def has_tokenizer(self) -> bool:
+        return (self.path / TOKENIZER_CONFIG).is_file()
 
     def save_tokenizer(self, tokenizer: Tokenizer) -> None:
         tokenizer.save(self.path)
@@ -181,6 +251,37 @@ class RunDir:
     @property
     def metrics_path(self) -> Path:
         return self.path / METRICS_FILE
+
+    def read_metrics(self, notice: Callable[[str], None] | None = None) -> list[dict]:
+        """metrics.jsonl's records. A line that is not a JSON record (the torn last line of a
+        process killed mid-write) is dropped, with a notice."""
+        if not self.metrics_path.exists():
+            return []
+        records, bad = [], 0
+        for line in self.metrics_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict) and isinstance(record.get("step", 0), int):
+                records.append(record)
+            else:
+                bad += 1
+        if bad and notice is not None:
+            notice(f"notice: dropped {bad} damaged line(s) of {self.metrics_path} (a write cut short)")
+        return records
+
+    def trim_metrics(self, step: int, notice: Callable[[str], None] | None = None) -> None:
+        """Keep the records up to ``step`` (those past it are steps a stopped run took but
+        never saved) and drop damaged lines, rewriting the file only if that changes it."""
+        if not self.metrics_path.exists():
+            return
+        text = self.metrics_path.read_text(encoding="utf-8", errors="replace")
+        kept = "".join(json.dumps(r) + "\n" for r in self.read_metrics(notice) if r.get("step", 0) <= step)
+        if kept != text:
+            ckpt.atomic_write_text(self.metrics_path, kept)
 
     @property
     def adapter_paths(self) -> tuple[Path, Path]:

@@ -23,7 +23,7 @@ from typing import Callable, ClassVar, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .checkpoint import atomic_write, atomic_write_text
+from .checkpoint import atomic_write_text
 from .errors import TinyGPTError
 
 TOKENIZER_KINDS = ("char", "gpt2", "bpe")
@@ -290,7 +290,7 @@ class BPETokenizer(Tokenizer):
         return {**super().to_dict(), "special_tokens": self.special_tokens}
 
     def save(self, directory: str | Path) -> None:
-        atomic_write(Path(directory) / BPE_FILE, lambda p: self._tok.save(str(p)))
+        atomic_write_text(Path(directory) / BPE_FILE, self._tok.to_str(pretty=True))
         super().save(directory)
 
     @classmethod

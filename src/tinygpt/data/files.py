@@ -57,6 +57,14 @@ def resolve_files(spec: str, encoding: str | None = None, log: Callable[[str], N
     return files
 
 
+def absolute_spec(spec: str) -> str:
+    """``spec`` as recorded in a run: a built-in corpus's name, else an absolute path or glob,
+    so the run resumes from any working directory."""
+    if spec in BUILTIN_CORPORA:
+        return spec
+    return os.path.abspath(os.path.expanduser(spec))
+
+
 def relative_names(files: list[Path]) -> list[str]:
     """Each file's path relative to the files' common folder, so moving a corpus keeps its cache key."""
     absolute = [p.resolve() for p in files]

@@ -21,8 +21,8 @@ from .config import RunConfig, TrainConfig
 from .distributed import DistContext
 from .session import Session, default_run_dir, new_run_config, resumed_run_config
 from .state import TrainState
-from .trainer import DEFAULT_TIME_BUDGET, Trainer
+from .trainer import DEFAULT_TIME_BUDGET, DivergedError, Trainer
 
 __all__ = ["Callback", "Checkpointer", "DEFAULT_TIME_BUDGET", "DistContext", "Evaluator", "LambdaCallback",
            "MetricsLog", "PeriodicSampler", "ProgressBar", "RunConfig", "Session", "TrainConfig", "TrainState",
-           "Trainer", "default_run_dir", "new_run_config", "resumed_run_config"]
+           "DivergedError", "Trainer", "default_run_dir", "new_run_config", "resumed_run_config"]

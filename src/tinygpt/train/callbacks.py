@@ -11,12 +11,12 @@ stop request; and ``close`` always, even after an error.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, TextIO
 
-from ..checkpoint import atomic_write_text
 from ..data import Batch
 from ..run import CheckpointInfo, RunDir
 
@@ -68,7 +68,10 @@ class Evaluator(Callback):
 
 class Checkpointer(Callback):
     """At every evaluation: the latest weights, the best-by-validation weights when they
-    improved, and the trainer state. On a stop request: the latest weights and state."""
+    improved, and the trainer state. On a stop request: the latest weights and state.
+
+    Nothing non-finite is ever saved: a non-finite evaluated loss or weight stops the run
+    (:class:`DivergedError`) with the previous checkpoint, the last good one, on disk."""
 
     def __init__(self, run: RunDir, every: int, has_val: bool):
         self.run, self.every, self.has_val = run, every, has_val
@@ -79,6 +82,9 @@ class Checkpointer(Callback):
 
     def on_step_end(self, trainer: Trainer, record: dict) -> None:
         if trainer.at_interval(self.every):
+            for key in ("train_loss", "val_loss"):
+                if key in record and not math.isfinite(record[key]):
+                    raise trainer.diverged(f"the {key.replace('_', ' ')} became {record[key]}", trainer.state.step)
             record["best"] = self.save(trainer, trainer.state.last_val if self.has_val else None)
 
     def on_train_end(self, trainer: Trainer, summary: dict) -> None:
@@ -87,6 +93,8 @@ class Checkpointer(Callback):
 
     def save(self, trainer: Trainer, val_loss: float | None) -> bool:
         """Write the checkpoint; returns whether ``val_loss`` is a new best."""
+        if not trainer.weights_finite():
+            raise trainer.diverged("a weight became non-finite", trainer.state.step)
         state = trainer.state
         info = CheckpointInfo(step=state.step, tokens=state.tokens, val_loss=val_loss)
         improved = val_loss is not None and val_loss < state.best_val
@@ -100,18 +108,13 @@ class Checkpointer(Callback):
 
 
 class MetricsLog(Callback):
-    """Appends each step's record to a JSONL file. On resume, first drops the records past
-    the checkpoint (steps an interrupted run took but never saved)."""
+    """Appends each step's record to a JSONL file, flushed line by line. (A resumed run's
+    file is first cut back to its checkpoint: :meth:`RunDir.trim_metrics`.)"""
 
     def __init__(self, path: Path):
         self.path, self.file = Path(path), None
 
     def on_train_start(self, trainer: Trainer) -> None:
-        if self.path.exists():
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-            kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= trainer.state.step]
-            if len(kept) != len(lines):
-                atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))
         self.file = open(self.path, "a", encoding="utf-8")
 
     def on_step_end(self, trainer: Trainer, record: dict) -> None:

@@ -21,8 +21,9 @@ from typing import Callable
 import torch
 
 from .. import __version__
+from ..checkpoint import DiskFullError
 from ..config import flatten_values, layered, replace, to_dict
-from ..data import Batches, TokenData, prepare_data
+from ..data import Batches, TokenData, absolute_spec, prepare_data
 from ..device import fresh_seed, resolve_device, resolve_dtype, seed_everything
 from ..errors import TinyGPTError
 from ..generation import GenerationConfig, TinyGPT
@@ -38,11 +39,12 @@ from .callbacks import (
     ProgressBar,
 )
 from .config import RunConfig
-from .trainer import Trainer
+from .trainer import DivergedError, Trainer
 
 RUNS_DIR = Path("runs")
-# Settings that define what a run *is*; they cannot change when it is resumed.
-FIXED_ON_RESUME = ("model", "data")
+# Settings that define what a run *is*; they cannot change when it is resumed. (Where
+# the data is may change: Session.resume checks the text itself is the same.)
+FIXED_ON_RESUME = ("model", "data", ("train", "preset"))
 
 
 def new_run_config(*layers: dict) -> RunConfig:
@@ -61,12 +63,13 @@ def resumed_run_config(saved: dict, *layers: dict) -> RunConfig:
     changes: dict = {}
     for layer in layers:
         changes.update(flatten_values(RunConfig, layer))
-    for path, value in changes.items():
+    fixed = [p for p in changes if (p[0] in FIXED_ON_RESUME or p in FIXED_ON_RESUME) and p != ("data", "data")]
+    for path in fixed:
         current = getattr(getattr(base, path[0]), path[-1])
-        if path[0] in FIXED_ON_RESUME and current != value:
+        if current != changes[path]:
             raise TinyGPTError(f"--{path[-1].replace('_', '-')} cannot change when resuming (the run has "
                                f"{current!r}); start a new run with --out instead")
-    allowed = {path[-1]: v for path, v in changes.items() if path[0] not in FIXED_ON_RESUME}
+    allowed = {path[-1]: v for path, v in changes.items() if path not in fixed}
     return layered(RunConfig, to_dict(base), allowed)
 
 
@@ -91,35 +94,63 @@ class Session:
         self.cfg, self.run, self.data, self.trainer = cfg, run, data, trainer
 
     @classmethod
-    def start(cls, *layers: dict, log: Callable[[str], None] = print) -> "Session":
-        """A new run from settings layers (e.g. a config file's, then command-line flags)."""
+    def start(cls, *layers: dict, force: bool = False, log: Callable[[str], None] = print) -> "Session":
+        """A new run from settings layers (e.g. a config file's, then command-line flags).
+
+        The run directory must be new or empty unless ``force`` (then a run's files there
+        are replaced). It is locked for the life of the process."""
         cfg = new_run_config(*layers)
         path = default_run_dir(cfg)
-        RunDir.check_new(path)  # before the data is prepared, which can take a while
+        RunDir.check_new(path, force=force)  # before the data is prepared, which can take a while
         data = prepare_data(cfg.data, log=log)
-        cfg = replace(cfg, {"model": {"vocab_size": data.tokenizer.vocab_size}})
+        cfg = replace(cfg, {"model": {"vocab_size": data.tokenizer.vocab_size},
+                            "data": {"data": absolute_spec(cfg.data.data)}})
         session = cls._build(cfg, data, RunDir(path))  # checks everything before anything is written
-        session.run = RunDir.create(path)
-        session.run.save_tokenizer(data.tokenizer)
+        session.run = RunDir.create(path, force=force)
+        # config.json first: from then on the directory is a run, and one killed before its
+        # first checkpoint resumes from step 0 (see resume).
         session._write_config()
+        session.run.save_tokenizer(data.tokenizer)
         return session
 
     @classmethod
     def resume(cls, path: str | Path, *layers: dict, log: Callable[[str], None] = print) -> "Session":
-        """Continue the run at ``path`` exactly where its last checkpoint left it."""
+        """Continue the run at ``path`` exactly where its last checkpoint left it (a run
+        stopped before its first checkpoint starts over, with its recorded settings)."""
         run = RunDir.open(path)
+        run.lock()
         saved = run.read_config()
-        cfg = resumed_run_config(saved, *layers)
-        data = prepare_data(cfg.data, log=log)
+        try:
+            cfg = resumed_run_config(saved, *layers)
+        except TinyGPTError as e:
+            if "cannot change" in str(e):
+                raise
+            raise TinyGPTError(f"{run.path / 'config.json'}: {e}; the run directory is damaged") from None
+        recorded = saved.get("data", {}).get("data", cfg.data.data)
+        try:
+            data = prepare_data(cfg.data, log=log)
+        except TinyGPTError:
+            if cfg.data.data != recorded or Path(recorded).is_absolute():
+                raise
+            raise TinyGPTError(f"the run's data {recorded!r} is not found from here (the run recorded it "
+                               f"relative to where it started); pass --data with its path") from None
         if saved.get("data_key") != data.meta["key"]:
-            raise TinyGPTError(f"the text at --data {cfg.data.data!r} has changed since {run.path} started; resuming "
-                               "needs the same files (restore them, or start a new run)")
+            raise TinyGPTError(f"the text at --data {cfg.data.data!r} is not the text {run.path} was trained on "
+                               f"(recorded at {recorded!r}); give the same files, or start a new run")
+        cfg = replace(cfg, {"data": {"data": absolute_spec(cfg.data.data)}})  # it may have moved
         if cfg.model.vocab_size != data.tokenizer.vocab_size:
             raise TinyGPTError(f"{run.path} has a {cfg.model.vocab_size}-token model but the data's tokenizer has "
                                f"{data.tokenizer.vocab_size}; the run directory is inconsistent")
         session = cls._build(cfg, data, run)
-        session.trainer.load_state_dict(run.load_state(), source=str(run.path))
+        if run.has_checkpoint():
+            session.trainer.load_state_dict(run.load_state(), source=str(run.state_path))
+        else:
+            log(f"notice: {run.path} stopped before its first checkpoint; starting it over from step 0 "
+                "with its recorded settings")
+        run.trim_metrics(session.trainer.state.step, notice=log)
         session._write_config()
+        if not run.has_tokenizer():  # a start killed between config.json and the tokenizer
+            run.save_tokenizer(data.tokenizer)
         return session
 
     @classmethod
@@ -162,9 +193,25 @@ class Session:
         return out
 
     def fit(self, *extra: Callback) -> dict:
-        """Train to the budget (or a stop request); the standard callbacks, then ``extra``."""
+        """Train to the budget (or a stop request); the standard callbacks, then ``extra``.
+
+        Divergence and a full disk end the run with an error that says how to continue
+        from the checkpoint on disk (which they never touch)."""
         self.trainer.callbacks = self.callbacks() + list(extra)
-        return self.trainer.fit()
+        try:
+            return self.trainer.fit()
+        except DivergedError as e:
+            raise TinyGPTError(f"{e}. {self._continue_hint('with a lower --lr')}") from None
+        except DiskFullError as e:
+            raise TinyGPTError(f"{e}; then {self._continue_hint('')}") from None
+
+    def _continue_hint(self, how: str) -> str:
+        how = f" {how}" if how else ""
+        if self.run.has_checkpoint():
+            step = self.run.checkpoint_info("last").step
+            return f"The last good checkpoint (step {step}) is intact: continue from it{how}: " \
+                   f"tinygpt train --resume {self.run.path}"
+        return f"No checkpoint was saved yet: start the run over{how}: tinygpt train --resume {self.run.path}"
 
     def sample(self, max_new_tokens: int | None = None) -> str:
         """A sample of the current weights from a document start, drawn exactly as

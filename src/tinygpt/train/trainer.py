@@ -35,6 +35,15 @@ from .state import TrainState, capture_rng, restore_rng
 DEFAULT_TIME_BUDGET = 300.0  # seconds, when no budget at all is given
 
 
+class DivergedError(TinyGPTError):
+    """Training produced a non-finite loss, gradient or weight. The step that did was not
+    taken and nothing from it was saved: the last checkpoint is the last good state."""
+
+    def __init__(self, message: str, step: int, record: dict | None = None):
+        super().__init__(message)
+        self.step, self.record = step, record or {}
+
+
 class Trainer:
     def __init__(self, model: GPT, cfg: TrainConfig, batches: Iterator[Batch], *, device: torch.device,
                  dtype: torch.dtype, callbacks: Sequence[Callback] = (), dist: DistContext | None = None):
@@ -140,16 +149,41 @@ class Trainer:
                     loss = self.forward(b.x, b.y, loss_mask=b.loss_mask).loss_sum / n_targets
                 self.scaler.scale(loss).backward()
             total += loss.detach()
-        grad_norm = None
-        if self.cfg.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        # The gradient norm is measured even without clipping (an infinite max_norm clips
+        # nothing): with the loss it decides, before the optimizer moves, whether the step
+        # is sound. fp16's loss scaler handles its own overflowed gradients by skipping.
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                   self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf)
+        loss_value, norm_value = torch.stack([total, grad_norm.float()]).tolist()  # one device sync
+        info = {"loss": loss_value, "lr": lr, "grad_norm": norm_value}
+        if not math.isfinite(loss_value) or (not self.scaler.is_enabled() and not math.isfinite(norm_value)):
+            self.optimizer.zero_grad(set_to_none=True)
+            what = (f"the loss became {loss_value}" if not math.isfinite(loss_value)
+                    else f"the gradient norm became {norm_value}")
+            raise self.diverged(what, self.state.step + 1, info)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         self.state.tokens += self.tokens_per_step
-        return {"loss": total.item(), "lr": lr, "grad_norm": None if grad_norm is None else grad_norm.item()}
+        return info
+
+    def diverged(self, what: str, step: int, record: dict | None = None) -> DivergedError:
+        """The error for a non-finite value at ``step``, with advice that fits the settings."""
+        t = self.cfg
+        advice = [f"lower --lr (now {t.lr:g}; try {t.lr / 10:g})"]
+        if t.grad_clip <= 0:
+            advice.append("turn on --grad-clip 1.0")
+        if self.dtype == torch.float16:
+            advice.append("use --dtype bf16 (fp16 overflows)")
+        if t.warmup_steps < 100:
+            advice.append(f"lengthen --warmup-steps (now {t.warmup_steps})")
+        return DivergedError(f"training diverged: {what} at step {step}; {', '.join(advice)}", step, record)
+
+    def weights_finite(self) -> bool:
+        """Whether every parameter is finite (checked before weights are saved)."""
+        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
 
     @torch.no_grad()
     def evaluate(self, batches: Iterator[Batch], n_batches: int) -> float:
@@ -180,19 +214,21 @@ class Trainer:
             with self._stop_signals():
                 t_last = time.perf_counter()
                 while not self.done() and self._stop is None:
-                    info = self.train_step()
-                    now = time.perf_counter()
-                    dt, s = now - t_last, self.state
-                    s.elapsed += dt
-                    record = {"step": s.step, "tokens": s.tokens, "elapsed": round(s.elapsed, 3), **info,
-                              "tok_per_s": self.tokens_per_step / dt}
-                    if not math.isfinite(info["loss"]):
+                    record: dict = {}
+                    try:
+                        info = self.train_step()
+                        now = time.perf_counter()
+                        dt, s = now - t_last, self.state
+                        s.elapsed += dt
+                        record = {"step": s.step, "tokens": s.tokens, "elapsed": round(s.elapsed, 3), **info,
+                                  "tok_per_s": self.tokens_per_step / dt}
+                        for cb in callbacks:  # the evaluator or checkpointer may find a non-finite value
+                            cb.on_step_end(self, record)
+                    except DivergedError as e:
+                        record = record or {"step": e.step, **e.record}
                         for cb in callbacks:
                             cb.on_nonfinite(self, record)
-                        raise TinyGPTError(f"the loss became {info['loss']} at step {s.step}; lower --lr "
-                                           "(or use --dtype fp32 / --grad-clip 1.0) and start again")
-                    for cb in callbacks:
-                        cb.on_step_end(self, record)
+                        raise
                     # Callbacks (evaluation, saving) count towards the time budget, not the step's tokens/s.
                     t_last = time.perf_counter()
                     s.elapsed += t_last - now
