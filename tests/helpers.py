@@ -54,7 +54,8 @@ def make_run(run_dir, *, seed: int = 0, info=None, which=("best",), config_overr
     model = GPT(cfg)
     run = RunDir.create(run_dir)
     run.save_tokenizer(tok)
-    config = {"model": {**to_dict(cfg), **(config_overrides or {})}, "tokenizer": tok.to_dict()}
+    config = {"model": {**to_dict(cfg), **(config_overrides or {})}, "tokenizer": tok.to_dict(),
+              "versions": {"tinygpt": "0.1.0"}}
     run.write_config(config)
     for w in which:
         run.save_weights(model, w, CheckpointInfo(step=120, val_loss=1.75) if info is None else info)
@@ -84,3 +85,18 @@ def data_dirs() -> list[str]:
 
     root = cache_dir() / "data"
     return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+# ---------------------------------------------------------------------------- other processes
+
+
+def hold_lock(path):
+    """A child process holding the run lock at ``path`` until killed (returns once it holds it)."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import sys; from tinygpt import lock; "
+                              f"lock.acquire({str(path)!r}, 'x'); print('locked', flush=True); sys.stdin.read()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "locked\n"
+    return child

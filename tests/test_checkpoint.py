@@ -1,5 +1,6 @@
 """Atomic writes, safetensors weights with JSON metadata, and safe trainer-state round trips."""
 
+import errno
 import json
 import os
 
@@ -138,3 +139,97 @@ def test_written_files_get_normal_permissions(tmp_path, tiny_model):
         os.umask(mask)
     for name in ("w.safetensors", "trainer.pt", "config.json"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+
+
+# ---------------------------------------------------------------------------- our safetensors writer
+
+
+def test_streamed_safetensors_are_the_packages_own_bytes(tmp_path, tiny_model):
+    from safetensors.torch import save
+
+    path = tmp_path / "model.safetensors"
+    ckpt.save_weights(tiny_model, path, {"step": 3})
+    tensors = ckpt.weight_tensors(tiny_model)
+    assert path.read_bytes() == save(tensors, metadata={"tinygpt": json.dumps({"step": 3})})
+
+
+def test_streamed_safetensors_round_trip_every_dtype_and_shape(tmp_path):
+    from safetensors.torch import load_file
+
+    tensors = {"f32": torch.randn(3, 5), "bf16": torch.randn(7).bfloat16(), "f16": torch.randn(2, 2).half(),
+               "i64": torch.arange(5), "u8": torch.arange(3, dtype=torch.uint8), "bool": torch.tensor([True, False]),
+               "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4), "strided": torch.randn(4, 6).t()}
+    path = tmp_path / "t.safetensors"
+    ckpt.save_tensors(tensors, path)
+    back = load_file(str(path))
+    assert back.keys() == tensors.keys()
+    assert all(back[k].dtype == t.dtype and torch.equal(back[k], t) for k, t in tensors.items())
+
+
+# ---------------------------------------------------------------------------- a full disk
+
+
+class FullDisk:
+    """A temp file whose disk fills up after ``room`` bytes, as ENOSPC does."""
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def write(self, data):
+        if len(data) > self.room:
+            self.f.write(bytes(data)[: self.room])
+            self.room = 0
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def fill_disk_at(monkeypatch, room):
+    real = ckpt._open_temp
+
+    def open_temp(path):
+        tmp, f = real(path)
+        return tmp, FullDisk(f, room)
+
+    monkeypatch.setattr(ckpt, "_open_temp", open_temp)
+
+
+@pytest.mark.parametrize("room", [0, 100, 5000])
+@pytest.mark.parametrize("kind", ["weights", "state"])
+def test_a_full_disk_mid_write_says_so_and_keeps_the_old_file(tmp_path, tiny_model, monkeypatch, kind, room):
+    path = tmp_path / ("last.safetensors" if kind == "weights" else "trainer.pt")
+    save = ((lambda: ckpt.save_weights(tiny_model, path, {"step": 1})) if kind == "weights"
+            else lambda: ckpt.save_state({"model": ckpt.weight_tensors(tiny_model), "step": 1}, path))
+    save()
+    before = path.read_bytes()
+    fill_disk_at(monkeypatch, room)
+    with pytest.raises(ckpt.DiskFullError, match=rf"^the disk is full: {path} needs about [\d.]+ [KM]B and "
+                                                 rf"{tmp_path} has [\d.]+ [KMG]?B free; the previous {path.name} "
+                                                 "is intact. Free some space"):
+        save()
+    assert path.read_bytes() == before and _leftovers(tmp_path) == []
+
+
+def test_a_full_disk_is_found_before_writing_when_the_size_is_known(tmp_path, tiny_model, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr(ckpt, "_open_temp", lambda path: pytest.fail("nothing may be written"))
+    with pytest.raises(ckpt.DiskFullError, match=r"model.safetensors needs about [\d.]+ KB and .* has 1.0 KB free; "
+                                                 "nothing was replaced"):
+        ckpt.save_weights(tiny_model, tmp_path / "model.safetensors")
+
+
+def test_writing_over_a_directory_is_a_clear_error(tmp_path):
+    (tmp_path / "out.json").mkdir()
+    with pytest.raises(TinyGPTError, match="out.json is a directory; give a file path"):
+        ckpt.atomic_write_json(tmp_path / "out.json", {})

@@ -105,3 +105,91 @@ def test_paths_for_results_and_adapters(tmp_path):
     assert run.pictures_dir("plots") == tmp_path / "plots"
     with pytest.raises(ValueError):
         run.pictures_dir("holiday")
+
+
+# ---------------------------------------------------------------------------- safety
+
+
+def _files(directory):
+    return {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+
+
+def test_a_new_run_never_goes_over_a_users_files(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "model.safetensors").write_text("x\n")
+    (d / "metrics.jsonl").write_text('{"step": 1, "note": "keep"}\n')
+    before = _files(d)
+    with pytest.raises(TinyGPTError, match=r"--out .*d is not empty and is not a tinygpt run \(it holds "
+                                           r"metrics.jsonl, model.safetensors\); choose a new or empty directory, "
+                                           r"or pass --force"):
+        RunDir.create(d)
+    assert _files(d) == before
+    # A folder like a Hugging Face model's (its own config.json) is not a run either.
+    (d / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(TinyGPTError, match="is not a tinygpt run"):
+        RunDir.check_new(d)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(TinyGPTError, match=r"--out .*file is a file, not a directory"):
+        RunDir.create(tmp_path / "file")
+
+
+def test_an_empty_folder_or_one_with_only_tinygpts_leftovers_is_free(tmp_path):
+    (tmp_path / "empty").mkdir()
+    RunDir.create(tmp_path / "empty")
+    left = tmp_path / "left"
+    left.mkdir()
+    for name in (".lock", ".config.json.k2j3h4.tmp", ".tmpAb12Cd"):  # a start killed before config.json
+        (left / name).write_text("")
+    RunDir.create(left)
+    assert sorted(p.name for p in left.iterdir()) == [".lock"]  # the lock swept the temp files
+
+
+def test_force_replaces_an_old_runs_files_and_keeps_others(tmp_path):
+    make_run(tmp_path / "run", which=("best", "last"))
+    run = RunDir(tmp_path / "run")
+    run.save_state({"step": 1})
+    run.metrics_path.write_text('{"step": 1}\n')
+    (run.path / "notes.txt").write_text("mine")
+    with pytest.raises(TinyGPTError, match="already holds a run"):
+        RunDir.create(run.path)
+    RunDir.create(run.path, force=True)
+    assert sorted(p.name for p in run.path.iterdir()) == [".lock", "notes.txt"]
+
+
+def test_lock_sweeps_temp_files_of_killed_writes_only(tmp_path):
+    make_run(tmp_path / "run")
+    run = RunDir.open(tmp_path / "run")
+    leftovers = [".model.safetensors.x8f2k1.tmp", ".trainer.pt.abcdef.tmp", ".tmpQ1w2E3"]
+    for name in leftovers + [".keep.txt", "a.tmp", ".tmpTooLongName"]:
+        (run.path / name).write_text("x")
+    assert [p.name for p in ckpt.stale_temp_files(run.path)] == sorted(leftovers)
+    run.lock()
+    assert not any((run.path / name).exists() for name in leftovers)
+    assert all((run.path / name).exists() for name in (".keep.txt", "a.tmp", ".tmpTooLongName"))
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('{"model": null}', "the 'model' section is null, not a mapping"),
+    ('{"model": {"n_layer": "many"}}', "bad value 'many' for --n-layer"),
+])
+def test_damaged_config_sections_are_one_line_errors(tmp_path, text, problem):
+    make_run(tmp_path / "run")
+    (tmp_path / "run" / "config.json").write_text(text)
+    with pytest.raises(TinyGPTError, match=problem + ".*the run directory is damaged"):
+        RunDir.open(tmp_path / "run").model_config()
+
+
+def test_metrics_tolerate_a_torn_last_line_and_trim_to_the_checkpoint(tmp_path):
+    make_run(tmp_path / "run")
+    run = RunDir.open(tmp_path / "run")
+    assert run.read_metrics() == [] and run.trim_metrics(3) is None  # no file yet: nothing to do
+    lines = [json.dumps({"step": s, "loss": 2.0}) + "\n" for s in (1, 2, 3, 4)]
+    run.metrics_path.write_text("".join(lines) + '{"step": 5, "lo')
+    notices = []
+    assert [r["step"] for r in run.read_metrics(notices.append)] == [1, 2, 3, 4] and len(notices) == 1
+    run.trim_metrics(3)
+    assert run.metrics_path.read_text() == "".join(lines[:3])
+    mtime = run.metrics_path.stat().st_mtime_ns
+    run.trim_metrics(3)  # nothing to change: the file is not rewritten
+    assert run.metrics_path.stat().st_mtime_ns == mtime

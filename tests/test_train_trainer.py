@@ -19,6 +19,7 @@ from tinygpt.model import GPT, GPTConfig
 from tinygpt.run import RunDir
 from tinygpt.train import (
     Callback,
+    Checkpointer,
     DistContext,
     Evaluator,
     LambdaCallback,
@@ -148,10 +149,64 @@ def test_block_longer_than_split_is_a_clear_error_and_writes_nothing(tmp_path, c
 
 
 def test_diverging_loss_stops_with_advice(tmp_path, corpus):
-    with pytest.raises(TinyGPTError, match="lower --lr"):
+    with pytest.raises(TinyGPTError, match=r"the loss became nan at step 2 \(lr 1e\+30\), before the first "
+                                           r"checkpoint; start the run over with --lr 1e\+29 --grad-clip 1.0: "
+                                           r"tinygpt train --resume .*run --lr 1e\+29 --grad-clip 1.0$"):
         fit(start(corpus, tmp_path / "run", lr=1e30, warmup_steps=0, grad_clip=0.0))
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert not math.isfinite(last["loss"])  # the step that went wrong is in the log
+    assert last["step"] == 2 and not math.isfinite(last["loss"])  # the step that went wrong is in the log
+
+
+def _poison(at_step, value=float("nan")):
+    """A callback that, after step ``at_step``, puts ``value`` into one weight (as a blow-up would)."""
+    def hook(trainer, record):
+        if trainer.state.step == at_step:
+            with torch.no_grad():
+                trainer.model.lm_head.weight[0, 0] = value
+    return LambdaCallback(hook)
+
+
+def test_nonfinite_values_are_never_stepped_or_saved(tmp_path, corpus):
+    session = start(corpus, tmp_path / "run")  # checkpoints at 4 and 8
+    run = session.run
+    with pytest.raises(TinyGPTError) as err:
+        session.fit(_poison(5))  # step 6's forward sees the NaN weight
+    # The check runs before the optimizer steps: step 6 was never taken.
+    assert session.trainer.state.step == 5
+    assert "the loss became nan at step 6 (lr 0.003); the last checkpoint (step 4) is intact, continue from it " \
+           f"with --lr 0.0003: tinygpt train --resume {run.path} --lr 0.0003" in str(err.value)
+    assert "--grad-clip" not in str(err.value)  # already 1.0: advising it would not help
+    assert run.load_state()["step"] == run.checkpoint_info("last").step == 4
+    # Resuming with the advice continues from step 4 and finishes with finite weights.
+    resumed = Session.resume(run.path, {"lr": 3e-4}, log=lambda _: None)
+    _, summary = fit(resumed)
+    assert summary["step"] == 12 and math.isfinite(summary["val_loss"])
+
+
+def test_the_checkpointer_never_saves_nonfinite_values(tmp_path, corpus):
+    session = start(corpus, tmp_path / "run", max_steps=4)
+    fit(session)
+    run, trainer = session.run, session.trainer
+    saved = {p.name: p.read_bytes() for p in run.path.iterdir() if p.is_file()}
+    checkpointer = Checkpointer(run, every=1, has_val=True)
+    with pytest.raises(TinyGPTError, match="the val loss became nan at step 4"):
+        checkpointer.on_step_end(trainer, {"step": 4, "train_loss": 1.0, "val_loss": float("nan")})
+    with torch.no_grad():
+        trainer.model.lm_head.weight[0, 0] = float("inf")
+    with pytest.raises(TinyGPTError, match="a weight became non-finite at step 4"):
+        checkpointer.on_step_end(trainer, {"step": 4, "train_loss": 1.0, "val_loss": 1.0})
+    assert {p.name: p.read_bytes() for p in run.path.iterdir() if p.is_file()} == saved
+
+
+def test_a_nonfinite_gradient_stops_before_the_step(data):
+    trainer = make_trainer(data, grad_clip=0.0)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.model.lm_head.weight.register_hook(lambda g: g * float("inf"))
+    with pytest.raises(TinyGPTError, match=r"the gradient norm became (inf|nan) at step 1 .* retry with "
+                                           r"--lr 0.0003 --grad-clip 1.0$"):
+        trainer.train_step()
+    assert trainer.state.step == 0 and all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in before.items())
+    assert not trainer.optimizer.state  # Adam's moments were never touched
 
 
 # ---------------------------------------------------------------------------- budget and schedule

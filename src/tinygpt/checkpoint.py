@@ -202,14 +202,14 @@ def write_safetensors(f: BinaryIO, tensors: dict[str, torch.Tensor], metadata: d
             f.write(t.reshape(-1).view(torch.uint8).numpy().data)
 
 
-def _tensor_bytes(obj: Any) -> int:
-    """Bytes held by the tensors in a nest of dicts / lists / tuples."""
+def _tensor_bytes(obj: Any, per_tensor: int = 0) -> int:
+    """Bytes held by the tensors in a nest of dicts / lists / tuples, plus ``per_tensor`` each."""
     if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
+        return obj.numel() * obj.element_size() + per_tensor
     if isinstance(obj, dict):
-        return sum(_tensor_bytes(v) for v in obj.values())
+        return sum(_tensor_bytes(v, per_tensor) for v in obj.values())
     if isinstance(obj, (list, tuple)):
-        return sum(_tensor_bytes(v) for v in obj)
+        return sum(_tensor_bytes(v, per_tensor) for v in obj)
     return 0
 
 
@@ -221,7 +221,7 @@ def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict[str, A
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, Any] | None = None) -> None:
     """Write ``tensors`` as a safetensors file, with ``metadata`` as one JSON document."""
     meta = {METADATA_KEY: json.dumps(metadata or {})}
-    atomic_write(path, lambda f: write_safetensors(f, tensors, meta), size=_tensor_bytes(tensors) + 65536)
+    atomic_write(path, lambda f: write_safetensors(f, tensors, meta), size=_tensor_bytes(tensors, 100) + 1024)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -281,7 +281,7 @@ def save_state(state: dict, path: str | Path) -> None:
     """Write a trainer-state dict (tensors and plain containers only) atomically."""
     # To a file object, not a path: torch's own path writer reports a full disk only as
     # "basic_ios::clear: iostream error"; through Python the OSError survives.
-    atomic_write(path, lambda f: torch.save(state, f), size=_tensor_bytes(state) + (1 << 20))
+    atomic_write(path, lambda f: torch.save(state, f), size=_tensor_bytes(state, 100) + 4096)  # zip records
 
 
 def load_state(path: str | Path) -> dict:

@@ -8,29 +8,31 @@ them up and turns user errors (``TinyGPTError``) into one-line messages.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from ..errors import TinyGPTError
-from . import sample, train
-
-COMMANDS = (train, sample)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # The commands import torch (seconds): they load here, inside main's handlers, so a
+    # Ctrl+C during start-up ends with "aborted", not a traceback.
+    from . import sample, train
+
     parser = argparse.ArgumentParser(prog="tinygpt", description="Train, run and study small GPT language models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    for command in COMMANDS:
+    for command in (train, sample):
         command.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except TinyGPTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGINT

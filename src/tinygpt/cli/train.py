@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import time
 
 from ..config import add_arguments, cli_values, load_config_file
+from ..errors import TinyGPTError
 from ..train import RunConfig, Session
 from .common import log
 
@@ -16,6 +18,9 @@ def add_parser(sub) -> None:
                                    "(YAML or JSON, flat or nested by section: model/data/train/runtime); flags win.")
     p.add_argument("--config", metavar="FILE", help="YAML or JSON file of options")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this directory exactly where it stopped")
+    p.add_argument("--force", action="store_true",
+                   help="start the run in --out even if that directory holds other files or an old run "
+                        "(files with a run's names are replaced)")
     add_arguments(p, RunConfig, skip=("vocab_size",))
     p.set_defaults(func=run)
 
@@ -23,11 +28,13 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     layers = (load_config_file(args.config) if args.config else {}, cli_values(RunConfig, args))
     if args.resume:
+        if args.force:
+            raise TinyGPTError("--force is for starting a new run in --out; --resume never replaces anything")
         session = Session.resume(args.resume, *layers, log=log)
         s = session.trainer.state
         log(f"resuming {session.run.path} at step {s.step} ({s.tokens:,} tokens, {s.elapsed:.0f}s trained)")
     else:
-        session = Session.start(*layers, log=log)
+        session = Session.start(*layers, force=args.force, log=log)
     for line in session.describe():
         log(line)
     run_dir, trainer = session.run.path, session.trainer
@@ -45,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         + (f", val loss {val:.4f} (best {summary['best_val']:.4f})" if val is not None else ""))
     if summary["interrupted"]:
         log(f"checkpoint saved; continue with: tinygpt train --resume {run_dir}")
-        return 130
+        return 128 + (summary["signal"] or signal.SIGINT)  # the shell's convention: 130 Ctrl+C, 143 SIGTERM
     if session.cfg.train.sample_tokens:
         print("--- sample ---")
         print(session.sample(), flush=True)

@@ -84,7 +84,8 @@ class Checkpointer(Callback):
         if trainer.at_interval(self.every):
             for key in ("train_loss", "val_loss"):
                 if key in record and not math.isfinite(record[key]):
-                    raise trainer.diverged(f"the {key.replace('_', ' ')} became {record[key]}", trainer.state.step)
+                    raise trainer.diverged(f"the {key.replace('_', ' ')} became {record[key]}", trainer.state.step,
+                                           trainer.state.step)
             record["best"] = self.save(trainer, trainer.state.last_val if self.has_val else None)
 
     def on_train_end(self, trainer: Trainer, summary: dict) -> None:
@@ -94,7 +95,7 @@ class Checkpointer(Callback):
     def save(self, trainer: Trainer, val_loss: float | None) -> bool:
         """Write the checkpoint; returns whether ``val_loss`` is a new best."""
         if not trainer.weights_finite():
-            raise trainer.diverged("a weight became non-finite", trainer.state.step)
+            raise trainer.diverged("a weight became non-finite", trainer.state.step, trainer.state.step)
         state = trainer.state
         info = CheckpointInfo(step=state.step, tokens=state.tokens, val_loss=val_loss)
         improved = val_loss is not None and val_loss < state.best_val

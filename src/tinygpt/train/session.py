@@ -201,17 +201,25 @@ class Session:
         try:
             return self.trainer.fit()
         except DivergedError as e:
-            raise TinyGPTError(f"{e}. {self._continue_hint('with a lower --lr')}") from None
+            raise TinyGPTError(f"training diverged: {self._after_divergence(e)}") from None
         except DiskFullError as e:
-            raise TinyGPTError(f"{e}; then {self._continue_hint('')}") from None
+            raise TinyGPTError(f"{e}; then continue with: tinygpt train --resume {self.run.path}") from None
 
-    def _continue_hint(self, how: str) -> str:
-        how = f" {how}" if how else ""
-        if self.run.has_checkpoint():
-            step = self.run.checkpoint_info("last").step
-            return f"The last good checkpoint (step {step}) is intact: continue from it{how}: " \
-                   f"tinygpt train --resume {self.run.path}"
-        return f"No checkpoint was saved yet: start the run over{how}: tinygpt train --resume {self.run.path}"
+    def _after_divergence(self, e: DivergedError) -> str:
+        """What went wrong and the way on that can work from what is on disk."""
+        what = str(e).split("; ")[0].removeprefix("training diverged: ")
+        command = f"tinygpt train --resume {self.run.path} {e.flags()}"
+        if not self.run.has_checkpoint():
+            return f"{what}, before the first checkpoint; start the run over with {e.flags()}: {command}"
+        last = self.run.checkpoint_info("last").step or 0
+        if last < e.weights_step:
+            return (f"{what}; the last checkpoint (step {last}) is intact, continue from it with {e.flags()}: "
+                    f"{command}")
+        best = self.run.checkpoint_info("best")
+        kept = f"step {best.step}" + (f", val loss {best.val_loss:.4f}" if best.val_loss is not None else "")
+        return (f"{what}; the last checkpoint (step {last}) holds the weights that diverged, so resuming would "
+                f"repeat it: start a new run with {e.flags()} (the best weights so far, {kept}, stay in "
+                f"{self.run.weights_path('best')})")
 
     def sample(self, max_new_tokens: int | None = None) -> str:
         """A sample of the current weights from a document start, drawn exactly as

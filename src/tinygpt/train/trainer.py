@@ -36,12 +36,18 @@ DEFAULT_TIME_BUDGET = 300.0  # seconds, when no budget at all is given
 
 
 class DivergedError(TinyGPTError):
-    """Training produced a non-finite loss, gradient or weight. The step that did was not
-    taken and nothing from it was saved: the last checkpoint is the last good state."""
+    """Training produced a non-finite loss, gradient or weight. Nothing from then on was
+    stepped or saved. ``weights_step`` is the step whose weights produced the bad value:
+    resuming from an earlier checkpoint with ``fixes`` (flag -> suggested value) may get
+    past it; resuming from that very step repeats it."""
 
-    def __init__(self, message: str, step: int, record: dict | None = None):
+    def __init__(self, message: str, step: int, weights_step: int, fixes: dict[str, str],
+                 record: dict | None = None):
         super().__init__(message)
-        self.step, self.record = step, record or {}
+        self.step, self.weights_step, self.fixes, self.record = step, weights_step, fixes, record or {}
+
+    def flags(self) -> str:
+        return " ".join(f"--{k} {v}" for k, v in self.fixes.items())
 
 
 class Trainer:
@@ -65,6 +71,7 @@ class Trainer:
         self.min_lr = cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr
         self.state = TrainState()
         self._stop: str | None = None
+        self._signal: int | None = None  # the signal that asked for the stop, if one did
 
     # ------------------------------------------------------------------ state
 
@@ -161,7 +168,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             what = (f"the loss became {loss_value}" if not math.isfinite(loss_value)
                     else f"the gradient norm became {norm_value}")
-            raise self.diverged(what, self.state.step + 1, info)
+            raise self.diverged(what, self.state.step + 1, self.state.step, info)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -169,17 +176,18 @@ class Trainer:
         self.state.tokens += self.tokens_per_step
         return info
 
-    def diverged(self, what: str, step: int, record: dict | None = None) -> DivergedError:
-        """The error for a non-finite value at ``step``, with advice that fits the settings."""
+    def diverged(self, what: str, step: int, weights_step: int, record: dict | None = None) -> DivergedError:
+        """The error for a non-finite value at ``step`` (from the weights after
+        ``weights_step``), with the settings that would help."""
         t = self.cfg
-        advice = [f"lower --lr (now {t.lr:g}; try {t.lr / 10:g})"]
+        fixes = {"lr": f"{t.lr / 10:g}"}
         if t.grad_clip <= 0:
-            advice.append("turn on --grad-clip 1.0")
+            fixes["grad-clip"] = "1.0"
         if self.dtype == torch.float16:
-            advice.append("use --dtype bf16 (fp16 overflows)")
-        if t.warmup_steps < 100:
-            advice.append(f"lengthen --warmup-steps (now {t.warmup_steps})")
-        return DivergedError(f"training diverged: {what} at step {step}; {', '.join(advice)}", step, record)
+            fixes["dtype"] = "bf16"  # fp16 overflows where bf16 has range to spare
+        message = (f"training diverged: {what} at step {step} (lr {t.lr:g}); nothing from that step was saved; "
+                   f"retry with {' '.join(f'--{k} {v}' for k, v in fixes.items())}")
+        return DivergedError(message, step, weights_step, fixes, record)
 
     def weights_finite(self) -> bool:
         """Whether every parameter is finite (checked before weights are saved)."""
@@ -206,7 +214,7 @@ class Trainer:
 
         Ctrl+C / SIGTERM finish the current step and end the loop with
         ``summary["interrupted"]`` set (the checkpointer saves then); a second Ctrl+C aborts."""
-        self._stop = None
+        self._stop, self._signal = None, None
         callbacks = [cb for cb in self.callbacks if self.dist.is_main or not cb.main_process_only]
         try:
             for cb in callbacks:
@@ -243,7 +251,8 @@ class Trainer:
     def summary(self) -> dict:
         s = self.state
         return {"step": s.step, "tokens": s.tokens, "elapsed": s.elapsed, "val_loss": s.last_val,
-                "best_val": s.best_val if math.isfinite(s.best_val) else None, "interrupted": self._stop}
+                "best_val": s.best_val if math.isfinite(s.best_val) else None, "interrupted": self._stop,
+                "signal": self._signal}
 
     def request_stop(self, reason: str = "stop requested") -> None:
         """Ask the loop to end after the current step (as Ctrl+C does)."""
@@ -261,7 +270,7 @@ class Trainer:
         def handler(signum, frame):
             if self._stop is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt
-            self._stop = signal.Signals(signum).name
+            self._stop, self._signal = signal.Signals(signum).name, int(signum)
             print(f"\n{self._stop}: finishing this step and saving a checkpoint "
                   "(Ctrl+C again to abort without saving)", file=sys.stderr, flush=True)
 
