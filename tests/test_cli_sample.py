@@ -63,3 +63,17 @@ def test_python_api(trained_run, checkpoint):
     assert a == lm.generate("ROMEO:", max_new_tokens=12, seed=5, num_samples=2)
     assert len(a) == 2 and all(len(s) == 12 for s in a)
     assert lm.checkpoint.name == ("model.safetensors" if checkpoint == "best" else "last.safetensors")
+
+
+def test_non_finite_weights_are_a_clear_error(tiny_run, capsys):
+    # tinygpt 0.1 could checkpoint a diverged model; sampling it must not die in torch.multinomial.
+    from tinygpt import checkpoint as ckpt
+
+    path = tiny_run / "last.safetensors"
+    tensors = ckpt.load_weights(path)
+    tensors = {k: v.clone() for k, v in tensors.items()}
+    tensors["lm_head.weight" if "lm_head.weight" in tensors else next(iter(tensors))][0, 0] = float("nan")
+    ckpt.save_tensors(tensors, path, {"step": 6})
+    assert main(["sample", str(tiny_run), "--checkpoint", "last"]) == 1
+    err = capsys.readouterr().err
+    assert "last.safetensors holds non-finite weights" in err and "Traceback" not in err

@@ -58,7 +58,7 @@ def holder_pid(path: str | Path) -> int | None:
 def acquire(path: str | Path, what: str) -> None:
     """Lock ``path`` (created if absent) for the rest of this process, or raise a one-line
     error naming the process that holds it. ``what`` names the locked thing in that error."""
-    path = Path(path).absolute()
+    path = Path(path).resolve()
     if path in _HELD:
         return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -76,11 +76,11 @@ def acquire(path: str | Path, what: str) -> None:
 
 def release(path: str | Path) -> None:
     """Give the lock back before the process ends (tests, long-lived programs)."""
-    fd = _HELD.pop(Path(path).absolute(), None)
+    fd = _HELD.pop(Path(path).resolve(), None)
     if fd is not None:
         os.close(fd)  # closing the descriptor drops the flock
 
 
 def is_held(path: str | Path) -> bool:
     """Whether this process holds the lock at ``path``."""
-    return Path(path).absolute() in _HELD
+    return Path(path).resolve() in _HELD

@@ -230,6 +230,10 @@ class RunDir:
         path = self.weights_path(which)
         info = CheckpointInfo.from_metadata(ckpt.read_metadata(path))
         tensors = ckpt.load_weights(path)
+        bad = next((n for n, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+        if bad is not None:
+            raise TinyGPTError(f"{path} holds non-finite weights ({bad} has nan/inf): it was saved by a run that "
+                               "diverged; use another checkpoint (--checkpoint best|last) or train again")
         with torch.device("meta"):
             model = GPT(config)
         ckpt.assign_weights(model, tensors, path, assign=True)

@@ -136,7 +136,7 @@ class Session:
                                f"relative to where it started); pass --data with its path") from None
         if saved.get("data_key") != data.meta["key"]:
             raise TinyGPTError(f"the text at --data {cfg.data.data!r} is not the text {run.path} was trained on "
-                               f"(recorded at {recorded!r}); give the same files, or start a new run")
+                               f"(recorded at {recorded!r}); give the same files (names and contents), or start a new run")
         cfg = replace(cfg, {"data": {"data": absolute_spec(cfg.data.data)}})  # it may have moved
         if cfg.model.vocab_size != data.tokenizer.vocab_size:
             raise TinyGPTError(f"{run.path} has a {cfg.model.vocab_size}-token model but the data's tokenizer has "
