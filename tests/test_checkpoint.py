@@ -233,3 +233,20 @@ def test_writing_over_a_directory_is_a_clear_error(tmp_path):
     (tmp_path / "out.json").mkdir()
     with pytest.raises(TinyGPTError, match="out.json is a directory; give a file path"):
         ckpt.atomic_write_json(tmp_path / "out.json", {})
+
+
+def test_output_paths_never_go_over_a_users_files_without_force(tmp_path):
+    (tmp_path / "taken.gguf").write_text("mine")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "a.txt").write_text("mine")
+    assert ckpt.output_file(tmp_path / "new.gguf") == tmp_path / "new.gguf"
+    with pytest.raises(TinyGPTError, match="taken.gguf already exists; choose another --out, or pass --force"):
+        ckpt.output_file(tmp_path / "taken.gguf")
+    assert ckpt.output_file(tmp_path / "taken.gguf", force=True)
+    with pytest.raises(TinyGPTError, match="full is a directory"):
+        ckpt.output_file(tmp_path / "full", force=True)
+    assert ckpt.output_dir(tmp_path / "new") and ckpt.output_dir(tmp_path / "full", force=True)
+    with pytest.raises(TinyGPTError, match="--to .*full is not empty; choose a new or empty directory"):
+        ckpt.output_dir(tmp_path / "full", flag="--to")
+    with pytest.raises(TinyGPTError, match="taken.gguf is a file, not a directory"):
+        ckpt.output_dir(tmp_path / "taken.gguf", force=True)

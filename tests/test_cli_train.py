@@ -226,8 +226,9 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_resumes_exactly(tmp_path, cor
     assert train(corpus, out) == 1
     error = _one_error(capsys)
     assert f"the disk is full: {out / 'trainer.pt'} needs about" in error
-    assert error.endswith(f"then continue with: tinygpt train --resume {out}")
+    assert error.endswith(f". Free some space, then continue with: tinygpt train --resume {out}")
     assert ("the previous trainer.pt is intact" if full_at == 2 else "nothing was replaced") in error
+    assert "run the command again" not in error
     assert not list(out.glob(".*.tmp"))
     if full_at == 2:
         assert RunDir.open(out).load_state()["step"] == 3

@@ -52,7 +52,12 @@ TMP_SUFFIX = ".tmp"  # atomic_write's temp files are ".<name>.<random>.tmp"; see
 
 
 class DiskFullError(TinyGPTError):
-    """A write found the disk full; the file it was replacing is untouched."""
+    """A write found the disk full; the file it was replacing is untouched. ``problem`` is
+    the message without its advice, for callers that know a better next step."""
+
+    def __init__(self, problem: str):
+        super().__init__(f"{problem}. Free some space and run the command again")
+        self.problem = problem
 
 
 def _fmt_bytes(n: float) -> str:
@@ -80,8 +85,7 @@ def _full_error(path: Path, size: int | None, existed: bool) -> DiskFullError:
     free = shutil.disk_usage(path.parent).free
     need = f"needs about {_fmt_bytes(size)}" if size else "could not be written"
     kept = f"the previous {path.name} is intact" if existed else "nothing was replaced"
-    return DiskFullError(f"the disk is full: {path} {need} and {path.parent} has {_fmt_bytes(free)} free; "
-                         f"{kept}. Free some space and run the command again")
+    return DiskFullError(f"the disk is full: {path} {need} and {path.parent} has {_fmt_bytes(free)} free; {kept}")
 
 
 def _open_temp(path: Path) -> tuple[Path, BinaryIO]:
@@ -127,6 +131,29 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def output_file(path: str | Path, *, force: bool = False, flag: str = "--out") -> Path:
+    """Check ``path`` is a file a command may write (exports, results, pictures): a new
+    name, or, with ``force``, an existing file. Write it with :func:`atomic_write`."""
+    path = Path(path)
+    if path.is_dir():
+        raise TinyGPTError(f"{flag} {path} is a directory; give a file name")
+    if path.exists() and not force:
+        raise TinyGPTError(f"{path} already exists; choose another {flag}, or pass --force to replace it")
+    return path
+
+
+def output_dir(path: str | Path, *, force: bool = False, flag: str = "--out") -> Path:
+    """Check ``path`` is a folder a command may fill (an export): absent or empty, or
+    anything with ``force`` (its files with the names written are replaced)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise TinyGPTError(f"{flag} {path} is a file, not a directory; choose a directory")
+    if path.is_dir() and not force and any(path.iterdir()):
+        raise TinyGPTError(f"{flag} {path} is not empty; choose a new or empty directory, or pass --force to "
+                           "write into it (replacing files with the same names)")
+    return path
 
 
 def stale_temp_files(directory: str | Path) -> list[Path]:

@@ -203,7 +203,8 @@ class Session:
         except DivergedError as e:
             raise TinyGPTError(f"training diverged: {self._after_divergence(e)}") from None
         except DiskFullError as e:
-            raise TinyGPTError(f"{e}; then continue with: tinygpt train --resume {self.run.path}") from None
+            raise TinyGPTError(f"{e.problem}. Free some space, then continue with: tinygpt train --resume "
+                               f"{self.run.path}") from None
 
     def _after_divergence(self, e: DivergedError) -> str:
         """What went wrong and the way on that can work from what is on disk."""
