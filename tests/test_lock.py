@@ -18,8 +18,8 @@ def test_a_second_process_is_refused_with_the_holders_pid(tmp_path):
     try:
         assert lock.holder_pid(path) == os.getpid() and lock.is_held(path)
         lock.acquire(path, "the run X")  # again in the same process: already ours
-        other = subprocess.run([sys.executable, "-c", f"from tinygpt import lock; lock.acquire({str(path)!r}, 'the run X')"],
-                               capture_output=True, text=True, timeout=60)
+        script = f"from tinygpt import lock; lock.acquire({str(path)!r}, 'the run X')"
+        other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
         assert other.returncode == 1
         assert (f"TinyGPTError: the run X is in use by process {os.getpid()} (another tinygpt command writing to "
                 "it); wait for it to finish or stop it") in other.stderr

@@ -178,7 +178,8 @@ class RunDir:
             for name in SECTIONS:
                 if name in config and not isinstance(config[name], dict):
                     raise TinyGPTError(f"{path}: the {name!r} section is {json.dumps(config[name])[:40]}, not a "
-                                       "mapping; the run directory is damaged (restore config.json, or start a new run)")
+                                       "mapping; the run directory is damaged (restore config.json, or start a "
+                                       "new run)")
             self._config = config
         return self._config
 

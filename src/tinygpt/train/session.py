@@ -12,6 +12,7 @@ tokenizer, and everything is built and checked before anything is written to dis
 
 from __future__ import annotations
 
+import glob
 import itertools
 import platform
 import time
@@ -121,22 +122,20 @@ class Session:
         run.lock()
         saved = run.read_config()
         try:
-            cfg = resumed_run_config(saved, *layers)
+            resumed_run_config(saved)  # the recorded settings alone: a failure here is damage, not a bad flag
         except TinyGPTError as e:
-            if "cannot change" in str(e):
-                raise
             raise TinyGPTError(f"{run.path / 'config.json'}: {e}; the run directory is damaged") from None
+        cfg = resumed_run_config(saved, *layers)
         recorded = saved.get("data", {}).get("data", cfg.data.data)
-        try:
-            data = prepare_data(cfg.data, log=log)
-        except TinyGPTError:
-            if cfg.data.data != recorded or Path(recorded).is_absolute():
-                raise
+        if cfg.data.data == recorded and absolute_spec(recorded) != recorded and not glob.has_magic(recorded) \
+                and not Path(recorded).expanduser().exists():  # tinygpt 0.1 recorded the path as typed
             raise TinyGPTError(f"the run's data {recorded!r} is not found from here (the run recorded it "
-                               f"relative to where it started); pass --data with its path") from None
+                               f"relative to where it started); pass --data with its path")
+        data = prepare_data(cfg.data, log=log)
         if saved.get("data_key") != data.meta["key"]:
             raise TinyGPTError(f"the text at --data {cfg.data.data!r} is not the text {run.path} was trained on "
-                               f"(recorded at {recorded!r}); give the same files (names and contents), or start a new run")
+                               f"(recorded at {recorded!r}); give the same files (names and contents), or start "
+                               "a new run")
         cfg = replace(cfg, {"data": {"data": absolute_spec(cfg.data.data)}})  # it may have moved
         if cfg.model.vocab_size != data.tokenizer.vocab_size:
             raise TinyGPTError(f"{run.path} has a {cfg.model.vocab_size}-token model but the data's tokenizer has "
