@@ -77,3 +77,62 @@ def test_non_finite_weights_are_a_clear_error(tiny_run, capsys):
     assert main(["sample", str(tiny_run), "--checkpoint", "last"]) == 1
     err = capsys.readouterr().err
     assert "last.safetensors holds non-finite weights" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------- decoding options
+
+
+def test_a_batch_of_prompts_gives_what_each_gives_alone(trained_run, tmp_path, capsys):
+    prompts = ["ROMEO:", "what light", "R"]
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n\n")
+    args = ["--max-new-tokens", "15", "--seed", "4", "--num-samples", "2", "--min-p", "0.05",
+            "--repetition-penalty", "1.2"]
+    assert sample(trained_run, "--prompts-file", str(tmp_path / "prompts.txt"), *args) == 0
+    out = capsys.readouterr().out
+    assert re.findall(r"^--- prompt (\d), sample (\d) ---$", out, flags=re.M) == \
+        [(str(p), str(s)) for p in (1, 2, 3) for s in (1, 2)]
+    lm = tinygpt.load(trained_run)
+    opts = dict(max_new_tokens=15, seed=4, num_samples=2, min_p=0.05, repetition_penalty=1.2)
+    alone = [text for p in prompts for text in lm.generate(p, **opts)]
+    assert lm.generate(prompts, **opts) == alone
+    for (p, text) in zip([p for p in prompts for _ in range(2)], alone):
+        assert f"{p}{text}\n" in out
+
+
+def test_stop_strings_cut_the_text_and_greedy_ignores_the_seed(trained_run, capsys):
+    lm = tinygpt.load(trained_run)
+    free = lm.generate("ROMEO:", 30, greedy=True)[0]
+    stop = free[5:7]
+    cut = lm.generate("ROMEO:", 30, greedy=True, stop=[stop])[0]
+    assert cut == free[:free.index(stop)]
+    assert "".join(lm.stream("ROMEO:", 30, greedy=True, stop=[stop])) == cut
+    assert sample(trained_run, "--prompt", "ROMEO:", "--max-new-tokens", "30", "--greedy", "--stop", stop,
+                  "--seed", "1") == 0
+    assert capsys.readouterr().out == f"ROMEO:{cut}\n"
+    assert lm.generate("ROMEO:", 30, greedy=True, seed=5) == lm.generate("ROMEO:", 30, temperature=0, seed=6)
+
+
+def test_beam_search_from_the_command_line(trained_run, capsys):
+    lm = tinygpt.load(trained_run)
+    best = lm.generate("ROMEO:", 8, beams=4, num_samples=2)
+    assert len(best) == 2 and best[0] != best[1]
+    assert sample(trained_run, "--prompt", "ROMEO:", "--max-new-tokens", "8", "--beams", "4",
+                  "--num-samples", "2") == 0
+    out = capsys.readouterr().out
+    assert out == f"--- sample 1 ---\nROMEO:{best[0]}\n--- sample 2 ---\nROMEO:{best[1]}\n"
+    assert sample(trained_run, "--beams", "2", "--num-samples", "3") == 1
+    assert "beam search returns at most --beams (2) results" in capsys.readouterr().err
+
+
+def test_the_stream_is_a_generator_of_pieces(trained_run):
+    lm = tinygpt.load(trained_run)
+    pieces = list(lm.stream("ROMEO:", 12, seed=3, temperature=1.0))
+    assert len(pieces) == 12 and "".join(pieces) == lm.generate("ROMEO:", 12, seed=3, temperature=1.0)[0]
+
+
+def test_generation_ends_at_the_end_of_text_token(trained_run):
+    lm = tinygpt.load(trained_run)
+    free = lm.generate("ROMEO:", 20, greedy=True)[0]
+    lm.tokenizer.eot_id = lm.tokenizer.encode(free[4])[0]  # as if that character were <|endoftext|>
+    assert lm.generate("ROMEO:", 20, greedy=True)[0] == free[:free.index(free[4])]
+    assert lm.generate("ROMEO:", 20, greedy=True, stop_at_eot=False)[0] == free

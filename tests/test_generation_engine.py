@@ -5,6 +5,8 @@ import torch
 from helpers import TINY_MODEL, random_ids, randomize_, seeded
 
 from tinygpt.generation import generate
+from tinygpt.generation.engine import decode
+from tinygpt.generation.processors import RepetitionPenalty
 from tinygpt.model import GPT, GPTConfig
 
 
@@ -88,7 +90,11 @@ def test_stop_id_waits_for_every_row(tiny_model):
     stop = both[0]
     last = max(rows[0].index(stop), rows[1].index(stop))
     out = generate(model, prompt, 20, temperature=0, stop_id=stop)
-    assert torch.equal(out, full[:, :4 + last + 1])
+    # The row that stopped first is padded with the stop token (as transformers does).
+    expected = full[:, :4 + last + 1].clone()
+    for r, row in enumerate(rows):
+        expected[r, 4 + row.index(stop):] = stop
+    assert torch.equal(out, expected)
 
 
 def test_on_token_sees_each_new_column(tiny_model):
@@ -126,3 +132,55 @@ def test_training_flag_is_restored():
     with pytest.raises(KeyboardInterrupt):
         generate(model, prompt, 10, on_token=boom)
     assert model.training
+
+
+# ---------------------------------------------------------------------------- batches of prompts
+
+
+def _alone(model, prompt, n, **kw):
+    return decode(model, [prompt], n, **kw)[0]
+
+
+@pytest.mark.parametrize("n_new", [6, 30])  # within the context, and well past it (block 16)
+def test_prompts_of_different_lengths_give_what_each_gives_alone(tiny_model, n_new):
+    model = randomize_(tiny_model, seed=6, scale=0.3, embedding_scale=0.1)
+    prompts = [random_ids((1, n), seed=n)[0].tolist() for n in (1, 7, 3, 16)]
+    batched = decode(model, prompts, n_new, greedy=True)
+    assert batched == [_alone(model, p, n_new, greedy=True) for p in prompts]
+    assert all(len(r) == n_new for r in batched)
+    # Seeded sampling: row i draws from its own generator, so it is the same batched or alone.
+    sampled = decode(model, prompts, n_new, generator=[seeded(10 + i) for i in range(4)])
+    assert sampled == [_alone(model, p, n_new, generator=[seeded(10 + i)]) for i, p in enumerate(prompts)]
+
+
+def test_rows_that_stop_leave_the_batch(tiny_model):
+    model = randomize_(tiny_model, seed=7, scale=0.3, embedding_scale=0.1)
+    prompts = [random_ids((1, 4), seed=s)[0].tolist() for s in range(3)]
+    free = decode(model, prompts, 12, greedy=True)
+    stop = free[1][2]  # row 1 stops after its 3rd token
+    sizes = []
+    handle = model.transformer.wte.register_forward_hook(lambda m, a, o: sizes.append(a[0].shape[0]))
+    try:
+        out = decode(model, prompts, 12, greedy=True, stop_ids=[stop])
+    finally:
+        handle.remove()
+    for row, full in zip(out, free):
+        cut = full.index(stop) + 1 if stop in full else len(full)
+        assert row == full[:cut]
+    assert sizes[0] == 3 and sizes[-1] < 3  # the forwards shrink as rows finish
+
+
+def test_on_step_can_stop_a_row(tiny_model):
+    prompts = [[1, 2], [3, 4, 5]]
+    out = decode(tiny_model, prompts, 8, greedy=True, on_step=lambda rows, t: {0} if 0 in rows else None)
+    assert len(out[0]) == 1 and len(out[1]) == 8
+
+
+def test_processors_shape_the_walk(tiny_model):
+    model = randomize_(tiny_model, seed=8, scale=0.3, embedding_scale=0.1)
+    prompt = random_ids((1, 4))[0].tolist()
+    plain = _alone(model, prompt, 30, greedy=True)
+    penalised = _alone(model, prompt, 30, greedy=True, processors=[RepetitionPenalty(1e9)])
+    assert penalised != plain
+    # A huge penalty forbids repeats while unseen tokens remain (the vocabulary is 50).
+    assert len(set(penalised)) == len(penalised) and not set(penalised) & set(prompt)

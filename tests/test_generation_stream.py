@@ -40,3 +40,34 @@ def test_stream_decoder_char_tokenizer_emits_one_char_per_id():
     tok = CharTokenizer("abc\n")
     pieces, rest = stream(tok, tok.encode("ab\nca"))
     assert pieces == ["a", "b", "\n", "c", "a"] and rest == ""
+
+
+# ---------------------------------------------------------------------------- stop strings
+
+
+def _pieces(stream, ids):
+    return [stream.push(i) for i in ids] + [stream.flush()]
+
+
+def test_stop_strings_across_token_boundaries_are_held_back_then_cut():
+    from tinygpt.generation.stream import TextStream
+    from tinygpt.tokenizer import CharTokenizer
+
+    tok = CharTokenizer("abcdEND\n")
+    stream = TextStream(tok, ["END", "\n\n"])
+    pieces = _pieces(stream, tok.encode("abEcENabENDcd"))
+    # "E" and "EN" are held while they might start "END" and go out once they cannot; "END" cuts.
+    assert pieces == ["a", "b", "", "Ec", "", "", "ENa", "b", "", "", "", "", "", ""]
+    assert stream.stopped and stream.text == "abEcENab"
+    # A held-back prefix that never completes is released at the end.
+    stream = TextStream(tok, ["END"])
+    assert "".join(_pieces(stream, tok.encode("abEN"))) == "abEN" and not stream.stopped
+
+
+def test_without_stop_strings_the_stream_is_the_text():
+    from tinygpt.generation.stream import TextStream
+    from tinygpt.tokenizer import CharTokenizer
+
+    tok = CharTokenizer("abc")
+    stream = TextStream(tok)
+    assert _pieces(stream, tok.encode("abcab")) == ["a", "b", "c", "a", "b", ""] and stream.text == "abcab"

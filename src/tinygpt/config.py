@@ -163,6 +163,8 @@ def convert(f: dataclasses.Field, tp: Any, value: Any) -> Any:
             out = float(value)
         elif base is str:
             out = str(value)
+        elif typing.get_origin(base) is list:  # a repeatable flag, or a list in a config file
+            out = [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
         else:
             out = value
     except (TypeError, ValueError) as e:
@@ -297,6 +299,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str
         if base is bool:
             parser.add_argument(flag, dest=name, nargs="?", const="true", default=None,
                                 metavar="BOOL", help=help_text)
+        elif typing.get_origin(base) is list:
+            parser.add_argument(flag, dest=name, action="append", default=None, metavar=name.upper(),
+                                help=help_text + "; repeat the flag for more")
         else:
             parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_text)
 

@@ -18,6 +18,7 @@ from .common import log
 class PromptOptions:
     prompt: str = opt("", "text to continue (default: start of a document)")
     prompt_file: str | None = opt(None, "read the prompt from this file instead")
+    prompts_file: str | None = opt(None, "a file of prompts, one per line, generated as one batch")
     checkpoint: str = opt("best", "which weights: best (lowest val loss), last, or a .safetensors path")
 
 
@@ -36,30 +37,43 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _read(path: str, flag: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise TinyGPTError(f"cannot read {flag} {path}: {e}; give a UTF-8 text file") from None
+
+
 def run(args: argparse.Namespace) -> int:
     cmd = from_dict(SampleCommand, cli_values(SampleCommand, args))
-    prompt = cmd.prompt.prompt
+    prompts = [cmd.prompt.prompt]
     if cmd.prompt.prompt_file:
-        try:
-            prompt = Path(cmd.prompt.prompt_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise TinyGPTError(f"cannot read --prompt-file {cmd.prompt.prompt_file}: {e}; give a UTF-8 text file") from None
+        prompts = [_read(cmd.prompt.prompt_file, "--prompt-file")]
+    if cmd.prompt.prompts_file:
+        prompts = [line for line in _read(cmd.prompt.prompts_file, "--prompts-file").splitlines() if line.strip()]
+        if not prompts:
+            raise TinyGPTError(f"--prompts-file {cmd.prompt.prompts_file} has no prompts; write one per line")
     lm = load(args.run, checkpoint=cmd.prompt.checkpoint, device=cmd.runtime.device, dtype=cmd.runtime.dtype)
     log(f"{lm.checkpoint}: step {lm.step}" + (f", val loss {lm.val_loss:.4f}" if lm.val_loss is not None else "")
         + f" | {lm.model.num_params() / 1e6:.2f}M parameters on {lm.device}")
-    ids, cropped = lm.encode_prompt(prompt)
-    if cropped:
-        log(f"notice: the prompt is longer than the context; using its last {lm.model.config.block_size} tokens")
-    echo = lm.tokenizer.decode(ids[0].tolist()) if prompt else ""
+    echoes = []
+    for prompt in prompts:
+        ids, cropped = lm.encode_prompt(prompt)
+        if cropped:
+            log(f"notice: a prompt is longer than the context; using its last {lm.model.config.block_size} tokens")
+        echoes.append(lm.tokenizer.decode(ids[0].tolist()) if prompt else "")
     n = cmd.generation.num_samples
+    rows = len(prompts) * n
 
     def header(i: int) -> None:
-        if n > 1:
+        if len(prompts) > 1:
+            sys.stdout.write(f"--- prompt {i // n + 1}" + (f", sample {i % n + 1}" if n > 1 else "") + " ---\n")
+        elif n > 1:
             sys.stdout.write(f"--- sample {i + 1} ---\n")
-        sys.stdout.write(echo)
+        sys.stdout.write(echoes[i // n])
         sys.stdout.flush()
 
-    # All samples are drawn as one batch; the first streams as it is generated, the others
+    # All rows are drawn as one batch; the first streams as it is generated, the others
     # print when it is done (the same text tinygpt.load(...).generate(...) returns).
     def on_text(i: int, piece: str) -> None:
         if i == 0:
@@ -67,9 +81,10 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.flush()
 
     header(0)
-    texts = lm.generate(prompt, config=cmd.generation, seed=cmd.runtime.seed, on_text=on_text)
+    texts = lm.generate(prompts[0] if len(prompts) == 1 else prompts, config=cmd.generation, seed=cmd.runtime.seed,
+                        on_text=on_text)
     sys.stdout.write("\n")
-    for i in range(1, n):
+    for i in range(1, rows):
         header(i)
         sys.stdout.write(texts[i] + "\n")
     sys.stdout.flush()

@@ -1,14 +1,20 @@
-"""Turning a model into text: sampling rules, the prefill/decode loop, streaming, and ``load``.
+"""Turning a model into text: logits processors, the batched prefill/decode loop, beam search,
+streaming with stop strings, and ``load``.
 
     from tinygpt.generation import load
     lm = load("runs/my-run")
-    print(lm.generate("ROMEO:", max_new_tokens=200, seed=0)[0])
+    print(lm.generate("ROMEO:", max_new_tokens=200, seed=0, min_p=0.05, stop=["\n\n"])[0])
+    for piece in lm.stream("JULIET:", 100):
+        print(piece, end="", flush=True)
 """
 
+from .beam import beam_search
 from .config import GenerationConfig
-from .engine import generate
+from .engine import decode, generate
 from .lm import TinyGPT, load, start_ids
-from .sampling import sample_next
-from .stream import StreamDecoder
+from .processors import History, LogitsProcessor
+from .sampling import choose, sample_next
+from .stream import StreamDecoder, TextStream
 
-__all__ = ["GenerationConfig", "StreamDecoder", "TinyGPT", "generate", "load", "sample_next", "start_ids"]
+__all__ = ["GenerationConfig", "History", "LogitsProcessor", "StreamDecoder", "TextStream", "TinyGPT",
+           "beam_search", "choose", "decode", "generate", "load", "sample_next", "start_ids"]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -14,9 +16,10 @@ from ..errors import TinyGPTError
 from ..model import GPT
 from ..run import RunDir
 from ..tokenizer import Tokenizer
+from .beam import beam_search
 from .config import GenerationConfig
-from .engine import generate
-from .stream import StreamDecoder
+from .engine import decode
+from .stream import TextStream
 
 
 def start_ids(tokenizer: Tokenizer) -> list[int]:
@@ -47,41 +50,96 @@ class TinyGPT:
         block = self.model.config.block_size
         return torch.tensor([ids[-block:]], device=self.device), len(ids) > block
 
-    def generate(self, prompt: str = "", max_new_tokens: int | None = None, *,
+    def generate(self, prompt: str | Sequence[str] = "", max_new_tokens: int | None = None, *,
                  config: GenerationConfig | None = None, seed: int | None = None,
                  on_text: Callable[[int, str], None] | None = None, **options: Any) -> list[str]:
-        """Continuations of ``prompt`` (the prompt is not included), one per sample.
+        """Continuations of ``prompt`` (the prompt is not included): ``num_samples`` per
+        prompt, prompt by prompt when ``prompt`` is a list (they are generated as one batch).
 
-        Options are GenerationConfig's (temperature, top_k, top_p, num_samples), given
-        as ``config`` and/or keywords. Sample i draws from its own generator seeded
-        ``seed + i`` (a fresh seed when None), so the same options give the same text
-        here, on the command line and in the trainer's samples. ``on_text(sample_index,
-        piece)`` streams text as it is produced."""
+        Options are GenerationConfig's (temperature, top_k, top_p, min_p, penalties,
+        beams, stop strings ...), given as ``config`` and/or keywords. Sample i of a
+        prompt draws from its own generator seeded ``seed + i`` (a fresh seed when
+        None), so the same options give the same text here, on the command line, in the
+        trainer's samples, and whatever else is in the batch. ``on_text(index, piece)``
+        streams text as it is produced (beam search: once, when done)."""
         if max_new_tokens is not None:
             options["max_new_tokens"] = max_new_tokens
         cfg = config or GenerationConfig()
         if options:
             cfg = replace(cfg, options)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        ids = [self.encode_prompt(p)[0][0].tolist() for p in prompts]
         n = cfg.num_samples
-        idx, _ = self.encode_prompt(prompt)
-        idx = idx.expand(n, -1).contiguous()
-        base = fresh_seed() if seed is None else seed
-        generators = [torch.Generator(device=self.device).manual_seed(base + i) for i in range(n)]
-        streams = [StreamDecoder(self.tokenizer) for _ in range(n)]
-
-        def emit(nxt: torch.Tensor) -> None:
-            for i, t in enumerate(nxt[:, 0].tolist()):
-                if piece := streams[i].push(t):
-                    on_text(i, piece)
-
+        stop_ids = [self.tokenizer.eot_id] if cfg.stop_at_eot and self.tokenizer.eot_id is not None else []
         with autocast(self.device, self.dtype):
-            out = generate(self.model, idx, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                           top_p=cfg.top_p, generator=generators, on_token=emit if on_text is not None else None)
-        if on_text is not None:
-            for i, stream in enumerate(streams):
-                if rest := stream.flush():
-                    on_text(i, rest)
-        return [self.tokenizer.decode(row[idx.size(1):].tolist()) for row in out]
+            if cfg.beams > 1:
+                return self._beams(ids, cfg, stop_ids, on_text)
+            rows = [p for p in ids for _ in range(n)]
+            base = fresh_seed() if seed is None else seed
+            generators = [torch.Generator(device=self.device).manual_seed(base + i % n) for i in range(len(rows))]
+            streams = [TextStream(self.tokenizer, cfg.stop) for _ in rows]
+
+            def on_step(active: list[int], tokens: torch.Tensor) -> set[int]:
+                stopped = set()
+                for i, t in zip(active, tokens.tolist()):
+                    if t in stop_ids:
+                        continue  # the stop token ends the row; it is not text
+                    piece = streams[i].push(t)
+                    if piece and on_text is not None:
+                        on_text(i, piece)
+                    if streams[i].stopped:
+                        stopped.add(i)
+                return stopped
+
+            decode(self.model, rows, cfg.max_new_tokens, processors=cfg.processors(), greedy=cfg.is_greedy,
+                   generator=generators, stop_ids=stop_ids, on_step=on_step)
+        for i, stream in enumerate(streams):
+            if (rest := stream.flush()) and on_text is not None:
+                on_text(i, rest)
+        return [stream.text for stream in streams]
+
+    def _beams(self, ids: list[list[int]], cfg: GenerationConfig, stop_ids: list[int],
+               on_text: Callable[[int, str], None] | None) -> list[str]:
+        texts = []
+        for prompt in ids:
+            best = beam_search(self.model, prompt, min(cfg.max_new_tokens, self.model.config.block_size - len(prompt)),
+                               beams=cfg.beams, length_penalty=cfg.length_penalty, early_stopping=cfg.early_stopping,
+                               num_return=cfg.num_samples, processors=cfg.processors(), stop_ids=stop_ids)
+            for tokens, _ in best:
+                stream = TextStream(self.tokenizer, cfg.stop)
+                for t in tokens:
+                    if t not in stop_ids:
+                        stream.push(t)
+                stream.flush()
+                if on_text is not None:
+                    on_text(len(texts), stream.text)
+                texts.append(stream.text)
+        return texts
+
+    def stream(self, prompt: str = "", max_new_tokens: int | None = None, *, seed: int | None = None,
+               **options: Any) -> Iterator[str]:
+        """The text of one sample as it is generated, piece by piece (a Python generator,
+        for servers and notebooks); the pieces joined are what ``generate`` returns."""
+        pieces: queue.Queue = queue.Queue()
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                self.generate(prompt, max_new_tokens, seed=seed, on_text=lambda i, piece: pieces.put(piece),
+                              **{**options, "num_samples": 1})
+            except BaseException as e:  # handed to the consumer, raised there
+                failure.append(e)
+            finally:
+                pieces.put(None)
+
+        # Decoding runs in a worker so that this generator can hand out each piece as it comes.
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        while (piece := pieces.get()) is not None:
+            yield piece
+        worker.join()
+        if failure:
+            raise failure[0]
 
 
 def load(source: str | Path, checkpoint: str = "best", device: str = "auto", dtype: str = "fp32") -> TinyGPT:

@@ -27,3 +27,40 @@ class StreamDecoder:
     def flush(self) -> str:
         text, self.pending = self.tokenizer.decode(self.pending), []
         return text
+
+
+class TextStream:
+    """A row's text as it is generated, cut at the first stop string.
+
+    ``push`` returns the text that is safe to show now: text that could still be the
+    start of a stop string is held back until the next tokens decide, so a streaming UI
+    never shows part of a stop string. ``stopped`` turns true once one has appeared;
+    the text then ends right before it. The pieces joined are ``text``."""
+
+    def __init__(self, tokenizer: Tokenizer, stops: tuple[str, ...] | list[str] = ()):
+        self.decoder, self.stops = StreamDecoder(tokenizer), tuple(stops)
+        self.text, self.held, self.stopped = "", "", False
+
+    def push(self, token_id: int) -> str:
+        if self.stopped:
+            return ""
+        return self._take(self.held + self.decoder.push(token_id), final=False)
+
+    def flush(self) -> str:
+        if self.stopped:
+            return ""
+        return self._take(self.held + self.decoder.flush(), final=True)
+
+    def _take(self, pending: str, final: bool) -> str:
+        cut = min((i for i in (pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped, self.held = True, ""
+            return self._emit(pending[:cut])
+        keep = 0 if final else max((n for s in self.stops for n in range(1, len(s))
+                                    if pending.endswith(s[:n])), default=0)
+        self.held = pending[len(pending) - keep:] if keep else ""
+        return self._emit(pending[:len(pending) - keep])
+
+    def _emit(self, piece: str) -> str:
+        self.text += piece
+        return piece
