@@ -13,7 +13,8 @@ pytest.importorskip("transformers")
 
 
 def pair(family):
-    hf = hf_model(family, seed=4)
+    # "llama" with grouped-query attention: 4 query heads share 2 key/value heads.
+    hf = hf_model(family, seed=4, **({"num_key_value_heads": 2} if family == "llama" else {}))
     _, _, config_from_hf, weights_from_hf, _, _ = FAMILIES[family]
     cfg = config_from_hf(hf.config.to_dict())
     return load_ours(weights_from_hf(hf.state_dict(), cfg), cfg), hf

@@ -134,6 +134,19 @@ def test_exported_model_matches_in_transformers(family, tied, extra):
 
 # ---------------------------------------------------------------------------- round trips
 
+@pytest.mark.parametrize("kv_heads", [2, 1])
+def test_grouped_query_attention_llama_matches_and_round_trips(kv_heads):
+    hf = hf_model("llama", num_key_value_heads=kv_heads)
+    cfg = interop.llama_config_from_hf(hf.config.to_dict())
+    assert cfg.n_kv_head == kv_heads and cfg.kv_heads == kv_heads
+    h = hf.state_dict()
+    assert h["model.layers.0.self_attn.k_proj.weight"].shape == (kv_heads * 8, 32)
+    ours = load_ours(interop.llama_weights_from_hf(h, cfg), cfg)
+    assert_same_logits(ours, hf)
+    assert_same_state(interop.llama_weights_to_hf(ours.state_dict(), cfg), h)
+    assert interop.llama_config_to_hf(cfg)["num_key_value_heads"] == kv_heads
+
+
 @pytest.mark.parametrize("family, tied", [("gpt2", True), ("gpt2", False), ("llama", False), ("llama", True)])
 def test_round_trips_are_exact(family, tied):
     _, _, config_from_hf, weights_from_hf, config_to_hf, weights_to_hf = FAMILIES[family]
@@ -185,7 +198,7 @@ def test_unsupported_gpt2_configs_raise(change, names):
 
 
 @pytest.mark.parametrize("change, names", [
-    (dict(num_key_value_heads=2), ["num_key_value_heads", "grouped-query"]),
+    (dict(num_key_value_heads=3), ["--n-kv-head (3) must divide --n-head (4)"]),
     (dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}), ["rope", "linear"]),
     (dict(rope_parameters=None, rope_scaling={"type": "dynamic", "factor": 2.0}), ["rope", "dynamic"]),
     (dict(hidden_act="gelu"), ["hidden_act", "gelu"]),
@@ -201,6 +214,7 @@ def test_unsupported_llama_configs_raise(change, names):
 @pytest.mark.parametrize("family, change, field", [
     ("gpt2", dict(pos_emb="rope"), "pos_emb"), ("gpt2", dict(norm="rmsnorm"), "norm"),
     ("gpt2", dict(mlp="swiglu"), "mlp"), ("gpt2", dict(bias=False), "bias"), ("gpt2", dict(qk_norm=True), "qk_norm"),
+    ("gpt2", dict(n_kv_head=2), "n_kv_head"),
     ("llama", dict(pos_emb="learned"), "pos_emb"), ("llama", dict(norm="layernorm"), "norm"),
     ("llama", dict(mlp="gelu"), "mlp"), ("llama", dict(qk_norm=True), "qk_norm"),
 ])

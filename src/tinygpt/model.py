@@ -39,6 +39,8 @@ IGNORE_INDEX = -100  # a target equal to this takes no part in the loss (as in P
 class GPTConfig:
     n_layer: int = opt(6, "number of transformer blocks")
     n_head: int = opt(6, "attention heads per block")
+    n_kv_head: int | None = opt(None, "key/value heads, shared by groups of query heads (grouped-query "
+                                      "attention, as in Llama 2/3); default n_head")
     n_embd: int = opt(384, "width of the residual stream")
     block_size: int = opt(256, "context length in tokens")
     vocab_size: int | None = opt(None, "vocabulary size (taken from the tokenizer when the model is built)")
@@ -67,6 +69,9 @@ class GPTConfig:
             raise TinyGPTError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
                 f"e.g. --n-embd {self.n_embd // self.n_head * self.n_head or self.n_head} or a --n-head that divides it")
+        if self.n_kv_head is not None and (self.n_kv_head <= 0 or self.n_head % self.n_kv_head):
+            raise TinyGPTError(f"--n-kv-head ({self.n_kv_head}) must divide --n-head ({self.n_head}); "
+                               "each key/value head serves the same number of query heads")
         if self.pos_emb == "rope" and self.head_size % 2:
             raise TinyGPTError(f"RoPE needs an even head size, but n_embd/n_head = {self.head_size}; "
                                "change --n-embd or --n-head")
@@ -87,12 +92,16 @@ class GPTConfig:
     def head_size(self) -> int:
         return self.n_embd // self.n_head
 
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
 
 # ---------------------------------------------------------------------------- KV cache
 
 
 class LayerKV:
-    """One layer's cached keys and values, (B, nh, max_len + 1, hs); slot s holds position s.
+    """One layer's cached keys and values, (B, n_kv, max_len + 1, hs); slot s holds position s.
 
     The extra last slot takes the writes of padding tokens, so a batch with pads needs
     no data-dependent indexing; attention never reads it."""
@@ -123,7 +132,7 @@ class KVCache:
     def __init__(self, config: GPTConfig, batch_size: int, max_len: int | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
         self.max_len = max_len or config.block_size
-        shape = (batch_size, config.n_head, self.max_len + 1, config.head_size)
+        shape = (batch_size, config.kv_heads, self.max_len + 1, config.head_size)
         self.layers = [LayerKV(shape, device, dtype) for _ in range(config.n_layer)]
         self.length = 0
 
@@ -214,8 +223,10 @@ class ScaledDotProduct(nn.Module):
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.n_head, self.head_size = config.n_head, config.head_size
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.n_head, self.head_size, self.kv_heads = config.n_head, config.head_size, config.kv_heads
+        # Queries, keys and values in one matmul: (C) -> (C + 2 * n_kv * hs).
+        self.kv_width = config.kv_heads * config.head_size
+        self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * self.kv_width, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.residual_scaled = True  # see GPT._init_weights
         self.attend = ScaledDotProduct(config.dropout)
@@ -229,18 +240,21 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 how: _Attend, kv: LayerKV | None) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        # (B, T, C) -> (B, nh, T, hs)
+        q, k, v = self.c_attn(x).split([C, self.kv_width, self.kv_width], dim=2)
+        # (B, T, C) -> (B, nh, T, hs); keys and values (B, n_kv, T, hs)
         q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)
-        k = k.view(B, T, self.n_head, self.head_size).transpose(1, 2)
-        v = v.view(B, T, self.n_head, self.head_size).transpose(1, 2)
+        k = k.view(B, T, self.kv_heads, self.head_size).transpose(1, 2)
+        v = v.view(B, T, self.kv_heads, self.head_size).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if kv is not None:
             kv.write(how.slots, k, v)
-            k, v = kv.k[:B, :, :how.length], kv.v[:B, :, :how.length]  # (B, nh, S, hs)
+            k, v = kv.k[:B, :, :how.length], kv.v[:B, :, :how.length]  # (B, n_kv, S, hs)
+        if self.kv_heads != self.n_head:  # each key/value head serves a group of query heads
+            k = k.repeat_interleave(self.n_head // self.kv_heads, dim=1)  # (B, nh, S, hs)
+            v = v.repeat_interleave(self.n_head // self.kv_heads, dim=1)
         y = self.attend(q, k, v, how.mask, how.causal)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y))

@@ -49,7 +49,8 @@ _LLAMA_BLOCK = {
 }
 
 # The architecture switches each format fixes: field -> required value.
-_GPT2_SHAPE = {"pos_emb": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True, "qk_norm": False}
+_GPT2_SHAPE = {"pos_emb": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True, "qk_norm": False,
+               "n_kv_head": None}
 _LLAMA_SHAPE = {"pos_emb": "rope", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": False}
 
 # HF options that change the computation in ways we do not model: key -> (default, allowed).
@@ -135,9 +136,6 @@ def llama_config_from_hf(hf: dict) -> GPTConfig:
     _check_options(hf, _LLAMA_OPTIONS, "Llama")
     n_embd, n_head = _need(hf, "hidden_size", "Llama"), _need(hf, "num_attention_heads", "Llama")
     kv_heads = hf.get("num_key_value_heads") or n_head
-    if kv_heads != n_head:
-        raise TinyGPTError(f"Llama num_key_value_heads={kv_heads} differs from num_attention_heads={n_head}: "
-                           "grouped-query attention is not supported; convert a multi-head checkpoint")
     head_dim = hf.get("head_dim") or n_embd // n_head
     if head_dim * n_head != n_embd:
         raise TinyGPTError(f"Llama head_dim={head_dim} times num_attention_heads={n_head} is not "
@@ -156,6 +154,7 @@ def llama_config_from_hf(hf: dict) -> GPTConfig:
                            "tinygpt's --bias applies to both, so they must be equal")
     return GPTConfig(
         n_layer=_need(hf, "num_hidden_layers", "Llama"), n_head=n_head, n_embd=n_embd,
+        n_kv_head=None if kv_heads == n_head else kv_heads,
         block_size=_need(hf, "max_position_embeddings", "Llama"), vocab_size=_need(hf, "vocab_size", "Llama"),
         dropout=hf.get("attention_dropout", 0.0), bias=bool(attention_bias),
         mlp_hidden=_need(hf, "intermediate_size", "Llama"), tie_embeddings=hf.get("tie_word_embeddings", False),
@@ -169,7 +168,7 @@ def llama_config_to_hf(cfg: GPTConfig) -> dict:
     return dict(
         model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=cfg.vocab_size,
         hidden_size=cfg.n_embd, intermediate_size=cfg.hidden_size, num_hidden_layers=cfg.n_layer,
-        num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head, head_dim=cfg.head_size,
+        num_attention_heads=cfg.n_head, num_key_value_heads=cfg.kv_heads, head_dim=cfg.head_size,
         max_position_embeddings=cfg.block_size, hidden_act="silu", rms_norm_eps=cfg.norm_eps,
         # Top-level rope_theta is accepted by every transformers version (5.x moves it into
         # rope_parameters itself); a rope_parameters dict would be ignored by 4.x.
@@ -217,10 +216,19 @@ def _plan(cfg: GPTConfig, names) -> list[tuple[str, torch.Size, tuple[str, ...],
     return [(key, t.shape, *names(key)) for key, t in ours.items()]
 
 
-def _hf_shape(cfg: GPTConfig, key: str, shape: torch.Size, n_parts: int, transposed: bool) -> tuple:
+def _part_rows(cfg: GPTConfig, key: str, rows: int, n_parts: int) -> list[int]:
+    """How a packed tensor's rows split into its HF parts: q, k, v (k and v are narrower
+    with grouped-query attention); anything else (SwiGLU's gate and up) evenly."""
+    if n_parts == 3 and ".attn.c_attn." in key:
+        kv = cfg.kv_heads * cfg.head_size
+        return [rows - 2 * kv, kv, kv]
+    return [rows // n_parts] * n_parts
+
+
+def _hf_shapes(cfg: GPTConfig, key: str, shape: torch.Size, n_parts: int, transposed: bool) -> list[tuple]:
     rows = cfg.vocab_size if key in _VOCAB_ROWS else shape[0]
-    part = (rows // n_parts, *shape[1:])  # packed groups split evenly along dim 0
-    return part[::-1] if transposed else part
+    parts = [(r, *shape[1:]) for r in _part_rows(cfg, key, rows, n_parts)]
+    return [p[::-1] if transposed else p for p in parts]
 
 
 def _check(sd: StateDict, expected: dict[str, tuple], ignored, source: str) -> None:
@@ -243,7 +251,7 @@ def _from_hf(hf_sd: StateDict, cfg: GPTConfig, family: _Family) -> StateDict:
     plan = _plan(cfg, names)
     expected = {}
     for key, shape, parts, transposed in plan:
-        expected.update(dict.fromkeys(parts, _hf_shape(cfg, key, shape, len(parts), transposed)))
+        expected.update(zip(parts, _hf_shapes(cfg, key, shape, len(parts), transposed)))
     # HF state dicts repeat a tied head as lm_head.weight; some saved files leave it out.
     _check(hf_sd, expected, lambda k: k.endswith(buffers) or (cfg.tie_embeddings and k == "lm_head.weight"),
            f"Hugging Face {family.name}")
@@ -269,7 +277,7 @@ def _to_hf(sd: StateDict, cfg: GPTConfig, family: _Family) -> StateDict:
         t = sd[key]
         if key in _VOCAB_ROWS:
             t = t[:cfg.vocab_size]  # (padded_vocab_size, C) -> (vocab_size, C)
-        for part, chunk in zip(parts, t.chunk(len(parts))):  # (n*D, ...) -> n of (D, ...)
+        for part, chunk in zip(parts, t.split(_part_rows(cfg, key, t.shape[0], len(parts)))):
             out[part] = (chunk.t() if transposed else chunk).contiguous()
     if cfg.tie_embeddings:  # as in HF's own state_dict(), which load_state_dict(strict=True) expects
         out["lm_head.weight"] = out[names("transformer.wte.weight")[0][0]]

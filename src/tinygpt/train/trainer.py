@@ -283,7 +283,8 @@ class Trainer:
 
     def describe(self) -> str:
         c, t = self.model.config, self.cfg
-        return (f"model: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, context {c.block_size}, "
+        heads = f"{c.n_head} heads" + (f" ({c.kv_heads} key/value)" if c.kv_heads != c.n_head else "")
+        return (f"model: {c.n_layer} layers, {heads}, {c.n_embd} wide, context {c.block_size}, "
                 f"{self.model.num_params() / 1e6:.2f}M parameters | device {self.device} {dtype_name(self.dtype)}"
                 f"{' compiled' if t.compile else ''} | {self.tokens_per_step} tokens/step "
                 f"(batch {t.batch_size} x {c.block_size} x {self.grad_accum} accumulation)")
