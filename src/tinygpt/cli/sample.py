@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
         if not prompts:
             raise TinyGPTError(f"--prompts-file {cmd.prompt.prompts_file} has no prompts; write one per line")
     lm = load(args.run, checkpoint=cmd.prompt.checkpoint, device=cmd.runtime.device, dtype=cmd.runtime.dtype)
-    log(f"{lm.checkpoint}: step {lm.step}" + (f", val loss {lm.val_loss:.4f}" if lm.val_loss is not None else "")
+    log(f"{lm.checkpoint}" + (f": step {lm.step}" if lm.step is not None else "")
+        + (f", val loss {lm.val_loss:.4f}" if lm.val_loss is not None else "")
         + f" | {lm.model.num_params() / 1e6:.2f}M parameters on {lm.device}")
     echoes = []
     for prompt in prompts:

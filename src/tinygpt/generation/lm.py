@@ -10,15 +10,18 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from ..checkpoint import assign_weights
 from ..config import replace
 from ..device import autocast, fresh_seed, resolve_device, resolve_dtype
 from ..errors import TinyGPTError
+from ..interop import hf_dir
 from ..model import GPT
 from ..run import RunDir
 from ..tokenizer import Tokenizer
 from .beam import beam_search
 from .config import GenerationConfig
 from .engine import decode
+from .processors import LimitVocab
 from .stream import TextStream
 
 
@@ -71,9 +74,12 @@ class TinyGPT:
         ids = [self.encode_prompt(p)[0][0].tolist() for p in prompts]
         n = cfg.num_samples
         stop_ids = [self.tokenizer.eot_id] if cfg.stop_at_eot and self.tokenizer.eot_id is not None else []
+        chain = cfg.processors()
+        if self.tokenizer.vocab_size < self.model.config.vocab_size:
+            chain.insert(0, LimitVocab(self.tokenizer.vocab_size))
         with autocast(self.device, self.dtype):
             if cfg.beams > 1:
-                return self._beams(ids, cfg, stop_ids, on_text)
+                return self._beams(ids, cfg, chain, stop_ids, on_text)
             rows = [p for p in ids for _ in range(n)]
             base = fresh_seed() if seed is None else seed
             generators = [torch.Generator(device=self.device).manual_seed(base + i % n) for i in range(len(rows))]
@@ -91,20 +97,20 @@ class TinyGPT:
                         stopped.add(i)
                 return stopped
 
-            decode(self.model, rows, cfg.max_new_tokens, processors=cfg.processors(), greedy=cfg.is_greedy,
+            decode(self.model, rows, cfg.max_new_tokens, processors=chain, greedy=cfg.is_greedy,
                    generator=generators, stop_ids=stop_ids, on_step=on_step)
         for i, stream in enumerate(streams):
             if (rest := stream.flush()) and on_text is not None:
                 on_text(i, rest)
         return [stream.text for stream in streams]
 
-    def _beams(self, ids: list[list[int]], cfg: GenerationConfig, stop_ids: list[int],
+    def _beams(self, ids: list[list[int]], cfg: GenerationConfig, chain: list, stop_ids: list[int],
                on_text: Callable[[int, str], None] | None) -> list[str]:
         texts = []
         for prompt in ids:
             best = beam_search(self.model, prompt, min(cfg.max_new_tokens, self.model.config.block_size - len(prompt)),
                                beams=cfg.beams, length_penalty=cfg.length_penalty, early_stopping=cfg.early_stopping,
-                               num_return=cfg.num_samples, processors=cfg.processors(), stop_ids=stop_ids)
+                               num_return=cfg.num_samples, processors=chain, stop_ids=stop_ids)
             for tokens, _ in best:
                 stream = TextStream(self.tokenizer, cfg.stop)
                 for t in tokens:
@@ -143,12 +149,23 @@ class TinyGPT:
 
 
 def load(source: str | Path, checkpoint: str = "best", device: str = "auto", dtype: str = "fp32") -> TinyGPT:
-    """Load a run directory written by ``tinygpt train`` for generation.
+    """A model for generation from a run directory written by ``tinygpt train``, a Hugging
+    Face model directory (GPT-2 or Llama architecture), or a hub name such as ``gpt2``.
 
-    ``checkpoint`` is 'best' (lowest validation loss), 'last', or a path to a
-    .safetensors file. The weights are memory-mapped into a model built without init."""
-    run = RunDir.open(source)
+    ``checkpoint`` (runs only) is 'best' (lowest validation loss), 'last', or a path to a
+    .safetensors file. Weights are memory-mapped into a model built without init."""
     dev = resolve_device(device)
+    source_str = str(source)
+    if hf_dir.is_hf_dir(source) or hf_dir.looks_like_hub_name(source_str):
+        directory = Path(source) if hf_dir.is_hf_dir(source) else hf_dir.download(source_str)
+        cfg, sd, raw = hf_dir.load_model_parts(directory)
+        tokenizer = hf_dir.load_tokenizer(directory, raw, cfg.vocab_size)
+        with torch.device("meta"):
+            model = GPT(cfg)
+        assign_weights(model, sd, directory, assign=True)
+        model.init_buffers()
+        return TinyGPT(model.to(dev).eval(), tokenizer, dev, resolve_dtype(dtype, dev), {"hf": raw}, directory)
+    run = RunDir.open(source)
     tokenizer = run.load_tokenizer()
     model, info, path = run.load_model(checkpoint, dev)
     return TinyGPT(model, tokenizer, dev, resolve_dtype(dtype, dev), run.read_config(), path, info.step,

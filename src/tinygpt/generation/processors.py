@@ -59,6 +59,16 @@ class LogitsProcessor(Protocol):
     def __call__(self, logits: torch.Tensor, history: History) -> torch.Tensor: ...
 
 
+class LimitVocab:
+    """Never pick ids the tokenizer lacks (a checkpoint's embedding table may be larger)."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, logits: torch.Tensor, history: History) -> torch.Tensor:
+        return logits.index_fill(-1, torch.arange(self.size, logits.size(-1), device=logits.device), NEG_INF)
+
+
 class RepetitionPenalty:
     """Every token already present: a positive logit divided by ``penalty``, a negative one
     multiplied (so both become less likely), as in the CTRL paper."""

@@ -10,22 +10,30 @@ class StreamDecoder:
 
     A byte-level token can end inside a multi-byte character, which decodes to a
     trailing U+FFFD; such ids wait (at most 4, the longest UTF-8 character) until the
-    character is whole. Decoding restarts after every emitted piece, so streaming a
-    long text costs linear time."""
+    character is whole. Each piece is decoded after the previously emitted token and
+    that token's text cut off, so decoders that treat a sequence's first token
+    specially (SentencePiece's leading-space marker) still give the right spaces;
+    decoding restarts there, so streaming a long text costs linear time."""
 
     def __init__(self, tokenizer: Tokenizer):
-        self.tokenizer, self.pending = tokenizer, []
+        self.tokenizer, self.pending, self.context = tokenizer, [], []
+
+    def _decode(self) -> str:
+        before = self.tokenizer.decode(self.context) if self.context else ""
+        text = self.tokenizer.decode(self.context + self.pending)
+        return text[len(before):] if text.startswith(before) else text
 
     def push(self, token_id: int) -> str:
         self.pending.append(token_id)
-        text = self.tokenizer.decode(self.pending)
+        text = self._decode()
         if text.endswith("\ufffd") and len(self.pending) < 4:
             return ""
-        self.pending = []
+        self.context, self.pending = self.pending[-1:], []
         return text
 
     def flush(self) -> str:
-        text, self.pending = self.tokenizer.decode(self.pending), []
+        text = self._decode() if self.pending else ""
+        self.context, self.pending = self.pending[-1:] or self.context, []
         return text
 
 

@@ -1,0 +1,132 @@
+"""Hugging Face model directories and hub names -> a tinygpt model and tokenizer.
+
+A directory as ``save_pretrained`` writes it (``config.json`` + ``model.safetensors``,
+sharded safetensors with an index, or ``pytorch_model.bin``, read with
+``weights_only=True``), for the GPT-2 and Llama architectures, with tensor names with or
+without the ``transformer.`` / ``model.`` prefix (OpenAI's original ``gpt2`` upload has
+none). The tokenizer is the directory's ``tokenizer.json``, or for a 50257-token GPT-2
+without one, GPT-2's BPE shipped with tinygpt (offline). A hub name such as ``gpt2`` or
+``HuggingFaceTB/SmolLM2-135M`` is downloaded once into the hub's own cache.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import load_weights
+from ..errors import TinyGPTError
+from ..model import GPTConfig
+from ..tokenizer import BPETokenizer, GPT2Tokenizer, Tokenizer
+from . import hf
+
+CONFIG = "config.json"
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PICKLE = "pytorch_model.bin"
+TOKENIZER = "tokenizer.json"
+_FAMILIES = {"gpt2": (hf.gpt2_config_from_hf, hf.gpt2_weights_from_hf, "transformer."),
+             "llama": (hf.llama_config_from_hf, hf.llama_weights_from_hf, "model.")}
+
+
+def is_hf_dir(path: str | Path) -> bool:
+    """A directory with an HF config.json (one with a ``model_type``)."""
+    try:
+        config = json.loads((Path(path) / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "model_type" in config
+
+
+def looks_like_hub_name(source: str) -> bool:
+    """``gpt2`` or ``owner/name``: not a path that exists, no path syntax beyond one slash."""
+    return (not Path(source).exists() and source.count("/") <= 1 and not source.startswith((".", "/", "~"))
+            and all(part and part.replace("-", "").replace("_", "").replace(".", "").isalnum()
+                    for part in source.split("/")))
+
+
+def download(name: str) -> Path:
+    """The hub repository ``name`` in the local hub cache (downloaded once; offline, the cache)."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise TinyGPTError(f"{name!r} is not a run directory or a local Hugging Face directory, and loading it "
+                           "from the hub needs huggingface_hub: pip install huggingface_hub") from None
+    patterns = [CONFIG, "*.safetensors", SAFETENSORS_INDEX, TOKENIZER, "tokenizer_config.json",
+                "generation_config.json"]
+    try:
+        return Path(snapshot_download(name, allow_patterns=patterns))
+    except Exception as e:  # offline, unknown repo, gated repo: the hub's own words, in one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise TinyGPTError(f"cannot get {name!r} from the Hugging Face hub ({first}); check the name and the "
+                           "network, or pass a local directory") from None
+
+
+def read_config(directory: Path) -> tuple[dict, str, GPTConfig]:
+    """(HF config dict, family, our GPTConfig) of an HF directory."""
+    try:
+        raw = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise TinyGPTError(f"{directory / CONFIG} is unreadable ({e}); point at a Hugging Face model directory") \
+            from None
+    family = raw.get("model_type")
+    if family not in _FAMILIES:
+        raise TinyGPTError(f"{directory} holds a {family!r} model; tinygpt loads the gpt2 and llama architectures")
+    return raw, family, _FAMILIES[family][0](raw)
+
+
+def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
+    """The HF checkpoint's tensors (safetensors memory-mapped; a .bin without unpickling code)."""
+    if (directory / SAFETENSORS).is_file():
+        return load_weights(directory / SAFETENSORS)
+    if (directory / SAFETENSORS_INDEX).is_file():
+        index = json.loads((directory / SAFETENSORS_INDEX).read_text(encoding="utf-8"))
+        out: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(index.get("weight_map", {}).values())):
+            out.update(load_weights(directory / shard))
+        return out
+    if (directory / PICKLE).is_file():
+        try:
+            return torch.load(directory / PICKLE, map_location="cpu", weights_only=True)
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise TinyGPTError(f"{directory / PICKLE} cannot be read as plain tensors ({first}); refusing to "
+                               "unpickle it: convert it to safetensors") from None
+    raise TinyGPTError(f"{directory} has no {SAFETENSORS}, {SAFETENSORS_INDEX} or {PICKLE}; it is not a "
+                       "complete Hugging Face model directory")
+
+
+def load_model_parts(directory: str | Path) -> tuple[GPTConfig, dict[str, torch.Tensor], dict]:
+    """(our config, our state dict, the HF config) of an HF model directory."""
+    directory = Path(directory)
+    raw, family, cfg = read_config(directory)
+    sd = read_state_dict(directory)
+    prefix = _FAMILIES[family][2]
+    # OpenAI's gpt2 upload (and llama.cpp-style exports) name tensors without the prefix.
+    sd = {k if k.startswith(prefix) or k == "lm_head.weight" else prefix + k: v for k, v in sd.items()}
+    try:
+        return cfg, _FAMILIES[family][1](sd, cfg), raw
+    except TinyGPTError as e:
+        raise TinyGPTError(f"{directory}: {e}") from None
+
+
+def load_tokenizer(directory: str | Path, raw: dict, vocab_size: int) -> Tokenizer:
+    """The directory's tokenizer.json, or GPT-2's own BPE for a 50257-token GPT-2 without one."""
+    directory = Path(directory)
+    eos = raw.get("eos_token_id")
+    eos = eos[0] if isinstance(eos, list) and eos else eos
+    if (directory / TOKENIZER).is_file():
+        from tokenizers import Tokenizer as HFTokenizer
+
+        try:
+            tok = HFTokenizer.from_file(str(directory / TOKENIZER))
+        except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+            raise TinyGPTError(f"{directory / TOKENIZER} is unreadable ({e}); the directory is damaged") from None
+        special = [tok.id_to_token(eos)] if isinstance(eos, int) and tok.id_to_token(eos) is not None else []
+        return BPETokenizer(tok, special)
+    if raw.get("model_type") == "gpt2" and vocab_size == 50257:
+        return GPT2Tokenizer()
+    raise TinyGPTError(f"{directory} has no {TOKENIZER}; tinygpt needs the model's tokenizer in that format "
+                       "(save it with tokenizer.save_pretrained)")

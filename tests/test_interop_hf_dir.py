@@ -1,0 +1,118 @@
+"""Hugging Face model directories in: transformers' own saves (GPT-2, Llama with GQA) load with the
+same logits and the same greedy text, from safetensors, a .bin, or unprefixed tensor names."""
+
+import json
+
+import pytest
+import torch
+from helpers import random_ids
+from test_interop_hf import hf_model
+
+import tinygpt
+from tinygpt.cli import main
+from tinygpt.errors import TinyGPTError
+from tinygpt.interop import hf_dir
+
+transformers = pytest.importorskip("transformers")
+# 49 characters + <unk>: the test models' 50 ids.
+CHARS = [chr(c) for c in range(ord("a"), ord("a") + 26)] + [chr(c) for c in range(ord("A"), ord("A") + 20)] + list(" .\n")
+
+
+def char_tokenizer_json(path):
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({c: i for i, c in enumerate(CHARS)} | {"<unk>": 49}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.save(str(path))
+
+
+def saved(tmp_path, family, safe=True, **overrides):
+    hf = hf_model(family, seed=6, **overrides)
+    out = tmp_path / family
+    hf.save_pretrained(out)
+    if not safe:  # as older transformers saved: a pickled state dict
+        torch.save(hf.state_dict(), out / "pytorch_model.bin")
+        (out / "model.safetensors").unlink()
+    char_tokenizer_json(out / "tokenizer.json")
+    return hf, out
+
+
+def same_as_hf(lm, hf):
+    idx = random_ids((2, 12), seed=3)
+    with torch.no_grad():
+        assert (lm.model(idx).logits - hf(idx).logits).abs().max() < 1e-5
+    prompt = "hello world"
+    ids = lm.tokenizer.encode(prompt)
+    want = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                       do_sample=False, max_new_tokens=5, pad_token_id=0, eos_token_id=None)[0, len(ids):]
+    got = lm.generate(prompt, 5, greedy=True)[0]
+    assert got == lm.tokenizer.decode([i for i in want.tolist()])
+
+
+@pytest.mark.parametrize("family, overrides", [("gpt2", {}), ("llama", {"num_key_value_heads": 2})])
+def test_a_transformers_directory_loads_with_the_same_logits_and_text(tmp_path, family, overrides):
+    hf, out = saved(tmp_path, family, **overrides)
+    lm = tinygpt.load(out, device="cpu")
+    assert lm.model.config.kv_heads == overrides.get("num_key_value_heads", 4)
+    same_as_hf(lm, hf)
+
+
+def test_pickled_weights_load_without_unpickling_code(tmp_path):
+    hf, out = saved(tmp_path, "gpt2", safe=False)
+    assert (out / "pytorch_model.bin").is_file() and not (out / "model.safetensors").exists()
+    same_as_hf(tinygpt.load(out, device="cpu"), hf)
+
+
+def test_unprefixed_tensor_names_load(tmp_path):
+    # OpenAI's gpt2 upload names tensors "h.0.attn.c_attn.weight", "wte.weight" ...
+    from safetensors.torch import load_file, save_file
+
+    hf, out = saved(tmp_path, "gpt2")
+    sd = load_file(str(out / "model.safetensors"))
+    save_file({k.removeprefix("transformer."): v for k, v in sd.items()}, str(out / "model.safetensors"))
+    same_as_hf(tinygpt.load(out, device="cpu"), hf)
+
+
+def test_sample_takes_a_hugging_face_directory(tmp_path, capsys):
+    _, out = saved(tmp_path, "llama", num_key_value_heads=1)
+    assert main(["sample", str(out), "--prompt", "abc", "--max-new-tokens", "6", "--greedy"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("abc") and "step None" not in captured.err
+    assert captured.out == "abc" + tinygpt.load(out).generate("abc", 6, greedy=True)[0] + "\n"
+
+
+def test_bad_directories_are_one_line_errors(tmp_path):
+    hf, out = saved(tmp_path, "gpt2")
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
+    with pytest.raises(TinyGPTError, match="holds a 'bert' model; tinygpt loads the gpt2 and llama"):
+        tinygpt.load(out)
+    (out / "config.json").write_text(json.dumps({**config, "n_layer": 3}))
+    with pytest.raises(TinyGPTError, match="lacks 'transformer.h.2"):
+        tinygpt.load(out)
+    (out / "config.json").write_text(json.dumps(config))
+    (out / "model.safetensors").unlink()
+    with pytest.raises(TinyGPTError, match="has no model.safetensors"):
+        tinygpt.load(out)
+
+
+def test_hub_names_are_told_apart_from_paths(tmp_path):
+    assert hf_dir.looks_like_hub_name("gpt2") and hf_dir.looks_like_hub_name("HuggingFaceTB/SmolLM2-135M")
+    assert not hf_dir.looks_like_hub_name("runs/a/b") and not hf_dir.looks_like_hub_name("./gpt2")
+    (tmp_path / "gpt2").mkdir()
+    assert not hf_dir.looks_like_hub_name(str(tmp_path / "gpt2"))
+
+
+def test_ids_the_tokenizer_lacks_are_never_generated(tmp_path):
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    _, out = saved(tmp_path, "gpt2")
+    small = Tokenizer(models.WordLevel({c: i for i, c in enumerate("abcdefghij")} | {"<unk>": 10}, unk_token="<unk>"))
+    small.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    small.decoder = decoders.Fuse()
+    small.save(str(out / "tokenizer.json"))  # 11 ids for a 50-id model, as padded checkpoints have
+    lm = tinygpt.load(out)
+    texts = lm.generate("abc", 40, temperature=2.0, top_k=None, num_samples=4, seed=0)
+    # Without the limit, 39 of the model's 50 ids would be drawn and fail to decode.
+    assert all(t and set(t.replace("<unk>", "")) <= set("abcdefghij") for t in texts)
