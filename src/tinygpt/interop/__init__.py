@@ -1,7 +1,7 @@
 """Conversion to and from other ecosystems' checkpoint formats.
 
 This package is the only place in tinygpt that knows Hugging Face, GGUF or MLX
-parameter and config names. Everything in it is a pure function on tensors, state
-dicts and plain config dicts: no file I/O and no imports of the foreign libraries
-themselves, so the rest of tinygpt never has to know these formats exist.
+parameter, config and file names. ``hf.py`` holds the mappings as pure functions on
+tensors, state dicts and plain config dicts (no I/O, no foreign imports); ``hf_dir.py``
+reads and writes Hugging Face model directories and hub names with them.
 """
