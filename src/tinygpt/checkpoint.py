@@ -17,8 +17,9 @@ import shutil
 import struct
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 import torch
 from safetensors import safe_open
@@ -120,6 +121,30 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], *, size: i
         tmp_path.unlink(missing_ok=True)
         if isinstance(e, Exception) and _disk_full(e):
             raise _full_error(path, size, existed) from None
+        raise
+    _fsync_dir(path.parent)
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temp path beside ``path`` for a library that writes files itself (gguf): when the
+    block ends, the file there is fsynced and renamed over ``path``; on an error it is
+    removed and ``path`` is untouched (a full disk raises :class:`DiskFullError`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    existed = path.exists()
+    tmp_path, f = _open_temp(path)
+    f.close()
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp_path, 0o666 & ~_umask())
+        os.replace(tmp_path, path)
+    except BaseException as e:
+        tmp_path.unlink(missing_ok=True)
+        if isinstance(e, Exception) and _disk_full(e):
+            raise _full_error(path, None, existed) from None
         raise
     _fsync_dir(path.parent)
 

@@ -5,22 +5,24 @@ from __future__ import annotations
 import argparse
 
 from ..checkpoint import weight_tensors
-from ..interop import hf_dir
+from ..interop import gguf_file, hf_dir
 from ..run import RunDir
 from .common import log
 
-FORMATS = ("hf",)
+FORMATS = ("hf", "gguf")
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("export", help="write a run's model for other tools (Hugging Face transformers)",
+    p = sub.add_parser("export", help="write a run's model for other tools (transformers, llama.cpp)",
                        description="Export a run: --to hf OUT_DIR writes a directory that transformers' "
                                    "AutoModelForCausalLM.from_pretrained loads (also read by llama.cpp's "
-                                   "converter and mlx-lm).")
+                                   "converter and mlx-lm); --to gguf FILE writes a llama.cpp model (GPT-2 "
+                                   "architecture; --type f32, f16 or q8_0).")
     p.add_argument("run", metavar="RUN", help="run directory written by 'tinygpt train'")
     p.add_argument("--to", nargs=2, metavar=("FORMAT", "OUT"), required=True, help=f"format ({'|'.join(FORMATS)}) "
                    "and where to write it")
     p.add_argument("--checkpoint", default="best", help="which weights: best, last, or a .safetensors path")
+    p.add_argument("--type", default="f16", choices=gguf_file.TYPES, help="GGUF number format (default: f16)")
     p.add_argument("--force", action="store_true", help="write into OUT even if it exists and is not empty")
     p.set_defaults(func=run)
 
@@ -33,7 +35,13 @@ def run(args: argparse.Namespace) -> int:
         raise TinyGPTError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     source = RunDir.open(args.run)
     model, info, path = source.load_model(args.checkpoint)
-    arch = hf_dir.export(model.config, weight_tensors(model), source.load_tokenizer(), out, force=args.force)
+    tensors, tokenizer = weight_tensors(model), source.load_tokenizer()
+    if fmt == "gguf":
+        gguf_file.export(model.config, tensors, tokenizer, out, dtype=args.type, force=args.force,
+                         name=source.path.name)
+        log(f"{path} (step {info.step}) -> {out}: GGUF ({args.type}) for llama.cpp, e.g. llama-cli -m {out}")
+        return 0
+    arch = hf_dir.export(model.config, tensors, tokenizer, out, force=args.force)
     log(f"{path} (step {info.step}) -> {out}: {arch}; load it with "
         f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
     return 0

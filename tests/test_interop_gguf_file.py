@@ -1,0 +1,81 @@
+"""GGUF export: llama.cpp's GPT-2 metadata and tensor names, values read back with the gguf library."""
+
+import numpy as np
+import pytest
+import torch
+from helpers import randomize_
+
+from tinygpt.cli import main
+from tinygpt.model import GPT, GPTConfig
+from tinygpt.run import CheckpointInfo, RunDir
+from tinygpt.tokenizer import GPT2Tokenizer
+
+gguf = pytest.importorskip("gguf")
+
+
+@pytest.fixture(scope="module")
+def gpt2_run(tmp_path_factory):
+    """A run with GPT-2's tokenizer and a small GPT-2-shaped model (64 wide: q8_0 blocks fit)."""
+    from tinygpt.config import to_dict
+
+    path = tmp_path_factory.mktemp("gguf") / "run"
+    tok = GPT2Tokenizer()
+    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=32, vocab_size=tok.vocab_size)
+    torch.manual_seed(0)
+    model = randomize_(GPT(cfg), seed=1)
+    run = RunDir.create(path)
+    run.save_tokenizer(tok)
+    run.write_config({"model": to_dict(cfg), "tokenizer": tok.to_dict(), "versions": {"tinygpt": "0.1.0"}})
+    run.save_weights(model, "best", CheckpointInfo(step=1))
+    return path, model
+
+
+def read(path):
+    reader = gguf.GGUFReader(str(path))
+    fields = {name: f.contents() for name, f in reader.fields.items()}
+    tensors = {t.name: t for t in reader.tensors}
+    return fields, tensors
+
+
+@pytest.mark.parametrize("kind, tol", [("f32", 0.0), ("f16", 1e-3), ("q8_0", 2e-2)])
+def test_gguf_has_llama_cpps_gpt2_layout_and_our_values(gpt2_run, tmp_path, kind, tol):
+    path, model = gpt2_run
+    out = tmp_path / f"model-{kind}.gguf"
+    assert main(["export", str(path), "--to", "gguf", str(out), "--type", kind]) == 0
+    fields, tensors = read(out)
+    assert fields["general.architecture"] == "gpt2"
+    assert (fields["gpt2.context_length"], fields["gpt2.embedding_length"], fields["gpt2.block_count"],
+            fields["gpt2.attention.head_count"], fields["gpt2.feed_forward_length"]) == (32, 64, 2, 2, 256)
+    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == "gpt-2"
+    tokens = fields["tokenizer.ggml.tokens"]
+    assert len(tokens) == 50257 and tokens[50256] == "<|endoftext|>" and tokens[1212] == "This"
+    assert fields["tokenizer.ggml.merges"][0] == "Ġ t" and fields["tokenizer.ggml.eos_token_id"] == 50256
+    expected = {f"blk.{n}.{p}.{w}" for n in range(2) for p in ("attn_norm", "attn_qkv", "attn_output", "ffn_norm",
+                                                                 "ffn_up", "ffn_down") for w in ("weight", "bias")}
+    expected |= {"token_embd.weight", "position_embd.weight", "output_norm.weight", "output_norm.bias",
+                 "output.weight"}
+    assert set(tensors) == expected
+    ours = {"blk.0.attn_qkv.weight": model.transformer.h[0].attn.c_attn.weight,
+            "blk.1.ffn_down.bias": model.transformer.h[1].mlp.c_proj.bias,
+            "token_embd.weight": model.transformer.wte.weight[:50257],
+            "output.weight": model.lm_head.weight[:50257]}
+    for name, want in ours.items():
+        t = tensors[name]
+        data = gguf.quants.dequantize(t.data, t.tensor_type).reshape(want.shape) if kind == "q8_0" \
+            else np.asarray(t.data, dtype=np.float32).reshape(want.shape)
+        want = want.detach().numpy()
+        assert np.abs(data - want).max() <= tol * np.abs(want).max(), name
+        if want.ndim == 1:
+            assert t.tensor_type == gguf.GGMLQuantizationType.F32  # vectors stay f32, as in llama.cpp
+
+
+def test_gguf_refusals_are_one_line(trained_run, gpt2_run, tmp_path, capsys):
+    assert main(["export", str(trained_run), "--to", "gguf", str(tmp_path / "c.gguf")]) == 1
+    assert "llama.cpp has no char-level tokenizer" in capsys.readouterr().err
+    out = tmp_path / "x.gguf"
+    out.write_text("mine")
+    assert main(["export", str(gpt2_run[0]), "--to", "gguf", str(out)]) == 1
+    assert "x.gguf already exists; choose another --to gguf, or pass --force" in capsys.readouterr().err
+    assert out.read_text() == "mine" and not list(tmp_path.glob(".*.tmp"))
+    assert main(["export", str(gpt2_run[0]), "--to", "zip", str(out)]) == 1
+    assert "unknown export format 'zip'" in capsys.readouterr().err
