@@ -67,6 +67,7 @@ def test_gguf_has_llama_cpps_gpt2_layout_and_our_values(gpt2_run, tmp_path, kind
         assert np.abs(data - want).max() <= tol * np.abs(want).max(), name
         if want.ndim == 1:
             assert t.tensor_type == gguf.GGMLQuantizationType.F32  # vectors stay f32, as in llama.cpp
+    assert tensors["position_embd.weight"].tensor_type == gguf.GGMLQuantizationType.F32
 
 
 def test_gguf_refusals_are_one_line(trained_run, gpt2_run, tmp_path, capsys):

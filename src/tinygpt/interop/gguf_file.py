@@ -5,8 +5,8 @@ Metadata and tensor names are the ones llama.cpp's own converter writes for GPT-
 (``tokenizer.ggml.model = gpt2``, tokens in GPT-2's printable-byte spelling, merges), and
 ``token_embd`` / ``blk.N.attn_qkv`` ... tensors with the head written as ``output`` even
 when tied. Our linears are (out, in) like llama.cpp's, so nothing is transposed. As in
-llama.cpp's quantizers, vectors (norms, biases) stay f32; matrices become f16 or q8_0
-(q8_0 needs rows that are a multiple of 32 wide; other matrices stay f16).
+llama.cpp's converter, vectors (norms, biases) and the position table stay f32; other
+matrices become f16 or q8_0 (q8_0 needs rows a multiple of 32 wide; others stay f16).
 """
 
 from __future__ import annotations
@@ -111,7 +111,8 @@ def export(cfg: GPTConfig, tensors: dict[str, torch.Tensor], tokenizer: Tokenize
             if key in ("transformer.wte.weight", "lm_head.weight"):
                 t = t[:cfg.vocab_size]  # drop the rows that pad the table to a multiple of 64
             data = t.detach().float().cpu().numpy()
-            if data.ndim == 1 or dtype == "f32":
+            # llama.cpp's converter keeps vectors and the position table in f32 whatever the type.
+            if data.ndim == 1 or dtype == "f32" or key == "transformer.wpe.weight":
                 w.add_tensor(gguf_name(key), data)
             elif dtype == "q8_0" and data.shape[-1] % 32 == 0:
                 w.add_tensor(gguf_name(key), quantize(data, Q.Q8_0), raw_dtype=Q.Q8_0)
