@@ -1,0 +1,201 @@
+"""``tinygpt bench generate``: decoding tokens/s against transformers and llama.cpp on the same weights.
+
+A GPT-2-small-shaped model (random weights, seeded) generates ``new_tokens`` greedy tokens
+after a ``prompt``-token prompt, for each batch size, in each engine: tinygpt with fp32
+and bf16 weights; ``transformers`` ``generate`` on the same weights (fp32, bf16) when it is
+installed; llama.cpp through ``llama-cpp-python`` on our own GGUF export (f32, f16, q8_0;
+batch 1) when that is installed. Rounds alternate between engines; each figure is the
+median over rounds. Also printed: the batch-1 ceiling implied by the bytes of weights
+each token must read and a measured read bandwidth of this machine.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..checkpoint import weight_tensors
+from ..model import GPT, GPTConfig
+
+Engine = Callable[[torch.Tensor, int], int]  # (prompts (B, T), new tokens) -> tokens generated
+
+
+@dataclass
+class GenerateBench:
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int = 1024
+    vocab_size: int = 50257
+    prompt: int = 64
+    new_tokens: int = 256
+    batches: tuple[int, ...] = (1, 8)
+    rounds: int = 3
+    engines: tuple[str, ...] = field(default=("tinygpt", "transformers", "llama.cpp"))
+
+
+def _model(b: GenerateBench) -> GPT:
+    torch.manual_seed(0)
+    cfg = GPTConfig(n_layer=b.n_layer, n_head=b.n_head, n_embd=b.n_embd, block_size=b.block_size,
+                    vocab_size=b.vocab_size)
+    return GPT(cfg).eval()
+
+
+def _tinygpt(model: GPT, dtype: torch.dtype) -> Engine:
+    from ..generation.engine import decode
+
+    m = model if dtype == torch.float32 else _copy(model).to(dtype)
+
+    def run(prompts: torch.Tensor, n: int) -> int:
+        out = decode(m, prompts.tolist(), n, greedy=True)
+        return sum(len(r) for r in out)
+
+    return run
+
+
+def _copy(model: GPT) -> GPT:
+    clone = GPT(model.config).eval()
+    clone.load_state_dict(model.state_dict())
+    return clone
+
+
+def _transformers(model: GPT, dtype: torch.dtype) -> Engine | None:
+    try:
+        import transformers
+    except ImportError:
+        return None
+    from ..interop import hf
+
+    cfg = model.config
+    hf_model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf.gpt2_config_to_hf(cfg)))
+    hf_model.load_state_dict(hf.gpt2_weights_to_hf(model.state_dict(), cfg))
+    hf_model = hf_model.to(dtype).eval()
+
+    def run(prompts: torch.Tensor, n: int) -> int:
+        with torch.no_grad():
+            out = hf_model.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=False,
+                                    max_new_tokens=n, min_new_tokens=n, pad_token_id=0)
+        return (out.shape[1] - prompts.shape[1]) * prompts.shape[0]
+
+    return run
+
+
+def _llama_cpp(model: GPT, kind: str, directory: Path) -> Engine | None:
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    from ..interop import gguf_file
+    from ..tokenizer import GPT2Tokenizer
+
+    path = directory / f"model-{kind}.gguf"
+    gguf_file.export(model.config, weight_tensors(model), GPT2Tokenizer(), path, dtype=kind, force=True)
+    low = llama_cpp.llama_cpp  # the ctypes layer, where Llama() gets its default model parameters
+    params = low.llama_model_default_params
+    # llama.cpp built for this machine (AMX) crashes in its repacked q8_0 kernels, even on
+    # its own quantizations; the plain CPU buffers work for every type.
+    low.llama_model_default_params = lambda: _no_repack(params())
+    try:
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=model.config.block_size, n_threads=torch.get_num_threads(),
+                              n_batch=512, verbose=False)
+    finally:
+        low.llama_model_default_params = params
+
+    def run(prompts: torch.Tensor, n: int) -> int:
+        if prompts.shape[0] != 1:
+            return 0  # llama-cpp-python decodes one sequence at a time
+        count = 0
+        for _ in llm.generate(prompts[0].tolist(), temp=0.0, top_k=1, reset=True):
+            count += 1
+            if count == n:
+                break
+        return count
+
+    return run
+
+
+def _no_repack(p):
+    if hasattr(p, "use_extra_bufts"):
+        p.use_extra_bufts = False
+    return p
+
+
+def read_bandwidth() -> float:
+    """Bytes/s this machine reads from memory, from the faster of a large sum and a large
+    bf16 matrix-vector product (both multi-threaded in PyTorch); a lower bound."""
+    big = torch.ones(256 * 2**20 // 4)  # 256 MiB
+    w = torch.ones(8192, 16384, dtype=torch.bfloat16)
+    x = torch.ones(16384, dtype=torch.bfloat16)
+    best = 0.0
+    for f, nbytes in ((lambda: big.sum(), big.numel() * 4), (lambda: torch.mv(w, x), w.numel() * 2)):
+        f()
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t)
+        best = max(best, nbytes / min(times))
+    return best
+
+
+def run(b: GenerateBench, log: Callable[[str], None] = print) -> list[tuple[str, int, float]]:
+    """Each engine's tokens/s per batch size (median over rounds), printed as a table with ratios."""
+    model = _model(b)
+    engines: dict[str, Engine] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if "tinygpt" in b.engines:
+            engines["tinygpt fp32"] = _tinygpt(model, torch.float32)
+            engines["tinygpt bf16"] = _tinygpt(model, torch.bfloat16)
+        if "transformers" in b.engines:
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+                if (e := _transformers(model, dtype)) is not None:
+                    engines[f"transformers {name}"] = e
+        if "llama.cpp" in b.engines:
+            for kind in ("f32", "f16", "q8_0"):
+                if (e := _llama_cpp(model, kind, Path(tmp))) is not None:
+                    engines[f"llama.cpp {kind}"] = e
+        g = torch.Generator().manual_seed(0)
+        results: dict[tuple[str, int], list[float]] = {}
+        for batch in b.batches:
+            prompts = torch.randint(0, b.vocab_size, (batch, b.prompt), generator=g)
+            for e in engines.values():  # warm-up: allocations, first-call paths
+                e(prompts, 4)
+            for _ in range(b.rounds):
+                for name, e in engines.items():
+                    t = time.perf_counter()
+                    n = e(prompts, b.new_tokens)
+                    if n:
+                        results.setdefault((name, batch), []).append(n / (time.perf_counter() - t))
+    rows = [(name, batch, statistics.median(v)) for (name, batch), v in results.items()]
+    _report(b, model, rows, log)
+    return rows
+
+
+def _report(b: GenerateBench, model: GPT, rows: list[tuple[str, int, float]], log: Callable[[str], None]) -> None:
+    speed = {(n, bs): v for n, bs, v in rows}
+    names = list(dict.fromkeys(n for n, _, _ in rows))
+    log(f"greedy decoding, prompt {b.prompt}, {b.new_tokens} new tokens, {model.num_params() / 1e6:.0f}M-parameter "
+        f"GPT-2-shaped model, {torch.get_num_threads()} threads; tokens/s, median of {b.rounds} rounds")
+    log(f"{'engine':<20}" + "".join(f"{'batch ' + str(bs):>12}" for bs in b.batches))
+    for n in names:
+        log(f"{n:<20}" + "".join(f"{speed[(n, bs)]:>12.1f}" if (n, bs) in speed else f"{'-':>12}"
+                                 for bs in b.batches))
+    pairs = [("tinygpt fp32", "llama.cpp f32"), ("tinygpt bf16", "llama.cpp f16"), ("tinygpt bf16", "transformers bf16"),
+             ("tinygpt fp32", "transformers fp32")]
+    for bs in b.batches:
+        for a, c in pairs:
+            if (a, bs) in speed and (c, bs) in speed:
+                log(f"batch {bs}: {a} / {c} = {speed[(a, bs)] / speed[(c, bs)]:.2f}")
+    bw = read_bandwidth()
+    head = model.lm_head.weight.numel()
+    blocks = sum(p.numel() for n, p in model.named_parameters() if n.startswith("transformer.h."))
+    for name, size in (("fp32", 4), ("bf16", 2)):
+        per_token = (blocks + head) * size
+        log(f"batch-1 ceiling, {name} weights: {per_token / 1e6:.0f} MB read per token at {bw / 1e9:.1f} GB/s "
+            f"(measured read bandwidth) = {bw / per_token:.0f} tokens/s")
