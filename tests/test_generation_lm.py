@@ -221,3 +221,15 @@ def test_generation_options_come_from_one_config(tmp_path):
         lm.generate("ab", 5, temprature=0.5)
     with pytest.raises(TinyGPTError, match="--top-p must be in"):
         GenerationConfig(top_p=1.5)
+
+
+def test_half_precision_inference_holds_its_weights_in_that_dtype(tmp_path):
+    make_run(tmp_path / "run", which=("best",))
+    exact = tinygpt.load(tmp_path / "run", device="cpu", dtype="fp32")
+    half = tinygpt.load(tmp_path / "run", device="cpu", dtype="bf16")
+    assert all(p.dtype == torch.bfloat16 for p in half.model.parameters())
+    idx = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        a, b = exact.model(idx).logits, half.model(idx).logits.float()
+    assert (a - b).abs().max() < 0.05 * a.abs().max()
+    assert len(half.generate("ab", 12, greedy=True)[0]) == 12

@@ -577,3 +577,23 @@ def test_a_meta_model_is_built_without_init_and_needs_a_vocabulary():
     assert torch.equal(model.rotary.cos, GPT(GPTConfig(**TINY_MODEL, **MODERN)).rotary.cos)
     with pytest.raises(TinyGPTError, match="vocab_size is not set"):
         GPT(GPTConfig(**{**TINY_MODEL, "vocab_size": None}))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_one_row_half_precision_products_take_the_matrix_vector_route_with_the_same_result(dtype):
+    from tinygpt.model import Linear
+
+    torch.manual_seed(0)
+    layer = Linear(64, 96).to(dtype)
+    rows = torch.randn(3, 1, 64).to(dtype)
+    with torch.no_grad():
+        one = layer(rows[:1])
+        assert one.shape == (1, 1, 96) and one.dtype == dtype
+        exact = torch.nn.functional.linear(rows[:1].float(), layer.weight.float(), layer.bias.float())
+        assert (one.float() - exact).abs().max() < 2e-2 * exact.abs().max()
+        # The batched product (F.linear's route) agrees with it to half precision.
+        assert (layer(rows)[:1].float() - one.float()).abs().max() < 2e-2 * exact.abs().max()
+    # With gradients, the standard route.
+    x = rows[:1].float().requires_grad_()
+    layer.float()(x).sum().backward()
+    assert x.grad is not None

@@ -207,6 +207,25 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None,
     return scores.softmax(dim=-1)
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` with a faster route for the one-row products of decoding.
+
+    Generating one token at a time multiplies each weight matrix by a single vector, a
+    read of the whole matrix. For half-precision weights on CPU, PyTorch's ``linear``
+    runs that at about half the memory bandwidth its matrix-vector kernel reaches
+    (measured: 28 vs 43-49 GB/s from cache, 12.1 ms of a 15.5 ms GPT-2-small step once
+    routed through ``mv``), so inference takes ``mv`` there. Same parameters, same math."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.numel() == x.shape[-1] and x.dtype in (torch.bfloat16, torch.float16) and x.device.type == "cpu"
+                and self.weight.dtype == x.dtype and not torch.is_grad_enabled()):
+            y = torch.mv(self.weight, x.reshape(-1))
+            if self.bias is not None:
+                y = y + self.bias
+            return y.view(*x.shape[:-1], -1)
+        return F.linear(x, self.weight, self.bias)
+
+
 class ScaledDotProduct(nn.Module):
     """SDPA (flash attention where available) as a module, so that forward hooks can see
     its inputs: :func:`record_attention` recomputes the weights from them."""
@@ -226,8 +245,8 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.head_size, self.kv_heads = config.n_head, config.head_size, config.kv_heads
         # Queries, keys and values in one matmul: (C) -> (C + 2 * n_kv * hs).
         self.kv_width = config.kv_heads * config.head_size
-        self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * self.kv_width, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = Linear(config.n_embd, config.n_embd + 2 * self.kv_width, bias=config.bias)
+        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.residual_scaled = True  # see GPT._init_weights
         self.attend = ScaledDotProduct(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -266,8 +285,8 @@ class MLP(nn.Module):
         self.swiglu = config.mlp == "swiglu"
         # SwiGLU packs gate and up projections into one matmul: (C) -> (2H).
         width = 2 * config.hidden_size if self.swiglu else config.hidden_size
-        self.c_fc = nn.Linear(config.n_embd, width, bias=config.bias)
-        self.c_proj = nn.Linear(config.hidden_size, config.n_embd, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, width, bias=config.bias)
+        self.c_proj = Linear(config.hidden_size, config.n_embd, bias=config.bias)
         self.c_proj.residual_scaled = True
         self.dropout = nn.Dropout(config.dropout)
 
@@ -322,7 +341,7 @@ class GPT(nn.Module):
             self.rotary = None
         else:
             self.rotary = RotaryEmbedding(config.head_size, config.block_size, config.rope_theta)
-        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.padded_vocab_size, bias=False)
         self.tie_weights()
         if not any(p.is_meta for p in self.parameters()):  # a meta model gets its weights assigned later
             self.apply(self._init_weights)

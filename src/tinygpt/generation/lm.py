@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -77,7 +78,10 @@ class TinyGPT:
         chain = cfg.processors()
         if self.tokenizer.vocab_size < self.model.config.vocab_size:
             chain.insert(0, LimitVocab(self.tokenizer.vocab_size))
-        with autocast(self.device, self.dtype):
+        # A model holding fp32 weights (e.g. the trainer's) computes in ``dtype`` under
+        # autocast; one loaded for inference already holds its weights in ``dtype``.
+        half_weights = next(self.model.parameters()).dtype != torch.float32
+        with nullcontext() if half_weights else autocast(self.device, self.dtype):
             if cfg.beams > 1:
                 return self._beams(ids, cfg, chain, stop_ids, on_text)
             rows = [p for p in ids for _ in range(n)]
@@ -155,6 +159,7 @@ def load(source: str | Path, checkpoint: str = "best", device: str = "auto", dty
     ``checkpoint`` (runs only) is 'best' (lowest validation loss), 'last', or a path to a
     .safetensors file. Weights are memory-mapped into a model built without init."""
     dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
     source_str = str(source)
     if hf_dir.is_hf_dir(source) or hf_dir.looks_like_hub_name(source_str):
         directory = Path(source) if hf_dir.is_hf_dir(source) else hf_dir.download(source_str)
@@ -164,9 +169,10 @@ def load(source: str | Path, checkpoint: str = "best", device: str = "auto", dty
             model = GPT(cfg)
         assign_weights(model, sd, directory, assign=True)
         model.init_buffers()
-        return TinyGPT(model.to(dev).eval(), tokenizer, dev, resolve_dtype(dtype, dev), {"hf": raw}, directory)
+        return TinyGPT(model.to(dev, dt).eval(), tokenizer, dev, dt, {"hf": raw}, directory)
     run = RunDir.open(source)
     tokenizer = run.load_tokenizer()
     model, info, path = run.load_model(checkpoint, dev)
-    return TinyGPT(model, tokenizer, dev, resolve_dtype(dtype, dev), run.read_config(), path, info.step,
-                   info.val_loss)
+    # Weights held in the inference dtype (half the bytes to read per token in bf16/fp16),
+    # not fp32 weights cast under autocast at every step.
+    return TinyGPT(model.to(dt), tokenizer, dev, dt, run.read_config(), path, info.step, info.val_loss)
