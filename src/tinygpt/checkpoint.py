@@ -8,6 +8,7 @@ Nothing is ever unpickled beyond tensors and plain containers (safetensors for w
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -95,13 +96,13 @@ def _open_temp(path: Path) -> tuple[Path, BinaryIO]:
     return Path(tmp), os.fdopen(fd, "wb")
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], *, size: int | None = None) -> None:
-    """Run ``write(f)`` on a temp file, fsync it and rename it over ``path`` in one step.
-
-    ``size`` (bytes, when the caller knows it) lets a full disk be reported before any
-    byte is written. A full disk raises :class:`DiskFullError`; either way the old
-    ``path`` is untouched and the temp file removed."""
-    path = Path(path)
+@contextmanager
+def _replacing(path: Path, size: int | None) -> Iterator[tuple[Path, BinaryIO]]:
+    """The one way files are written: yields a temp file beside ``path`` (same filesystem,
+    so the final rename is atomic) and its open handle; when the block ends, the file is
+    closed, fsynced and renamed over ``path``. On an error it is removed and ``path`` is
+    untouched; a full disk raises :class:`DiskFullError`. ``size`` (bytes, when known)
+    lets a full disk be reported before any byte is written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_dir():
         raise TinyGPTError(f"{path} is a directory; give a file path to write to")
@@ -110,14 +111,16 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], *, size: i
         raise _full_error(path, size, existed)
     tmp_path, f = _open_temp(path)
     try:
-        with f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp_path, f
+        f.close()  # flushes: a full disk can show here
+        with open(tmp_path, "rb+") as synced:
+            os.fsync(synced.fileno())
         # mkstemp makes 0600: give the file the permissions a plain open() would.
         os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     except BaseException as e:
+        with contextlib.suppress(OSError):  # closing flushes what the full disk refused
+            f.close()
         tmp_path.unlink(missing_ok=True)
         if isinstance(e, Exception) and _disk_full(e):
             raise _full_error(path, size, existed) from None
@@ -125,28 +128,19 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], *, size: i
     _fsync_dir(path.parent)
 
 
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], *, size: int | None = None) -> None:
+    """Run ``write(f)`` on a temp file and move it over ``path`` in one rename (see _replacing)."""
+    with _replacing(Path(path), size) as (_, f):
+        write(f)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temp path beside ``path`` for a library that writes files itself (gguf): when the
-    block ends, the file there is fsynced and renamed over ``path``; on an error it is
-    removed and ``path`` is untouched (a full disk raises :class:`DiskFullError`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    existed = path.exists()
-    tmp_path, f = _open_temp(path)
-    f.close()
-    try:
+    """A temp path beside ``path`` for a library that writes files itself (gguf); the file
+    there replaces ``path`` when the block ends, as with :func:`atomic_write`."""
+    with _replacing(Path(path), None) as (tmp_path, f):
+        f.close()
         yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, path)
-    except BaseException as e:
-        tmp_path.unlink(missing_ok=True)
-        if isinstance(e, Exception) and _disk_full(e):
-            raise _full_error(path, None, existed) from None
-        raise
-    _fsync_dir(path.parent)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
