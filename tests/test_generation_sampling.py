@@ -113,3 +113,9 @@ def test_one_generator_per_row_makes_each_row_independent_of_the_batch():
         assert together[row].item() == alone.item()
     with pytest.raises(ValueError, match="2 generators for 3 rows"):
         sample_next(logits, generator=[seeded(0), seeded(1)])
+
+
+def test_top_k_zero_means_off_as_before():
+    logits = torch.randn(3, 20, generator=torch.Generator().manual_seed(1))
+    off = sample_next(logits, 1.0, top_k=None, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(sample_next(logits, 1.0, top_k=0, generator=torch.Generator().manual_seed(4)), off)

@@ -19,7 +19,7 @@ import torch
 
 from ..model import GPT, KVCache
 from . import processors as P
-from .sampling import Generators, choose
+from .sampling import Generators, basic_chain, choose
 
 # on_step(rows, tokens): the original indices of the rows still generating and their new
 # tokens (B,); returns the rows (original indices) to stop now, e.g. on a stop string.
@@ -108,13 +108,6 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, *, temperature:
     distribution by default (user-facing defaults live in GenerationConfig). A row that
     produced ``stop_id`` is padded with it until every row has (Hugging Face's convention).
     ``on_token`` sees each new column (B, 1) as it is made."""
-    chain: list[P.LogitsProcessor] = []
-    if temperature > 0:
-        chain = [P.Temperature(temperature)] if temperature != 1.0 else []
-        if top_k is not None:
-            chain.append(P.TopK(top_k))
-        if top_p is not None and top_p < 1.0:
-            chain.append(P.TopP(top_p))
     B = idx.size(0)
 
     def step(rows: list[int], tokens: torch.Tensor) -> None:
@@ -123,9 +116,9 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, *, temperature:
             column[rows, 0] = tokens
             on_token(column)
 
-    new = decode(model, idx.tolist(), max_new_tokens, processors=chain, greedy=temperature <= 0,
-                 generator=generator, stop_ids=() if stop_id is None else (stop_id,), use_cache=use_cache,
-                 on_step=step)
+    new = decode(model, idx.tolist(), max_new_tokens, processors=basic_chain(temperature, top_k, top_p),
+                 greedy=temperature <= 0, generator=generator, stop_ids=() if stop_id is None else (stop_id,),
+                 use_cache=use_cache, on_step=step)
     n = max((len(r) for r in new), default=0)
     tail = torch.tensor([r + [stop_id] * (n - len(r)) for r in new], dtype=torch.long, device=idx.device)
     return torch.cat([idx, tail.view(B, n)], dim=1)

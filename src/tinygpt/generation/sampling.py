@@ -27,16 +27,23 @@ def choose(logits: torch.Tensor, greedy: bool, generator: Generators = None) -> 
                       for row, g in zip(probs, generator)])
 
 
+def basic_chain(temperature: float, top_k: int | None, top_p: float | None) -> list[P.LogitsProcessor]:
+    """Temperature, then top-k (off when None or <= 0), then top-p (off when None or >= 1),
+    for the low-level APIs below; temperature <= 0 (greedy) needs none of them."""
+    if temperature <= 0:
+        return []
+    chain: list[P.LogitsProcessor] = [P.Temperature(temperature)] if temperature != 1.0 else []
+    if top_k is not None and top_k > 0:
+        chain.append(P.TopK(top_k))
+    if top_p is not None and top_p < 1.0:
+        chain.append(P.TopP(top_p))
+    return chain
+
+
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, generator: Generators = None) -> torch.Tensor:
     """Pick the next token for each row of ``logits`` (B, V) -> (B, 1): temperature (0 is
     greedy), then top-k, then top-p, then a draw."""
     logits = logits.float()
-    if temperature <= 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    chain = [P.Temperature(temperature)] if temperature != 1.0 else []
-    if top_k is not None:
-        chain.append(P.TopK(top_k))
-    if top_p is not None and top_p < 1.0:
-        chain.append(P.TopP(top_p))
-    return choose(P.apply(chain, logits, None), False, generator)[:, None]
+    greedy = temperature <= 0
+    return choose(P.apply(basic_chain(temperature, top_k, top_p), logits, None), greedy, generator)[:, None]
