@@ -207,7 +207,7 @@ class Session:
 
     def _after_divergence(self, e: DivergedError) -> str:
         """What went wrong and the way on that can work from what is on disk."""
-        what = str(e).split("; ")[0].removeprefix("training diverged: ")
+        what = e.what  # e.g. "the loss became nan at step 6 (lr 0.003)"
         command = f"tinygpt train --resume {self.run.path} {e.flags()}"
         if not self.run.has_checkpoint():
             return f"{what}, before the first checkpoint; start the run over with {e.flags()}: {command}"

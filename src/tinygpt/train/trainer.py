@@ -41,10 +41,10 @@ class DivergedError(TinyGPTError):
     resuming from an earlier checkpoint with ``fixes`` (flag -> suggested value) may get
     past it; resuming from that very step repeats it."""
 
-    def __init__(self, message: str, step: int, weights_step: int, fixes: dict[str, str],
+    def __init__(self, what: str, step: int, weights_step: int, fixes: dict[str, str],
                  record: dict | None = None):
-        super().__init__(message)
-        self.step, self.weights_step, self.fixes, self.record = step, weights_step, fixes, record or {}
+        self.what, self.step, self.weights_step, self.fixes, self.record = what, step, weights_step, fixes, record or {}
+        super().__init__(f"training diverged: {what}; nothing from that step was saved; retry with {self.flags()}")
 
     def flags(self) -> str:
         return " ".join(f"--{k} {v}" for k, v in self.fixes.items())
@@ -185,9 +185,7 @@ class Trainer:
             fixes["grad-clip"] = "1.0"
         if self.dtype == torch.float16:
             fixes["dtype"] = "bf16"  # fp16 overflows where bf16 has range to spare
-        message = (f"training diverged: {what} at step {step} (lr {t.lr:g}); nothing from that step was saved; "
-                   f"retry with {' '.join(f'--{k} {v}' for k, v in fixes.items())}")
-        return DivergedError(message, step, weights_step, fixes, record)
+        return DivergedError(f"{what} at step {step} (lr {t.lr:g})", step, weights_step, fixes, record)
 
     def weights_finite(self) -> bool:
         """Whether every parameter is finite (checked before weights are saved)."""
