@@ -325,6 +325,18 @@ def assign_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], sou
         model.tie_weights()
 
 
+def model_from_tensors(build: Callable[[], torch.nn.Module], tensors: dict[str, torch.Tensor],
+                       source: str | Path) -> torch.nn.Module:
+    """``build()`` on the meta device, given ``tensors`` as its parameters (checked by
+    :func:`assign_weights`): no random init, no copy. Derived buffers are then computed."""
+    with torch.device("meta"):
+        model = build()
+    assign_weights(model, tensors, source, assign=True)
+    if hasattr(model, "init_buffers"):
+        model.init_buffers()
+    return model
+
+
 def save_state(state: dict, path: str | Path) -> None:
     """Write a trainer-state dict (tensors and plain containers only) atomically."""
     # To a file object, not a path: torch's own path writer reports a full disk only as

@@ -235,10 +235,7 @@ class RunDir:
         if bad is not None:
             raise TinyGPTError(f"{path} holds non-finite weights ({bad} has nan/inf): it was saved by a run that "
                                "diverged; use another checkpoint (--checkpoint best|last) or train again")
-        with torch.device("meta"):
-            model = GPT(config)
-        ckpt.assign_weights(model, tensors, path, assign=True)
-        model.init_buffers()
+        model = ckpt.model_from_tensors(lambda: GPT(config), tensors, path)
         return model.to(device).eval(), info, path
 
     # ------------------------------------------------------------------ trainer state and other files

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from ..checkpoint import assign_weights
+from ..checkpoint import model_from_tensors
 from ..config import replace
 from ..device import autocast, fresh_seed, resolve_device, resolve_dtype
 from ..errors import TinyGPTError
@@ -165,10 +165,7 @@ def load(source: str | Path, checkpoint: str = "best", device: str = "auto", dty
         directory = Path(source) if hf_dir.is_hf_dir(source) else hf_dir.download(source_str)
         cfg, sd, raw = hf_dir.load_model_parts(directory)
         tokenizer = hf_dir.load_tokenizer(directory, raw, cfg.vocab_size)
-        with torch.device("meta"):
-            model = GPT(cfg)
-        assign_weights(model, sd, directory, assign=True)
-        model.init_buffers()
+        model = model_from_tensors(lambda: GPT(cfg), sd, directory)
         return TinyGPT(model.to(dev, dt).eval(), tokenizer, dev, dt, {"hf": raw}, directory)
     run = RunDir.open(source)
     tokenizer = run.load_tokenizer()
