@@ -259,8 +259,11 @@ class RunDir:
         process killed mid-write) is dropped, with a notice."""
         if not self.metrics_path.exists():
             return []
+        return self._parse_metrics(self.metrics_path.read_text(encoding="utf-8", errors="replace"), notice)
+
+    def _parse_metrics(self, text: str, notice: Callable[[str], None] | None) -> list[dict]:
         records, bad = [], 0
-        for line in self.metrics_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        for line in text.splitlines():
             if not line.strip():
                 continue
             try:
@@ -281,7 +284,7 @@ class RunDir:
         if not self.metrics_path.exists():
             return
         text = self.metrics_path.read_text(encoding="utf-8", errors="replace")
-        kept = "".join(json.dumps(r) + "\n" for r in self.read_metrics(notice) if r.get("step", 0) <= step)
+        kept = "".join(json.dumps(r) + "\n" for r in self._parse_metrics(text, notice) if r.get("step", 0) <= step)
         if kept != text:
             ckpt.atomic_write_text(self.metrics_path, kept)
 
