@@ -1,11 +1,14 @@
 """GGUF export: llama.cpp's GPT-2 metadata and tensor names, values read back with the gguf library."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from helpers import randomize_
 
 from tinygpt.cli import main
+from tinygpt.errors import TinyGPTError
 from tinygpt.model import GPT, GPTConfig
 from tinygpt.run import CheckpointInfo, RunDir
 from tinygpt.tokenizer import GPT2Tokenizer
@@ -80,3 +83,10 @@ def test_gguf_refusals_are_one_line(trained_run, gpt2_run, tmp_path, capsys):
     assert out.read_text() == "mine" and not list(tmp_path.glob(".*.tmp"))
     assert main(["export", str(gpt2_run[0]), "--to", "zip", str(out)]) == 1
     assert "unknown export format 'zip'" in capsys.readouterr().err
+    from tinygpt.interop import gguf_file
+
+    _, model = gpt2_run
+    rope = dataclasses.replace(model.config, pos_emb="rope")
+    with pytest.raises(TinyGPTError, match=r"the GGUF \(llama.cpp's GPT-2\) format needs pos_emb=learned"):
+        gguf_file.export(rope, {}, GPT2Tokenizer(), tmp_path / "r.gguf")
+    assert not (tmp_path / "r.gguf").exists()

@@ -20,6 +20,7 @@ import torch
 from ..errors import TinyGPTError
 from ..model import GPTConfig
 from ..tokenizer import BPETokenizer, GPT2Tokenizer, Tokenizer
+from . import hf
 
 TYPES = ("f32", "f16", "q8_0")
 _BLOCK = {"ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "ln_2": "ffn_norm",
@@ -72,12 +73,7 @@ def export(cfg: GPTConfig, tensors: dict[str, torch.Tensor], tokenizer: Tokenize
 
     if dtype not in TYPES:
         raise TinyGPTError(f"unknown GGUF type {dtype!r}; choose one of: {', '.join(TYPES)}")
-    shape = {"pos_emb": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True, "qk_norm": False,
-             "n_kv_head": None}
-    for field, want in shape.items():
-        if getattr(cfg, field) != want:
-            raise TinyGPTError(f"GGUF export writes llama.cpp's GPT-2 architecture, which needs {field}={want}, but "
-                               f"this model has {field}={getattr(cfg, field)}; export --to hf for other shapes")
+    hf.require_gpt2_shape(cfg, "GGUF (llama.cpp's GPT-2)")
     tokens, merges, special = _vocabulary(tokenizer)
     if len(tokens) != cfg.vocab_size:
         raise TinyGPTError(f"the tokenizer has {len(tokens)} tokens but the model {cfg.vocab_size}; the run is "

@@ -118,6 +118,11 @@ def gpt2_config_from_hf(hf: dict) -> GPTConfig:
         **_GPT2_SHAPE)
 
 
+def require_gpt2_shape(cfg: GPTConfig, fmt: str = "GPT-2") -> None:
+    """Raise unless ``cfg`` is GPT-2's architecture (what ``fmt``, a format that holds it, needs)."""
+    _require_shape(cfg, _GPT2_SHAPE, fmt)
+
+
 def gpt2_config_to_hf(cfg: GPTConfig) -> dict:
     """Our GPTConfig -> kwargs for ``transformers.GPT2Config``."""
     _require_shape(cfg, _GPT2_SHAPE, "GPT-2")
