@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..checkpoint import weight_tensors
+from ..errors import TinyGPTError
 from ..interop import gguf_file, hf_dir
 from ..run import RunDir
 from .common import log
@@ -30,8 +31,6 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     fmt, out = args.to
     if fmt not in FORMATS:
-        from ..errors import TinyGPTError
-
         raise TinyGPTError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     source = RunDir.open(args.run)
     model, info, path = source.load_model(args.checkpoint)
