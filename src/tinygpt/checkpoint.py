@@ -355,7 +355,7 @@ def load_state(path: str | Path) -> dict:
                            "tinygpt, or was altered); refusing to unpickle it. This run cannot be resumed: "
                            "start a new run") from None
     except Exception as e:
-        raise TinyGPTError(f"{path} is unreadable (truncated or corrupt: {_first_line(e)}); this run cannot be "
+        raise TinyGPTError(f"{path} is unreadable (truncated or corrupt: {first_line(e)}); this run cannot be "
                            "resumed exactly: its weights still sample, or start a new run") from None
     if not isinstance(state, dict):
         raise TinyGPTError(f"{path} does not hold a trainer state; this run cannot be resumed: start a new run")
@@ -371,10 +371,11 @@ def existing_file(path: str | Path, what: str) -> Path:
     return path
 
 
-def _first_line(err: Exception) -> str:
+def first_line(err: BaseException) -> str:
+    """An exception's first line (or its type), at most 200 characters, for one-line errors."""
     return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
 def unreadable(path: Path, err: Exception) -> TinyGPTError:
-    return TinyGPTError(f"{path} is unreadable (truncated or corrupt: {_first_line(err)}); "
+    return TinyGPTError(f"{path} is unreadable (truncated or corrupt: {first_line(err)}); "
                         "use the run's other checkpoint (--checkpoint best|last) or train again")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_weights
+from ..checkpoint import first_line, load_weights
 from ..errors import TinyGPTError
 from ..model import GPTConfig
 from ..tokenizer import BPETokenizer, GPT2Tokenizer, Tokenizer
@@ -59,8 +59,7 @@ def download(name: str) -> Path:
     try:
         return Path(snapshot_download(name, allow_patterns=patterns))
     except Exception as e:  # offline, unknown repo, gated repo: the hub's own words, in one line
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise TinyGPTError(f"cannot get {name!r} from the Hugging Face hub ({first}); check the name and the "
+        raise TinyGPTError(f"cannot get {name!r} from the Hugging Face hub ({first_line(e)}); check the name and the "
                            "network, or pass a local directory") from None
 
 
@@ -91,8 +90,7 @@ def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
         try:
             return torch.load(directory / PICKLE, map_location="cpu", weights_only=True)
         except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-            raise TinyGPTError(f"{directory / PICKLE} cannot be read as plain tensors ({first}); refusing to "
+            raise TinyGPTError(f"{directory / PICKLE} cannot be read as plain tensors ({first_line(e)}); refusing to "
                                "unpickle it: convert it to safetensors") from None
     raise TinyGPTError(f"{directory} has no {SAFETENSORS}, {SAFETENSORS_INDEX} or {PICKLE}; it is not a "
                        "complete Hugging Face model directory")
