@@ -186,8 +186,8 @@ def _report(b: GenerateBench, model: GPT, rows: list[tuple[str, int, float]], lo
     for n in names:
         log(f"{n:<20}" + "".join(f"{speed[(n, bs)]:>12.1f}" if (n, bs) in speed else f"{'-':>12}"
                                  for bs in b.batches))
-    pairs = [("tinygpt fp32", "llama.cpp f32"), ("tinygpt bf16", "llama.cpp f16"), ("tinygpt bf16", "transformers bf16"),
-             ("tinygpt fp32", "transformers fp32")]
+    pairs = [("tinygpt fp32", "llama.cpp f32"), ("tinygpt bf16", "llama.cpp f16"),
+             ("tinygpt bf16", "transformers bf16"), ("tinygpt fp32", "transformers fp32")]
     for bs in b.batches:
         for a, c in pairs:
             if (a, bs) in speed and (c, bs) in speed:
