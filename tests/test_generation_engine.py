@@ -1,5 +1,7 @@
 """The decode loop: cached and uncached generation agree, stopping, streaming hooks, model mode."""
 
+import dataclasses
+
 import pytest
 import torch
 from helpers import TINY_MODEL, random_ids, randomize_, seeded
@@ -141,7 +143,7 @@ def _alone(model, prompt, n, **kw):
     return decode(model, [prompt], n, **kw)[0]
 
 
-@pytest.mark.parametrize("n_new", [6, 30])  # within the context, and well past it (block 16)
+@pytest.mark.parametrize("n_new", [6, 40])  # within the context; well past it (block 16), weights packed
 def test_prompts_of_different_lengths_give_what_each_gives_alone(tiny_model, n_new):
     model = randomize_(tiny_model, seed=6, scale=0.3, embedding_scale=0.1)
     prompts = [random_ids((1, n), seed=n)[0].tolist() for n in (1, 7, 3, 16)]
@@ -184,3 +186,82 @@ def test_processors_shape_the_walk(tiny_model):
     assert penalised != plain
     # A huge penalty forbids repeats while unseen tokens remain (the vocabulary is 50).
     assert len(set(penalised)) == len(penalised) and not set(penalised) & set(prompt)
+
+
+# ---------------------------------------------------------------------------- fast mode past the context
+
+
+class Recorder:
+    """A logits processor that keeps each step's logits (B, V) and changes nothing."""
+
+    def __init__(self):
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, logits, history):
+        self.steps.append(logits.clone())
+        return logits
+
+
+def windowed_logits(model, ids, window):
+    """Uncached logits (T, V) of ``ids`` (1, T) when each position attends only the last
+    ``window`` positions, itself included: a copy of the model with a long enough context,
+    its attention masked to that band through a pre-hook on SDPA."""
+    T = ids.shape[1]
+    wide = GPT(dataclasses.replace(model.config, block_size=T)).eval()
+    wide.load_state_dict(model.state_dict())
+    i = torch.arange(T)
+    band = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window)  # (T, S)
+    handles = [b.attn.attend.register_forward_pre_hook(lambda m, args: (*args[:3], band, False))
+               for b in wide.transformer.h]
+    try:
+        with torch.no_grad():
+            return wide(ids).logits[0]
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@pytest.mark.parametrize("tiny_model", ["modern"], indirect=True)
+def test_fast_mode_with_rope_attends_a_rolling_window_of_cached_keys(tiny_model):
+    model = randomize_(tiny_model, seed=8, scale=0.3, embedding_scale=0.1)
+    block, prompt = model.config.block_size, random_ids((1, 5), seed=8)[0].tolist()
+    seen = Recorder()
+    new = decode(model, [prompt], 40, greedy=True, processors=[seen], past_context="fast")[0]
+    steps = torch.cat(seen.steps)  # (40, V): the logits that chose each new token
+    seq = torch.tensor([prompt + new])
+    # Each step equals a sliding-window (banded) forward of the whole sequence: the keys
+    # kept were computed with their own windows, which reached further back.
+    assert (steps - windowed_logits(model, seq[:, :-1], block)[len(prompt) - 1:]).abs().max() < 1e-5
+    # Not what the exact mode computes once past the context, where every step re-reads
+    # the last block from scratch; the same until then.
+    exact = torch.stack([model(seq[:, :len(prompt) + k][:, -block:]).logits[0, -1] for k in range(40)]).detach()
+    fits = block - len(prompt) + 1  # new tokens predicted from at most a block of tokens
+    assert (steps[:fits] - exact[:fits]).abs().max() < 1e-5
+    assert (steps[fits:] - exact[fits:]).abs().max() > 1e-2
+    assert new[:fits] == decode(model, [prompt], fits, greedy=True)[0]
+
+
+@pytest.mark.parametrize("tiny_model", ["gpt2"], indirect=True)
+def test_fast_mode_with_learned_positions_rereads_the_last_half_block(tiny_model):
+    model = randomize_(tiny_model, seed=9, scale=0.3, embedding_scale=0.1)
+    block, prompt = model.config.block_size, random_ids((1, 5), seed=9)[0].tolist()
+    seen = Recorder()
+    new = decode(model, [prompt], 40, greedy=True, processors=[seen], past_context="fast")[0]
+    seq, start, rereads = prompt + new, 0, 0
+    for k, got in enumerate(seen.steps):
+        end = len(prompt) + k  # the tokens before new[k]
+        if end - start > block:  # the row outgrew the context: it starts again from its last half block
+            start, rereads = end - block // 2, rereads + 1
+        with torch.no_grad():
+            want = model(torch.tensor([seq[start:end]])).logits[0, -1]
+        assert (got[0] - want).abs().max() < 1e-5, k
+    assert rereads == 4  # at 17 tokens, then every 8
+
+
+def test_fast_mode_batched_rows_give_what_they_give_alone(tiny_model):
+    model = randomize_(tiny_model, seed=10, scale=0.3, embedding_scale=0.1)
+    prompts = [random_ids((1, n), seed=n)[0].tolist() for n in (1, 7, 20)]  # 20: longer than the context
+    batched = decode(model, prompts, 40, greedy=True, past_context="fast")
+    assert batched == [_alone(model, p, 40, greedy=True, past_context="fast") for p in prompts]
+    with pytest.raises(ValueError, match="past_context"):
+        decode(model, prompts, 4, past_context="quick")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import opt
+from ..config import check_choices, opt
 from ..errors import TinyGPTError
 from . import processors as P
 
@@ -29,8 +29,12 @@ class GenerationConfig:
     stop: list[str] = opt([], "stop when this text appears (it is not included)")
     stop_at_eot: bool = opt(True, "stop a sample at the tokenizer's end-of-text token, if it has one")
     num_samples: int = opt(1, "how many samples to draw per prompt (sample i uses seed + i)")
+    past_context: str = opt("exact", "past the context length: exact (re-read the last block each token, "
+                                     "slow) or fast (keep the cache: RoPE evicts the oldest positions, "
+                                     "learned positions re-read the last half block)", choices=("exact", "fast"))
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if self.max_new_tokens < 0 or self.num_samples < 1:
             raise TinyGPTError("--max-new-tokens must be >= 0 and --num-samples >= 1")
         for name in ("top_p", "min_p", "typical_p"):

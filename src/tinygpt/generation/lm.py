@@ -102,7 +102,7 @@ class TinyGPT:
                 return stopped
 
             decode(self.model, rows, cfg.max_new_tokens, processors=chain, greedy=cfg.is_greedy,
-                   generator=generators, stop_ids=stop_ids, on_step=on_step)
+                   generator=generators, stop_ids=stop_ids, on_step=on_step, past_context=cfg.past_context)
         for i, stream in enumerate(streams):
             if (rest := stream.flush()) and on_text is not None:
                 on_text(i, rest)
