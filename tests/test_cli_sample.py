@@ -136,3 +136,13 @@ def test_generation_ends_at_the_end_of_text_token(trained_run):
     lm.tokenizer.eot_id = lm.tokenizer.encode(free[4])[0]  # as if that character were <|endoftext|>
     assert lm.generate("ROMEO:", 20, greedy=True)[0] == free[:free.index(free[4])]
     assert lm.generate("ROMEO:", 20, greedy=True, stop_at_eot=False)[0] == free
+
+
+def test_fast_mode_past_the_context_from_the_command_line(trained_run, capsys):
+    assert sample(trained_run, "--prompt", "ROMEO:", "--max-new-tokens", "40", "--greedy",
+                  "--past-context", "fast") == 0
+    out = capsys.readouterr().out
+    lm = tinygpt.load(trained_run, device="cpu")
+    assert out == "ROMEO:" + lm.generate("ROMEO:", 40, greedy=True, past_context="fast")[0] + "\n"
+    assert sample(trained_run, "--past-context", "quick") == 1
+    assert "--past-context" in capsys.readouterr().err

@@ -58,3 +58,17 @@ def test_beam_search_equals_transformers(family, beams, n, length_penalty, early
     assert all(set(w[len(toks):]) <= {stop_id} for w, (toks, _) in zip(want, got))
     scores = [s for _, s in got]
     assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_long_beam_search_on_packed_weights_equals_transformers(family):
+    # 36 new tokens with 4 beams: long enough that the beams decode on packed weights on CPU.
+    context = {"n_positions": 48} if family == "gpt2" else {"max_position_embeddings": 48}
+    hf = hf_model(family, seed=5, **context)
+    _, _, config_from_hf, weights_from_hf, _, _ = FAMILIES[family]
+    cfg = config_from_hf(hf.config.to_dict())
+    ours = load_ours(weights_from_hf(hf.state_dict(), cfg), cfg)
+    prompt = random_ids((1, 4), seed=3)[0].tolist()
+    got = beam_search(ours, prompt, 36, beams=4, num_return=2)
+    want = hf_generate(hf, prompt, max_new_tokens=36, num_beams=4, num_return_sequences=2, eos_token_id=None)
+    assert [toks for toks, _ in got] == want

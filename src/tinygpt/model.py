@@ -350,7 +350,8 @@ class CausalSelfAttention(nn.Module):
             v = v.repeat_interleave(self.n_head // self.kv_heads, dim=1)
         y = self.attend(q, k, v, how.mask, how.causal)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        y = self.c_proj(y)
+        return self.resid_dropout(y) if self.training else y  # eval: not even the call
 
 
 class MLP(nn.Module):
@@ -371,7 +372,8 @@ class MLP(nn.Module):
             h = F.silu(gate) * up
         else:
             h = F.gelu(h, approximate="tanh")  # GPT-2's "gelu_new"
-        return self.dropout(self.c_proj(h))
+        h = self.c_proj(h)
+        return self.dropout(h) if self.training else h
 
 
 class Block(nn.Module):
@@ -475,7 +477,8 @@ class GPT(nn.Module):
             rope = self.rotary(pos, how.end > self.rotary.max_len)
         else:
             x = x + self.transformer.wpe(pos)
-        x = self.transformer.drop(x)
+        if self.training:
+            x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             x = block(x, rope, how, cache.layers[i] if cache is not None else None)
         if cache is not None:

@@ -17,6 +17,7 @@ import torch
 
 from ..model import GPT, KVCache
 from . import processors as P
+from .engine import inference, worth_packing
 
 
 @torch.no_grad()
@@ -30,19 +31,18 @@ def beam_search(model: GPT, prompt: Sequence[int], max_new_tokens: int, *, beams
     if len(prompt) + max_new_tokens > model.config.block_size:
         raise ValueError(f"beam search needs prompt + new tokens ({len(prompt) + max_new_tokens}) within the "
                          f"context ({model.config.block_size})")
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     V = model.config.vocab_size
     stops = set(stop_ids)
     keep = max(2, 1 + len(stops)) * beams
-    cache = KVCache(model.config, beams, device=device, dtype=next(model.parameters()).dtype)
+    cache = KVCache(model.config, beams, len(prompt) + max_new_tokens, device=device,
+                    dtype=next(model.parameters()).dtype)
     history = P.History([list(prompt)], V, device)
     seqs: list[list[int]] = [[]]                      # each running beam's new tokens
     scores = torch.zeros(1, device=device)            # (b,) summed log-probabilities
     finished: list[tuple[float, list[int]]] = []      # (normalised score, new tokens), best first
     improvable = True
-    try:
+    with inference(model, worth_packing(beams, max_new_tokens, device)):
         logits = model(torch.tensor([list(prompt)], device=device), cache=cache).logits[:, -1]
         for step in range(max_new_tokens):
             logp = P.apply(processors, logits.float().log_softmax(dim=-1), history)  # (b, V)
@@ -72,8 +72,6 @@ def beam_search(model: GPT, prompt: Sequence[int], max_new_tokens: int, *, beams
             history.append(tokens)
             cache.reorder(torch.tensor(origin, device=device))
             logits = model(tokens[:, None], cache=cache).logits[:, -1]
-    finally:
-        model.train(was_training)
     if not finished:  # no new tokens asked for
         return [([], 0.0)]
     return [(tokens, score) for score, tokens in finished[:num_return]]

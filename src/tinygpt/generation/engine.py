@@ -58,8 +58,13 @@ def _left_pad(rows: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, torc
     return ids, pos
 
 
+def worth_packing(rows: int, max_new_tokens: int, device: torch.device) -> bool:
+    """Whether to decode on packed weights (see the module notes)."""
+    return rows > 1 and device.type == "cpu" and max_new_tokens >= PACK_MIN_TOKENS
+
+
 @contextmanager
-def _inference(model: GPT, pack: bool) -> Iterator[None]:
+def inference(model: GPT, pack: bool) -> Iterator[None]:
     """Eval mode (the caller's mode comes back after) and, if ``pack``, packed weights."""
     was_training = model.training
     model.eval()
@@ -102,8 +107,8 @@ def decode(model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
     # over at position 0 when it re-reads (or the prompt outgrew the context).
     shift = [max(0, len(p) - block) if fast else 0 for p in prompts]
     fresh = True  # the cache has not seen the prompts yet
-    pack = B > 1 and device.type == "cpu" and max_new_tokens >= PACK_MIN_TOKENS
-    with _inference(model, pack):
+    pack = worth_packing(B, max_new_tokens, device)
+    with inference(model, pack):
         for _ in range(max_new_tokens):
             rows = history.rows
             if cache is not None and not fast and max(len(r) for r in rows) > block:
