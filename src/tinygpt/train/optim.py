@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
@@ -19,11 +18,13 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    extra = {}
-    # The fused kernel does the whole update in one launch; only CUDA/MPS benefit.
-    if device.type in ("cuda", "mps") and "fused" in inspect.signature(torch.optim.AdamW).parameters:
-        extra["fused"] = True
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, **extra)
+    # The fused kernel updates every parameter in one pass. On CPU, PyTorch otherwise takes
+    # its per-parameter loop: a baby-preset update measured 108 ms that way, 25.5 ms with
+    # foreach, 7.3 ms fused (2 cores, one run side by side).
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # an older PyTorch, or a device without the kernel
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=True)
 
 
 def lr_at(step: int, progress: float, *, lr: float, min_lr: float, warmup_steps: int, schedule: str) -> float:

@@ -1,0 +1,314 @@
+"""``tinygpt bench train``: training tokens/s, model FLOPs utilisation, and the loop's overhead.
+
+For one preset (and batch size) it measures, in one process and in alternating rounds:
+
+- the bare ``Trainer.train_step`` (forward, backward, clipping, AdamW) for each dtype;
+- the same step of a plain fp32 reference: a minimal GPT-2 and loop written the way
+  nanoGPT's ``model.py`` / ``train.py`` write them (fp32 on CPU, as nanoGPT runs there);
+- the matmul rate this device reaches at the model's own matmul shapes (every linear
+  layer's forward and both backward products), per dtype: the "peak" that model FLOPs
+  utilisation (MFU = tokens/s x FLOPs per token / peak) is taken against;
+- one short ``tinygpt train`` run of the same shape: its typical step against the bare
+  step shows what the loop around it (data, callbacks, progress, metrics) costs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import layered
+from ..data import Batches
+from ..device import resolve_device, resolve_dtype, seed_everything
+from ..model import GPT, GPTConfig
+from ..presets import get_preset
+
+VOCAB = 65  # a character vocabulary the size of Shakespeare's
+
+
+@dataclass
+class TrainBench:
+    preset: str = "baby"
+    batch_size: int = 16
+    dtypes: tuple[str, ...] = ("fp32", "bf16")
+    device: str = "auto"
+    steps: int = 4          # timed steps per engine per round
+    rounds: int = 2
+    warmup: int = 2
+    reference: bool = True  # the nanoGPT-style fp32 loop
+    loop_steps: int = 12    # steps of the `tinygpt train` run (0: skip it)
+    compile: bool = False
+
+
+@dataclass
+class Result:
+    name: str
+    step_s: float
+    tokens_per_s: float
+    mfu: float | None = None
+    peak_mem_mb: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far: the allocator's on CUDA, the process's resident high-water mark on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
+
+
+def matmul_shapes(config: GPTConfig, tokens: int) -> list[tuple[int, int, int]]:
+    """(M, K, N) of every matmul in one training step's linear layers: per layer the forward
+    (tokens x in -> out) and the backward's input and weight gradients."""
+    c = config
+    qkv = c.n_embd + 2 * c.kv_heads * c.head_size
+    fc = 2 * c.hidden_size if c.mlp == "swiglu" else c.hidden_size
+    layers = [(c.n_embd, qkv), (c.n_embd, c.n_embd), (c.n_embd, fc), (c.hidden_size, c.n_embd)] * c.n_layer
+    layers.append((c.n_embd, c.padded_vocab_size))
+    shapes = []
+    for k, n in layers:
+        shapes += [(tokens, k, n), (tokens, n, k), (n, tokens, k)]
+    return shapes
+
+
+def matmul_peak(config: GPTConfig, tokens: int, dtype: torch.dtype, device: torch.device, reps: int = 3) -> float:
+    """FLOP/s of this model's matmuls at their own shapes, in ``dtype``: the best of ``reps``
+    sweeps over all of them (a rate the step could reach if nothing but matmuls ran)."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    pairs = [(torch.randn(m, k, generator=g).to(device, dtype), torch.randn(k, n, generator=g).to(device, dtype))
+             for m, k, n in matmul_shapes(config, tokens)]
+    flops = sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b in pairs)
+    best = math.inf
+    for _ in range(reps + 1):  # the first sweep warms up
+        _sync(device)
+        t = time.perf_counter()
+        for a, b in pairs:
+            torch.mm(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return flops / best
+
+
+# ---------------------------------------------------------------------------- the reference
+
+
+class _RefAttention(nn.Module):
+    def __init__(self, c: GPTConfig):
+        super().__init__()
+        self.n_head = c.n_head
+        self.c_attn = nn.Linear(c.n_embd, 3 * c.n_embd)
+        self.c_proj = nn.Linear(c.n_embd, c.n_embd)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+class _RefBlock(nn.Module):
+    def __init__(self, c: GPTConfig):
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(c.n_embd), nn.LayerNorm(c.n_embd)
+        self.attn = _RefAttention(c)
+        self.mlp = nn.Sequential(nn.Linear(c.n_embd, 4 * c.n_embd), nn.GELU(), nn.Linear(4 * c.n_embd, c.n_embd))
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class ReferenceGPT(nn.Module):
+    """GPT-2 as nanoGPT's model.py builds it (exact GELU, tied head, the head applied to every
+    position in training): the plain baseline, not tinygpt's code."""
+
+    def __init__(self, c: GPTConfig):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(c.vocab_size, c.n_embd), nn.Embedding(c.block_size, c.n_embd)
+        self.h = nn.ModuleList(_RefBlock(c) for _ in range(c.n_layer))
+        self.ln_f = nn.LayerNorm(c.n_embd)
+        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight
+
+    def forward(self, idx, targets):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+        for block in self.h:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x))
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+
+def _reference_step(config: GPTConfig, batches: Batches, device: torch.device) -> Callable[[], None]:
+    model = ReferenceGPT(config).to(device)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                            lr=1e-3, betas=(0.9, 0.99))
+
+    def step() -> None:
+        b = next(batches)
+        loss = model(b.x.to(device), b.y.to(device))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss.item()  # nanoGPT reads the loss every log step; one sync per step here
+
+    return step
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+def _config(b: TrainBench, dtype: str):
+    from ..train import RunConfig
+
+    return layered(RunConfig, get_preset(b.preset).layer(),
+                   {"model": {"vocab_size": VOCAB}, "train": {"batch_size": b.batch_size, "max_steps": 10**9,
+                                                             "compile": b.compile},
+                    "runtime": {"device": b.device, "dtype": dtype}})
+
+
+def _tokens() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, VOCAB, 400_000).astype(np.uint16)
+
+
+def _loop_vs_bare(b: TrainBench, dtype: str, directory: Path) -> tuple[float, float, float]:
+    """Median seconds per step of a real ``tinygpt train`` run (callbacks included), of the
+    bare ``train_step`` of the same shape run the same way (consecutive steps, one model in
+    memory), and the run's median overhead over its own train_step, step by step (the
+    figure that shared-machine noise spares: both sides are the same step)."""
+    from ..cli import main
+    from ..train import Trainer
+
+    directory.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ.,;:!?'\n-0123456789&$#"))
+    (directory / "text.txt").write_text("".join(rng.choice(letters[:VOCAB], 400_000)))
+    run = directory / "run"
+    args = ["train", "--data", str(directory / "text.txt"), "--preset", b.preset, "--out", str(run),
+            "--batch-size", str(b.batch_size), "--max-steps", str(b.loop_steps), "--dtype", dtype,
+            "--device", b.device, "--compile", str(b.compile).lower(), "--sample-tokens", "0"]
+    if main(args) != 0:
+        raise RuntimeError("the tinygpt train run of the benchmark failed")
+    records = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    # Within the run: each step's whole time (elapsed grows by the step and the callbacks
+    # after the previous one) against its train_step alone (what tok_per_s times).
+    whole = np.diff([r["elapsed"] for r in records])[b.warmup:]
+    step = np.array([r["tokens"] / r["step"] / r["tok_per_s"] for r in records[1:]])[b.warmup:]
+    loop = float(np.median(whole))
+    in_run = float(np.median(whole / step)) - 1
+
+    cfg = _config(b, dtype)
+    device = resolve_device(b.device)
+    seed_everything(0)
+    trainer = Trainer(GPT(cfg.model).to(device), cfg.train, Batches(_tokens(), b.batch_size, cfg.model.block_size,
+                      seed=0), device=device, dtype=resolve_dtype(dtype, device))
+    times = []
+    for _ in range(b.loop_steps):
+        _sync(device)
+        t = time.perf_counter()
+        trainer.train_step()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return loop, float(np.median(times[b.warmup + 1:])), in_run
+
+
+def run(b: TrainBench, log: Callable[[str], None] = print) -> dict:
+    from ..train import Trainer
+
+    device = resolve_device(b.device)
+    engines: dict[str, Callable[[], None]] = {}
+    trainers = {}
+    tokens = _tokens()
+    for name in b.dtypes:
+        cfg = _config(b, name)
+        seed_everything(0)
+        batches = Batches(tokens, b.batch_size, cfg.model.block_size, seed=0)
+        trainer = Trainer(GPT(cfg.model).to(device), cfg.train, batches, device=device,
+                          dtype=resolve_dtype(name, device))
+        trainers[name] = trainer
+        engines[f"tinygpt {name}"] = trainer.train_step
+    model_cfg = next(iter(trainers.values())).model.config
+    if b.reference:
+        seed_everything(0)
+        engines["reference fp32"] = _reference_step(
+            model_cfg, Batches(tokens, b.batch_size, model_cfg.block_size, seed=0), device)
+    tokens_per_step = b.batch_size * model_cfg.block_size
+    memory = {}
+    for name, step in engines.items():
+        for _ in range(b.warmup):
+            step()
+        _sync(device)
+        memory[name] = _peak_memory_mb(device)
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    for _ in range(b.rounds):
+        for name, step in engines.items():
+            for _ in range(b.steps):
+                _sync(device)
+                t = time.perf_counter()
+                step()
+                _sync(device)
+                times[name].append(time.perf_counter() - t)
+    flops_per_token = next(iter(trainers.values())).model.flops_per_token()
+    peaks = {name: matmul_peak(model_cfg, tokens_per_step, resolve_dtype(name, device), device)
+             for name in dict.fromkeys(b.dtypes + ("fp32",))}
+    results = []
+    for name, ts in times.items():
+        dtype = name.split()[-1]
+        step_s = statistics.median(ts)
+        tps = tokens_per_step / step_s
+        results.append(Result(name, step_s, tps, tps * flops_per_token / peaks[dtype], memory[name]))
+    loop = {}
+    if b.loop_steps > b.warmup + 1:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in b.dtypes:
+                loop[name] = _loop_vs_bare(b, name, Path(tmp) / name)
+    report = {"preset": b.preset, "params": next(iter(trainers.values())).model.num_params(),
+              "tokens_per_step": tokens_per_step, "device": str(device), "threads": torch.get_num_threads(),
+              "flops_per_token": flops_per_token, "matmul_peak_flops": peaks,
+              "results": [asdict(r) for r in results],
+              "train_loop_step_s": loop, "bench": asdict(b)}  # loop: dtype -> (loop step, bare step, in-run overhead)
+    _print(report, log)
+    return report
+
+
+def _print(r: dict, log: Callable[[str], None]) -> None:
+    b = r["bench"]
+    log(f"{r['preset']}: {r['params'] / 1e6:.2f}M parameters, batch {b['batch_size']} = {r['tokens_per_step']} "
+        f"tokens/step, {r['flops_per_token'] / 1e6:.1f} MFLOP/token, device {r['device']}, {r['threads']} threads")
+    log("matmul peak at this model's shapes: " + ", ".join(
+        f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in r["matmul_peak_flops"].items()))
+    log(f"{'engine':<18}{'tokens/s':>10}{'step ms':>10}{'MFU':>8}{'peak MB':>10}")
+    speed = {}
+    for x in r["results"]:
+        speed[x["name"]] = x["tokens_per_s"]
+        log(f"{x['name']:<18}{x['tokens_per_s']:>10,.0f}{x['step_s'] * 1e3:>10.0f}{x['mfu']:>8.1%}"
+            f"{x['peak_mem_mb']:>10,.0f}")
+    if "reference fp32" in speed:
+        for name, v in speed.items():
+            if name != "reference fp32":
+                log(f"{name} / reference fp32 = {v / speed['reference fp32']:.2f}")
+    for dtype, (loop, bare, in_run) in r["train_loop_step_s"].items():
+        log(f"tinygpt train ({dtype}): {loop * 1e3:.0f} ms per step, callbacks included; {in_run:+.1%} over its "
+            f"own train_step; bare train_step run the same way {bare * 1e3:.0f} ms ({loop / bare - 1:+.1%})")

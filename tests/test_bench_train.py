@@ -1,0 +1,41 @@
+"""``tinygpt bench train`` runs end to end and reports what it measured (speed is benchmarked, not tested)."""
+
+import json
+
+import torch
+
+from tinygpt.bench.train import ReferenceGPT, matmul_shapes
+from tinygpt.cli import main
+from tinygpt.model import GPT, GPTConfig
+
+
+def test_bench_train_reports_tokens_mfu_reference_and_loop_overhead(tmp_path, capsys):
+    out_json = tmp_path / "bench.json"
+    assert main(["bench", "train", "--preset", "char-tiny", "--batch-size", "2", "--steps", "1", "--rounds", "1",
+                 "--warmup", "1", "--loop-steps", "4", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out_json.read_text())
+    assert [r["name"] for r in report["results"]] == ["tinygpt fp32", "tinygpt bf16", "reference fp32"]
+    assert all(r["tokens_per_s"] > 0 and 0 < r["mfu"] and r["peak_mem_mb"] > 0 for r in report["results"])
+    assert set(report["matmul_peak_flops"]) == {"fp32", "bf16"}
+    assert set(report["train_loop_step_s"]) == {"fp32", "bf16"}
+    assert "matmul peak at this model's shapes: fp32" in out
+    assert "tinygpt bf16 / reference fp32 = " in out
+    assert "tinygpt train (fp32):" in out and "over its own train_step" in out
+
+
+def test_the_peak_is_measured_over_every_linear_product_of_a_training_step():
+    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=50)
+    shapes = matmul_shapes(cfg, tokens=32)
+    assert len(shapes) == 3 * (4 * 2 + 1)  # forward and two backward products per linear, head included
+    flops = sum(2 * m * k * n for m, k, n in shapes)
+    # The 6N rule over the linear layers' weights (the head at its padded width).
+    linear = sum(m.weight.numel() for m in GPT(cfg).modules() if isinstance(m, torch.nn.Linear))
+    assert flops == 6 * 32 * linear
+
+
+def test_the_reference_is_gpt2_shaped():
+    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=64)
+    ours, ref = GPT(cfg), ReferenceGPT(cfg)
+    assert ref.wte.weight is ref.lm_head.weight
+    assert sum(p.numel() for p in ref.parameters()) == ours.num_params()
