@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -59,7 +57,7 @@ class Result:
     step_s: float
     tokens_per_s: float
     mfu: float | None = None
-    peak_mem_mb: float | None = None
+    peak_mem_mb: float | None = None  # see training_memory_mb
     extra: dict = field(default_factory=dict)
 
 
@@ -68,12 +66,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _peak_memory_mb(device: torch.device) -> float:
-    """Peak memory so far: the allocator's on CUDA, the process's resident high-water mark on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
+def training_memory_mb(step: Callable[[], None], model: nn.Module, optimizer: torch.optim.Optimizer) -> float:
+    """What one training step holds at its peak, in MB: weights, gradients and optimizer
+    state, plus every tensor the forward saves for the backward (found through autograd's
+    saved-tensor hooks, each storage once). Counted from the tensors themselves, so it is
+    the same on every device and allocator; allocator slack comes on top."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    state = sum(t.nbytes for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
+    weights = sum(p.nbytes for p in model.parameters())
+    return (2 * weights + state + sum(saved.values())) / 2**20  # gradients: one per weight
 
 
 def matmul_shapes(config: GPTConfig, tokens: int) -> list[tuple[int, int, int]]:
@@ -158,7 +169,8 @@ class ReferenceGPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
 
-def _reference_step(config: GPTConfig, batches: Batches, device: torch.device) -> Callable[[], None]:
+def _reference_step(config: GPTConfig, batches: Batches,
+                    device: torch.device) -> tuple[Callable[[], None], nn.Module, torch.optim.Optimizer]:
     model = ReferenceGPT(config).to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
@@ -174,7 +186,7 @@ def _reference_step(config: GPTConfig, batches: Batches, device: torch.device) -
         opt.zero_grad(set_to_none=True)
         loss.item()  # nanoGPT reads the loss every log step; one sync per step here
 
-    return step
+    return step, model, opt
 
 
 # ---------------------------------------------------------------------------- the run
@@ -199,7 +211,6 @@ def _loop_vs_bare(b: TrainBench, dtype: str, directory: Path) -> tuple[float, fl
     memory), and the run's median overhead over its own train_step, step by step (the
     figure that shared-machine noise spares: both sides are the same step)."""
     from ..cli import main
-    from ..train import Trainer
 
     directory.mkdir(parents=True)
     rng = np.random.default_rng(1)
@@ -219,11 +230,8 @@ def _loop_vs_bare(b: TrainBench, dtype: str, directory: Path) -> tuple[float, fl
     loop = float(np.median(whole))
     in_run = float(np.median(whole / step)) - 1
 
-    cfg = _config(b, dtype)
-    device = resolve_device(b.device)
-    seed_everything(0)
-    trainer = Trainer(GPT(cfg.model).to(device), cfg.train, Batches(_tokens(), b.batch_size, cfg.model.block_size,
-                      seed=0), device=device, dtype=resolve_dtype(dtype, device))
+    trainer = _trainer(b, dtype, _tokens())
+    device = trainer.device
     times = []
     for _ in range(b.loop_steps):
         _sync(device)
@@ -234,33 +242,39 @@ def _loop_vs_bare(b: TrainBench, dtype: str, directory: Path) -> tuple[float, fl
     return loop, float(np.median(times[b.warmup + 1:])), in_run
 
 
-def run(b: TrainBench, log: Callable[[str], None] = print) -> dict:
+def _trainer(b: TrainBench, dtype: str, tokens: np.ndarray):
     from ..train import Trainer
 
+    cfg = _config(b, dtype)
     device = resolve_device(b.device)
-    engines: dict[str, Callable[[], None]] = {}
-    trainers = {}
+    seed_everything(0)
+    batches = Batches(tokens, b.batch_size, cfg.model.block_size, seed=0)
+    return Trainer(GPT(cfg.model).to(device), cfg.train, batches, device=device, dtype=resolve_dtype(dtype, device))
+
+
+def run(b: TrainBench, log: Callable[[str], None] = print) -> dict:
+    device = resolve_device(b.device)
     tokens = _tokens()
-    for name in b.dtypes:
-        cfg = _config(b, name)
-        seed_everything(0)
-        batches = Batches(tokens, b.batch_size, cfg.model.block_size, seed=0)
-        trainer = Trainer(GPT(cfg.model).to(device), cfg.train, batches, device=device,
-                          dtype=resolve_dtype(name, device))
-        trainers[name] = trainer
-        engines[f"tinygpt {name}"] = trainer.train_step
-    model_cfg = next(iter(trainers.values())).model.config
+    def tinygpt(name: str):
+        trainer = _trainer(b, name, tokens)
+        return trainer.train_step, trainer.model, trainer.optimizer
+
+    builders: dict[str, Callable[[], tuple]] = {f"tinygpt {name}": (lambda name=name: tinygpt(name))
+                                                for name in b.dtypes}
+    model_cfg = _config(b, b.dtypes[0]).model
     if b.reference:
-        seed_everything(0)
-        engines["reference fp32"] = _reference_step(
-            model_cfg, Batches(tokens, b.batch_size, model_cfg.block_size, seed=0), device)
+        def reference() -> tuple:
+            seed_everything(0)
+            return _reference_step(model_cfg, Batches(tokens, b.batch_size, model_cfg.block_size, seed=0), device)
+        builders["reference fp32"] = reference
     tokens_per_step = b.batch_size * model_cfg.block_size
-    memory = {}
-    for name, step in engines.items():
-        for _ in range(b.warmup):
+    engines, memory = {}, {}
+    for name, build in builders.items():
+        step, model, optimizer = build()
+        engines[name] = step
+        for _ in range(b.warmup - 1):
             step()
-        _sync(device)
-        memory[name] = _peak_memory_mb(device)
+        memory[name] = training_memory_mb(step, model, optimizer)  # the last warm-up step
     times: dict[str, list[float]] = {name: [] for name in engines}
     for _ in range(b.rounds):
         for name, step in engines.items():
@@ -270,7 +284,8 @@ def run(b: TrainBench, log: Callable[[str], None] = print) -> dict:
                 step()
                 _sync(device)
                 times[name].append(time.perf_counter() - t)
-    flops_per_token = next(iter(trainers.values())).model.flops_per_token()
+    model = GPT(model_cfg)
+    flops_per_token = model.flops_per_token()
     peaks = {name: matmul_peak(model_cfg, tokens_per_step, resolve_dtype(name, device), device)
              for name in dict.fromkeys(b.dtypes + ("fp32",))}
     results = []
@@ -284,7 +299,7 @@ def run(b: TrainBench, log: Callable[[str], None] = print) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             for name in b.dtypes:
                 loop[name] = _loop_vs_bare(b, name, Path(tmp) / name)
-    report = {"preset": b.preset, "params": next(iter(trainers.values())).model.num_params(),
+    report = {"preset": b.preset, "params": model.num_params(),
               "tokens_per_step": tokens_per_step, "device": str(device), "threads": torch.get_num_threads(),
               "flops_per_token": flops_per_token, "matmul_peak_flops": peaks,
               "results": [asdict(r) for r in results],
@@ -299,7 +314,7 @@ def _print(r: dict, log: Callable[[str], None]) -> None:
         f"tokens/step, {r['flops_per_token'] / 1e6:.1f} MFLOP/token, device {r['device']}, {r['threads']} threads")
     log("matmul peak at this model's shapes: " + ", ".join(
         f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in r["matmul_peak_flops"].items()))
-    log(f"{'engine':<18}{'tokens/s':>10}{'step ms':>10}{'MFU':>8}{'peak MB':>10}")
+    log(f"{'engine':<18}{'tokens/s':>10}{'step ms':>10}{'MFU':>8}{'train MB':>10}")
     speed = {}
     for x in r["results"]:
         speed[x["name"]] = x["tokens_per_s"]
