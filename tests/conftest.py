@@ -96,7 +96,7 @@ def tiny_model(request):
 
 ROMEO = "".join(f"ROMEO: line {i}, and what light through yonder window breaks?\n" for i in range(200))
 TINY_TRAIN = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
-              "--eval-batches", "2", "--progress", "false", "--device", "cpu"]
+              "--eval-batches", "2", "--progress", "false", "--device", "cpu", "--dtype", "fp32"]
 
 
 @pytest.fixture(scope="session")

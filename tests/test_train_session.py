@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from tinygpt.errors import TinyGPTError
 from tinygpt.train import (
@@ -71,3 +72,38 @@ def test_config_json_holds_every_setting(tmp_path):
     assert RunConfig  # the schema config.json follows
     assert (tmp_path / "run" / "tokenizer_config.json").is_file()
     assert not (tmp_path / "run" / "model.safetensors").exists()  # nothing trained yet
+
+
+def test_auto_dtype_on_a_cpu_is_measured_on_the_model_once_and_recorded(tmp_path, monkeypatch):
+    import tinygpt.train.session as session_module
+
+    corpus = tmp_path / "t.txt"
+    corpus.write_text("hello there, general kenobi\n" * 50)
+    monkeypatch.setattr(session_module, "cpu_has_bf16", lambda: True)
+    measured = []
+    monkeypatch.setattr(session_module, "measure_training_dtype",
+                        lambda model, batch_size, log: measured.append(batch_size) or torch.bfloat16)
+    settings = {"data": str(corpus), "out": str(tmp_path / "run"), "n_layer": 1, "n_embd": 16, "n_head": 2,
+                "block_size": 8, "batch_size": 4, "device": "cpu", "dtype": "auto", "max_steps": 2,
+                "eval_interval": 2, "eval_batches": 1, "progress": False, "sample_tokens": 0}
+    session = Session.start(settings, log=lambda _: None)
+    assert measured == [4] and session.trainer.dtype == torch.bfloat16
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["runtime"]["dtype"] == "bf16"
+    session.fit()
+    monkeypatch.setattr(session_module, "measure_training_dtype", lambda *a: pytest.fail("a resume measured again"))
+    assert Session.resume(tmp_path / "run", {"max_steps": 3}, log=lambda _: None).trainer.dtype == torch.bfloat16
+
+
+def test_measuring_the_training_dtype_leaves_model_and_random_state_as_they_were():
+    from tinygpt.model import GPT, GPTConfig
+    from tinygpt.train.session import measure_training_dtype
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=20, dropout=0.1))
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    rng, lines = torch.get_rng_state(), []
+    assert measure_training_dtype(model, 4, lines.append) in (torch.float32, torch.bfloat16)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert lines[0].startswith("dtype auto: ") and "x fp32's speed" in lines[0]

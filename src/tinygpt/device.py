@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import random
+import time
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
@@ -16,6 +18,7 @@ from .errors import TinyGPTError
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 _TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+K = TypeVar("K")
 
 
 @dataclass
@@ -23,7 +26,8 @@ class RuntimeConfig:
     """Options every command that runs a model shares; each context may set its own
     defaults with ``config.section`` (a training run seeds with 1337, sampling samples in fp32)."""
     device: str = opt("auto", "cpu, cuda, cuda:N or mps (auto: the best available)")
-    dtype: str = opt("auto", "number format (auto: bf16 where fast, fp16 on older GPUs, else fp32)", choices=DTYPES)
+    dtype: str = opt("auto", "number format (auto: on a CPU the faster of fp32 and bf16, measured; bf16 on GPUs "
+                             "that have it, else fp16)", choices=DTYPES)
     seed: int | None = opt(None, "random seed (none: fresh randomness)")
 
     def __post_init__(self) -> None:
@@ -69,20 +73,53 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 @functools.cache
-def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has native bf16 matmuls (AVX512-BF16 / AMX).
-
-    Without them bf16 autocast is emulated and runs far *slower* than fp32, so 'auto'
-    only picks it where the hardware is there.
-    """
+def cpu_has_bf16() -> bool:
+    """Whether this PyTorch can run bf16 on this CPU at all (oneDNN's check); whether it
+    is *fast* is measured (:func:`fastest`): without AVX512-BF16/AMX it is emulated, and
+    even with them small models can train faster in fp32."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype for 'auto'/'fp32'/'bf16'/'fp16' on ``device`` (fp32 = no autocast)."""
+def fastest(options: dict[K, Callable[[], object]], device: torch.device, reps: int = 3) -> tuple[K, dict[K, float]]:
+    """The key whose callable runs fastest, and each one's seconds: one warm-up call each,
+    then ``reps`` rounds alternating between them (so that a shared machine's noise falls
+    on all alike), best time of each."""
+    for f in options.values():
+        f()
+    times = {k: float("inf") for k in options}
+    for _ in range(reps):
+        for k, f in options.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t = time.perf_counter()
+            f()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times[k] = min(times[k], time.perf_counter() - t)
+    return min(times, key=times.get), times
+
+
+@functools.cache
+def cpu_inference_dtype() -> torch.dtype:
+    """bf16 or fp32 weights for CPU decoding, whichever reads a weight matrix faster here
+    (a 4096 x 4096 matrix-vector product, measured once per process)."""
+    if not cpu_has_bf16():
+        return torch.float32
+    w32, x32 = torch.randn(4096, 4096), torch.randn(4096)
+    w16, x16 = w32.bfloat16(), x32.bfloat16()
+    best, _ = fastest({torch.float32: lambda: torch.mv(w32, x32), torch.bfloat16: lambda: torch.mv(w16, x16)},
+                      torch.device("cpu"))
+    return best
+
+
+def resolve_dtype(name: str, device: torch.device, *, inference: bool = False) -> torch.dtype:
+    """The dtype for 'auto'/'fp32'/'bf16'/'fp16' on ``device``: for training, autocast's
+    (fp32 = none); for ``inference``, the weights'. 'auto' on a CPU: for inference, the
+    measured faster of bf16 and fp32; for training, fp32 here and the session measures
+    its own model (``Session`` records what it found, so a resume keeps it)."""
     if name not in DTYPES:
         raise TinyGPTError(f"unknown dtype {name!r}; choose one of: {', '.join(DTYPES)}")
     if name != "auto":
@@ -91,8 +128,8 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         return _TORCH_DTYPES[name]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_fast_bf16():
-        return torch.bfloat16
+    if device.type == "cpu" and inference:
+        return cpu_inference_dtype()
     # MPS autocast support varies across macOS/PyTorch versions; fp32 always works.
     return torch.float32
 

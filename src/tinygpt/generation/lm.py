@@ -159,7 +159,7 @@ def load(source: str | Path, checkpoint: str = "best", device: str = "auto", dty
     ``checkpoint`` (runs only) is 'best' (lowest validation loss), 'last', or a path to a
     .safetensors file. Weights are memory-mapped into a model built without init."""
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
+    dt = resolve_dtype(dtype, dev, inference=True)
     source_str = str(source)
     if hf_dir.is_hf_dir(source) or hf_dir.looks_like_hub_name(source_str):
         directory = Path(source) if hf_dir.is_hf_dir(source) else hf_dir.download(source_str)
