@@ -39,3 +39,44 @@ def test_weight_decay_only_on_matrices_and_embeddings():
     ids = [id(p) for g in opt.param_groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))
     assert opt.param_groups[0]["betas"] == (0.9, 0.95)
+
+
+def test_wsd_holds_the_rate_then_decays_linearly_over_the_last_fraction():
+    kw = dict(lr=1e-3, min_lr=1e-4, warmup_steps=0, schedule="wsd", decay_fraction=0.2)
+    assert [lr_at(0, p, **kw) for p in (0.0, 0.5, 0.8)] == [1e-3, 1e-3, 1e-3]
+    assert lr_at(0, 0.9, **kw) == pytest.approx(5.5e-4, rel=1e-12)
+    assert lr_at(0, 1.0, **kw) == pytest.approx(1e-4, rel=1e-12)
+    assert lr_at(2, 0.0, **{**kw, "warmup_steps": 10}) == pytest.approx(3e-4, rel=1e-12)
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=30, tie_embeddings=False))
+    opt = make_optimizer(model, 2e-3, 0.1, (0.9, 0.95), torch.device("cpu"), kind="muon")
+    muon = {id(p) for g in opt.optimizers["muon"].param_groups for p in g["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in muon}
+    assert names == {f"transformer.h.{i}.{m}.weight" for i in range(2)
+                     for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
+    adamw = [p for g in opt.optimizers["adamw"].param_groups for p in g["params"]]
+    assert len(muon) + len(adamw) == len(list(model.parameters())) and not muon & {id(p) for p in adamw}
+    # One learning rate for both, set through the combined groups as the trainer does.
+    for group in opt.param_groups:
+        group["lr"] = 5e-4
+    assert all(g["lr"] == 5e-4 for o in opt.optimizers.values() for g in o.param_groups)
+    # It learns: a few steps on one batch lower its loss; its state round-trips.
+    x = torch.randint(30, (4, 8), generator=torch.Generator().manual_seed(0))
+    losses = []
+    for _ in range(5):
+        loss = model(x, x).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    state = opt.state_dict()
+    assert set(state) == {"adamw", "muon"} and len(opt.state) == len(list(model.parameters()))
+    fresh = make_optimizer(model, 2e-3, 0.1, (0.9, 0.95), torch.device("cpu"), kind="muon")
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.optimizers["muon"].state_dict()["state"][0]["momentum_buffer"],
+                       state["muon"]["state"][0]["momentum_buffer"])
+    with pytest.raises(KeyError):
+        fresh.load_state_dict(make_optimizer(model, 2e-3, 0.1, (0.9, 0.95), torch.device("cpu")).state_dict())

@@ -41,6 +41,9 @@ def test_resume_allows_training_changes_and_refuses_model_or_data_changes():
         resumed_run_config(saved, {"n_layer": 3})
     with pytest.raises(TinyGPTError, match="--tokenizer cannot change when resuming"):
         resumed_run_config(saved, {}, {"data": {"tokenizer": "gpt2"}})
+    with pytest.raises(TinyGPTError, match="--optimizer cannot change when resuming"):  # its state would not fit
+        resumed_run_config(saved, {"optimizer": "muon"})
+    assert resumed_run_config(saved, {"schedule": "wsd"}).train.schedule == "wsd"  # a schedule may change
 
 
 def test_v0_1_configs_keep_their_runtime_settings():

@@ -77,12 +77,13 @@ def make_trainer(data, *, batches=None, **train):
 # ---------------------------------------------------------------------------- resume and checkpoints
 
 
-@pytest.mark.parametrize("sampling, tokens_per_step, stop_at", [
-    ("random", None, 5),        # stop between evaluations
-    ("sequential", 128, 8),     # stop right at an evaluation, with 2 accumulated micro-batches
+@pytest.mark.parametrize("sampling, tokens_per_step, stop_at, extra", [
+    ("random", None, 5, {}),        # stop between evaluations
+    ("sequential", 128, 8, {}),     # stop right at an evaluation, with 2 accumulated micro-batches
+    ("random", None, 6, {"optimizer": "muon", "schedule": "wsd"}),  # two optimizers' states
 ])
-def test_resume_is_bitwise_identical(tmp_path, corpus, sampling, tokens_per_step, stop_at):
-    kw = dict(sampling=sampling, tokens_per_step=tokens_per_step)
+def test_resume_is_bitwise_identical(tmp_path, corpus, sampling, tokens_per_step, stop_at, extra):
+    kw = dict(sampling=sampling, tokens_per_step=tokens_per_step, **extra)
     full_session = start(corpus, tmp_path / "full", **kw)
     full, _ = fit(full_session)
 

@@ -10,7 +10,7 @@ from ..device import RuntimeConfig
 from ..errors import TinyGPTError
 from ..model import GPTConfig
 from ..presets import PRESETS
-from .optim import SCHEDULES
+from .optim import OPTIMIZERS, SCHEDULES
 
 
 @dataclass
@@ -29,7 +29,11 @@ class TrainConfig:
     lr: float = opt(1e-3, "peak learning rate (each preset sets its own; see tinygpt.presets)")
     min_lr: float | None = opt(None, "learning rate at the end of the schedule (default lr/10)")
     warmup_steps: int = opt(100, "linear warmup steps")
-    schedule: str = opt("cosine", "decay after warmup", choices=SCHEDULES)
+    schedule: str = opt("cosine", "decay after warmup (wsd: hold the rate, then decay over the last "
+                                  "--decay-fraction of the budget)", choices=SCHEDULES)
+    decay_fraction: float = opt(0.2, "wsd schedule: the final fraction of the budget spent decaying")
+    optimizer: str = opt("adamw", "adamw, or muon: Muon for the blocks' weight matrices, AdamW for embeddings, "
+                                  "head, biases and gains (the same --lr and --weight-decay)", choices=OPTIMIZERS)
     weight_decay: float = opt(0.1, "AdamW weight decay (matrices and embeddings only)")
     beta1: float = opt(0.9, "AdamW beta1")
     beta2: float = opt(0.99, "AdamW beta2")
@@ -51,6 +55,8 @@ class TrainConfig:
                 raise TinyGPTError(f"--{name.replace('_', '-')} must be at least {lowest}, got {v}")
         if self.max_time is not None and self.max_time <= 0:
             raise TinyGPTError(f"--max-time must be positive, got {self.max_time}")
+        if not 0 < self.decay_fraction <= 1:
+            raise TinyGPTError(f"--decay-fraction must be in (0, 1], got {self.decay_fraction}")
         if self.lr <= 0 or (self.min_lr is not None and not 0 <= self.min_lr <= self.lr):
             raise TinyGPTError(f"need 0 < --lr and 0 <= --min-lr <= --lr, got lr={self.lr} min_lr={self.min_lr}")
 

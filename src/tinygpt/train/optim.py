@@ -1,4 +1,4 @@
-"""AdamW with the usual decay groups, and the learning-rate schedule."""
+"""Optimizers (AdamW, or Muon for the hidden matrices) and the learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -6,18 +6,34 @@ import math
 
 import torch
 
-SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
+OPTIMIZERS = ("adamw", "muon")
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
-                   device: torch.device) -> torch.optim.AdamW:
-    """AdamW decaying only matrices and embeddings (2-D+); biases and norm gains are not decayed,
-    since shrinking them toward zero only fights the normalisation."""
-    params = [p for p in model.parameters() if p.requires_grad]  # tied weights appear once
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+                   device: torch.device, kind: str = "adamw") -> "torch.optim.Optimizer | Optimizers":
+    """AdamW decaying only matrices and embeddings (2-D+); biases and norm gains are not
+    decayed, since shrinking them toward zero only fights the normalisation.
+
+    ``kind="muon"``: the transformer blocks' weight matrices go to PyTorch's Muon
+    (momentum orthogonalised by Newton-Schulz, as in modded-nanogpt), with its update
+    scaled to AdamW's RMS so that the same learning rate and weight decay apply; the
+    embeddings, the head, biases and gains stay on AdamW."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # tied weights appear once
+    hidden = [p for n, p in named if kind == "muon" and p.dim() == 2 and ".h." in f".{n}"]
+    taken = {id(p) for p in hidden}
+    rest = [p for _, p in named if id(p) not in taken]
+    adamw = _adamw([{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
+                    {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}], lr, betas, device)
+    if kind == "adamw":
+        return adamw
+    if kind != "muon":
+        raise ValueError(f"unknown optimizer {kind!r}")
+    muon = torch.optim.Muon(hidden, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+    return Optimizers(adamw=adamw, muon=muon)
+
+
+def _adamw(groups: list[dict], lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.AdamW:
     # The fused kernel updates every parameter in one pass. On CPU, PyTorch otherwise takes
     # its per-parameter loop: a baby-preset update measured 108 ms that way, 25.5 ms with
     # foreach, 7.3 ms fused (2 cores, one run side by side).
@@ -27,12 +43,49 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas
         return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=True)
 
 
-def lr_at(step: int, progress: float, *, lr: float, min_lr: float, warmup_steps: int, schedule: str) -> float:
+class Optimizers:
+    """Several optimizers stepped as one, each over its own parameters. It offers what the
+    trainer, the loss scaler and checkpoints use of an optimizer: ``param_groups`` (the
+    children's own group dicts, so setting a learning rate reaches them), ``state``,
+    ``step``, ``zero_grad`` and a state dict keyed by child."""
+
+    def __init__(self, **optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self.optimizers.values() for g in o.param_groups]
+
+    @property
+    def state(self) -> dict:
+        return {p: s for o in self.optimizers.values() for p, s in o.state.items()}
+
+    def step(self) -> None:
+        for o in self.optimizers.values():
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers.values():
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {name: o.state_dict() for name, o in self.optimizers.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, o in self.optimizers.items():
+            o.load_state_dict(state[name])  # a missing one (another optimizer's state): KeyError
+
+
+def lr_at(step: int, progress: float, *, lr: float, min_lr: float, warmup_steps: int, schedule: str,
+          decay_fraction: float = 0.2) -> float:
     """Learning rate for optimizer step ``step`` (0-based) at run ``progress`` in [0, 1].
 
     Linear warmup over the first ``warmup_steps`` steps, then ``schedule`` decays from
     ``lr`` to ``min_lr`` as progress goes 0 -> 1. Progress is whichever budget (steps,
     tokens or wall-clock time) is nearest its end, so a time-bounded run decays too.
+    "wsd" (warmup-stable-decay) holds ``lr`` and decays linearly over the last
+    ``decay_fraction`` of the run: resumed with a larger budget before its decay, a run
+    simply goes on at full rate, so it can be extended ("overnight, then some more").
     """
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
@@ -43,4 +96,7 @@ def lr_at(step: int, progress: float, *, lr: float, min_lr: float, warmup_steps:
         return lr - (lr - min_lr) * p
     if schedule == "cosine":
         return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * p))
+    if schedule == "wsd":
+        start = 1.0 - decay_fraction
+        return lr if p <= start else lr - (lr - min_lr) * (p - start) / decay_fraction
     raise ValueError(f"unknown schedule {schedule!r}")

@@ -54,7 +54,7 @@ from .trainer import DivergedError, Trainer
 RUNS_DIR = Path("runs")
 # Settings that define what a run *is*; they cannot change when it is resumed. (Where
 # the data is may change: Session.resume checks the text itself is the same.)
-FIXED_ON_RESUME = ("model", "data", ("train", "preset"))
+FIXED_ON_RESUME = ("model", "data", ("train", "preset"), ("train", "optimizer"))
 
 
 def new_run_config(*layers: dict) -> RunConfig:

@@ -59,7 +59,8 @@ class Trainer:
         self.dist = dist or DistContext()
         configure_backends(device)
         self.forward = self.dist.wrap(torch.compile(model) if cfg.compile else model)
-        self.optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device)
+        self.optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device,
+                                        cfg.optimizer)
         # Loss scaling keeps fp16 gradients from underflowing; bf16/fp32 have the range.
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
@@ -130,7 +131,7 @@ class Trainer:
     def lr(self) -> float:
         t = self.cfg
         return lr_at(self.state.step, self.progress(), lr=t.lr, min_lr=self.min_lr,
-                     warmup_steps=t.warmup_steps, schedule=t.schedule)
+                     warmup_steps=t.warmup_steps, schedule=t.schedule, decay_fraction=t.decay_fraction)
 
     # ------------------------------------------------------------------ steps
 
@@ -284,5 +285,6 @@ class Trainer:
         heads = f"{c.n_head} heads" + (f" ({c.kv_heads} key/value)" if c.kv_heads != c.n_head else "")
         return (f"model: {c.n_layer} layers, {heads}, {c.n_embd} wide, context {c.block_size}, "
                 f"{self.model.num_params() / 1e6:.2f}M parameters | device {self.device} {dtype_name(self.dtype)}"
-                f"{' compiled' if t.compile else ''} | {self.tokens_per_step} tokens/step "
+                f"{' compiled' if t.compile else ''}{' | Muon' if t.optimizer == 'muon' else ''} | "
+                f"{self.tokens_per_step} tokens/step "
                 f"(batch {t.batch_size} x {c.block_size} x {self.grad_accum} accumulation)")
