@@ -22,13 +22,24 @@ from pathlib import Path
 # name -> tinygpt train flags. Shapes keep a head size of 64 where they can: at these
 # widths it trained faster per token than 32 on a 2-core AMX CPU.
 GRID = {
-    "tiny": [],  # the char-tiny preset as it is
+    "tiny": [],  # the char-tiny preset as it is (with Muon since the sweep below)
+    "tiny-adamw": ["--optimizer", "adamw"],  # char-tiny as it was before
     "small-256": ["--preset", "char-small", "--batch-size", "16"],
     "small-128": ["--preset", "char-small", "--block-size", "128", "--batch-size", "32"],
     "small-256-lr3e-3": ["--preset", "char-small", "--batch-size", "16", "--lr", "3e-3"],
     "small-256-lr1e-3": ["--preset", "char-small", "--batch-size", "16", "--lr", "1e-3"],
     "deep-256": ["--preset", "char-small", "--n-layer", "6", "--batch-size", "16"],
     "baby": ["--preset", "baby", "--batch-size", "16"],
+    "tiny-muon": ["--optimizer", "muon"],
+    "tiny-wsd": ["--schedule", "wsd"],
+    "tiny-muon-wsd": ["--optimizer", "muon", "--schedule", "wsd"],
+    "tiny-b16": ["--batch-size", "16"],
+    "tiny-lr1e-2": ["--lr", "1e-2"],
+    "tiny-muon-lr1e-2": ["--optimizer", "muon", "--lr", "1e-2"],
+    "tiny-muon-wsd-lr1e-2": ["--optimizer", "muon", "--schedule", "wsd", "--lr", "1e-2"],
+    "tiny-muon-b16": ["--optimizer", "muon", "--batch-size", "16"],
+    "mid-192": ["--n-embd", "192", "--n-head", "3"],
+    "mid-192-muon-wsd": ["--n-embd", "192", "--n-head", "3", "--optimizer", "muon", "--schedule", "wsd"],
 }
 
 

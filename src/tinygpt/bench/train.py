@@ -2,7 +2,7 @@
 
 For one preset (and batch size) it measures, in one process and in alternating rounds:
 
-- the bare ``Trainer.train_step`` (forward, backward, clipping, AdamW) for each dtype;
+- the bare ``Trainer.train_step`` (forward, backward, clipping, the preset's optimizer) for each dtype;
 - the same step of a plain fp32 reference: a minimal GPT-2 and loop written the way
   nanoGPT's ``model.py`` / ``train.py`` write them (fp32 on CPU, as nanoGPT runs there);
 - the matmul rate this device reaches at the model's own matmul shapes (every linear
