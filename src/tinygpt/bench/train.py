@@ -210,18 +210,17 @@ def _loop_vs_bare(b: TrainBench, dtype: str, directory: Path) -> tuple[float, fl
     bare ``train_step`` of the same shape run the same way (consecutive steps, one model in
     memory), and the run's median overhead over its own train_step, step by step (the
     figure that shared-machine noise spares: both sides are the same step)."""
-    from ..cli import main
+    from ..train import Session
 
     directory.mkdir(parents=True)
     rng = np.random.default_rng(1)
     letters = np.array(list("abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ.,;:!?'\n-0123456789&$#"))
     (directory / "text.txt").write_text("".join(rng.choice(letters[:VOCAB], 400_000)))
     run = directory / "run"
-    args = ["train", "--data", str(directory / "text.txt"), "--preset", b.preset, "--out", str(run),
-            "--batch-size", str(b.batch_size), "--max-steps", str(b.loop_steps), "--dtype", dtype,
-            "--device", b.device, "--compile", str(b.compile).lower(), "--sample-tokens", "0"]
-    if main(args) != 0:
-        raise RuntimeError("the tinygpt train run of the benchmark failed")
+    # What `tinygpt train` runs: the library's Session, with its own callbacks.
+    Session.start({"data": str(directory / "text.txt"), "preset": b.preset, "out": str(run),
+                   "batch_size": b.batch_size, "max_steps": b.loop_steps, "dtype": dtype, "device": b.device,
+                   "compile": b.compile, "sample_tokens": 0}, log=lambda _: None).fit()
     records = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     # Within the run: each step's whole time (elapsed grows by the step and the callbacks
     # after the previous one) against its train_step alone (what tok_per_s times).
