@@ -33,7 +33,8 @@ class TrainConfig:
                                   "--decay-fraction of the budget)", choices=SCHEDULES)
     decay_fraction: float = opt(0.2, "wsd schedule: the final fraction of the budget spent decaying")
     optimizer: str = opt("adamw", "adamw, or muon: Muon for the blocks' weight matrices, AdamW for embeddings, "
-                                  "head, biases and gains (the same --lr and --weight-decay)", choices=OPTIMIZERS)
+                                  "head, biases and gains (the same --lr and --weight-decay; the char-tiny "
+                                  "preset picks muon)", choices=OPTIMIZERS)
     weight_decay: float = opt(0.1, "AdamW weight decay (matrices and embeddings only)")
     beta1: float = opt(0.9, "AdamW beta1")
     beta2: float = opt(0.99, "AdamW beta2")
