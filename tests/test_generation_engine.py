@@ -221,13 +221,21 @@ def windowed_logits(model, ids, window):
             h.remove()
 
 
-@pytest.mark.parametrize("tiny_model", ["modern"], indirect=True)
-def test_fast_mode_with_rope_attends_a_rolling_window_of_cached_keys(tiny_model):
-    model = randomize_(tiny_model, seed=8, scale=0.3, embedding_scale=0.1)
-    block, prompt = model.config.block_size, random_ids((1, 5), seed=8)[0].tolist()
+def fast_greedy(tiny_model, seed):
+    """A randomized model's 40 greedy tokens after a 5-token prompt in fast mode, and the
+    logits (1, V) of every step: (model, prompt, new tokens, step logits)."""
+    model = randomize_(tiny_model, seed=seed, scale=0.3, embedding_scale=0.1)
+    prompt = random_ids((1, 5), seed=seed)[0].tolist()
     seen = Recorder()
     new = decode(model, [prompt], 40, greedy=True, processors=[seen], past_context="fast")[0]
-    steps = torch.cat(seen.steps)  # (40, V): the logits that chose each new token
+    return model, prompt, new, seen.steps
+
+
+@pytest.mark.parametrize("tiny_model", ["modern"], indirect=True)
+def test_fast_mode_with_rope_attends_a_rolling_window_of_cached_keys(tiny_model):
+    model, prompt, new, seen = fast_greedy(tiny_model, seed=8)
+    block = model.config.block_size
+    steps = torch.cat(seen)  # (40, V): the logits that chose each new token
     seq = torch.tensor([prompt + new])
     # Each step equals a sliding-window (banded) forward of the whole sequence: the keys
     # kept were computed with their own windows, which reached further back.
@@ -243,12 +251,10 @@ def test_fast_mode_with_rope_attends_a_rolling_window_of_cached_keys(tiny_model)
 
 @pytest.mark.parametrize("tiny_model", ["gpt2"], indirect=True)
 def test_fast_mode_with_learned_positions_rereads_the_last_half_block(tiny_model):
-    model = randomize_(tiny_model, seed=9, scale=0.3, embedding_scale=0.1)
-    block, prompt = model.config.block_size, random_ids((1, 5), seed=9)[0].tolist()
-    seen = Recorder()
-    new = decode(model, [prompt], 40, greedy=True, processors=[seen], past_context="fast")[0]
+    model, prompt, new, seen = fast_greedy(tiny_model, seed=9)
+    block = model.config.block_size
     seq, start, rereads = prompt + new, 0, 0
-    for k, got in enumerate(seen.steps):
+    for k, got in enumerate(seen):
         end = len(prompt) + k  # the tokens before new[k]
         if end - start > block:  # the row outgrew the context: it starts again from its last half block
             start, rereads = end - block // 2, rereads + 1

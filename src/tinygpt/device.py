@@ -92,14 +92,19 @@ def fastest(options: dict[K, Callable[[], object]], device: torch.device, reps: 
     times = {k: float("inf") for k in options}
     for _ in range(reps):
         for k, f in options.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t = time.perf_counter()
-            f()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times[k] = min(times[k], time.perf_counter() - t)
+            times[k] = min(times[k], timed(f, device))
     return min(times, key=times.get), times
+
+
+def timed(f: Callable[[], object], device: torch.device) -> float:
+    """Seconds one call of ``f`` takes on ``device``, its queued GPU work included."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t = time.perf_counter()
+    f()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t
 
 
 @functools.cache

@@ -185,22 +185,23 @@ class RotaryEmbedding(nn.Module):
 
     def reset_tables(self, device: torch.device | str | None = None) -> None:
         """(Re)compute the tables; a model built on the meta device calls this once real."""
-        inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.head_size, 2, dtype=torch.float32,
-                                                      device=device) / self.head_size))
-        angles = torch.outer(torch.arange(self.max_len, dtype=torch.float32, device=device), inv_freq)  # (T, hs/2)
-        angles = torch.cat([angles, angles], dim=-1)  # (T, hs)
+        angles = self._angles(torch.arange(self.max_len, dtype=torch.float32, device=device))  # (T, hs)
         # Not persistent: derived from the config, so checkpoints stay pure weights.
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def _angles(self, pos: torch.Tensor) -> torch.Tensor:
+        """Rotation angles (..., hs) of positions ``pos`` (...), in ``pos``'s float dtype."""
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.head_size, 2, dtype=pos.dtype,
+                                                      device=pos.device) / self.head_size))
+        angles = pos[..., None] * inv_freq  # (..., hs/2)
+        return torch.cat([angles, angles], dim=-1)
 
     def forward(self, pos: torch.Tensor, past_table: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of positions ``pos`` (T,) or (B, T); ``past_table``: some lie beyond
         the tables (a rolling cache), so compute them (in float64: large angles)."""
         if past_table:
-            inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.head_size, 2, dtype=torch.float64,
-                                                          device=pos.device) / self.head_size))
-            angles = pos.double()[..., None] * inv_freq
-            angles = torch.cat([angles, angles], dim=-1)
+            angles = self._angles(pos.double())
             cos, sin = angles.cos().to(self.cos.dtype), angles.sin().to(self.sin.dtype)
         else:
             cos, sin = self.cos[pos], self.sin[pos]  # (T, hs) or (B, T, hs)

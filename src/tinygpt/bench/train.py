@@ -15,11 +15,9 @@ For one preset (and batch size) it measures, in one process and in alternating r
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import tempfile
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -30,7 +28,7 @@ import torch.nn.functional as F
 
 from ..config import layered
 from ..data import Batches
-from ..device import resolve_device, resolve_dtype, seed_everything
+from ..device import fastest, resolve_device, resolve_dtype, seed_everything, timed
 from ..model import GPT, GPTConfig
 from ..presets import get_preset
 
@@ -58,12 +56,6 @@ class Result:
     tokens_per_s: float
     mfu: float | None = None
     peak_mem_mb: float | None = None  # see training_memory_mb
-    extra: dict = field(default_factory=dict)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def training_memory_mb(step: Callable[[], None], model: nn.Module, optimizer: torch.optim.Optimizer) -> float:
@@ -108,15 +100,13 @@ def matmul_peak(config: GPTConfig, tokens: int, dtype: torch.dtype, device: torc
     pairs = [(torch.randn(m, k, generator=g).to(device, dtype), torch.randn(k, n, generator=g).to(device, dtype))
              for m, k, n in matmul_shapes(config, tokens)]
     flops = sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b in pairs)
-    best = math.inf
-    for _ in range(reps + 1):  # the first sweep warms up
-        _sync(device)
-        t = time.perf_counter()
+
+    def sweep() -> None:
         for a, b in pairs:
             torch.mm(a, b)
-        _sync(device)
-        best = min(best, time.perf_counter() - t)
-    return flops / best
+
+    _, seconds = fastest({"sweep": sweep}, device, reps)
+    return flops / seconds["sweep"]
 
 
 # ---------------------------------------------------------------------------- the reference
@@ -231,13 +221,7 @@ def _loop_vs_bare(b: TrainBench, dtype: str, directory: Path) -> tuple[float, fl
 
     trainer = _trainer(b, dtype, _tokens())
     device = trainer.device
-    times = []
-    for _ in range(b.loop_steps):
-        _sync(device)
-        t = time.perf_counter()
-        trainer.train_step()
-        _sync(device)
-        times.append(time.perf_counter() - t)
+    times = [timed(trainer.train_step, device) for _ in range(b.loop_steps)]
     return loop, float(np.median(times[b.warmup + 1:])), in_run
 
 
@@ -254,6 +238,7 @@ def _trainer(b: TrainBench, dtype: str, tokens: np.ndarray):
 def run(b: TrainBench, log: Callable[[str], None] = print) -> dict:
     device = resolve_device(b.device)
     tokens = _tokens()
+
     def tinygpt(name: str):
         trainer = _trainer(b, name, tokens)
         return trainer.train_step, trainer.model, trainer.optimizer
@@ -267,23 +252,18 @@ def run(b: TrainBench, log: Callable[[str], None] = print) -> dict:
             return _reference_step(model_cfg, Batches(tokens, b.batch_size, model_cfg.block_size, seed=0), device)
         builders["reference fp32"] = reference
     tokens_per_step = b.batch_size * model_cfg.block_size
-    engines, memory = {}, {}
+    engines, memory, models = {}, {}, {}
     for name, build in builders.items():
         step, model, optimizer = build()
-        engines[name] = step
+        engines[name], models[name] = step, model
         for _ in range(b.warmup - 1):
             step()
         memory[name] = training_memory_mb(step, model, optimizer)  # the last warm-up step
     times: dict[str, list[float]] = {name: [] for name in engines}
     for _ in range(b.rounds):
         for name, step in engines.items():
-            for _ in range(b.steps):
-                _sync(device)
-                t = time.perf_counter()
-                step()
-                _sync(device)
-                times[name].append(time.perf_counter() - t)
-    model = GPT(model_cfg)
+            times[name] += [timed(step, device) for _ in range(b.steps)]
+    model = models[f"tinygpt {b.dtypes[0]}"]
     flops_per_token = model.flops_per_token()
     peaks = {name: matmul_peak(model_cfg, tokens_per_step, resolve_dtype(name, device), device)
              for name in dict.fromkeys(b.dtypes + ("fp32",))}

@@ -147,7 +147,8 @@ def decode(model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
 def _step(model: GPT, rows: list[list[int]], shift: list[int], cache: KVCache, rolling: bool) -> torch.Tensor:
     """One cached step: each row's last token -> logits (B, V). A row whose position would
     pass the context (fast mode, learned positions) is first re-read from its last half
-    block into its cache row alone, and takes its logits from that."""
+    block into its cache row alone, and takes its logits from that; its ``shift`` entry is
+    updated in place (the caller's list)."""
     device, block = cache.layers[0].k.device, model.config.block_size
     pos = [len(r) - 1 - s for r, s in zip(rows, shift)]
     fresh_logits = {}
