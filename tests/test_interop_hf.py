@@ -63,11 +63,13 @@ def assert_same_state(a, b):
 
 # ---------------------------------------------------------------------------- HF -> ours parity
 
-@pytest.mark.parametrize("family, tied", [("gpt2", True), ("gpt2", False), ("llama", False), ("llama", True)])
-def test_converted_hf_model_matches_logits_and_loss(family, tied):
-    hf = hf_model(family, tie_word_embeddings=tied)
+@pytest.mark.parametrize("family, tied, act", [("gpt2", True, "gelu_new"), ("gpt2", False, "gelu_new"),
+                                               ("gpt2", True, "gelu"), ("llama", False, None), ("llama", True, None)])
+def test_converted_hf_model_matches_logits_and_loss(family, tied, act):
+    hf = hf_model(family, tie_word_embeddings=tied, **({"activation_function": act} if act else {}))
     _, _, config_from_hf, weights_from_hf, _, _ = FAMILIES[family]
-    expected = GPTConfig(**TINY_MODEL, tie_embeddings=tied, **(LLAMA_SHAPE if family == "llama" else {}))
+    shape = LLAMA_SHAPE if family == "llama" else {"gelu": "exact" if act == "gelu" else "tanh"}
+    expected = GPTConfig(**TINY_MODEL, tie_embeddings=tied, **shape)
     cfg = config_from_hf(hf.config.to_dict())
     assert cfg == expected
     ours = load_ours(weights_from_hf(hf.state_dict(), cfg), cfg)

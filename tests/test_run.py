@@ -10,7 +10,7 @@ from helpers import TINY_MODEL, make_run, random_ids, same_weights
 
 from tinygpt import checkpoint as ckpt
 from tinygpt.errors import TinyGPTError
-from tinygpt.model import GPT
+from tinygpt.model import GPT, GPTConfig
 from tinygpt.run import CheckpointInfo, RunDir
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run_v0_1" / "run"
@@ -74,6 +74,12 @@ def test_v0_1_string_metadata_still_reads():
     info = run.checkpoint_info("best")
     assert info.step == 6 and info.tokens == 384 and info.val_loss == float(raw["val_loss"])
     assert CheckpointInfo.from_metadata({"step": "3", "val_loss": "None"}) == CheckpointInfo(3, None, None)
+
+
+def test_a_run_recorded_before_the_gelu_option_keeps_tanh(tmp_path):
+    assert "gelu" not in json.loads((FIXTURE / "config.json").read_text())["model"]
+    assert RunDir.open(FIXTURE).model_config().gelu == "tanh"
+    assert GPTConfig().gelu == "exact"  # what new runs get
 
 
 def test_best_falls_back_to_last(tmp_path):

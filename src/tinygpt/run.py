@@ -180,6 +180,9 @@ class RunDir:
                     raise TinyGPTError(f"{path}: the {name!r} section is {json.dumps(config[name])[:40]}, not a "
                                        "mapping; the run directory is damaged (restore config.json, or start a "
                                        "new run)")
+            model = config.get("model")
+            if isinstance(model, dict) and model.get("mlp", "gelu") == "gelu" and "gelu" not in model:
+                model["gelu"] = "tanh"  # recorded before the gelu option existed, when every model used tanh
             self._config = config
         return self._config
 

@@ -63,7 +63,11 @@ def _vocabulary(tokenizer: Tokenizer) -> tuple[list[str], list[str], list[int]]:
 
 def export(cfg: GPTConfig, tensors: dict[str, torch.Tensor], tokenizer: Tokenizer, out: str | Path, *,
            dtype: str = "f16", force: bool = False, name: str = "tinygpt") -> None:
-    """Write ``out`` (a .gguf file) atomically."""
+    """Write ``out`` (a .gguf file) atomically.
+
+    llama.cpp's GPT-2 graph always computes GELU in its tanh form; a model trained with
+    exact GELU (tinygpt's default) runs there with activations within 4.7e-4 of its own,
+    below the rounding of the f16 and q8_0 types."""
     try:
         import gguf
         from gguf.quants import quantize

@@ -53,9 +53,12 @@ _GPT2_SHAPE = {"pos_emb": "learned", "norm": "layernorm", "mlp": "gelu", "bias":
                "n_kv_head": None}
 _LLAMA_SHAPE = {"pos_emb": "rope", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": False}
 
+# GPT-2's activation names -> our gelu form (gelu_new and gelu_pytorch_tanh are both tanh).
+_GPT2_GELU = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact"}
+
 # HF options that change the computation in ways we do not model: key -> (default, allowed).
 _GPT2_OPTIONS = {
-    "activation_function": ("gelu_new", ("gelu_new", "gelu_pytorch_tanh")),  # both tanh-approximate
+    "activation_function": ("gelu_new", tuple(_GPT2_GELU)),
     "scale_attn_weights": (True, (True,)),
     "scale_attn_by_inverse_layer_idx": (False, (False,)),
     "reorder_and_upcast_attn": (False, (False,)),
@@ -115,7 +118,7 @@ def gpt2_config_from_hf(hf: dict) -> GPTConfig:
         # One dropout for all three sites; GPT-2 checkpoints set them equal.
         dropout=hf.get("resid_pdrop", 0.0), mlp_hidden=hf.get("n_inner"),
         norm_eps=hf.get("layer_norm_epsilon", 1e-5), tie_embeddings=hf.get("tie_word_embeddings", True),
-        **_GPT2_SHAPE)
+        gelu=_GPT2_GELU[hf.get("activation_function", "gelu_new")], **_GPT2_SHAPE)
 
 
 def require_gpt2_shape(cfg: GPTConfig, fmt: str = "GPT-2") -> None:
@@ -131,7 +134,7 @@ def gpt2_config_to_hf(cfg: GPTConfig) -> dict:
     return dict(
         model_type="gpt2", architectures=["GPT2LMHeadModel"], vocab_size=cfg.vocab_size,
         n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
-        n_inner=cfg.mlp_hidden, activation_function="gelu_new", layer_norm_epsilon=cfg.norm_eps,
+        n_inner=cfg.mlp_hidden, activation_function="gelu_new" if cfg.gelu == "tanh" else "gelu", layer_norm_epsilon=cfg.norm_eps,
         resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
         tie_word_embeddings=cfg.tie_embeddings, bos_token_id=eot, eos_token_id=eot)
 
