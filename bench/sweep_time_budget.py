@@ -40,6 +40,13 @@ GRID = {
     "tiny-muon-b16": ["--optimizer", "muon", "--batch-size", "16"],
     "mid-192": ["--n-embd", "192", "--n-head", "3"],
     "mid-192-muon-wsd": ["--n-embd", "192", "--n-head", "3", "--optimizer", "muon", "--schedule", "wsd"],
+    # Second round, on top of char-tiny with Muon and exact GELU: position encoding, norms, width, depth.
+    "tiny-rope": ["--pos-emb", "rope"],
+    "tiny-llama": ["--pos-emb", "rope", "--norm", "rmsnorm", "--bias", "false"],
+    "tiny-rope-qknorm": ["--pos-emb", "rope", "--qk-norm", "true"],
+    "tiny-6l": ["--n-layer", "6"],
+    "tiny-192": ["--n-embd", "192", "--n-head", "3"],
+    "tiny-t256-b16": ["--block-size", "256", "--batch-size", "16"],
 }
 
 

@@ -362,6 +362,21 @@ def test_mixed_precision_trains_like_fp32(tmp_path, corpus, dtype):
     assert next(trainer.model.parameters()).dtype == torch.float32  # master weights stay fp32
 
 
+def test_bf16_and_fp32_runs_of_200_steps_end_within_two_percent(tmp_path, corpus):
+    # Autocast keeps the master weights, the optimizer and the loss in fp32, so rounding the
+    # matmuls to bf16 may move the path but not where 200 steps end.
+    ends = {}
+    for dtype in ("fp32", "bf16"):
+        losses, summary = fit(start(corpus, tmp_path / dtype, dtype=dtype, max_steps=200, eval_interval=100,
+                                    eval_batches=4))
+        assert losses[200] < 0.5 * losses[1]  # it learned something
+        ends[dtype] = (sum(losses[s] for s in range(181, 201)) / 20, summary["val_loss"], losses)
+    (fp32_train, fp32_val, fp32_losses), (bf16_train, bf16_val, bf16_losses) = ends["fp32"], ends["bf16"]
+    assert fp32_losses != bf16_losses  # bf16 really ran
+    assert abs(bf16_train / fp32_train - 1) < 0.02
+    assert abs(bf16_val / fp32_val - 1) < 0.02
+
+
 def test_the_trainers_sample_is_what_the_api_gives(tmp_path, corpus):
     session = start(corpus, tmp_path / "run", max_steps=2, eval_interval=2)
     fit(session)

@@ -9,6 +9,7 @@
     trainer.pt             everything needed to resume exactly (weights, optimizer, schedule
                            position, loss scaler, RNG states, data position, best val loss)
     metrics.jsonl          one JSON line per step / evaluation (appended by a train callback)
+    diagnostics.jsonl      training-health statistics every --diagnostics N steps (a train callback)
     adapter.safetensors    a fine-tune's adapters, described by adapter.json
     eval.json, plots/, attention/     results and pictures
     .lock                  held by the one process writing the run (see lock.py)
@@ -46,6 +47,7 @@ BEST_WEIGHTS = "model.safetensors"
 LAST_WEIGHTS = "last.safetensors"
 TRAINER_STATE = "trainer.pt"
 METRICS_FILE = "metrics.jsonl"
+DIAGNOSTICS_FILE = "diagnostics.jsonl"
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter.json"
 LOCK_FILE = ".lock"
@@ -257,14 +259,26 @@ class RunDir:
     def metrics_path(self) -> Path:
         return self.path / METRICS_FILE
 
+    @property
+    def diagnostics_path(self) -> Path:
+        """Training-health statistics recorded by ``--diagnostics N`` (one JSON line per probe)."""
+        return self.path / DIAGNOSTICS_FILE
+
     def read_metrics(self, notice: Callable[[str], None] | None = None) -> list[dict]:
         """metrics.jsonl's records. A line that is not a JSON record (the torn last line of a
         process killed mid-write) is dropped, with a notice."""
         if not self.metrics_path.exists():
             return []
-        return self._parse_metrics(self.metrics_path.read_text(encoding="utf-8", errors="replace"), notice)
+        return self._parse_records(self.metrics_path, notice)
 
-    def _parse_metrics(self, text: str, notice: Callable[[str], None] | None) -> list[dict]:
+    def read_diagnostics(self, notice: Callable[[str], None] | None = None) -> list[dict]:
+        """diagnostics.jsonl's records (damaged lines dropped, as for metrics)."""
+        return self._parse_records(self.diagnostics_path, notice) if self.diagnostics_path.exists() else []
+
+    @staticmethod
+    def _parse_records(path: Path, notice: Callable[[str], None] | None, text: str | None = None) -> list[dict]:
+        if text is None:
+            text = path.read_text(encoding="utf-8", errors="replace")
         records, bad = [], 0
         for line in text.splitlines():
             if not line.strip():
@@ -278,18 +292,20 @@ class RunDir:
             else:
                 bad += 1
         if bad and notice is not None:
-            notice(f"notice: dropped {bad} damaged line(s) of {self.metrics_path} (a write cut short)")
+            notice(f"notice: dropped {bad} damaged line(s) of {path} (a write cut short)")
         return records
 
     def trim_metrics(self, step: int, notice: Callable[[str], None] | None = None) -> None:
-        """Keep the records up to ``step`` (those past it are steps a stopped run took but
+        """Keep the metrics and diagnostics records up to ``step`` (those past it are steps a stopped run took but
         never saved) and drop damaged lines, rewriting the file only if that changes it."""
-        if not self.metrics_path.exists():
-            return
-        text = self.metrics_path.read_text(encoding="utf-8", errors="replace")
-        kept = "".join(json.dumps(r) + "\n" for r in self._parse_metrics(text, notice) if r.get("step", 0) <= step)
-        if kept != text:
-            ckpt.atomic_write_text(self.metrics_path, kept)
+        for path in (self.metrics_path, self.diagnostics_path):
+            if not path.exists():
+                continue
+            text = path.read_text(encoding="utf-8", errors="replace")
+            kept = "".join(json.dumps(r) + "\n" for r in self._parse_records(path, notice, text)
+                           if r.get("step", 0) <= step)
+            if kept != text:
+                ckpt.atomic_write_text(path, kept)
 
     @property
     def adapter_paths(self) -> tuple[Path, Path]:

@@ -41,6 +41,8 @@ class TrainConfig:
     grad_clip: float = opt(1.0, "clip the gradient norm to this (0: off)")
     eval_interval: int = opt(200, "evaluate and checkpoint every N steps")
     eval_batches: int = opt(20, "batches averaged per evaluation")
+    diagnostics: int = opt(0, "every N steps record activation, gradient and update statistics per layer into "
+                              "the run's diagnostics.jsonl, for tinygpt diagnose (0: off)")
     sample_interval: int = opt(0, "print a sample every N steps (0: only at the end)")
     sample_tokens: int = opt(200, "length of the printed samples in tokens (0: none)")
     compile: bool = opt(False, "torch.compile the model (slow start, faster steps on GPUs)")
@@ -49,7 +51,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_choices(self)
         at_least = {"batch_size": 1, "eval_interval": 1, "eval_batches": 1, "max_steps": 1, "max_tokens": 1,
-                    "tokens_per_step": 1, "warmup_steps": 0, "sample_interval": 0, "sample_tokens": 0}
+                    "tokens_per_step": 1, "warmup_steps": 0, "sample_interval": 0, "sample_tokens": 0,
+                    "diagnostics": 0}
         for name, lowest in at_least.items():
             v = getattr(self, name)
             if v is not None and v < lowest:

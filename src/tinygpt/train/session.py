@@ -26,10 +26,8 @@ from ..checkpoint import DiskFullError
 from ..config import flatten_values, layered, replace, to_dict
 from ..data import Batches, TokenData, absolute_spec, prepare_data
 from ..device import (
-    autocast,
     cpu_has_bf16,
     dtype_name,
-    fastest,
     fresh_seed,
     resolve_device,
     resolve_dtype,
@@ -49,7 +47,9 @@ from .callbacks import (
     ProgressBar,
 )
 from .config import RunConfig
-from .trainer import DivergedError, Trainer
+from .health import HealthProbe
+from .recipe import preset_for_time, training_speed
+from .trainer import DEFAULT_TIME_BUDGET, DivergedError, Trainer
 
 RUNS_DIR = Path("runs")
 # Settings that define what a run *is*; they cannot change when it is resumed. (Where
@@ -85,25 +85,13 @@ def resumed_run_config(saved: dict, *layers: dict) -> RunConfig:
 
 def measure_training_dtype(model: GPT, batch_size: int, log: Callable[[str], None]) -> torch.dtype:
     """fp32 or bf16 autocast for training ``model`` on this CPU, whichever runs its forward
-    and backward faster (on up to ~2,048 tokens of a batch). Which wins depends on the
-    machine and the model: on a 2-core AMX Xeon bf16 trained the 10.8M-parameter baby
-    2.3x faster than fp32, but char-tiny (0.8M) 10% slower, its matmuls too small to
-    gain what the casts cost. The global random state is left as it was."""
-    T = model.config.block_size
-    rows = max(1, min(batch_size, 2048 // T))
-    with torch.random.fork_rng(devices=[]):
-        x = torch.randint(model.config.vocab_size, (rows, T))
-
-        def step(dtype: torch.dtype) -> None:
-            with autocast(torch.device("cpu"), dtype):
-                loss = model(x, x).loss
-            loss.backward()
-
-        best, times = fastest({d: (lambda d=d: step(d)) for d in (torch.float32, torch.bfloat16)},
-                              torch.device("cpu"), reps=2)
-    model.zero_grad(set_to_none=True)
+    and backward faster. Which wins depends on the machine and the model: on a 2-core AMX
+    Xeon bf16 trained the 10.8M-parameter baby 2.3x faster than fp32, but char-tiny (0.8M)
+    10% slower, its matmuls too small to gain what the casts cost."""
+    speed = training_speed(model, batch_size)
+    best = max(speed, key=speed.get)
     log(f"dtype auto: {dtype_name(best)} (measured on this model: bf16 forward+backward "
-        f"{times[torch.float32] / times[torch.bfloat16]:.2f}x fp32's speed)")
+        f"{speed[torch.bfloat16] / speed[torch.float32]:.2f}x fp32's speed)")
     return best
 
 
@@ -134,9 +122,15 @@ class Session:
         The run directory must be new or empty unless ``force`` (then a run's files there
         are replaced). It is locked for the life of the process."""
         cfg = new_run_config(*layers)
-        path = default_run_dir(cfg)
-        RunDir.check_new(path, force=force)  # before the data is prepared, which can take a while
+        RunDir.check_new(default_run_dir(cfg), force=force)  # before the data is prepared, which can take a while
         data = prepare_data(cfg.data, log=log)
+        given = layered(RunConfig, *layers).train
+        if given.preset == "auto" and given.max_steps is None and given.max_tokens is None \
+                and resolve_device(cfg.runtime.device).type == "cpu":  # a time budget: size the model to it
+            seconds = given.max_time or DEFAULT_TIME_BUDGET
+            cfg = new_run_config(*layers, {"train": {"preset": preset_for_time(seconds, data.tokenizer.vocab_size,
+                                                                               log)}})
+        path = default_run_dir(cfg)  # the name holds the preset; --out and --name were checked above
         cfg = replace(cfg, {"model": {"vocab_size": data.tokenizer.vocab_size},
                             "data": {"data": absolute_spec(cfg.data.data)}})
         session = cls._build(cfg, data, RunDir(path), log)  # checks everything before anything is written
@@ -223,6 +217,9 @@ class Session:
             bar = ProgressBar()
             out.append(bar)
             write = bar.write
+        if t.diagnostics:
+            probe_batch = next(Batches(self.data.train, t.batch_size, T, seed=seed + 3, split="train"))
+            out.append(HealthProbe(self.run.diagnostics_path, t.diagnostics, probe_batch))
         if t.sample_interval and t.sample_tokens:
             out.append(PeriodicSampler(t.sample_interval, self.sample, write))
         return out

@@ -1,0 +1,245 @@
+"""Attention as numbers: capture every layer's and head's weights for a text, and what
+they say (entropy, rollout, most-attended tokens, head roles).
+
+The weights come from the model's own explicit attention path (``GPT.attention_maps``:
+forward hooks on each layer's SDPA inputs, recomputed as softmax(q k^T / sqrt(d)) under
+the same mask), so what is drawn is what the model computes; training and generation
+keep SDPA. Pictures of these numbers are in :mod:`tinygpt.analysis.pictures`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import TinyGPTError
+from ..generation import TinyGPT
+
+# A head takes a role when its score for it (the mean weight on the role's key) is at
+# least this; trained GPT-2's previous-token and induction heads score well above it.
+ROLE_THRESHOLD = 0.4
+
+
+@dataclass
+class Attention:
+    """One text's attention in one model."""
+    ids: list[int]
+    labels: list[str]           # each token as text, whitespace made visible
+    maps: torch.Tensor          # (n_layer, n_head, T, T) float32, row i = query token i
+    source: str                 # which model, for titles
+    cropped: int = 0            # tokens dropped from the front to fit the context
+
+    @property
+    def n_layer(self) -> int:
+        return self.maps.shape[0]
+
+    @property
+    def n_head(self) -> int:
+        return self.maps.shape[1]
+
+
+def token_label(text: str) -> str:
+    """A token's text with whitespace made visible (a tick label of only spaces shows nothing)."""
+    return text.replace(" ", "\u2423").replace("\n", "\u23ce").replace("\t", "\u21e5") or "\u2205"
+
+
+@torch.no_grad()
+def capture(lm: TinyGPT, text: str, source: str = "") -> Attention:
+    """Every layer's and head's attention weights for ``text`` (its last context-full of tokens)."""
+    ids = lm.tokenizer.encode(text)
+    if not ids:
+        raise TinyGPTError("the --text is empty; give the text whose attention to show")
+    block = lm.model.config.block_size
+    cropped = max(0, len(ids) - block)
+    ids = ids[cropped:]
+    was_training = lm.model.training
+    lm.model.eval()
+    try:
+        maps = lm.model.attention_maps(torch.tensor([ids], device=lm.device))
+    finally:
+        lm.model.train(was_training)
+    stacked = torch.stack([m[0].float().cpu() for m in maps])  # (L, nh, T, T)
+    labels = [token_label(lm.tokenizer.decode([i])) for i in ids]
+    return Attention(ids, labels, stacked, source or str(lm.checkpoint or "model"), cropped)
+
+
+def entropy(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean entropy in nats, mean normalised entropy in [0, 1]) per layer and head, (L, nh) each.
+
+    Rows 1.. only: the first query has one key and no choice. Normalised divides each row
+    by its largest possible entropy, log(keys it may see), so rows of every length compare:
+    near 0 a sharp head (one key), near 1 a diffuse one (all keys alike)."""
+    p = maps[..., 1:, :]  # (L, nh, T-1, T)
+    if p.shape[-2] == 0:
+        zero = torch.zeros(maps.shape[:2])
+        return zero, zero
+    h = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)  # (L, nh, T-1)
+    keys = torch.arange(2, maps.shape[-1] + 1, dtype=h.dtype)  # row i sees i + 1 keys
+    return h.mean(-1), (h / torch.log(keys)).mean(-1)
+
+
+def rollout(maps: torch.Tensor, residual: float = 0.5) -> torch.Tensor:
+    """Attention rollout (Abnar & Zuidema, 2020): how much each token's last-layer
+    representation draws on each input token, (T, T).
+
+    Each layer's head-averaged weights are mixed with the identity, ``residual * I +
+    (1 - residual) * A``, to stand for the residual stream that carries each token past
+    attention (0 follows attention alone; the paper uses 0.5), and the layers' matrices
+    are multiplied from the first layer up. Rows stay distributions."""
+    if not 0.0 <= residual <= 1.0:
+        raise TinyGPTError(f"--residual must be in [0, 1], got {residual}")
+    T = maps.shape[-1]
+    eye = torch.eye(T, dtype=maps.dtype)
+    out = eye
+    for layer in maps:
+        a = residual * eye + (1 - residual) * layer.mean(0)
+        out = a @ out
+    return out
+
+
+def top_attended(att: Attention, k: int = 3, layer: int | None = None) -> list[list[tuple[int, float]]]:
+    """For each query token, its ``k`` most-attended tokens (index, weight), weights
+    averaged over heads, in one layer or averaged over all layers."""
+    m = att.maps[layer] if layer is not None else att.maps.mean(0)  # (nh, T, T)
+    avg = m.mean(0)  # (T, T)
+    out = []
+    for i in range(avg.shape[0]):
+        w, j = avg[i, :i + 1].topk(min(k, i + 1))
+        out.append([(int(a), float(b)) for a, b in zip(j, w)])
+    return out
+
+
+def role_scores(maps: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per layer and head (L, nh): the mean weight each query (rows 1..) puts on the
+    previous token, the first token (attention sinks), and itself."""
+    L, H, T, _ = maps.shape
+    if T < 2:
+        raise TinyGPTError("role scores need a text of at least two tokens")
+    rows = torch.arange(1, T)
+    return {"previous": maps[:, :, rows, rows - 1].mean(-1),
+            "first": maps[:, :, 1:, 0].mean(-1),
+            "self": maps[:, :, rows, rows].mean(-1)}
+
+
+@torch.no_grad()
+def induction_scores(lm: TinyGPT, length: int = 50, seed: int = 0) -> torch.Tensor:
+    """(L, nh): on random tokens repeated twice, the mean weight each token of the second
+    copy puts on the token that followed its first occurrence, where an induction head
+    ("after A came B before, so look at B") looks. Random tokens leave nothing else to
+    predict with, so only copying from the first half helps."""
+    block = lm.model.config.block_size
+    n = min(length, block // 2)
+    if n < 2:
+        raise TinyGPTError(f"the context ({block} tokens) is too short to test for induction heads")
+    g = torch.Generator().manual_seed(seed)
+    first = torch.randint(lm.tokenizer.vocab_size, (n,), generator=g)
+    ids = torch.cat([first, first]).unsqueeze(0).to(lm.device)  # (1, 2n)
+    maps = torch.stack([m[0].float().cpu() for m in lm.model.eval().attention_maps(ids)])  # (L, nh, 2n, 2n)
+    rows = torch.arange(n, 2 * n)
+    return maps[:, :, rows, rows - n + 1].mean(-1)
+
+
+def head_roles(scores: dict[str, torch.Tensor], threshold: float = ROLE_THRESHOLD) -> list[dict]:
+    """Each head's scores and its role: the highest-scoring one at or above ``threshold``,
+    else none. ``scores`` maps role name -> (L, nh) scores."""
+    names = list(scores)
+    L, H = scores[names[0]].shape
+    out = []
+    for layer in range(L):
+        for head in range(H):
+            s = {r: float(scores[r][layer, head]) for r in names}
+            best = max(s, key=s.get)
+            out.append({"layer": layer, "head": head, "role": best if s[best] >= threshold else None, **s})
+    return out
+
+
+# ---------------------------------------------------------------------------- report and pictures
+
+def analyse(lm: TinyGPT, att: Attention, *, k: int = 3, layer: int | None = None,
+            induction_length: int = 50) -> dict:
+    """Everything the text report says, as plain data (what ``--json`` writes)."""
+    if layer is not None and not 0 <= layer < att.n_layer:
+        raise TinyGPTError(f"--layer {layer} is out of range; the model has layers 0..{att.n_layer - 1}")
+    scores = role_scores(att.maps) if len(att.ids) > 1 else {}
+    if lm.model.config.block_size >= 4:
+        scores["induction"] = induction_scores(lm, induction_length)
+    ent, norm = entropy(att.maps)
+    heads = head_roles(scores) if scores else []
+    for h in heads:
+        h["entropy"], h["entropy_norm"] = float(ent[h["layer"], h["head"]]), float(norm[h["layer"], h["head"]])
+    top = top_attended(att, k, layer)
+    return {"model": att.source, "tokens": att.labels, "cropped": att.cropped,
+            "top_attended": {"layer": "mean" if layer is None else layer,
+                             "rows": [[[att.labels[j], j, round(w, 4)] for j, w in row] for row in top]},
+            "heads": heads, "role_threshold": ROLE_THRESHOLD}
+
+
+def format_report(result: dict) -> str:
+    """The text report: most-attended tokens per token, then each head's scores and role."""
+    lines = [f"model: {result['model']} | {len(result['tokens'])} tokens"
+             + (f" (the first {result['cropped']} dropped to fit the context)" if result["cropped"] else "")]
+    where = result["top_attended"]["layer"]
+    lines.append(f"most-attended tokens, heads averaged, {'all layers averaged' if where == 'mean' else f'layer {where}'}:")
+    for i, (label, row) in enumerate(zip(result["tokens"], result["top_attended"]["rows"])):
+        lines.append(f"  {i:4d} {label:>8}  " + "  ".join(f"{t}@{j} {w:.2f}" for t, j, w in row))
+    if result["heads"]:
+        roles = [r for r in ("previous", "first", "self", "induction") if r in result["heads"][0]]
+        lines.append(f"heads (mean weight on each role's key; a role needs >= {result['role_threshold']}; "
+                     "entropy normalised: 0 sharp, 1 diffuse):")
+        lines.append("  layer head " + " ".join(f"{r:>9}" for r in roles) + "   entropy  role")
+        for h in result["heads"]:
+            lines.append(f"  {h['layer']:5d} {h['head']:4d} " + " ".join(f"{h[r]:9.3f}" for r in roles)
+                         + f"   {h['entropy_norm']:7.3f}  {h['role'] or '-'}")
+    return "\n".join(lines)
+
+
+def draw(att: Attention, out: Path, *, layer: int | None = None, head: int | None = None,
+         residual: float = 0.5) -> list[Path]:
+    """The pictures of ``att`` under ``out``: the chosen head (``layer`` and ``head``), the
+    heads of the chosen layer (all layers' grids when none is chosen), every head on one
+    page, attention rollout, and entropy per head."""
+    from . import pictures
+
+    maps = att.maps.numpy()
+    L, H = att.n_layer, att.n_head
+    layers = [layer] if layer is not None else list(range(L))
+    for value, flag, top in ((layer, "--layer", L), (head, "--head", H)):
+        if value is not None and not 0 <= value < top:
+            raise TinyGPTError(f"{flag} {value} is out of range; the model has {top} (0..{top - 1})")
+    paths = []
+    if head is not None:
+        lay = layer if layer is not None else 0
+        paths.append(pictures.heatmap(maps[lay, head], att.labels, out / f"head_L{lay}_H{head}.png",
+                                      f"{att.source}: layer {lay}, head {head}"))
+    for lay in layers:
+        paths.append(pictures.grid(maps[lay], out / f"layer_{lay}.png", f"{att.source}: the heads of layer {lay}",
+                                   names=[f"head {h}" for h in range(H)], labels=att.labels))
+    paths.append(pictures.grid(maps.reshape(L * H, *maps.shape[2:]), out / "all_heads.png",
+                               f"{att.source}: every head (rows: layers 0..{L - 1}, columns: heads 0..{H - 1})",
+                               names=[f"L{lay} H{h}" for lay in range(L) for h in range(H)], rows=L))
+    paths.append(pictures.heatmap(rollout(att.maps, residual).numpy(), att.labels, out / "rollout.png",
+                                  f"{att.source}: attention rollout over {L} layers (residual weight {residual})",
+                                  ylabel="token (last layer)", xlabel="input token it draws on",
+                                  colorbar="share of the representation"))
+    _, norm = entropy(att.maps)
+    paths.append(pictures.layer_head_table(norm.numpy(), out / "entropy.png",
+                                           f"{att.source}: attention entropy per head (0 sharp, 1 diffuse)",
+                                           label="mean entropy / its maximum"))
+    return paths
+
+
+def compare(a: Attention, b: Attention, out: Path, layer: int, head: int) -> Path:
+    """The same head of two models on the same text, side by side."""
+    from . import pictures
+
+    if a.labels != b.labels:
+        raise TinyGPTError("--compare needs two models with the same tokenizer (the text must split into the "
+                           "same tokens); compare runs of one model family")
+    for value, flag, top in ((layer, "--layer", min(a.n_layer, b.n_layer)), (head, "--head", min(a.n_head, b.n_head))):
+        if not 0 <= value < top:
+            raise TinyGPTError(f"{flag} {value} is out of range for these models (0..{top - 1})")
+    return pictures.side_by_side(a.maps[layer, head].numpy(), b.maps[layer, head].numpy(), a.labels,
+                                 out / f"compare_L{layer}_H{head}.png", f"layer {layer}, head {head}",
+                                 (a.source, b.source))

@@ -1,0 +1,128 @@
+"""Training curves from runs' metrics.jsonl: loss against steps, tokens and wall time,
+learning rate, tokens/s and gradient norm, several runs overlaid.
+
+metrics.jsonl is append-only (one line per step, evaluations on their step's line), so a
+run still training can be read at any time; a torn last line is skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import TinyGPTError
+from ..run import RunDir
+
+X_AXES = {"step": "step", "tokens": "tokens", "time": "elapsed"}  # x-axis name -> record key
+
+
+@dataclass
+class Curves:
+    """One run's per-step series (arrays of equal length) and its evaluations."""
+    name: str
+    step: dict[str, np.ndarray] = field(default_factory=dict)   # step, tokens, elapsed, loss, lr, tok_per_s, grad_norm
+    evals: dict[str, np.ndarray] = field(default_factory=dict)  # step, tokens, elapsed, train_loss, val_loss
+
+    def summary(self) -> dict:
+        s, e = self.step, self.evals
+        out = {"run": self.name, "steps": int(s["step"][-1]), "tokens": int(s["tokens"][-1]),
+               "time_s": round(float(s["elapsed"][-1]), 1), "last_loss_smoothed": float(smooth(s["loss"], 0.9)[-1]),
+               "last_lr": float(s["lr"][-1]), "median_tok_per_s": float(np.nanmedian(s["tok_per_s"]))}
+        if len(e.get("val_loss", [])) and np.isfinite(e["val_loss"]).any():
+            best = int(np.nanargmin(e["val_loss"]))
+            out.update(last_val_loss=float(e["val_loss"][-1]), best_val_loss=float(e["val_loss"][best]),
+                       best_val_step=int(e["step"][best]))
+        return out
+
+
+def read(path: str | Path, name: str | None = None) -> Curves:
+    run = RunDir.open(path)
+    records = run.read_metrics()
+    steps = [r for r in records if "loss" in r]
+    if not steps:
+        raise TinyGPTError(f"{run.metrics_path} has no training steps yet; plot it once the run has taken a step")
+    curves = Curves(name or Path(path).resolve().name)
+
+    def series(rows: list[dict], key: str) -> np.ndarray:
+        return np.array([r.get(key, np.nan) if r.get(key) is not None else np.nan for r in rows], dtype=float)
+
+    for key in ("step", "tokens", "elapsed", "loss", "lr", "tok_per_s", "grad_norm"):
+        curves.step[key] = series(steps, key)
+    evals = [r for r in records if "val_loss" in r or "train_loss" in r]
+    for key in ("step", "tokens", "elapsed", "train_loss", "val_loss"):
+        curves.evals[key] = series(evals, key)
+    return curves
+
+
+def smooth(values: np.ndarray, alpha: float) -> np.ndarray:
+    """Exponential moving average with bias correction (so the first points are not pulled
+    toward zero), skipping missing values; ``alpha`` 0 returns the values unchanged."""
+    if not 0.0 <= alpha < 1.0:
+        raise TinyGPTError(f"--smooth must be in [0, 1), got {alpha}")
+    if alpha == 0.0:
+        return values.copy()
+    out = np.empty_like(values)
+    avg, weight = 0.0, 0.0
+    for i, v in enumerate(values):
+        if np.isfinite(v):
+            avg = alpha * avg + (1 - alpha) * v
+            weight = alpha * weight + (1 - alpha)
+        out[i] = avg / weight if weight else np.nan
+    return out
+
+
+def draw(runs: list[Curves], path: Path, *, smoothing: float = 0.9, log_y: bool = False,
+         log_x: bool = False) -> Path:
+    """Six panels: loss against step, tokens and wall time (faint raw steps, the smoothed
+    line, val loss as dots), then learning rate, tokens/s and gradient norm by step."""
+    from matplotlib.figure import Figure
+
+    from . import pictures
+
+    fig = Figure(figsize=(16, 8.5), dpi=100, layout="constrained")
+    axes = fig.subplots(2, 3)
+    colours = [f"C{i % 10}" for i in range(len(runs))]
+    for ax, (axis, key) in zip(axes[0], X_AXES.items()):
+        for c, run in zip(colours, runs):
+            x = run.step[key]
+            ax.plot(x, run.step["loss"], color=c, alpha=0.15, linewidth=0.7)
+            ax.plot(x, smooth(run.step["loss"], smoothing), color=c, linewidth=1.5, label=f"{run.name} train")
+            if len(run.evals.get("val_loss", [])):
+                ax.plot(run.evals[key], run.evals["val_loss"], "o--", color=c, markersize=4, linewidth=1,
+                        label=f"{run.name} val")
+        ax.set_xlabel({"step": "step", "tokens": "tokens", "time": "wall time (s)"}[axis])
+        ax.set_ylabel("loss (nats per token)")
+        ax.set_title(f"loss by {axis}" + (f" (train smoothed, EMA {smoothing})" if smoothing else ""), fontsize=10)
+    for ax, (key, label) in zip(axes[1], (("lr", "learning rate"), ("tok_per_s", "tokens/s"),
+                                          ("grad_norm", "gradient norm (before clipping)"))):
+        for c, run in zip(colours, runs):
+            y = run.step[key] if key == "lr" else smooth(run.step[key], smoothing)
+            ax.plot(run.step["step"], y, color=c, linewidth=1.2, label=run.name)
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.set_title(label, fontsize=10)
+        if key == "grad_norm" and log_y:
+            ax.set_yscale("log")
+    for ax in axes.flat:
+        ax.grid(True, alpha=0.3)
+        if log_x:
+            ax.set_xscale("log")
+    for ax in axes[0]:
+        if log_y:
+            ax.set_yscale("log")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("training curves: " + ", ".join(r.name for r in runs), fontsize=12)
+    return pictures.save(fig, path)
+
+
+def format_summary(rows: list[dict]) -> str:
+    head = f"{'run':30} {'steps':>7} {'tokens':>12} {'time':>8} {'loss':>7} {'val':>7} {'best val':>14} {'tok/s':>8}"
+    lines = [head]
+    for r in rows:
+        best = f"{r['best_val_loss']:.4f}@{r['best_val_step']}" if "best_val_loss" in r else "-"
+        val = f"{r['last_val_loss']:.4f}" if "last_val_loss" in r else "-"
+        lines.append(f"{r['run'][:30]:30} {r['steps']:7d} {r['tokens']:12,d} {r['time_s']:7.0f}s "
+                     f"{r['last_loss_smoothed']:7.4f} {val:>7} {best:>14} {r['median_tok_per_s']:8.0f}")
+    return "\n".join(lines)

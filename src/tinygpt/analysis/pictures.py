@@ -1,0 +1,147 @@
+"""PNG pictures with matplotlib, headless: figures are built with the object API on the
+Agg canvas (no pyplot, no display, no global state), so they draw the same on a server,
+in tests and on a laptop. ``show`` opens a written PNG in a window when asked for.
+
+Each function takes numbers computed elsewhere (:mod:`.attention`, :mod:`.curves`,
+:mod:`.health`), writes one PNG and returns its path.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ..checkpoint import atomic_path
+
+MAX_LABELS = 64  # tick labels per axis before they are thinned (every k-th token)
+CMAP = "viridis"  # perceptually uniform: equal steps of weight look like equal steps of colour
+
+
+def save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=fig.dpi, bbox_inches="tight")
+    return path
+
+
+def show(path: str | Path) -> None:
+    """Open a written picture in a window (needs a display and an interactive backend)."""
+    import matplotlib.pyplot as plt
+
+    img = plt.imread(str(path))
+    fig = plt.figure(figsize=(img.shape[1] / 100, img.shape[0] / 100))
+    fig.figimage(img)
+    plt.show()
+
+
+def _ticks(ax, labels: Sequence[str], axis: str, fontsize: float) -> None:
+    step = max(1, math.ceil(len(labels) / MAX_LABELS))
+    idx = list(range(0, len(labels), step))
+    shown = [labels[i] for i in idx]
+    if axis == "x":
+        ax.set_xticks(idx, shown, rotation=90, fontsize=fontsize)
+    else:
+        ax.set_yticks(idx, shown, fontsize=fontsize)
+
+
+def _size_for(n: int) -> float:
+    """Inches for a labelled n x n heatmap: room for each shown label."""
+    return float(min(max(5.0, 0.16 * min(n, MAX_LABELS) + 2.5), 14.0))
+
+
+def heatmap(matrix: np.ndarray, labels: Sequence[str], path: str | Path, title: str, *,
+            xlabel: str = "key (attended to)", ylabel: str = "query (attending)",
+            colorbar: str = "attention weight") -> Path:
+    """One square matrix (rows = queries) with token labels on both axes."""
+    n = len(labels)
+    size = _size_for(n)
+    fig = Figure(figsize=(size + 1.2, size), dpi=110)
+    ax = fig.add_subplot()
+    im = ax.imshow(matrix, cmap=CMAP, vmin=0.0, vmax=max(float(np.max(matrix)), 1e-9), interpolation="nearest")
+    fontsize = 8 if n <= 40 else 6
+    _ticks(ax, labels, "x", fontsize)
+    _ticks(ax, labels, "y", fontsize)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=colorbar)
+    return save(fig, path)
+
+
+def grid(matrices: np.ndarray, path: str | Path, title: str, *, names: Sequence[str] | None = None,
+         labels: Sequence[str] | None = None, rows: int | None = None) -> Path:
+    """Small multiples of (N, T, T) matrices, each on its own colour scale [0, max]; token
+    labels only where they fit (short texts)."""
+    N = matrices.shape[0]
+    cols = math.ceil(N / rows) if rows else min(N, 4 if N <= 8 else 6)
+    rows = rows or math.ceil(N / cols)
+    cell = 2.4 if labels is None or len(labels) > 24 else 3.6
+    fig = Figure(figsize=(cols * cell, rows * cell + 0.6), dpi=110, layout="constrained")
+    axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
+    for i, ax in enumerate(axes.flat):
+        if i >= N:
+            ax.axis("off")
+            continue
+        m = matrices[i]
+        ax.imshow(m, cmap=CMAP, vmin=0.0, vmax=max(float(m.max()), 1e-9), interpolation="nearest")
+        if names is not None:
+            ax.set_title(names[i], fontsize=8)
+        if labels is not None and len(labels) <= 24:
+            ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
+            ax.set_yticks(range(len(labels)), labels, fontsize=6)
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(title, fontsize=11)
+    return save(fig, path)
+
+
+def side_by_side(a: np.ndarray, b: np.ndarray, labels: Sequence[str], path: str | Path, title: str,
+                 names: tuple[str, str]) -> Path:
+    """The same head in two models, on one shared colour scale."""
+    n = len(labels)
+    size = _size_for(n)
+    fig = Figure(figsize=(2 * size + 1.2, size), dpi=110, layout="constrained")
+    axes = fig.subplots(1, 2)
+    top = max(float(a.max()), float(b.max()), 1e-9)
+    fontsize = 8 if n <= 40 else 6
+    for ax, m, name in zip(axes, (a, b), names):
+        im = ax.imshow(m, cmap=CMAP, vmin=0.0, vmax=top, interpolation="nearest")
+        _ticks(ax, labels, "x", fontsize)
+        _ticks(ax, labels, "y", fontsize)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("key (attended to)")
+    axes[0].set_ylabel("query (attending)")
+    fig.colorbar(im, ax=list(axes), fraction=0.03, pad=0.02, label="attention weight")
+    fig.suptitle(title, fontsize=11)
+    return save(fig, path)
+
+
+def layer_head_table(values: np.ndarray, path: str | Path, title: str, *, label: str, vmin: float = 0.0,
+                     vmax: float = 1.0, cmap: str = CMAP, fmt: str = "{:.2f}") -> Path:
+    """An (L, nh) table of one number per head, coloured, each cell written out."""
+    L, H = values.shape
+    fig = Figure(figsize=(max(4.0, 0.7 * H + 2.0), max(2.5, 0.5 * L + 1.5)), dpi=110, layout="constrained")
+    ax = fig.add_subplot()
+    im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(H), [str(h) for h in range(H)])
+    ax.set_yticks(range(L), [str(layer) for layer in range(L)])
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    if L * H <= 400:
+        mid = (vmin + vmax) / 2
+        for layer in range(L):
+            for h in range(H):
+                v = values[layer, h]
+                ax.text(h, layer, fmt.format(v), ha="center", va="center", fontsize=7,
+                        color="black" if v > mid else "white")
+    fig.colorbar(im, ax=ax, label=label)
+    ax.set_title(title, fontsize=10)
+    return save(fig, path)

@@ -1,0 +1,152 @@
+"""Training health as numbers: activation, gradient and update statistics per layer, as
+the makemore lectures read them, and the callback that records them during training.
+
+The statistics live here, not in analysis/, because the training-time probe needs them
+and train/ never imports analysis/; ``tinygpt diagnose`` (analysis/health.py) computes the
+same numbers from a checkpoint, judges them and draws them.
+
+What is measured on one probe batch (forward and backward in eval mode: no dropout, no
+random draws, so a probed run trains exactly like an unprobed one):
+
+- per block, the MLP's pre-activation (the input of GELU / SiLU): mean, std, the fraction
+  in the activation's flat region (x < -3, where GELU's output and gradient are within
+  1.2% of zero) and the fraction of dead hidden units, flat for >= 99% of the tokens (the
+  analogue of a saturated tanh: GELU is flat on one side only, so half of the inputs
+  there is normal, sparse activation; a unit that is never on learns nothing), the block's output (residual
+  stream) mean and std, and the attention's mean normalised entropy (0: each query looks
+  at one key; 1: at all keys alike);
+- per weight matrix: weight std, gradient mean and std, log10 of the gradient-to-weight
+  ratio std(grad) / std(w), and, given the weights one optimizer step earlier, log10 of
+  the update-to-weight ratio std(w_now - w_before) / std(w_before) (about -3 is healthy).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..data import Batch
+from ..device import autocast
+from ..model import GPT, record_attention
+from .callbacks import Callback
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+FLAT_BELOW = -3.0  # GELU(x) and GELU'(x) are within 1.2% of 0 below this
+DEAD_SHARE = 0.99  # a hidden unit flat for this share of the probe's tokens is dead: it passes (almost) nothing
+HIST_BINS = 60
+
+
+def _log10(x: float) -> float | None:
+    return math.log10(x) if x > 0 and math.isfinite(x) else None  # None: zero (e.g. a frozen weight) or not finite
+
+
+def weight_matrices(model: GPT) -> dict[str, torch.nn.Parameter]:
+    """The 2-D weights whose ratios are read (embeddings included, tied weights once)."""
+    return {n: p for n, p in model.named_parameters() if p.dim() == 2}
+
+
+def update_ratios(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> dict[str, float]:
+    """log10 std(after - before) / std(before) per weight (None where nothing moved)."""
+    return {n: _log10(float((after[n].float() - before[n].float()).std() / before[n].float().std()))
+            for n in before}
+
+
+def probe(model: GPT, batch: Batch, device: torch.device, dtype: torch.dtype, *,
+          histograms: bool = False) -> dict:
+    """Statistics of one forward and backward of ``batch`` (see the module docstring).
+
+    Gradients are computed into fresh ``.grad`` fields and removed afterwards; the model
+    is left in the mode it was in. With ``histograms``, value histograms (counts, edges)
+    of each pre-activation and each weight's gradient come too."""
+    was_training = model.training
+    saved_grads = {n: p.grad for n, p in model.named_parameters()}
+    model.eval()
+    pre: dict[int, torch.Tensor] = {}
+    out: dict[int, torch.Tensor] = {}
+    hooks = []
+    for i, block in enumerate(model.transformer.h):
+        hooks.append(block.mlp.c_fc.register_forward_hook(lambda m, a, o, i=i: pre.__setitem__(i, o.detach())))
+        hooks.append(block.register_forward_hook(lambda m, a, o, i=i: out.__setitem__(i, o.detach())))
+    try:
+        for p in model.parameters():
+            p.grad = None
+        b = batch.to(device)
+        with record_attention(model) as maps, autocast(device, dtype):
+            loss = model(b.x, b.y, loss_mask=b.loss_mask).loss
+        loss.backward()
+        layers = []
+        for i in range(len(model.transformer.h)):
+            x = pre[i].float()
+            if model.config.mlp == "swiglu":
+                x = x[..., :x.shape[-1] // 2]  # the gate half goes through SiLU
+            y = out[i].float()
+            flat = (x < FLAT_BELOW).flatten(0, -2).float()  # (tokens, hidden units)
+            layer = {"layer": i, "pre_mean": float(x.mean()), "pre_std": float(x.std()),
+                     "flat": float(flat.mean()), "dead": float((flat.mean(0) >= DEAD_SHARE).float().mean()),
+                     "out_mean": float(y.mean()),
+                     "out_std": float(y.std()), "attn_entropy": _attention_entropy(maps[i])}
+            if histograms:
+                layer["pre_hist"] = _histogram(x)
+            layers.append(layer)
+        weights = []
+        for name, p in weight_matrices(model).items():
+            g, w = p.grad.float(), p.detach().float()
+            row = {"name": name, "w_std": float(w.std()), "grad_mean": float(g.mean()), "grad_std": float(g.std()),
+                   "grad_to_weight": _log10(float(g.std() / w.std()))}
+            if histograms:
+                row["grad_hist"] = _histogram(g)
+            weights.append(row)
+        return {"loss": loss.item(), "layers": layers, "weights": weights}
+    finally:
+        for h in hooks:
+            h.remove()
+        for n, p in model.named_parameters():
+            p.grad = saved_grads[n]
+        model.train(was_training)
+
+
+def _attention_entropy(maps: torch.Tensor) -> float:
+    p = maps[..., 1:, :].float()  # (B, nh, T-1, S): the first query has no choice
+    if p.shape[-2] == 0:
+        return 0.0
+    h = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)
+    keys = torch.arange(2, p.shape[-2] + 2, dtype=h.dtype, device=h.device).clamp(max=p.shape[-1])
+    return float((h / torch.log(keys)).mean())
+
+
+def _histogram(x: torch.Tensor) -> dict:
+    x = x.flatten()
+    lo, hi = float(x.min()), float(x.max())
+    if lo == hi:
+        lo, hi = lo - 1e-6, hi + 1e-6
+    counts = torch.histc(x, bins=HIST_BINS, min=lo, max=hi)
+    return {"counts": counts.tolist(), "lo": lo, "hi": hi}
+
+
+class HealthProbe(Callback):
+    """``--diagnostics N``: every N steps, :func:`probe` on a fixed batch of training data,
+    plus each weight's update-to-weight ratio over the step just taken, appended as one
+    JSON line to the run's diagnostics.jsonl."""
+
+    def __init__(self, path, every: int, batch: Batch):
+        self.path, self.every, self.batch = path, every, batch
+        self.before: dict[str, torch.Tensor] | None = None
+
+    def on_step_end(self, trainer: Trainer, record: dict) -> None:
+        step = trainer.state.step
+        weights = weight_matrices(trainer.model)
+        if self.before is not None and step % self.every == 0:
+            result = probe(trainer.model, self.batch, trainer.device, trainer.dtype)
+            ratios = update_ratios(self.before, {n: p.detach() for n, p in weights.items()})
+            for row in result["weights"]:
+                row["update_to_weight"] = ratios[row["name"]]
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, **result}) + "\n")
+            self.before = None
+        if (step + 1) % self.every == 0:  # the weights one step before the next probe
+            self.before = {n: p.detach().clone() for n, p in weights.items()}

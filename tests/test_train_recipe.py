@@ -1,0 +1,98 @@
+"""The time-budget recipe: the largest preset this machine trains on ~20 tokens per parameter."""
+
+import pytest
+import torch
+
+from tinygpt.device import cpu_has_bf16
+from tinygpt.model import GPT, GPTConfig
+from tinygpt.presets import get_preset
+from tinygpt.train import Session
+from tinygpt.train.recipe import (
+    LADDER,
+    MAX_SPEEDUP,
+    TOKENS_PER_PARAM,
+    preset_for_time,
+    training_speed,
+)
+
+VOCAB = 84
+
+
+def sizes(name):
+    model = GPT(GPTConfig(**get_preset(name).model, vocab_size=VOCAB))
+    return model.num_params(non_embedding=True), model.flops_per_token()
+
+
+def constant_flops(flops_per_s, timed):
+    """A speed function for a machine that runs every model at ``flops_per_s``; records what it timed."""
+    def speed(model, batch_size):
+        timed.append(model.config.n_embd)
+        return {torch.float32: flops_per_s / model.flops_per_token()}
+    return speed
+
+
+def seconds_for(name, flops_per_s):
+    """The budget at which ``name`` sees exactly TOKENS_PER_PARAM tokens per parameter."""
+    params, per_token = sizes(name)
+    return TOKENS_PER_PARAM * params * per_token / flops_per_s
+
+
+@pytest.mark.parametrize("name", LADDER[1:])
+def test_a_preset_is_chosen_from_the_budget_where_it_sees_20_tokens_per_parameter(name):
+    F = 1e11
+    below, above = LADDER[LADDER.index(name) - 1], name
+    t = seconds_for(name, F)
+    assert preset_for_time(t * 0.99, VOCAB, log=lambda _: None, speed=constant_flops(F, [])) == below
+    assert preset_for_time(t * 1.01, VOCAB, log=lambda _: None, speed=constant_flops(F, [])) == above
+
+
+def test_the_smallest_preset_when_none_qualifies_and_out_of_reach_sizes_are_not_timed():
+    timed, said = [], []
+    assert preset_for_time(60, VOCAB, log=said.append, speed=constant_flops(1e11, timed)) == "char-tiny"
+    tiny_embd = get_preset("char-tiny").model["n_embd"]
+    assert timed == [tiny_embd]  # char-small needs > MAX_SPEEDUP x this speed for 60 s: never built to time
+    params, per_token = sizes("char-tiny")
+    assert said[0].startswith(f"preset auto: char-tiny for 60 s (tokens per parameter this machine trains in that "
+                              f"time: char-tiny {1e11 * 60 / per_token / params:.1f};")
+    # Within reach of the speed-up bound, the next size is timed (and here still falls short).
+    timed.clear()
+    t = seconds_for("char-small", 1e11) / MAX_SPEEDUP * 1.5
+    assert preset_for_time(t, VOCAB, log=lambda _: None, speed=constant_flops(1e11, timed)) == "char-tiny"
+    assert timed == [tiny_embd, get_preset("char-small").model["n_embd"]]
+
+
+def test_training_speed_measures_each_dtype_and_leaves_state_alone():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=VOCAB))
+    before = [p.detach().clone() for p in model.parameters()]
+    state = torch.random.get_rng_state()
+    speed = training_speed(model, batch_size=4)
+    assert set(speed) == ({torch.float32, torch.bfloat16} if cpu_has_bf16() else {torch.float32})
+    assert all(v > 0 for v in speed.values())
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_session_sizes_auto_to_its_time_budget_and_records_the_choice(tmp_path, monkeypatch):
+    import tinygpt.train.session as session_module
+
+    asked = []
+
+    def pick(seconds, vocab_size, log):
+        asked.append((seconds, vocab_size))
+        return "char-small"
+
+    monkeypatch.setattr(session_module, "preset_for_time", pick)
+    text = tmp_path / "t.txt"
+    text.write_text("abcdefgh" * 2000)
+    common = {"data": str(text), "device": "cpu", "dtype": "fp32", "progress": False}
+    session = Session.start({**common, "out": str(tmp_path / "a"), "max_time": "2m"}, log=lambda _: None)
+    assert asked == [(120.0, 8)] and session.cfg.train.preset == "char-small"
+    assert session.cfg.model.n_embd == get_preset("char-small").model["n_embd"]
+    # A step or token budget, or a named preset, keeps the preset as given.
+    for i, extra in enumerate(({"max_steps": 5}, {"max_tokens": "10k"}, {"preset": "char-tiny"})):
+        session = Session.start({**common, "out": str(tmp_path / f"b{i}"), **extra},
+                                log=lambda _: None)
+        assert session.cfg.train.preset == "char-tiny"
+    assert len(asked) == 1
