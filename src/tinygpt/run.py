@@ -103,7 +103,8 @@ class RunDir:
 
     @staticmethod
     def is_run(path: str | Path) -> bool:
-        return (Path(path) / CONFIG_FILE).is_file()
+        """Whether ``path`` holds a run tinygpt wrote (a Hugging Face model folder has a config.json too)."""
+        return _is_tinygpt_config(Path(path) / CONFIG_FILE)
 
     @staticmethod
     def check_new(path: str | Path, *, force: bool = False) -> None:

@@ -45,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import TinyGPTError
     from ..run import RunDir
 
+    if not args.text:
+        raise TinyGPTError("the --text is empty; give the text whose attention to show")
     if args.top_k < 1:
         raise TinyGPTError(f"--top-k must be at least 1, got {args.top_k}")
     if args.compare:

@@ -137,6 +137,11 @@ class HealthProbe(Callback):
         self.path, self.every, self.batch = path, every, batch
         self.before: dict[str, torch.Tensor] | None = None
 
+    def on_train_start(self, trainer: Trainer) -> None:
+        self.before = None
+        if (trainer.state.step + 1) % self.every == 0:
+            self.before = {n: p.detach().clone() for n, p in weight_matrices(trainer.model).items()}
+
     def on_step_end(self, trainer: Trainer, record: dict) -> None:
         step = trainer.state.step
         weights = weight_matrices(trainer.model)

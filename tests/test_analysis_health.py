@@ -1,0 +1,136 @@
+"""Training-health statistics (train/health.py), `--diagnostics N` and `tinygpt diagnose`."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import ROMEO, TINY_TRAIN
+from safetensors.torch import load_file
+
+from tinygpt.analysis import health
+from tinygpt.cli import main
+from tinygpt.data import Batch
+from tinygpt.model import GPT, GPTConfig
+from tinygpt.run import RunDir
+from tinygpt.train import LambdaCallback, Session
+from tinygpt.train.health import probe
+
+SETTINGS = {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 16, "batch_size": 4, "eval_batches": 2,
+            "progress": False, "device": "cpu", "dtype": "fp32", "sample_tokens": 0, "lr": 1e-2}
+
+
+def ratio(after, before):
+    return math.log10(float((after - before).std() / before.std()))
+
+
+def train(tmp_path, name, **extra):
+    corpus = tmp_path / "romeo.txt"
+    corpus.write_text(ROMEO)
+    weights = {}
+    session = Session.start({"data": str(corpus), "out": str(tmp_path / name), "max_steps": 6, "eval_interval": 3,
+                             **SETTINGS, **extra}, log=lambda _: None)
+    losses = []
+
+    def keep(trainer, record):
+        losses.append(record["loss"])
+        weights[trainer.state.step] = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+
+    session.fit(LambdaCallback(keep))
+    return session, losses, weights
+
+
+def test_probing_during_training_changes_nothing_and_records_one_step_update_ratios(tmp_path):
+    _, plain, _ = train(tmp_path, "plain")
+    session, probed, weights = train(tmp_path, "probed", diagnostics=2)
+    assert probed == plain  # eval-mode probes draw no random numbers and leave no gradients
+    records = session.run.read_diagnostics()
+    assert [r["step"] for r in records] == [2, 4, 6]
+    for r in records:
+        step = r["step"]
+        for w in r["weights"]:
+            want = ratio(weights[step][w["name"]], weights[step - 1][w["name"]])
+            assert w["update_to_weight"] == pytest.approx(want, abs=1e-9)
+        assert len(r["layers"]) == 2 and all(0 <= layer["flat"] <= 1 for layer in r["layers"])
+
+
+def test_probe_statistics_equal_a_direct_computation():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=20))
+    x = torch.randint(20, (3, 8))
+    batch = Batch(x, torch.roll(x, -1, 1))
+    got = probe(model, batch, torch.device("cpu"), torch.float32)
+    pre = []
+    h = model.transformer.h[1].mlp.c_fc.register_forward_hook(lambda m, a, o: pre.append(o.detach()))
+    model.eval()
+    loss = model(batch.x, batch.y).loss
+    h.remove()
+    loss.backward()
+    assert got["loss"] == pytest.approx(loss.item(), abs=1e-6)
+    layer = got["layers"][1]
+    assert layer["pre_mean"] == pytest.approx(pre[0].mean().item(), abs=1e-6)
+    assert layer["pre_std"] == pytest.approx(pre[0].std().item(), abs=1e-6)
+    assert layer["flat"] == pytest.approx((pre[0] < -3).float().mean().item())
+    w = {r["name"]: r for r in got["weights"]}["transformer.h.0.mlp.c_fc.weight"]
+    g = model.transformer.h[0].mlp.c_fc.weight.grad
+    assert w["grad_std"] == pytest.approx(g.std().item(), rel=1e-5)
+    assert w["grad_to_weight"] == pytest.approx(math.log10(g.std() / model.transformer.h[0].mlp.c_fc.weight.detach().std()),
+                                                abs=1e-6)
+
+
+def test_the_judge_names_problems_and_their_fixes():
+    healthy = {"layer": 0, "pre_mean": 0.0, "pre_std": 1.0, "flat": 0.3, "dead": 0.0, "out_mean": 0.0,
+               "out_std": 1.0, "attn_entropy": 0.5}
+    result = {"layers": [healthy, {**healthy, "layer": 1, "dead": 0.4, "out_std": 80.0}],
+              "weights": [{"name": "w", "grad_std": 0.1, "grad_to_weight": 0.5}]}
+    recorded = [{"step": 10, "weights": [{"name": "w", "update_to_weight": -1.2},
+                                          {"name": "v", "update_to_weight": -5.0}]}]
+    problems = health.judge(result, recorded)
+    assert any("layer 1: 40% of the MLP's hidden units are dead" in p and "lower the learning rate" in p
+               for p in problems)
+    assert any("layer 1" in p and "exploding" in p for p in problems)
+    assert any(p.startswith("w: gradients larger than the weights") for p in problems)
+    assert any(p.startswith("w: updates are 10^-1.2") and "lower the learning rate" in p for p in problems)
+    assert any(p.startswith("v: updates are 10^-5.0") and "raise the learning rate" in p for p in problems)
+    assert not any("layer 0" in p for p in problems)
+    assert health.judge({"layers": [healthy], "weights": []}) == []
+
+
+def test_diagnose_a_run_with_recorded_diagnostics_and_two_checkpoints(tmp_path, capsys):
+    session, _, _ = train(tmp_path, "run", diagnostics=2, eval_interval=2)
+    run = RunDir(tmp_path / "run")
+    out = tmp_path / "pics"
+    assert main(["diagnose", str(run.path), "--checkpoint", "last", "--previous", "best", "--batches", "2",
+                 "--out", str(out), "--json", str(tmp_path / "d.json")]) == 0
+    text = capsys.readouterr().out
+    assert "recorded during training: 3 probes" in text
+    for name in ("activations", "gradients", "ratios", "over_training"):
+        assert (out / f"{name}.png").stat().st_size > 5000
+    data = json.loads((tmp_path / "d.json").read_text())
+    last, best = load_file(str(run.weights_path("last"))), load_file(str(run.weights_path("best")))
+    for w in data["weights"]:
+        if torch.equal(last[w["name"]], best[w["name"]]):
+            assert w["update_to_weight"] is None
+        else:
+            assert w["update_to_weight"] == pytest.approx(ratio(last[w["name"]], best[w["name"]]), abs=1e-9)
+
+
+def test_diagnose_a_local_gpt2_directory_with_given_text(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=32))
+    hf.save_pretrained(tmp_path / "gpt2-local")
+    (tmp_path / "t.txt").write_text(ROMEO)
+    assert main(["diagnose", str(tmp_path / "gpt2-local"), "--data", str(tmp_path / "t.txt"), "--batches", "1",
+                 "--out", str(tmp_path / "p")]) == 0
+    assert "layer" in capsys.readouterr().out
+    assert (tmp_path / "p" / "activations.png").is_file()
+    assert main(["diagnose", str(tmp_path / "gpt2-local"), "--out", str(tmp_path / "p")]) == 1
+    assert "give --data" in capsys.readouterr().err
+
+
+def test_train_flag(tmp_path):
+    corpus = tmp_path / "r.txt"
+    corpus.write_text(ROMEO)
+    assert main(["train", "--data", str(corpus), "--out", str(tmp_path / "r"), "--max-steps", "2",
+                 "--diagnostics", "1", "--sample-tokens", "0", *TINY_TRAIN]) == 0
+    assert [r["step"] for r in RunDir(tmp_path / "r").read_diagnostics()] == [1, 2]
