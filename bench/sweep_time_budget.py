@@ -47,6 +47,10 @@ GRID = {
     "tiny-6l": ["--n-layer", "6"],
     "tiny-192": ["--n-embd", "192", "--n-head", "3"],
     "tiny-t256-b16": ["--block-size", "256", "--batch-size", "16"],
+    # Third round: width at a fixed budget (Muon, context 128, batch 32), for the tokens-per-parameter rule.
+    "tiny-192-rope": ["--n-embd", "192", "--n-head", "3", "--pos-emb", "rope"],
+    "tiny-256": ["--n-embd", "256", "--n-head", "4"],
+    "tiny-256-rope": ["--n-embd", "256", "--n-head", "4", "--pos-emb", "rope"],
 }
 
 

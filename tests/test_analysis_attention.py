@@ -149,7 +149,8 @@ def test_attention_command_on_a_tiny_run(trained_run, tmp_path, capsys):
     data = json.loads((tmp_path / "a.json").read_text())
     assert len(data["tokens"]) == len("to be or not") and len(data["heads"]) == 2
     # --compare of a run against itself, and --untrained of its shape
-    assert main(["attention", "--compare", str(trained_run), str(trained_run), "--text", "to be", "--out", str(out)]) == 0
+    assert main(["attention", "--compare", str(trained_run), str(trained_run), "--text", "to be",
+                 "--out", str(out)]) == 0
     assert (out / "compare_L0_H0.png").stat().st_size > 1000
     assert main(["attention", str(trained_run), "--untrained", "--text", "to be", "--out", str(tmp_path / "u")]) == 0
     assert (tmp_path / "u" / "all_heads.png").is_file()

@@ -1,4 +1,6 @@
-"""The time-budget recipe: the largest preset this machine trains on ~20 tokens per parameter."""
+"""The time-budget recipe: the char preset this machine trains on the best tokens per parameter."""
+
+import math
 
 import pytest
 import torch
@@ -9,7 +11,6 @@ from tinygpt.presets import get_preset
 from tinygpt.train import Session
 from tinygpt.train.recipe import (
     LADDER,
-    MAX_SPEEDUP,
     TOKENS_PER_PARAM,
     preset_for_time,
     training_speed,
@@ -31,34 +32,35 @@ def constant_flops(flops_per_s, timed):
     return speed
 
 
-def seconds_for(name, flops_per_s):
-    """The budget at which ``name`` sees exactly TOKENS_PER_PARAM tokens per parameter."""
-    params, per_token = sizes(name)
-    return TOKENS_PER_PARAM * params * per_token / flops_per_s
+def boundary(a, b, flops_per_s):
+    """The budget at which presets ``a`` and ``b`` are equally far (as ratios) from
+    TOKENS_PER_PARAM tokens per parameter: their ratios' product is its square."""
+    (pa, fa), (pb, fb) = sizes(a), sizes(b)
+    return TOKENS_PER_PARAM * math.sqrt(fa * pa * fb * pb) / flops_per_s
 
 
-@pytest.mark.parametrize("name", LADDER[1:])
-def test_a_preset_is_chosen_from_the_budget_where_it_sees_20_tokens_per_parameter(name):
+@pytest.mark.parametrize("i", range(1, len(LADDER)))
+def test_the_preset_nearest_the_best_tokens_per_parameter_is_chosen(i):
     F = 1e11
-    below, above = LADDER[LADDER.index(name) - 1], name
-    t = seconds_for(name, F)
+    below, above = LADDER[i - 1], LADDER[i]
+    t = boundary(below, above, F)
     assert preset_for_time(t * 0.99, VOCAB, log=lambda _: None, speed=constant_flops(F, [])) == below
     assert preset_for_time(t * 1.01, VOCAB, log=lambda _: None, speed=constant_flops(F, [])) == above
 
 
-def test_the_smallest_preset_when_none_qualifies_and_out_of_reach_sizes_are_not_timed():
+def test_the_smallest_preset_for_short_budgets_and_out_of_reach_sizes_are_not_timed():
     timed, said = [], []
-    assert preset_for_time(60, VOCAB, log=said.append, speed=constant_flops(1e11, timed)) == "char-tiny"
-    tiny_embd = get_preset("char-tiny").model["n_embd"]
-    assert timed == [tiny_embd]  # char-small needs > MAX_SPEEDUP x this speed for 60 s: never built to time
-    params, per_token = sizes("char-tiny")
-    assert said[0].startswith(f"preset auto: char-tiny for 60 s (tokens per parameter this machine trains in that "
-                              f"time: char-tiny {1e11 * 60 / per_token / params:.1f};")
-    # Within reach of the speed-up bound, the next size is timed (and here still falls short).
+    seconds = 1.0
+    assert preset_for_time(seconds, VOCAB, log=said.append, speed=constant_flops(1e11, timed)) == LADDER[0]
+    assert timed == [get_preset(LADDER[0]).model["n_embd"]]  # the next size cannot come nearer: never timed
+    params, per_token = sizes(LADDER[0])
+    assert said[0].startswith(f"preset auto: {LADDER[0]} for 1 s (tokens per parameter this machine trains in "
+                              f"that time: {LADDER[0]} {1e11 * seconds / per_token / params:.1f};")
+    # A size within reach of the speed-up bound is timed, and here still loses.
     timed.clear()
-    t = seconds_for("char-small", 1e11) / MAX_SPEEDUP * 1.5
-    assert preset_for_time(t, VOCAB, log=lambda _: None, speed=constant_flops(1e11, timed)) == "char-tiny"
-    assert timed == [tiny_embd, get_preset("char-small").model["n_embd"]]
+    t = boundary(LADDER[0], LADDER[1], 1e11) / 1.5
+    assert preset_for_time(t, VOCAB, log=lambda _: None, speed=constant_flops(1e11, timed)) == LADDER[0]
+    assert timed == [get_preset(n).model["n_embd"] for n in LADDER[:2]]
 
 
 def test_training_speed_measures_each_dtype_and_leaves_state_alone():

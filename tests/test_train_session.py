@@ -18,7 +18,7 @@ from tinygpt.train import (
 def test_layers_lay_over_the_preset_and_auto_is_resolved():
     cfg = new_run_config({"lr": 0.5}, {"n_layer": 2, "device": "cpu"})
     assert cfg.train.preset == "char-tiny"  # 'auto' on a CPU
-    assert (cfg.model.n_layer, cfg.model.n_embd, cfg.model.block_size) == (2, 128, 128)  # flag < preset < default
+    assert (cfg.model.n_layer, cfg.model.n_embd, cfg.model.block_size) == (2, 192, 128)  # flag < preset < default
     assert cfg.train.lr == 0.5 and cfg.runtime.seed == 1337
     baby = new_run_config({"preset": "baby", "device": "cpu"})
     assert baby.model.n_embd == 384 and baby.train.batch_size == 64 and baby.train.lr == 1e-3

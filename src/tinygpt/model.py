@@ -50,7 +50,7 @@ class GPTConfig:
     pos_emb: str = opt("learned", "position encoding: learned absolute (GPT-2) or rotary", choices=("learned", "rope"))
     mlp: str = opt("gelu", "feed-forward block: GELU 4x (GPT-2) or SwiGLU", choices=("gelu", "swiglu"))
     # Exact GELU is the default for new models: PyTorch's CPU kernel for the tanh form took
-    # 2.3 vs 0.9 ms forward on char-tiny's (32, 128, 512) activations (2-core Xeon), and the
+    # 2.3 vs 0.9 ms forward on char-nano's (32, 128, 512) activations (2-core Xeon), and the
     # two forms differ by at most 4.7e-4. GPT-2 checkpoints keep the tanh form they were trained with.
     gelu: str = opt("exact", "GELU form of the gelu MLP: exact (erf) or tanh (GPT-2's gelu_new)",
                     choices=("exact", "tanh"))

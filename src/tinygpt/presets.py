@@ -30,19 +30,24 @@ class Preset:
 
 _LLAMA_STYLE = dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False)
 
-# Learning rates: small models tolerate, and over a short budget need, larger rates. char-tiny
-# on Shakespeare, 150 s on a 2-core CPU, reached val loss 2.18 / 1.91 / 1.83 / 1.78 at lr
-# 1e-3 / 3e-3 / 5e-3 / 8e-3 (grad norms stayed below 2); 6e-3 leaves some margin for other
-# corpora. The GPT-2 sizes take the GPT-3 paper's rates and AdamW beta2.
-# char-tiny trains with Muon: in bench/sweep_time_budget.py's 5-minute runs on Shakespeare
-# (2-core AMX Xeon) it reached val loss 1.471 against AdamW's 1.574 at the same lr, ahead of
-# every larger shape tried (char-small 1.599-1.643, 6 layers 1.716): at this budget tokens
-# seen matter more than width. The sweep and its results are in the issue 8 note.
+# Learning rates: small models tolerate, and over a short budget need, larger rates. The
+# 128-wide char model on Shakespeare, 150 s on a 2-core CPU, reached val loss 2.18 / 1.91 /
+# 1.83 / 1.78 at lr 1e-3 / 3e-3 / 5e-3 / 8e-3 (grad norms stayed below 2); 6e-3 leaves some
+# margin for other corpora. The GPT-2 sizes take the GPT-3 paper's rates and AdamW beta2.
+# The char models train with Muon: in bench/sweep_time_budget.py's 5-minute runs (2-core AMX
+# Xeon) it took the 128-wide model from val loss 1.574 to 1.471 on Shakespeare and from 0.970
+# to 0.879 on Vim's documentation, at the same lr. Width and depth at a 5-minute budget on
+# Shakespeare, side by side: 4 layers of 192 (3 heads of 64) 1.464, 4 of 128 1.478, 6 of 128
+# 1.517; in a slower round 192 1.475, 128 1.484, 256 1.496. RMSNorm and QK-norm cost more
+# time than they gained (PyTorch's CPU RMSNorm takes 4x LayerNorm's time); RoPE about broke even.
+# The ladder of char-nano / char-tiny / char-small is what train/recipe.py sizes to a budget.
 PRESETS: dict[str, Preset] = {
-    "char-tiny": Preset("0.8M parameters, context 128: minutes on a laptop CPU",
+    "char-nano": Preset("0.8M parameters, context 128: a minute or two on a laptop CPU",
                         dict(n_layer=4, n_head=4, n_embd=128, block_size=128), dict(lr=6e-3, optimizer="muon")),
-    "char-small": Preset("3.2M parameters, context 256",
-                         dict(n_layer=4, n_head=4, n_embd=256, block_size=256), dict(lr=2e-3)),
+    "char-tiny": Preset("1.8M parameters, context 128: minutes on a laptop CPU",
+                        dict(n_layer=4, n_head=3, n_embd=192, block_size=128), dict(lr=6e-3, optimizer="muon")),
+    "char-small": Preset("3.2M parameters, context 256: an hour or more on a laptop CPU",
+                         dict(n_layer=4, n_head=4, n_embd=256, block_size=256), dict(lr=6e-3, optimizer="muon")),
     "baby": Preset("10.8M parameters, context 256: nanoGPT's Shakespeare model, for a GPU",
                    dict(n_layer=6, n_head=6, n_embd=384, block_size=256), dict(lr=1e-3, batch_size=64)),
     "baby-llama": Preset("baby with RoPE, RMSNorm, SwiGLU, no biases and an untied head",

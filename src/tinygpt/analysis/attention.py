@@ -181,7 +181,8 @@ def format_report(result: dict) -> str:
     lines = [f"model: {result['model']} | {len(result['tokens'])} tokens"
              + (f" (the first {result['cropped']} dropped to fit the context)" if result["cropped"] else "")]
     where = result["top_attended"]["layer"]
-    lines.append(f"most-attended tokens, heads averaged, {'all layers averaged' if where == 'mean' else f'layer {where}'}:")
+    scope = "all layers averaged" if where == "mean" else f"layer {where}"
+    lines.append(f"most-attended tokens, heads averaged, {scope}:")
     for i, (label, row) in enumerate(zip(result["tokens"], result["top_attended"]["rows"])):
         lines.append(f"  {i:4d} {label:>8}  " + "  ".join(f"{t}@{j} {w:.2f}" for t, j, w in row))
     if result["heads"]:
@@ -196,10 +197,11 @@ def format_report(result: dict) -> str:
 
 
 def draw(att: Attention, out: Path, *, layer: int | None = None, head: int | None = None,
-         residual: float = 0.5) -> list[Path]:
+         residual: float = 0.5, heads: list[dict] | None = None) -> list[Path]:
     """The pictures of ``att`` under ``out``: the chosen head (``layer`` and ``head``), the
     heads of the chosen layer (all layers' grids when none is chosen), every head on one
-    page, attention rollout, and entropy per head."""
+    page (each titled with its role when ``heads``, :func:`analyse`'s list, gives one),
+    attention rollout, and entropy per head."""
     from . import pictures
 
     maps = att.maps.numpy()
@@ -208,6 +210,7 @@ def draw(att: Attention, out: Path, *, layer: int | None = None, head: int | Non
     for value, flag, top in ((layer, "--layer", L), (head, "--head", H)):
         if value is not None and not 0 <= value < top:
             raise TinyGPTError(f"{flag} {value} is out of range; the model has {top} (0..{top - 1})")
+    role = {(h["layer"], h["head"]): f" ({h['role']} {h[h['role']]:.2f})" for h in heads or [] if h["role"]}
     paths = []
     if head is not None:
         lay = layer if layer is not None else 0
@@ -215,10 +218,11 @@ def draw(att: Attention, out: Path, *, layer: int | None = None, head: int | Non
                                       f"{att.source}: layer {lay}, head {head}"))
     for lay in layers:
         paths.append(pictures.grid(maps[lay], out / f"layer_{lay}.png", f"{att.source}: the heads of layer {lay}",
-                                   names=[f"head {h}" for h in range(H)], labels=att.labels))
+                                   names=[f"head {h}{role.get((lay, h), '')}" for h in range(H)], labels=att.labels))
     paths.append(pictures.grid(maps.reshape(L * H, *maps.shape[2:]), out / "all_heads.png",
                                f"{att.source}: every head (rows: layers 0..{L - 1}, columns: heads 0..{H - 1})",
-                               names=[f"L{lay} H{h}" for lay in range(L) for h in range(H)], rows=L))
+                               names=[f"L{lay} H{h}{role.get((lay, h), '')}" for lay in range(L) for h in range(H)],
+                               rows=L))
     paths.append(pictures.heatmap(rollout(att.maps, residual).numpy(), att.labels, out / "rollout.png",
                                   f"{att.source}: attention rollout over {L} layers (residual weight {residual})",
                                   ylabel="token (last layer)", xlabel="input token it draws on",

@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         out = RunDir(args.model).pictures_dir("attention")
     else:
         out = Path("attention")
-    paths = attention.draw(att, out, layer=args.layer, head=args.head, residual=args.residual)
+    paths = attention.draw(att, out, layer=args.layer, head=args.head, residual=args.residual,
+                           heads=result["heads"])
     print(attention.format_report(result))
     for p in paths:
         log(f"wrote {p}")

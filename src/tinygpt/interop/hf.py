@@ -134,7 +134,8 @@ def gpt2_config_to_hf(cfg: GPTConfig) -> dict:
     return dict(
         model_type="gpt2", architectures=["GPT2LMHeadModel"], vocab_size=cfg.vocab_size,
         n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
-        n_inner=cfg.mlp_hidden, activation_function="gelu_new" if cfg.gelu == "tanh" else "gelu", layer_norm_epsilon=cfg.norm_eps,
+        n_inner=cfg.mlp_hidden, activation_function="gelu_new" if cfg.gelu == "tanh" else "gelu",
+        layer_norm_epsilon=cfg.norm_eps,
         resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
         tie_word_embeddings=cfg.tie_embeddings, bos_token_id=eot, eos_token_id=eot)
 

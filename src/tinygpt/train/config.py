@@ -15,7 +15,9 @@ from .optim import OPTIMIZERS, SCHEDULES
 
 @dataclass
 class TrainConfig:
-    preset: str = opt("auto", "model preset; auto picks one that fits the hardware found (cpu: char-tiny, gpu: baby)",
+    preset: str = opt("auto", "model preset; auto picks one for the hardware found: on a CPU with a time budget, "
+                              "the char preset this machine trains best in it (measured at the start), else "
+                              "char-tiny; on a GPU, baby",
                       choices=("auto",) + tuple(PRESETS))
     out: str | None = opt(None, "run directory (default: runs/<name>)")
     name: str | None = opt(None, "run name under runs/ (default: <data>-<preset>-<date>-<time>)")
@@ -33,8 +35,8 @@ class TrainConfig:
                                   "--decay-fraction of the budget)", choices=SCHEDULES)
     decay_fraction: float = opt(0.2, "wsd schedule: the final fraction of the budget spent decaying")
     optimizer: str = opt("adamw", "adamw, or muon: Muon for the blocks' weight matrices, AdamW for embeddings, "
-                                  "head, biases and gains (the same --lr and --weight-decay; the char-tiny "
-                                  "preset picks muon)", choices=OPTIMIZERS)
+                                  "head, biases and gains (the same --lr and --weight-decay; the char "
+                                  "presets pick muon)", choices=OPTIMIZERS)
     weight_decay: float = opt(0.1, "AdamW weight decay (matrices and embeddings only)")
     beta1: float = opt(0.9, "AdamW beta1")
     beta2: float = opt(0.99, "AdamW beta2")

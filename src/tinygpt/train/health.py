@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 FLAT_BELOW = -3.0  # GELU(x) and GELU'(x) are within 1.2% of 0 below this
 DEAD_SHARE = 0.99  # a hidden unit flat for this share of the probe's tokens is dead: it passes (almost) nothing
-HIST_BINS = 60
+HIST_BINS = 80
 
 
 def _log10(x: float) -> float | None:
@@ -121,7 +121,10 @@ def _attention_entropy(maps: torch.Tensor) -> float:
 
 def _histogram(x: torch.Tensor) -> dict:
     x = x.flatten()
-    lo, hi = float(x.min()), float(x.max())
+    # The body of the distribution, +-6 std around the mean: a few outliers would otherwise
+    # stretch the bins until the body falls into one or two of them.
+    mean, std = float(x.mean()), float(x.std())
+    lo, hi = max(float(x.min()), mean - 6 * std), min(float(x.max()), mean + 6 * std)
     if lo == hi:
         lo, hi = lo - 1e-6, hi + 1e-6
     counts = torch.histc(x, bins=HIST_BINS, min=lo, max=hi)

@@ -86,7 +86,7 @@ def resumed_run_config(saved: dict, *layers: dict) -> RunConfig:
 def measure_training_dtype(model: GPT, batch_size: int, log: Callable[[str], None]) -> torch.dtype:
     """fp32 or bf16 autocast for training ``model`` on this CPU, whichever runs its forward
     and backward faster. Which wins depends on the machine and the model: on a 2-core AMX
-    Xeon bf16 trained the 10.8M-parameter baby 2.3x faster than fp32, but char-tiny (0.8M)
+    Xeon bf16 trained the 10.8M-parameter baby 2.3x faster than fp32, but char-nano (0.8M)
     10% slower, its matmuls too small to gain what the casts cost."""
     speed = training_speed(model, batch_size)
     best = max(speed, key=speed.get)
