@@ -10,11 +10,12 @@ ratios (the target is within 2%). tests/test_train_trainer.py checks the same at
 """
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from tinygpt.run import RunDir
 
 
 def run(dtype: str, args, workdir: Path) -> dict:
@@ -24,7 +25,7 @@ def run(dtype: str, args, workdir: Path) -> dict:
            "--progress", "false", "--sample-tokens", "0", *(["--batch-size", str(args.batch_size)]
                                                              if args.batch_size else [])]
     subprocess.run(cmd, check=True, capture_output=True)
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = RunDir.open(out).read_metrics()
     steps = [r for r in records if "loss" in r]
     return {"train_loss": sum(r["loss"] for r in steps[-20:]) / len(steps[-20:]),
             "val_loss": [r for r in records if "val_loss" in r][-1]["val_loss"],

@@ -79,3 +79,14 @@ def test_multibyte_characters_straddling_chunks(tmp_path, monkeypatch, kind):
     assert all(c.endswith("\n") for c in chunks[:-1])   # cut at line ends
     d = prepare_data(DataConfig(data=str(tmp_path), tokenizer=kind), **QUIET)
     assert decode_all(d) == text
+
+
+def test_read_text_joins_files_by_blank_lines_and_stops_at_max_chars(tiny_corpus, tmp_path):
+    names = resolve_files(str(tiny_corpus))
+    texts = [p.read_text(encoding="utf-8") for p in names]
+    assert files.read_text(str(tiny_corpus)) == "\n\n".join(texts)
+    assert files.read_text(str(tiny_corpus), max_chars=10) == texts[0][:10]
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok \xff")
+    with pytest.raises(TinyGPTError, match="bad.txt is not valid utf-8 at byte 3"):
+        files.read_text(str(bad))

@@ -317,6 +317,15 @@ class RunDir:
         """Where a result document lives, e.g. ``results_path('eval')`` -> eval.json."""
         return self.path / f"{name}.json"
 
+    def append_result(self, name: str, record: dict) -> None:
+        """Add ``record`` to the list of results in ``results_path(name)`` (written atomically)."""
+        path = self.results_path(name)
+        kept = ckpt.read_json(path, f"{name} results") if path.exists() else []
+        if not isinstance(kept, list):
+            raise TinyGPTError(f"{path} holds {type(kept).__name__}, not a list of results; move it aside and "
+                               "evaluate again")
+        ckpt.atomic_write_json(path, kept + [record])
+
     def pictures_dir(self, kind: str) -> Path:
         """A folder of pictures: 'plots' (training diagnostics) or 'attention' (attention maps)."""
         if kind not in ("plots", "attention"):

@@ -1,5 +1,6 @@
 """Attention as numbers: capture every layer's and head's weights for a text, and what
-they say (entropy, rollout, most-attended tokens, head roles).
+they say (entropy, rollout, most-attended tokens, head roles). Entropy is the training
+health probe's own measure (:func:`tinygpt.train.health.attention_entropy`).
 
 The weights come from the model's own explicit attention path (``GPT.attention_maps``:
 forward hooks on each layer's SDPA inputs, recomputed as softmax(q k^T / sqrt(d)) under
@@ -16,6 +17,7 @@ import torch
 
 from ..errors import TinyGPTError
 from ..generation import TinyGPT
+from ..train.health import attention_entropy as entropy
 
 # A head takes a role when its score for it (the mean weight on the role's key) is at
 # least this; trained GPT-2's previous-token and induction heads score well above it.
@@ -54,30 +56,20 @@ def capture(lm: TinyGPT, text: str, source: str = "") -> Attention:
     block = lm.model.config.block_size
     cropped = max(0, len(ids) - block)
     ids = ids[cropped:]
+    labels = [token_label(lm.tokenizer.decode([i])) for i in ids]
+    return Attention(ids, labels, _maps(lm, torch.tensor([ids])), source or str(lm.checkpoint or "model"), cropped)
+
+
+def _maps(lm: TinyGPT, ids: torch.Tensor) -> torch.Tensor:
+    """(L, nh, T, T) float32 on the CPU: every layer's weights for one row of ``ids`` (1, T),
+    taken in eval mode (no attention dropout), the model left in the mode it was in."""
     was_training = lm.model.training
     lm.model.eval()
     try:
-        maps = lm.model.attention_maps(torch.tensor([ids], device=lm.device))
+        maps = lm.model.attention_maps(ids.to(lm.device))
     finally:
         lm.model.train(was_training)
-    stacked = torch.stack([m[0].float().cpu() for m in maps])  # (L, nh, T, T)
-    labels = [token_label(lm.tokenizer.decode([i])) for i in ids]
-    return Attention(ids, labels, stacked, source or str(lm.checkpoint or "model"), cropped)
-
-
-def entropy(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean entropy in nats, mean normalised entropy in [0, 1]) per layer and head, (L, nh) each.
-
-    Rows 1.. only: the first query has one key and no choice. Normalised divides each row
-    by its largest possible entropy, log(keys it may see), so rows of every length compare:
-    near 0 a sharp head (one key), near 1 a diffuse one (all keys alike)."""
-    p = maps[..., 1:, :]  # (L, nh, T-1, T)
-    if p.shape[-2] == 0:
-        zero = torch.zeros(maps.shape[:2])
-        return zero, zero
-    h = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)  # (L, nh, T-1)
-    keys = torch.arange(2, maps.shape[-1] + 1, dtype=h.dtype)  # row i sees i + 1 keys
-    return h.mean(-1), (h / torch.log(keys)).mean(-1)
+    return torch.stack([m[0].float().cpu() for m in maps])
 
 
 def rollout(maps: torch.Tensor, residual: float = 0.5) -> torch.Tensor:
@@ -135,8 +127,7 @@ def induction_scores(lm: TinyGPT, length: int = 50, seed: int = 0) -> torch.Tens
         raise TinyGPTError(f"the context ({block} tokens) is too short to test for induction heads")
     g = torch.Generator().manual_seed(seed)
     first = torch.randint(lm.tokenizer.vocab_size, (n,), generator=g)
-    ids = torch.cat([first, first]).unsqueeze(0).to(lm.device)  # (1, 2n)
-    maps = torch.stack([m[0].float().cpu() for m in lm.model.eval().attention_maps(ids)])  # (L, nh, 2n, 2n)
+    maps = _maps(lm, torch.cat([first, first]).unsqueeze(0))  # (L, nh, 2n, 2n)
     rows = torch.arange(n, 2 * n)
     return maps[:, :, rows, rows - n + 1].mean(-1)
 

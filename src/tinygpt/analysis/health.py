@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import from_dict
-from ..data import Batches, DataConfig, prepare_data
-from ..data.files import resolve_files
+from ..data import Batches, read_text
 from ..errors import TinyGPTError
 from ..generation import TinyGPT
 from ..run import RunDir
+from ..train import run_data
 from ..train.health import probe, update_ratios, weight_matrices
 
 # Rules of thumb, with the fix each suggests.
@@ -34,20 +33,12 @@ def probe_batches(lm: TinyGPT, run: RunDir | None, data: str | None, n: int, bat
     folder, glob or shakespeare) encoded with the model's tokenizer."""
     T = lm.model.config.block_size
     if data is None and run is not None:
-        cfg = from_dict(DataConfig, run.read_config().get("data", {}))
-        tokens = prepare_data(cfg, log=log).train
+        tokens = run_data(run.path, log=log).train
     else:
         if data is None:
             raise TinyGPTError("this model has no run data to probe with; give --data FILE (or shakespeare)")
-        text = []
-        size = 0
-        for f in resolve_files(data, "utf-8", log):
-            chunk = Path(f).read_text(encoding="utf-8", errors="replace")
-            text.append(chunk)
-            size += len(chunk)
-            if size > 2_000_000:  # plenty for a few batches
-                break
-        tokens = np.array(lm.tokenizer.encode("\n".join(text)), dtype=np.int64)
+        text = read_text(data, max_chars=2_000_000, log=log)  # plenty for a few batches
+        tokens = np.array(lm.tokenizer.encode(text), dtype=np.int64)
     if len(tokens) <= T:
         raise TinyGPTError(f"the probe text has {len(tokens)} tokens, fewer than the context ({T}) + 1; "
                            "give a longer --data")
@@ -56,7 +47,7 @@ def probe_batches(lm: TinyGPT, run: RunDir | None, data: str | None, n: int, bat
 
 
 def diagnose(lm: TinyGPT, batches: list, previous: dict[str, torch.Tensor] | None = None) -> dict:
-    """Statistics averaged over ``batches`` (histograms from all of them pooled), and the
+    """Statistics averaged over ``batches`` (histograms from the first), and the
     update-to-weight ratio against ``previous`` weights when given."""
     results = [probe(lm.model, b, lm.device, torch.float32, histograms=True) for b in batches]
     first = results[0]
@@ -108,7 +99,7 @@ def judge(result: dict, recorded: list[dict] | None = None) -> list[str]:
                        "(--grad-clip 1) or lower the learning rate")
         if w["grad_std"] == 0:
             out.append(f"{w['name']}: no gradient at all (dead or disconnected)")
-    updates = _latest_updates(result, recorded)
+    updates = _latest_updates(recorded)
     for name, u in updates.items():
         if u > UPDATE_TOO_LARGE:
             out.append(f"{name}: updates are 10^{u:.1f} of the weights per step (guideline ~10^-3): lower the "
@@ -119,7 +110,7 @@ def judge(result: dict, recorded: list[dict] | None = None) -> list[str]:
     return out
 
 
-def _latest_updates(result: dict, recorded: list[dict] | None) -> dict[str, float]:
+def _latest_updates(recorded: list[dict] | None) -> dict[str, float]:
     """Per-step update ratios: the last recorded probe's (true one-step values) when there
     is one, else none (a two-checkpoint ratio spans many steps and is not judged)."""
     if recorded:

@@ -26,49 +26,24 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
-    import platform
-    import time
-    from pathlib import Path
 
-    import torch
-    from tqdm import tqdm
-
-    from .. import __version__
-    from ..checkpoint import atomic_write_json, atomic_write_text
+    from ..checkpoint import atomic_write_text
+    from ..data import read_text
     from ..errors import TinyGPTError
     from ..eval import perplexity
-    from ..generation import load
     from ..run import RunDir
 
     if args.batch_size < 1 or (args.max_chars is not None and args.max_chars < 1):
         raise TinyGPTError("--batch-size and --max-chars must be at least 1")
     if args.data:
-        text, where = perplexity.read_text(args.data, args.max_chars, log), args.data
+        text, where = read_text(args.data, args.max_chars, log=log), args.data
     else:
         if not RunDir.is_run(args.models[0]):
             raise TinyGPTError(f"{args.models[0]} is not a tinygpt run, so it has no validation split; give --data")
         text, where = perplexity.validation_text(args.models[0], log), f"validation split of {args.models[0]}"
         text = text[:args.max_chars] if args.max_chars else text
-    rows = []
-    for source in args.models:
-        lm = load(source, checkpoint=args.checkpoint, device=args.device, dtype="fp32")
-        ids = lm.tokenizer.encode(text)
-        started = time.perf_counter()
-        with tqdm(total=len(ids) - 1, desc=Path(source).name, unit="tok", leave=False, disable=None) as bar:
-            s = perplexity.score(lm, ids, stride=args.stride, batch_size=args.batch_size, progress=bar.update)
-        seconds = time.perf_counter() - started
-        row = {"model": str(source), "tokenizer": lm.tokenizer.kind, "checkpoint": str(lm.checkpoint),
-               "step": lm.step, "data": where, "chars": len(text), "stride": args.stride or lm.model.config.block_size,
-               "tokens": s.tokens, "bytes": s.bytes, "loss": s.loss, "perplexity": s.perplexity,
-               "bits_per_byte": s.bits_per_byte, "seconds": round(seconds, 2)}
-        rows.append(row)
-        if RunDir.is_run(source):
-            path = RunDir(source).results_path("eval")
-            kept = json.loads(path.read_text()) if path.exists() else []
-            kept.append({**row, "kind": "perplexity", "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                         "versions": {"tinygpt": __version__, "torch": torch.__version__,
-                                      "python": platform.python_version()}})
-            atomic_write_json(path, kept)
+    rows = [perplexity.evaluate(m, text, where, stride=args.stride, batch_size=args.batch_size,
+                                checkpoint=args.checkpoint, device=args.device) for m in args.models]
     print(f"{'model':40} {'tokenizer':>9} {'tokens':>10} {'loss':>8} {'ppl':>9} {'bits/byte':>10} {'s':>7}")
     for r in rows:
         print(f"{r['model'][-40:]:40} {r['tokenizer']:>9} {r['tokens']:10,d} {r['loss']:8.4f} {r['perplexity']:9.3f} "

@@ -12,7 +12,7 @@ word datasets and rank-sharded data plug in as other iterators of batches.
 from .batches import Batch, Batches
 from .cache import TokenData, prepare_data, token_dtype
 from .config import SAMPLING_MODES, DataConfig
-from .files import absolute_spec, check_encoding, resolve_files
+from .files import absolute_spec, check_encoding, read_text, resolve_files
 
 __all__ = ["absolute_spec", "Batch", "Batches", "DataConfig", "SAMPLING_MODES", "TokenData", "check_encoding", "prepare_data",
-           "resolve_files", "token_dtype"]
+           "read_text", "resolve_files", "token_dtype"]

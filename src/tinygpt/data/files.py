@@ -91,6 +91,25 @@ def open_binary(path: Path):
         raise TinyGPTError(f"cannot read {_display(path)}: {e.strerror or e}; check the file's permissions") from None
 
 
+def read_text(spec: str, max_chars: int | None = None, encoding: str = "utf-8",
+              log: Callable[[str], None] | None = None) -> str:
+    """The text ``spec`` names (files joined by blank lines, in :func:`resolve_files`'s
+    order), read only as far as the first ``max_chars`` characters."""
+    files, size = [], 0
+    for path in resolve_files(spec, encoding, log):
+        parts = []
+        for chunk in iter_chunks(path, encoding):
+            parts.append(chunk)
+            size += len(chunk)
+            if max_chars is not None and size >= max_chars:
+                break
+        files.append("".join(parts))
+        if max_chars is not None and size >= max_chars:
+            break
+    text = "\n\n".join(files)
+    return text if max_chars is None else text[:max_chars]
+
+
 def iter_chunks(path: Path, encoding: str) -> Iterator[str]:
     """Decoded text of ``path`` in pieces of about CHUNK_BYTES, each cut after a newline when there is one.
 

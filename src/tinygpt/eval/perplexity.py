@@ -94,35 +94,45 @@ def score(lm: TinyGPT, ids: list[int], *, stride: int | None = None, batch_size:
     return Score(total, counted, n_bytes)
 
 
-# ---------------------------------------------------------------------------- what to score
+# ---------------------------------------------------------------------------- models and texts
 
-def read_text(spec: str, max_chars: int | None = None, log: Callable[[str], None] | None = None) -> str:
-    """The text of a file, a folder (its files joined by blank lines, in name order), a glob
-    or a built-in corpus such as ``shakespeare``; the first ``max_chars`` characters."""
-    from ..data.files import resolve_files
+def evaluate(source: str, text: str, where: str, *, stride: int | None = None, batch_size: int = 8,
+             checkpoint: str = "best", device: str = "auto", progress: bool = True) -> dict:
+    """Score ``text`` (described by ``where``) with the model at ``source`` (a run, a Hugging
+    Face name or directory), in fp32; the result as one row. A run also keeps the row, with
+    the time and library versions, in its eval.json."""
+    import platform
+    import time
+    from pathlib import Path
 
-    parts, size = [], 0
-    for path in resolve_files(spec, "utf-8", log):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise TinyGPTError(f"{path} is not UTF-8 text; convert it, or leave it out of --data") from None
-        parts.append(text)
-        size += len(text)
-        if max_chars is not None and size >= max_chars:
-            break
-    text = "\n\n".join(parts)
-    return text[:max_chars] if max_chars is not None else text
+    from tqdm import tqdm
+
+    from .. import __version__
+    from ..generation import load
+    from ..run import RunDir
+
+    lm = load(source, checkpoint=checkpoint, device=device, dtype="fp32")
+    ids = lm.tokenizer.encode(text)
+    started = time.perf_counter()
+    with tqdm(total=max(len(ids) - 1, 0), desc=Path(source).name, unit="tok", leave=False,
+              disable=None if progress else True) as bar:
+        s = score(lm, ids, stride=stride, batch_size=batch_size, progress=bar.update)
+    row = {"model": str(source), "tokenizer": lm.tokenizer.kind, "checkpoint": str(lm.checkpoint), "step": lm.step,
+           "data": where, "chars": len(text), "stride": stride or lm.model.config.block_size, "tokens": s.tokens,
+           "bytes": s.bytes, "loss": s.loss, "perplexity": s.perplexity, "bits_per_byte": s.bits_per_byte,
+           "seconds": round(time.perf_counter() - started, 2)}
+    if RunDir.is_run(source):
+        RunDir(source).append_result("eval", {
+            **row, "kind": "perplexity", "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "versions": {"tinygpt": __version__, "torch": torch.__version__, "python": platform.python_version()}})
+    return row
 
 
 def validation_text(run_path, log: Callable[[str], None] | None = None) -> str:
     """A run's held-out split (the tail of its corpus it never trained on), as text."""
-    from ..config import from_dict
-    from ..data import DataConfig, prepare_data
-    from ..run import RunDir
+    from ..train import run_data
 
-    run = RunDir.open(run_path)
-    data = prepare_data(from_dict(DataConfig, run.read_config().get("data", {})), log=log or (lambda _: None))
+    data = run_data(run_path, log=log or (lambda _: None))
     if len(data.val) < 2:
-        raise TinyGPTError(f"{run.path} has no validation split (--val-fraction 0); give --data to evaluate on")
+        raise TinyGPTError(f"{run_path} has no validation split (--val-fraction 0); give --data to evaluate on")
     return data.tokenizer.decode([int(t) for t in data.val])

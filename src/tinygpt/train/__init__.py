@@ -19,10 +19,17 @@ from .callbacks import (
 )
 from .config import RunConfig, TrainConfig
 from .distributed import DistContext
-from .session import Session, default_run_dir, new_run_config, resumed_run_config
+from .session import (
+           Session,
+           default_run_dir,
+           new_run_config,
+           resumed_run_config,
+           run_data,
+)
 from .state import TrainState
 from .trainer import DEFAULT_TIME_BUDGET, DivergedError, Trainer
 
 __all__ = ["Callback", "Checkpointer", "DEFAULT_TIME_BUDGET", "DistContext", "Evaluator", "LambdaCallback",
            "MetricsLog", "PeriodicSampler", "ProgressBar", "RunConfig", "Session", "TrainConfig", "TrainState",
-           "DivergedError", "Trainer", "default_run_dir", "new_run_config", "resumed_run_config"]
+           "DivergedError", "Trainer", "default_run_dir", "new_run_config", "resumed_run_config",
+           "run_data"]

@@ -89,7 +89,7 @@ def probe(model: GPT, batch: Batch, device: torch.device, dtype: torch.dtype, *,
             layer = {"layer": i, "pre_mean": float(x.mean()), "pre_std": float(x.std()),
                      "flat": float(flat.mean()), "dead": float((flat.mean(0) >= DEAD_SHARE).float().mean()),
                      "out_mean": float(y.mean()),
-                     "out_std": float(y.std()), "attn_entropy": _attention_entropy(maps[i])}
+                     "out_std": float(y.std()), "attn_entropy": float(attention_entropy(maps[i])[1].mean())}
             if histograms:
                 layer["pre_hist"] = _histogram(x)
             layers.append(layer)
@@ -110,13 +110,20 @@ def probe(model: GPT, batch: Batch, device: torch.device, dtype: torch.dtype, *,
         model.train(was_training)
 
 
-def _attention_entropy(maps: torch.Tensor) -> float:
-    p = maps[..., 1:, :].float()  # (B, nh, T-1, S): the first query has no choice
+def attention_entropy(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean entropy in nats, mean normalised entropy in [0, 1]) of causal attention
+    weights (..., T, S), over the query rows, one value per leading index.
+
+    Rows 1.. only: the first query has one key and no choice. Normalised divides each row
+    by its largest possible entropy, log(keys it may see), so rows of every length compare:
+    near 0 a sharp head (one key), near 1 a diffuse one (all keys alike)."""
+    p = maps[..., 1:, :].float()  # (..., T-1, S)
     if p.shape[-2] == 0:
-        return 0.0
-    h = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)
+        zero = torch.zeros(maps.shape[:-2])
+        return zero, zero
+    h = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)  # (..., T-1)
     keys = torch.arange(2, p.shape[-2] + 2, dtype=h.dtype, device=h.device).clamp(max=p.shape[-1])
-    return float((h / torch.log(keys)).mean())
+    return h.mean(-1), (h / torch.log(keys)).mean(-1)
 
 
 def _histogram(x: torch.Tensor) -> dict:
@@ -141,20 +148,22 @@ class HealthProbe(Callback):
         self.before: dict[str, torch.Tensor] | None = None
 
     def on_train_start(self, trainer: Trainer) -> None:
-        self.before = None
-        if (trainer.state.step + 1) % self.every == 0:
-            self.before = {n: p.detach().clone() for n, p in weight_matrices(trainer.model).items()}
+        self.before = self._snapshot(trainer)
 
     def on_step_end(self, trainer: Trainer, record: dict) -> None:
         step = trainer.state.step
-        weights = weight_matrices(trainer.model)
         if self.before is not None and step % self.every == 0:
             result = probe(trainer.model, self.batch, trainer.device, trainer.dtype)
-            ratios = update_ratios(self.before, {n: p.detach() for n, p in weights.items()})
+            ratios = update_ratios(self.before, {n: p.detach() for n, p in weight_matrices(trainer.model).items()})
             for row in result["weights"]:
                 row["update_to_weight"] = ratios[row["name"]]
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": step, **result}) + "\n")
-            self.before = None
-        if (step + 1) % self.every == 0:  # the weights one step before the next probe
-            self.before = {n: p.detach().clone() for n, p in weights.items()}
+        self.before = self._snapshot(trainer)
+
+    def _snapshot(self, trainer: Trainer) -> dict[str, torch.Tensor] | None:
+        """The weights now when the next step is a probe's (its update is measured against
+        them), else None: nothing is copied on the other steps."""
+        if (trainer.state.step + 1) % self.every:
+            return None
+        return {n: p.detach().clone() for n, p in weight_matrices(trainer.model).items()}

@@ -23,8 +23,8 @@ import torch
 
 from .. import __version__
 from ..checkpoint import DiskFullError
-from ..config import flatten_values, layered, replace, to_dict
-from ..data import Batches, TokenData, absolute_spec, prepare_data
+from ..config import flatten_values, from_dict, layered, replace, to_dict
+from ..data import Batches, DataConfig, TokenData, absolute_spec, prepare_data
 from ..device import (
     cpu_has_bf16,
     dtype_name,
@@ -93,6 +93,13 @@ def measure_training_dtype(model: GPT, batch_size: int, log: Callable[[str], Non
     log(f"dtype auto: {dtype_name(best)} (measured on this model: bf16 forward+backward "
         f"{speed[torch.bfloat16] / speed[torch.float32]:.2f}x fp32's speed)")
     return best
+
+
+def run_data(path: str | Path, log: Callable[[str], None] = print) -> TokenData:
+    """The tokenized corpus the run at ``path`` trained on, as its config.json records it
+    (from the cache when it is there): its held-out split to evaluate on, its training
+    split to probe with."""
+    return prepare_data(from_dict(DataConfig, RunDir.open(path).read_config().get("data", {})), log=log)
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
