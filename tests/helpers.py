@@ -40,18 +40,22 @@ def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.2, embedd
 CHARS = "abcdefghijklmnopqrstuvwxyz \n.,"
 
 
-def make_run(run_dir, *, seed: int = 0, info=None, which=("best",), config_overrides: dict | None = None, **model_kw):
+def make_run(run_dir, *, seed: int = 0, info=None, which=("best",), config_overrides: dict | None = None,
+             tokenizer=None, randomize: bool = False, **model_kw):
     """A run directory as training leaves it (config.json, tokenizer, weights), written through
-    RunDir, with a char tokenizer and a seeded tiny model. Returns (model, config dict)."""
+    RunDir, with a char tokenizer (or ``tokenizer``) and a seeded tiny model (``randomize``: with
+    :func:`randomize_`'s larger weights). Returns (model, config dict)."""
     from tinygpt.config import to_dict
     from tinygpt.model import GPT, GPTConfig
     from tinygpt.run import CheckpointInfo, RunDir
     from tinygpt.tokenizer import CharTokenizer
 
-    tok = CharTokenizer(CHARS)
+    tok = tokenizer or CharTokenizer(CHARS)
     cfg = GPTConfig(**{**TINY_MODEL, "vocab_size": tok.vocab_size, **model_kw})
     torch.manual_seed(seed)
     model = GPT(cfg)
+    if randomize:
+        randomize_(model, seed, scale=0.3, embedding_scale=0.1)
     run = RunDir.create(run_dir)
     run.save_tokenizer(tok)
     config = {"model": {**to_dict(cfg), **(config_overrides or {})}, "tokenizer": tok.to_dict(),

@@ -56,6 +56,59 @@ def test_plot_command_draws_runs_overlaid(trained_run, tiny_run, tmp_path, capsy
     assert (tiny_run / "plots" / "curves.png").is_file()
 
 
-def test_plot_errors_are_one_line(tmp_path, capsys):
+def scored(step, bits_per_byte, data="validation split of run", chars=1000, stride=16, **kw) -> dict:
+    """An eval.json record as ``tinygpt eval`` appends it (the fields plotting reads, and a few more)."""
+    return {"model": "run", "tokenizer": "char", "checkpoint": "run/last.safetensors", "step": step, "data": data,
+            "chars": chars, "stride": stride, "loss": 2 * bits_per_byte, "bits_per_byte": bits_per_byte,
+            "kind": "perplexity", "time": "2026-11-21T17:00:00", **kw}
+
+
+def test_bits_per_byte_by_step_come_from_eval_json(tiny_run):
+    run = RunDir(tiny_run)
+    for record in (scored(3, 3.0), scored(6, 2.5), scored(3, 2.8),  # step 3 scored again: the later record counts
+                   scored(6, 2.0, data="other.txt"),                 # one step only: no curve
+                   scored(None, 1.0), {"kind": "generation", "step": 3},  # foreign weights, another kind of result
+                   scored(3, 3.3, chars=200), scored(6, 2.9, chars=200)):  # the same text cut shorter (--max-chars)
+        run.append_result("eval", record)
+    series = curves.bits_per_byte_series(curves.perplexity_records(run))
+    assert {k: (s.tolist(), b.tolist()) for k, (s, b) in series.items()} == {
+        "validation split of run (1000 chars, stride 16)": ([3, 6], [2.8, 2.5]),
+        "validation split of run (200 chars, stride 16)": ([3, 6], [3.3, 2.9])}
+    c = curves.read(tiny_run)
+    assert c.bits_per_byte.keys() == series.keys()
+    s = c.summary()
+    assert (s["eval_bits_per_byte"], s["eval_step"]) == (2.9, 6)
+    assert "bits/byte" in curves.format_summary([s]) and "2.9000@6" in curves.format_summary([s])
+    run.append_result("eval", scored(9, 2.2, chars=200))  # once that text alone remains, its label is the description
+    only = curves.bits_per_byte_series([r for r in curves.perplexity_records(run) if r["chars"] == 200])
+    assert list(only) == ["validation split of run"] and only["validation split of run"][0].tolist() == [3, 6, 9]
+
+
+def test_bits_per_byte_add_a_panel_only_when_a_run_has_a_curve(trained_run, tiny_run, tmp_path, capsys):
+    run = RunDir(tiny_run)
+    run.append_result("eval", scored(3, 3.0, data="held_out.txt"))
+    plain = curves.figure([curves.read(trained_run), curves.read(tiny_run, "copy")])  # one step: nothing to draw
+    assert len(plain.axes) == 6 and tuple(plain.get_size_inches()) == (16, 8.5)
+    run.append_result("eval", scored(6, 2.5, data="held_out.txt"))
+    fig = curves.figure([curves.read(trained_run), curves.read(tiny_run, "copy")], log_x=True)
+    assert len(fig.axes) == 7
+    panel = fig.axes[-1]
+    assert panel.get_title().startswith("bits per byte by step") and panel.get_xscale() == "log"
+    (line,) = panel.get_lines()
+    assert line.get_label() == "copy: held_out.txt" and line.get_xydata().tolist() == [[3, 3.0], [6, 2.5]]
+    assert line.get_color() == "C1"  # the colour of its run in the other panels
+    from matplotlib.image import imread
+
+    out = tmp_path / "c.png"
+    assert main(["plot", str(trained_run), str(tiny_run), "--out", str(out)]) == 0
+    assert imread(out).shape[0] > imread(curves.draw([curves.read(trained_run)], tmp_path / "plain.png")).shape[0]
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].endswith("bits/byte") and lines[2].endswith("2.5000@6")
+
+
+def test_plot_errors_are_one_line(tmp_path, capsys, tiny_run):
     assert main(["plot", str(tmp_path / "nope")]) == 1
-    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    RunDir(tiny_run).results_path("eval").write_text("{}")  # not a list of results
+    assert main(["plot", str(tiny_run)]) == 1
+    errs = capsys.readouterr().err.strip().splitlines()
+    assert len(errs) == 2 and "not a list of results" in errs[1]

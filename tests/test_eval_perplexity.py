@@ -91,7 +91,7 @@ def test_eval_command_table_and_eval_json(trained_run, tiny_run, tmp_path, capsy
                  "--json", str(tmp_path / "e.json")]) == 0
     out = capsys.readouterr().out
     assert "bits/byte" in out and len(out.strip().splitlines()) == 3
-    rows = json.loads((tmp_path / "e.json").read_text())
+    rows = json.loads((tmp_path / "e.json").read_text())["perplexity"]
     assert rows[0]["tokens"] == rows[1]["tokens"] == len(text.read_text()) - 1
     assert rows[0]["loss"] == rows[1]["loss"]  # the same weights
     assert main(["eval", str(tiny_run), "--max-chars", "500"]) == 0  # its own validation split

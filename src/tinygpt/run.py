@@ -317,14 +317,18 @@ class RunDir:
         """Where a result document lives, e.g. ``results_path('eval')`` -> eval.json."""
         return self.path / f"{name}.json"
 
-    def append_result(self, name: str, record: dict) -> None:
-        """Add ``record`` to the list of results in ``results_path(name)`` (written atomically)."""
+    def read_results(self, name: str) -> list:
+        """The list of results in ``results_path(name)``, oldest first (none yet: empty)."""
         path = self.results_path(name)
         kept = ckpt.read_json(path, f"{name} results") if path.exists() else []
         if not isinstance(kept, list):
             raise TinyGPTError(f"{path} holds {type(kept).__name__}, not a list of results; move it aside and "
                                "evaluate again")
-        ckpt.atomic_write_json(path, kept + [record])
+        return kept
+
+    def append_result(self, name: str, record: dict) -> None:
+        """Add ``record`` to the list of results in ``results_path(name)`` (written atomically)."""
+        ckpt.atomic_write_json(self.results_path(name), self.read_results(name) + [record])
 
     def pictures_dir(self, kind: str) -> Path:
         """A folder of pictures: 'plots' (training diagnostics) or 'attention' (attention maps)."""

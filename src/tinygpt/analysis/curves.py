@@ -1,5 +1,7 @@
 """Training curves from runs' metrics.jsonl: loss against steps, tokens and wall time,
-learning rate, tokens/s and gradient norm, several runs overlaid.
+learning rate, tokens/s and gradient norm, several runs overlaid; and bits per byte by step
+from the evaluations ``tinygpt eval`` kept in a run's eval.json, once a text was scored at
+two or more steps (the last checkpoint evaluated now and then, or best and last).
 
 metrics.jsonl is append-only (one line per step, evaluations on their step's line), so a
 run still training can be read at any time; a torn last line is skipped.
@@ -16,14 +18,18 @@ from ..errors import TinyGPTError
 from ..run import RunDir
 
 X_AXES = {"step": "step", "tokens": "tokens", "time": "elapsed"}  # x-axis name -> record key
+STYLES = [("o", "-"), ("s", "--"), ("D", ":"), ("^", "-.")]  # marker, line: one per text a run was scored on
 
 
 @dataclass
 class Curves:
-    """One run's per-step series (arrays of equal length) and its evaluations."""
+    """One run's per-step series (arrays of equal length), its evaluations while training and
+    the bits per byte that ``tinygpt eval`` recorded afterwards."""
     name: str
     step: dict[str, np.ndarray] = field(default_factory=dict)   # step, tokens, elapsed, loss, lr, tok_per_s, grad_norm
     evals: dict[str, np.ndarray] = field(default_factory=dict)  # step, tokens, elapsed, train_loss, val_loss
+    bits_per_byte: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # text -> (steps, bpb)
+    last_eval: dict | None = None  # the latest perplexity record of eval.json that has a step
 
     def summary(self) -> dict:
         s, e = self.step, self.evals
@@ -34,6 +40,9 @@ class Curves:
             best = int(np.nanargmin(e["val_loss"]))
             out.update(last_val_loss=float(e["val_loss"][-1]), best_val_loss=float(e["val_loss"][best]),
                        best_val_step=int(e["step"][best]))
+        if self.last_eval is not None:
+            last = self.last_eval
+            out.update(eval_bits_per_byte=float(last["bits_per_byte"]), eval_step=last["step"], eval_data=last["data"])
         return out
 
 
@@ -53,7 +62,36 @@ def read(path: str | Path, name: str | None = None) -> Curves:
     evals = [r for r in records if "val_loss" in r or "train_loss" in r]
     for key in ("step", "tokens", "elapsed", "train_loss", "val_loss"):
         curves.evals[key] = series(evals, key)
+    scored = perplexity_records(run)
+    curves.bits_per_byte = bits_per_byte_series(scored)
+    curves.last_eval = scored[-1] if scored else None
     return curves
+
+
+def perplexity_records(run: RunDir) -> list[dict]:
+    """eval.json's perplexity records that have a place on a curve (a step and a bits per byte),
+    oldest first; weights from elsewhere (a .safetensors with no step) have none."""
+    return [r for r in run.read_results("eval") if isinstance(r, dict) and r.get("kind") == "perplexity"
+            and isinstance(r.get("step"), int) and isinstance(r.get("bits_per_byte"), (int, float))]
+
+
+def bits_per_byte_series(records: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Bits per byte by step (ascending), one series per text scored the same way, from records
+    oldest first. A text is its description, length and stride: a text cut shorter (--max-chars)
+    or another stride gives other numbers, so those are series of their own, labelled apart. A
+    step scored again keeps its latest record; a text scored at fewer than two steps makes no curve."""
+    texts: dict[tuple, dict[int, float]] = {}
+    for r in records:
+        texts.setdefault((r.get("data"), r.get("chars"), r.get("stride")), {})[r["step"]] = float(r["bits_per_byte"])
+    kept = {text: points for text, points in texts.items() if len(points) >= 2}
+    out = {}
+    for (data, chars, stride), points in kept.items():
+        label = str(data)
+        if sum(other[0] == data for other in kept) > 1:
+            label += f" ({chars} chars, stride {stride})"
+        steps = sorted(points)
+        out[label] = (np.array(steps), np.array([points[s] for s in steps]))
+    return out
 
 
 def smooth(values: np.ndarray, alpha: float) -> np.ndarray:
@@ -75,14 +113,22 @@ def smooth(values: np.ndarray, alpha: float) -> np.ndarray:
 
 def draw(runs: list[Curves], path: Path, *, smoothing: float = 0.9, log_y: bool = False,
          log_x: bool = False) -> Path:
-    """Six panels: loss against step, tokens and wall time (faint raw steps, the smoothed
-    line, val loss as dots), then learning rate, tokens/s and gradient norm by step."""
-    from matplotlib.figure import Figure
-
+    """:func:`figure` written as a PNG at ``path``."""
     from . import pictures
 
-    fig = Figure(figsize=(16, 8.5), dpi=100, layout="constrained")
-    axes = fig.subplots(2, 3)
+    return pictures.save(figure(runs, smoothing=smoothing, log_y=log_y, log_x=log_x), path)
+
+
+def figure(runs: list[Curves], *, smoothing: float = 0.9, log_y: bool = False, log_x: bool = False):
+    """Six panels: loss against step, tokens and wall time (faint raw steps, the smoothed
+    line, val loss as dots), then learning rate, tokens/s and gradient norm by step; below
+    them, full width, bits per byte by step when a run has such a series (else no such row)."""
+    from matplotlib.figure import Figure
+
+    scored = any(run.bits_per_byte for run in runs)
+    fig = Figure(figsize=(16, 12 if scored else 8.5), dpi=100, layout="constrained")
+    grid = fig.add_gridspec(3 if scored else 2, 3, height_ratios=(1, 1, 0.8) if scored else None)
+    axes = np.array([[fig.add_subplot(grid[row, col]) for col in range(3)] for row in range(2)])
     colours = [f"C{i % 10}" for i in range(len(runs))]
     for ax, (axis, key) in zip(axes[0], X_AXES.items()):
         for c, run in zip(colours, runs):
@@ -113,16 +159,36 @@ def draw(runs: list[Curves], path: Path, *, smoothing: float = 0.9, log_y: bool 
         if log_y:
             ax.set_yscale("log")
     axes[0][0].legend(fontsize=8)
+    if scored:
+        ax = fig.add_subplot(grid[2, :])
+        for c, run in zip(colours, runs):
+            for i, (text, (steps, bpb)) in enumerate(run.bits_per_byte.items()):
+                marker, line = STYLES[i % len(STYLES)]
+                ax.plot(steps, bpb, marker=marker, linestyle=line, color=c, markersize=5, linewidth=1.2,
+                        label=f"{run.name}: {text}")
+        ax.set_xlabel("step (of the checkpoint scored)")
+        ax.set_ylabel("bits per byte")
+        ax.set_title("bits per byte by step (tinygpt eval, from eval.json)", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.set_xscale("log" if log_x else "linear")
+        ax.set_yscale("log" if log_y else "linear")
+        (low, high), (first, last) = ax.get_xlim(), axes[0][0].get_xlim()
+        ax.set_xlim(min(low, first), max(high, last))  # the steps of training above, so scores sit where they were
+        ax.legend(fontsize=8)
     fig.suptitle("training curves: " + ", ".join(r.name for r in runs), fontsize=12)
-    return pictures.save(fig, path)
+    return fig
 
 
 def format_summary(rows: list[dict]) -> str:
+    """One line per run; the latest eval.json bits per byte (at its step) only when a run has one."""
+    scored = any("eval_bits_per_byte" in r for r in rows)
     head = f"{'run':30} {'steps':>7} {'tokens':>12} {'time':>8} {'loss':>7} {'val':>7} {'best val':>14} {'tok/s':>8}"
-    lines = [head]
+    lines = [head + (f" {'bits/byte':>14}" if scored else "")]
     for r in rows:
         best = f"{r['best_val_loss']:.4f}@{r['best_val_step']}" if "best_val_loss" in r else "-"
         val = f"{r['last_val_loss']:.4f}" if "last_val_loss" in r else "-"
+        bpb = f"{r['eval_bits_per_byte']:.4f}@{r['eval_step']}" if "eval_bits_per_byte" in r else "-"
         lines.append(f"{r['run'][:30]:30} {r['steps']:7d} {r['tokens']:12,d} {r['time_s']:7.0f}s "
-                     f"{r['last_loss_smoothed']:7.4f} {val:>7} {best:>14} {r['median_tok_per_s']:8.0f}")
+                     f"{r['last_loss_smoothed']:7.4f} {val:>7} {best:>14} {r['median_tok_per_s']:8.0f}"
+                     + (f" {bpb:>14}" if scored else ""))
     return "\n".join(lines)

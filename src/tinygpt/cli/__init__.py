@@ -17,17 +17,22 @@ from ..errors import TinyGPTError
 def build_parser() -> argparse.ArgumentParser:
     # The commands import torch (seconds): they load here, inside main's handlers, so a
     # Ctrl+C during start-up ends with "aborted", not a traceback.
-    from . import attention, bench, diagnose, eval, export, plot, sample, train
+    from . import attention, bench, diagnose, eval, export, harness, plot, sample, train
 
     parser = argparse.ArgumentParser(prog="tinygpt", description="Train, run and study small GPT language models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    for command in (train, sample, eval, export, bench, attention, plot, diagnose):
+    for command in (train, sample, eval, harness, export, bench, attention, plot, diagnose):
         command.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        if argv[:1] == ["lm-eval"]:
+            from . import harness
+
+            return harness.run(argv[1:])
         args = build_parser().parse_args(argv)
         return args.func(args)
     except TinyGPTError as e:

@@ -11,7 +11,9 @@ from .common import log
 def add_parser(sub) -> None:
     p = sub.add_parser("plot", help="draw training curves of runs",
                        description="Draw train/val loss against steps, tokens and wall time, learning rate, "
-                                   "tokens/s and gradient norm from runs' metrics.jsonl (several runs overlaid).")
+                                   "tokens/s and gradient norm from runs' metrics.jsonl (several runs overlaid), "
+                                   "and bits per byte by step once 'tinygpt eval' scored a text at two or more "
+                                   "steps of a run (its eval.json).")
     p.add_argument("runs", metavar="RUN", nargs="+", help="run directories")
     p.add_argument("--smooth", type=float, default=0.9, help="EMA factor for per-step lines, 0 = raw (default 0.9)")
     p.add_argument("--log", action="store_true", help="log scale for the loss axes (and gradient norm)")

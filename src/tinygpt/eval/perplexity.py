@@ -96,35 +96,29 @@ def score(lm: TinyGPT, ids: list[int], *, stride: int | None = None, batch_size:
 
 # ---------------------------------------------------------------------------- models and texts
 
-def evaluate(source: str, text: str, where: str, *, stride: int | None = None, batch_size: int = 8,
-             checkpoint: str = "best", device: str = "auto", progress: bool = True) -> dict:
+def evaluate(source: str, text: str, where: str, *, lm: TinyGPT | None = None, stride: int | None = None,
+             batch_size: int = 8, checkpoint: str = "best", device: str = "auto", progress: bool = True) -> dict:
     """Score ``text`` (described by ``where``) with the model at ``source`` (a run, a Hugging
-    Face name or directory), in fp32; the result as one row. A run also keeps the row, with
-    the time and library versions, in its eval.json."""
-    import platform
+    Face name or directory; ``lm`` if already loaded), in fp32; the result as one row. A run
+    also keeps the row, with the time and library versions, in its eval.json."""
     import time
     from pathlib import Path
 
     from tqdm import tqdm
 
-    from .. import __version__
-    from ..generation import load
-    from ..run import RunDir
+    from .report import keep, model_row, open_model
 
-    lm = load(source, checkpoint=checkpoint, device=device, dtype="fp32")
+    lm = open_model(source, lm, checkpoint=checkpoint, device=device)
     ids = lm.tokenizer.encode(text)
     started = time.perf_counter()
     with tqdm(total=max(len(ids) - 1, 0), desc=Path(source).name, unit="tok", leave=False,
               disable=None if progress else True) as bar:
         s = score(lm, ids, stride=stride, batch_size=batch_size, progress=bar.update)
-    row = {"model": str(source), "tokenizer": lm.tokenizer.kind, "checkpoint": str(lm.checkpoint), "step": lm.step,
-           "data": where, "chars": len(text), "stride": stride or lm.model.config.block_size, "tokens": s.tokens,
-           "bytes": s.bytes, "loss": s.loss, "perplexity": s.perplexity, "bits_per_byte": s.bits_per_byte,
+    row = {**model_row(source, lm), "data": where, "chars": len(text),
+           "stride": stride or lm.model.config.block_size, "tokens": s.tokens, "bytes": s.bytes, "loss": s.loss,
+           "perplexity": s.perplexity, "bits_per_byte": s.bits_per_byte,
            "seconds": round(time.perf_counter() - started, 2)}
-    if RunDir.is_run(source):
-        RunDir(source).append_result("eval", {
-            **row, "kind": "perplexity", "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "versions": {"tinygpt": __version__, "torch": torch.__version__, "python": platform.python_version()}})
+    keep(source, "perplexity", row)
     return row
 
 

@@ -54,7 +54,8 @@ class TinyGPT:
         block = self.model.config.block_size
         return torch.tensor([ids[-block:]], device=self.device), len(ids) > block
 
-    def generate(self, prompt: str | Sequence[str] = "", max_new_tokens: int | None = None, *,
+    def generate(self, prompt: str | Sequence[str] | Sequence[Sequence[int]] = "",
+                 max_new_tokens: int | None = None, *,
                  config: GenerationConfig | None = None, seed: int | None = None,
                  on_text: Callable[[int, str], None] | None = None, **options: Any) -> list[str]:
         """Continuations of ``prompt`` (the prompt is not included): ``num_samples`` per
@@ -65,14 +66,17 @@ class TinyGPT:
         prompt draws from its own generator seeded ``seed + i`` (a fresh seed when
         None), so the same options give the same text here, on the command line, in the
         trainer's samples, and whatever else is in the batch. ``on_text(index, piece)``
-        streams text as it is produced (beam search: once, when done)."""
+        streams text as it is produced (beam search: once, when done). A prompt may also be
+        given as token ids, for callers that cut prompts on token boundaries themselves."""
         if max_new_tokens is not None:
             options["max_new_tokens"] = max_new_tokens
         cfg = config or GenerationConfig()
         if options:
             cfg = replace(cfg, options)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        ids = [self.encode_prompt(p)[0][0].tolist() for p in prompts]
+        block = self.model.config.block_size
+        ids = [self.encode_prompt(p)[0][0].tolist() if isinstance(p, str)
+               else list(p)[-block:] or start_ids(self.tokenizer) for p in prompts]
         n = cfg.num_samples
         stop_ids = [self.tokenizer.eot_id] if cfg.stop_at_eot and self.tokenizer.eot_id is not None else []
         chain = cfg.processors()
