@@ -82,6 +82,9 @@ def test_context_and_continuation_split_where_the_contexts_own_tokens_end():
     assert ctx + cont == whole and len(ctx) == len(tok.encode("Counting: one, two, thr"))
     assert tok.encode("Counting: one, two, thr") + tok.encode("ee") != whole  # what encoding apart would score
     assert encode_pair(tok, "", "Hello") == ([tok.eot_id], tok.encode("Hello"))  # empty context: end-of-text
+    ctx, cont = choice.choice_pairs(tok, choice.question({"context": "Line one\n", "endings": ["Two", "2"],
+                                                          "label": 0, "delimiter": ""}))[0]
+    assert ctx == tok.encode("Line one") and ctx + cont == tok.encode("Line one\nTwo")  # no " " between them
     llmc = choice.choice_pairs(tok, Question("A man", ["walks."], 0), "llmc")
     assert llmc == [(tok.encode("A man"), tok.encode(" walks."))]
 

@@ -145,3 +145,10 @@ def test_lm_eval_without_the_harness_says_how_to_install_it(monkeypatch, capsys)
     monkeypatch.setitem(sys.modules, "lm_eval.__main__", None)  # import fails as if not installed
     assert main(["lm-eval", "--tasks", "x"]) == 1
     assert "pip install 'tinygpt[eval]'" in capsys.readouterr().err
+
+
+def test_lm_eval_bad_input_is_one_line(harness, capsys):
+    root = harness[0]
+    assert main(["lm-eval", "--model", "tinygpt", "--model_args", f"run={root / 'run'}", "--tasks", "no_such_task",
+                 "--include_path", str(root / "tasks"), "--device", "cpu"]) == 1
+    assert "error: lm-eval: Tasks not found: no_such_task" in capsys.readouterr().err

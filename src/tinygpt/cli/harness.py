@@ -34,6 +34,8 @@ def run(argv: list[str]) -> int:
         cli_evaluate()
     except SystemExit as e:  # argparse's --help and usage errors
         return e.code if isinstance(e.code, int) else 1
+    except ValueError as e:  # the harness's word for bad input: unknown tasks, bad --model_args
+        raise TinyGPTError(f"lm-eval: {e} (see tinygpt lm-eval --help; lm-eval ls tasks lists the tasks)") from None
     finally:
         sys.argv = saved
     return 0

@@ -14,7 +14,7 @@ The ``protocol`` decides how a question becomes text and tokens:
 
 - ``harness``: the harness's HellaSwag task. The context is ``activity_label: ctx_a
   Ctx_b`` and the text is cleaned of WikiHow's bracket artifacts. Each continuation is
-  " " + ending, and context and continuation are tokenized together and split where the
+  " " + ending (a plain record may name another ``delimiter``), and context and continuation are tokenized together and split where the
   context's own tokens end (the harness's ``_encode_pair``). That split keeps BPE merges
   at the boundary exactly as the harness has them. acc and acc_norm then equal the
   harness's, example by example.
@@ -51,6 +51,7 @@ class Question:
     context: str
     endings: list[str]
     label: int
+    delimiter: str = " "  # between context and ending (the harness's target_delimiter)
 
 
 # ---------------------------------------------------------------------------- questions
@@ -66,7 +67,7 @@ def preprocess(text: str) -> str:
 def question(doc: dict, protocol: str = "harness") -> Question:
     """One JSONL record -> a Question. HellaSwag's own records (``ctx_a``, ``ctx_b``,
     ``activity_label``, ``ctx``, ``endings``, ``label``) follow ``protocol``; a plain record
-    (``context``, ``endings``, ``label``) is taken as written."""
+    (``context``, ``endings``, ``label``, optionally ``delimiter``, default " ") is taken as written."""
     endings = doc.get("endings")
     if not isinstance(endings, list) or len(endings) < 2 or not all(isinstance(e, str) for e in endings):
         raise ValueError("needs 'endings': a list of at least two strings")
@@ -77,7 +78,7 @@ def question(doc: dict, protocol: str = "harness") -> Question:
     if not 0 <= label < len(endings):
         raise ValueError(f"label {label} is not an index of its {len(endings)} endings")
     if "context" in doc:
-        return Question(str(doc["context"]), endings, label)
+        return Question(str(doc["context"]), endings, label, str(doc.get("delimiter", " ")))
     if protocol == "llmc" and "ctx" in doc:
         return Question(doc["ctx"], endings, label)
     if {"ctx_a", "ctx_b", "activity_label"} <= doc.keys():
@@ -163,8 +164,8 @@ def choice_pairs(tokenizer: Tokenizer, q: Question, protocol: str = "harness") -
     """One (context ids, ending ids) pair per ending of ``q``."""
     if protocol == "llmc":
         context = tokenizer.encode(q.context) if q.context else prefix_ids(tokenizer)
-        return [(context, tokenizer.encode(" " + e)) for e in q.endings]
-    return [encode_pair(tokenizer, q.context, " " + e) for e in q.endings]
+        return [(context, tokenizer.encode(q.delimiter + e)) for e in q.endings]
+    return [encode_pair(tokenizer, q.context, q.delimiter + e) for e in q.endings]
 
 
 @dataclass

@@ -18,6 +18,9 @@ either backend.
 
 from __future__ import annotations
 
+import logging
+
+import torch
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
@@ -28,6 +31,8 @@ from ..errors import TinyGPTError
 from ..generation import load
 from ..generation.lm import start_ids
 from .choice import loglikelihoods
+
+eval_logger = logging.getLogger(__name__)
 
 
 @register_model("tinygpt")
@@ -43,6 +48,11 @@ class TinyGPTLM(TemplateLM):
         source = run or pretrained
         if not source:
             raise TinyGPTError("the tinygpt model needs run=RUN_DIR (or pretrained=HF_DIR_OR_NAME) in --model_args")
+        if device == "cuda:0" and not torch.cuda.is_available():
+            # The harness asks for cuda:0 unless told otherwise (its Hugging Face backend then
+            # falls back to the CPU too); a device the user names must exist.
+            eval_logger.info("no CUDA GPU: tinygpt runs on the best device there is (--device auto)")
+            device = "auto"
         self.lm = load(source, checkpoint=checkpoint, device=device or "auto", dtype=dtype)
         # "auto" asks the harness to search for a batch size; ours are fixed, 16 is a safe start.
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 16
