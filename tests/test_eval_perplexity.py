@@ -84,10 +84,13 @@ def test_a_smaller_stride_scores_the_same_tokens_with_more_context():
         score(lm, ids[:1])
 
 
-def test_eval_command_table_and_eval_json(trained_run, tiny_run, tmp_path, capsys):
+def test_eval_command_table_and_eval_json(tiny_run, tmp_path, capsys):
+    import shutil
+
     text = tmp_path / "held_out.txt"
     text.write_text("ROMEO: what light through yonder window breaks?\n" * 20)
-    assert main(["eval", str(trained_run), str(tiny_run), "--data", str(text), "--stride", "8",
+    twin = shutil.copytree(tiny_run, tmp_path / "twin")  # evaluating writes to the run: not the shared one
+    assert main(["eval", str(twin), str(tiny_run), "--data", str(text), "--stride", "8",
                  "--json", str(tmp_path / "e.json")]) == 0
     out = capsys.readouterr().out
     assert "bits/byte" in out and len(out.strip().splitlines()) == 3
