@@ -125,8 +125,8 @@ def test_bad_requests_are_one_line_errors(monkeypatch):
     with pytest.raises(TinyGPTError, match=r"need 3200 tokens of text and it has \d+: .*--generate.*--max-chars"):
         score_continuations(lm, TEXT, 100)
     for bad, match in [(dict(n=0), "--generate must be at least 1"),
-                       (dict(new_tokens=BLOCK), "new_tokens must be between 1 and 31"),
-                       (dict(new_tokens=20, prompt_tokens=13), "prompt_tokens must be between 1 and 12"),
+                       (dict(new_tokens=BLOCK), "--new-tokens must be between 1 and 31"),
+                       (dict(new_tokens=20, prompt_tokens=13), "--prompt-tokens must be between 1 and 12"),
                        (dict(batch_size=0), "--batch-size must be at least 1")]:
         with pytest.raises(TinyGPTError, match=match) as err:
             score_continuations(lm, TEXT, **{"n": 2, **bad})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import log
+from .common import add_checkpoint_option, log
 
 DEFAULT_TEXT = "The cat sat on the mat. It was fluffy."
 
@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
     p.add_argument("model", metavar="MODEL", nargs="?",
                    help="run directory, Hugging Face GPT-2 name or directory (or use --preset NAME --untrained)")
     p.add_argument("--text", default=DEFAULT_TEXT, help=f"the text to look at (default: {DEFAULT_TEXT!r})")
-    p.add_argument("--checkpoint", default="best", help="a run's weights: best, last, or a .safetensors path")
+    add_checkpoint_option(p)
     p.add_argument("--preset", help="with --untrained: random weights of this preset's shape")
     p.add_argument("--untrained", action="store_true",
                    help="random weights (MODEL's or --preset's shape), to compare a trained model against")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import log
+from .common import add_checkpoint_option, log
 
 
 def add_parser(sub) -> None:
@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
                     "(update-to-weight ratios against --previous weights, and over training when the run "
                     "recorded --diagnostics); flags problems with their likely fix and draws them.")
     p.add_argument("model", metavar="MODEL", help="run directory, or a Hugging Face GPT-2 name or directory")
-    p.add_argument("--checkpoint", default="best", help="a run's weights: best, last, or a .safetensors path")
+    add_checkpoint_option(p)
     p.add_argument("--previous", metavar="WEIGHTS",
                    help="earlier weights of the same model (best, last or a .safetensors path) for update ratios")
     p.add_argument("--data", help="text to probe with (default: the run's own training data)")

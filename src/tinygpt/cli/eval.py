@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import log
+from .common import add_checkpoint_option, log
 
 
 def add_parser(sub) -> None:
@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
                                               "each scored token then sees at least context - stride tokens")
     p.add_argument("--max-chars", type=int, help="score only the first N characters of the text")
     p.add_argument("--batch-size", type=int, default=8, help="windows (or endings, or prompts) per forward")
-    p.add_argument("--checkpoint", default="best", help="a run's weights: best, last, or a .safetensors path")
+    add_checkpoint_option(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--json", metavar="FILE", help="also write the tables as JSON")
     g = p.add_argument_group("multiple choice")
@@ -50,28 +50,29 @@ def run(args: argparse.Namespace) -> int:
     for flag in ("batch_size", "max_chars", "limit", "generate"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise TinyGPTError(f"--{flag.replace('_', '-')} must be at least 1")
-    want_text = args.data is not None or args.generate is not None or args.choices is None
+    # Bits per byte unless only questions were asked for; a text for it and for --generate.
+    score_text = args.data is not None or args.choices is None
     text = where = None
-    if want_text and args.data:
+    if args.data:
         text, where = read_text(args.data, args.max_chars, log=log), args.data
-    elif want_text:
+    elif score_text or args.generate:
         if not RunDir.is_run(args.models[0]):
             raise TinyGPTError(f"{args.models[0]} is not a tinygpt run, so it has no validation split; give --data")
         # Named by the run's folder, not the path as typed, so that evaluations from anywhere line up.
         name = RunDir(args.models[0]).path.resolve().name
         text, where = perplexity.validation_text(args.models[0], log), f"validation split of {name}"
         text = text[:args.max_chars] if args.max_chars else text
-    if args.choices:
-        choice.read_questions(args.choices, args.protocol, args.limit, log)  # a bad file fails before any model loads
+    # Read before any model loads, so that a bad file fails at once.
+    questions = choice.read_questions(args.choices, args.protocol, args.limit, log) if args.choices else None
     tables: dict[str, list[dict]] = {"perplexity": [], "multiple_choice": [], "generate": []}
     for source in args.models:
         lm = open_model(source, checkpoint=args.checkpoint, device=args.device)
-        if text is not None and (args.data is not None or args.choices is None):
+        if score_text:
             tables["perplexity"].append(perplexity.evaluate(source, text, where, lm=lm, stride=args.stride,
                                                             batch_size=args.batch_size))
-        if args.choices:
-            tables["multiple_choice"].append(choice.evaluate(source, args.choices, lm=lm, protocol=args.protocol,
-                                                             limit=args.limit, batch_size=args.batch_size)[0])
+        if questions:
+            tables["multiple_choice"].append(choice.evaluate(source, questions, args.choices, lm=lm,
+                                                             protocol=args.protocol, batch_size=args.batch_size)[0])
         if args.generate:
             tables["generate"].append(continuations.evaluate(
                 source, text, where, args.generate, lm=lm, seed=args.seed, prompt_tokens=args.prompt_tokens,

@@ -8,7 +8,7 @@ from ..checkpoint import weight_tensors
 from ..errors import TinyGPTError
 from ..interop import gguf_file, hf_dir
 from ..run import RunDir
-from .common import log
+from .common import add_checkpoint_option, log
 
 FORMATS = ("hf", "gguf")
 
@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
     p.add_argument("run", metavar="RUN", help="run directory written by 'tinygpt train'")
     p.add_argument("--to", nargs=2, metavar=("FORMAT", "OUT"), required=True, help=f"format ({'|'.join(FORMATS)}) "
                    "and where to write it")
-    p.add_argument("--checkpoint", default="best", help="which weights: best, last, or a .safetensors path")
+    add_checkpoint_option(p)
     p.add_argument("--type", default="f16", choices=gguf_file.TYPES, help="GGUF number format (default: f16)")
     p.add_argument("--force", action="store_true", help="write into OUT even if it exists and is not empty")
     p.set_defaults(func=run)

@@ -140,19 +140,15 @@ def hellaswag_path(log: Callable[[str], None] | None = None) -> Path:
 
 # ---------------------------------------------------------------------------- tokens
 
-def prefix_ids(tokenizer: Tokenizer) -> list[int]:
-    """What an empty context conditions on: end-of-text (as in the harness), else a newline."""
-    return start_ids(tokenizer)
-
-
 def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """(context ids, continuation ids) as the harness makes them.
 
     The context's trailing whitespace moves to the continuation. The two are tokenized
     together and split where the context's own tokens end, so a merge across the boundary
-    is scored as the model would read the whole text."""
+    is scored as the model would read the whole text. An empty context conditions on
+    end-of-text, as in the harness (a newline for a tokenizer without one)."""
     if not context:
-        return prefix_ids(tokenizer), tokenizer.encode(continuation)
+        return start_ids(tokenizer), tokenizer.encode(continuation)
     stripped = context.rstrip()
     continuation = context[len(stripped):] + continuation
     whole = tokenizer.encode(stripped + continuation)
@@ -163,7 +159,7 @@ def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[
 def choice_pairs(tokenizer: Tokenizer, q: Question, protocol: str = "harness") -> list[tuple[list[int], list[int]]]:
     """One (context ids, ending ids) pair per ending of ``q``."""
     if protocol == "llmc":
-        context = tokenizer.encode(q.context) if q.context else prefix_ids(tokenizer)
+        context = tokenizer.encode(q.context) if q.context else start_ids(tokenizer)
         return [(context, tokenizer.encode(q.delimiter + e)) for e in q.endings]
     return [encode_pair(tokenizer, q.context, q.delimiter + e) for e in q.endings]
 
@@ -255,24 +251,24 @@ def multiple_choice(lm: TinyGPT, questions: Sequence[Question], protocol: str = 
                                      for k in ("pred", "pred_norm", "pred_token")), examples)
 
 
-def evaluate(source: str, spec: str, *, lm: TinyGPT | None = None, protocol: str = "harness",
-             limit: int | None = None, batch_size: int = 16, checkpoint: str = "best", device: str = "auto",
-             progress: bool = True, log: Callable[[str], None] | None = None) -> tuple[dict, ChoiceScore]:
-    """:func:`multiple_choice` of the model at ``source`` on the questions of ``spec`` (a JSONL
-    file or ``hellaswag``), as one row (kept in a run's eval.json) and the full score."""
+def evaluate(source: str, questions: Sequence[Question], where: str, *, lm: TinyGPT | None = None,
+             protocol: str = "harness", batch_size: int = 16, checkpoint: str = "best", device: str = "auto",
+             progress: bool = True) -> tuple[dict, ChoiceScore]:
+    """:func:`multiple_choice` of the model at ``source`` on ``questions`` (from
+    :func:`read_questions` with the same ``protocol``; ``where`` names them), as one row
+    (kept in a run's eval.json) and the full score."""
     import time
 
     from tqdm import tqdm
 
     from .report import keep, model_row, open_model
 
-    questions = read_questions(spec, protocol, limit, log)
     lm = open_model(source, lm, checkpoint=checkpoint, device=device)
     started = time.perf_counter()
     with tqdm(total=sum(len(q.endings) for q in questions), desc=Path(source).name, unit="ending", leave=False,
               disable=None if progress else True) as bar:
         s = multiple_choice(lm, questions, protocol, batch_size=batch_size, progress=bar.update)
-    row = {**model_row(source, lm), "data": str(spec), "protocol": protocol, "questions": s.questions,
+    row = {**model_row(source, lm), "data": where, "protocol": protocol, "questions": s.questions,
            "acc": s.acc, "acc_norm": s.acc_norm, "acc_token": s.acc_token,
            "seconds": round(time.perf_counter() - started, 2)}
     keep(source, "multiple_choice", row)

@@ -87,11 +87,11 @@ def score_continuations(lm: TinyGPT, text: str, n: int, *, prompt_tokens: int | 
     block = lm.model.config.block_size
     new_tokens = min(64, block // 2) if new_tokens is None else new_tokens
     if not 1 <= new_tokens < block:
-        raise TinyGPTError(f"new_tokens must be between 1 and {block - 1} (the model's context, {block}, "
+        raise TinyGPTError(f"--new-tokens must be between 1 and {block - 1} (the model's context, {block}, "
                            f"less one token of prompt), got {new_tokens}")
     prompt_tokens = min(block // 2, block - new_tokens) if prompt_tokens is None else prompt_tokens
     if not 1 <= prompt_tokens <= block - new_tokens:
-        raise TinyGPTError(f"prompt_tokens must be between 1 and {block - new_tokens} so that prompt and "
+        raise TinyGPTError(f"--prompt-tokens must be between 1 and {block - new_tokens} so that prompt and "
                            f"{new_tokens} new tokens fit the model's context ({block}), got {prompt_tokens}")
     ids = lm.tokenizer.encode(text)
     span = prompt_tokens + new_tokens

@@ -23,22 +23,11 @@ def model_row(source: str | Path, lm: TinyGPT) -> dict:
 def keep(source: str | Path, kind: str, row: dict, libraries: tuple[str, ...] = ()) -> None:
     """Append ``row`` to the run's eval.json (nothing when ``source`` is not a tinygpt run), with
     the time and the versions of tinygpt, torch, Python and the named ``libraries``."""
-    import platform
     import time
-    from importlib.metadata import PackageNotFoundError, version
 
-    import torch
-
-    from .. import __version__
+    from .. import versions
     from ..run import RunDir
 
-    if not RunDir.is_run(source):
-        return
-    versions = {"tinygpt": __version__, "torch": torch.__version__, "python": platform.python_version()}
-    for lib in libraries:
-        try:
-            versions[lib] = version(lib)
-        except PackageNotFoundError:
-            pass
-    RunDir(source).append_result("eval", {**row, "kind": kind, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                          "versions": versions})
+    if RunDir.is_run(source):
+        RunDir(source).append_result("eval", {**row, "kind": kind, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                              "versions": versions(*libraries)})

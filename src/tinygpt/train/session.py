@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import glob
 import itertools
-import platform
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from .. import __version__
+from .. import versions
 from ..checkpoint import DiskFullError
 from ..config import flatten_values, from_dict, layered, replace, to_dict
 from ..data import Batches, DataConfig, TokenData, absolute_spec, prepare_data
@@ -207,7 +206,7 @@ class Session:
     def _write_config(self) -> None:
         self.run.write_config({
             **to_dict(self.cfg), "tokenizer": self.data.tokenizer.to_dict(), "data_key": self.data.meta["key"],
-            "versions": {"tinygpt": __version__, "torch": torch.__version__, "python": platform.python_version()},
+            "versions": versions(),
         })
 
     def callbacks(self) -> list[Callback]:
