@@ -17,9 +17,9 @@ def ramp(n):
 
 def test_batches_shapes_and_shift():
     tokens = ramp(1000)
-    x, y, mask = Batches(tokens, 4, 16, seed=1).next_batch()
+    x, y, mask, pos = Batches(tokens, 4, 16, seed=1).next_batch()
     assert x.shape == y.shape == (4, 16) and x.dtype == y.dtype == torch.int64
-    assert mask is None  # plain text: every target counts
+    assert mask is None and pos is None  # plain text: every target counts, every row one sequence
     assert x.is_contiguous() and y.is_contiguous()
     assert torch.equal(y, x + 1)   # y is x shifted by one token
     assert torch.equal(x - x[:, :1], torch.arange(16).expand(4, 16))   # each row is a contiguous window
@@ -30,7 +30,7 @@ def test_random_batches_are_reproducible_and_cover_the_ends():
     tokens = ramp(40)
     a, b = Batches(tokens, 8, 8, seed=3), Batches(tokens, 8, 8, seed=3)
     for _ in range(5):
-        (xa, ya, _), (xb, yb, _) = a.next_batch(), b.next_batch()
+        (xa, ya, _, _), (xb, yb, _, _) = a.next_batch(), b.next_batch()
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     other = Batches(tokens, 8, 8, seed=4).next_batch()[0]
     assert not torch.equal(Batches(tokens, 8, 8, seed=3).next_batch()[0], other)
@@ -49,7 +49,7 @@ def test_state_dict_resumes_exactly(mode, tmp_path):
 
     resumed = Batches(tokens, 3, 10, mode=mode, seed=0)  # the seed is overridden by the state
     resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
-    for (x, y, _), (rx, ry, _) in zip(expected, (resumed.next_batch() for _ in range(25))):
+    for (x, y, _, _), (rx, ry, _, _) in zip(expected, (resumed.next_batch() for _ in range(25))):
         assert torch.equal(x, rx) and torch.equal(y, ry)
 
 
@@ -59,12 +59,12 @@ def test_sequential_walks_in_order_and_wraps():
     rows = torch.cat([seq.next_batch()[0] for _ in range(4)])   # exactly one epoch
     assert torch.equal(rows.flatten(), torch.arange(48))
     assert seq.epoch == 0
-    x, y, _ = seq.next_batch()
+    x, y, _, _ = seq.next_batch()
     assert seq.epoch == 1 and torch.equal(x[0], torch.arange(4)) and torch.equal(y[0], torch.arange(1, 5))
     # A batch that runs past the end is filled from the start again.
     seq2 = Batches(tokens, 5, 4, mode="sequential")
     seq2.next_batch(), seq2.next_batch()
-    x, _, _ = seq2.next_batch()
+    x, _, _, _ = seq2.next_batch()
     assert x[:, 0].tolist() == [40, 44, 0, 4, 8] and seq2.epoch == 1
 
 
@@ -81,7 +81,7 @@ def test_too_short_split():
 def test_batches_from_prepared_memmap(tiny_corpus):
     d = prepare_data(DataConfig(data=str(tiny_corpus), val_fraction=0.2), **QUIET)
     for split, tokens in (("train", d.train), ("val", d.val)):
-        x, y, _ = Batches(tokens, 4, 32, split=split, mode="sequential").next_batch()
+        x, y, _, _ = Batches(tokens, 4, 32, split=split, mode="sequential").next_batch()
         assert d.tokenizer.decode(x[0].tolist()) == d.tokenizer.decode(tokens[:32].tolist())
         assert torch.equal(y[:, :-1], x[:, 1:])
 
@@ -103,6 +103,7 @@ def test_batch_counts_the_targets_that_count():
     assert Batch(x, y).n_targets() == 7  # IGNORE_INDEX targets never count
     mask = torch.tensor([[True, True, False, False], [True, True, True, False]])
     assert Batch(x, y, mask).n_targets() == 4  # masked or ignored: both drop out
-    moved = Batch(x, y, mask).to("cpu")
-    assert torch.equal(moved.loss_mask, mask) and torch.equal(moved.y, y)
+    pos = torch.tensor([[0, 1, 0, 1], [0, 1, 2, -1]])
+    moved = Batch(x, y, mask, pos).to("cpu")
+    assert torch.equal(moved.loss_mask, mask) and torch.equal(moved.y, y) and torch.equal(moved.input_pos, pos)
     assert Batch(x, y).to("cpu").loss_mask is None

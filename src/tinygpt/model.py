@@ -11,7 +11,13 @@ Parameter names follow the GPT-2 checkpoint (``transformer.wte``, ``h.0.attn.c_a
 Positions are explicit: ``forward(idx, input_pos=...)`` takes one position per token,
 shared (T,) or per row (B, T), and the attention mask follows from them, so one batch
 can hold sequences of different lengths. A negative position marks padding: a pad is
-never cached and never attended to. The KV cache is per layer, slot = position.
+never cached and never attended to. A position that does not continue the one before
+it (back to 0) starts a new sequence in the row: packed examples never attend across
+their boundary. The KV cache is per layer, slot = position.
+
+A model may carry a soft prompt (:class:`SoftPrompt`, prompt tuning): learned vectors
+read before every sequence at positions 0..n-1, so the caller's tokens sit n positions
+later and ``config.block_size`` is what is left of the context for them.
 
 This module knows nothing of training, files or devices.
 Shape legend: B batch, T time (new tokens), S keys attended (cached + new),
@@ -175,6 +181,32 @@ class _Attend(NamedTuple):
     end: int                          # one past the highest position
     mask: torch.Tensor | None         # bool, True = may attend: (T, S) or (B, 1, T, S)
     causal: bool                      # plain causal over T == S keys (SDPA's fast path)
+    prompt: KVCache | None = None     # a soft prompt's keys and values, read before the S keys
+
+
+def _after_prompt(how: _Attend, n: int, T: int, device: torch.device) -> _Attend:
+    """``how`` with a soft prompt's n keys before its S keys, visible to every query."""
+    if how.mask is None and not how.causal:
+        return how  # a lone new query already sees every key
+    mask = torch.ones(T, T, dtype=torch.bool, device=device).tril() if how.mask is None else how.mask
+    prompt = torch.ones(*mask.shape[:-1], n, dtype=torch.bool, device=device)
+    return how._replace(mask=torch.cat([prompt, mask], dim=-1), causal=False)  # (..., T, n + S)
+
+
+class SoftPrompt(nn.Module):
+    """Prompt tuning (Lester et al. 2021): ``n`` learned vectors in the embedding space that
+    the model reads before every sequence, as if they were the embeddings of n tokens at
+    positions 0..n-1. Their keys and values do not depend on the input, so inference
+    computes them once per weight version (training recomputes them, for the gradients)."""
+
+    def __init__(self, n: int, n_embd: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n, n_embd))  # (n, C)
+        self._memo: tuple[tuple, KVCache] | None = None
+
+    @property
+    def n(self) -> int:
+        return self.weight.shape[0]
 
 
 # ---------------------------------------------------------------------------- layers
@@ -337,7 +369,7 @@ class CausalSelfAttention(nn.Module):
             self.q_norm = self.k_norm = None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                how: _Attend, kv: LayerKV | None) -> torch.Tensor:
+                how: _Attend, kv: LayerKV | None, prompt: LayerKV | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split([C, self.kv_width, self.kv_width], dim=2)
         # (B, T, C) -> (B, nh, T, hs); keys and values (B, n_kv, T, hs)
@@ -351,6 +383,10 @@ class CausalSelfAttention(nn.Module):
         if kv is not None:
             kv.write(how.slots, k, v)
             k, v = kv.k[:B, :, :how.length], kv.v[:B, :, :how.length]  # (B, n_kv, S, hs)
+        if prompt is not None:  # the soft prompt's keys come first: (B, n_kv, n + S, hs)
+            n = prompt.k.shape[2] - 1  # its spare slot is never read
+            k = torch.cat([prompt.k[:, :, :n].to(k.dtype).expand(B, -1, -1, -1), k], dim=2)
+            v = torch.cat([prompt.v[:, :, :n].to(v.dtype).expand(B, -1, -1, -1), v], dim=2)
         if self.kv_heads != self.n_head:  # each key/value head serves a group of query heads
             k = k.repeat_interleave(self.n_head // self.kv_heads, dim=1)  # (B, nh, S, hs)
             v = v.repeat_interleave(self.n_head // self.kv_heads, dim=1)
@@ -391,8 +427,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope, how: _Attend, kv: LayerKV | None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), rope, how, kv)
+    def forward(self, x, rope, how: _Attend, kv: LayerKV | None, prompt: LayerKV | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, how, kv, prompt)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -425,6 +461,7 @@ class GPT(nn.Module):
         else:
             self.rotary = RotaryEmbedding(config.head_size, config.block_size, config.rope_theta)
         self.lm_head = Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.prompt: SoftPrompt | None = None  # prompt tuning attaches one (tinygpt.adapters)
         self.tie_weights()
         if not any(p.is_meta for p in self.parameters()):  # a meta model gets its weights assigned later
             self.apply(self._init_weights)
@@ -479,15 +516,13 @@ class GPT(nn.Module):
         B, T = idx.shape
         pos, how = self._plan(idx, input_pos, cache)
         x = self.transformer.wte(idx)  # (B, T, C)
-        rope = None
-        if self.rotary is not None:
-            rope = self.rotary(pos, how.end > self.rotary.max_len)
-        else:
-            x = x + self.transformer.wpe(pos)
-        if self.training:
-            x = self.transformer.drop(x)
+        if self.prompt is not None:  # the caller's tokens follow the soft prompt's n positions
+            how = _after_prompt(how, self.prompt.n, T, idx.device)._replace(prompt=self._prompt_kv(x.dtype))
+            pos = pos + self.prompt.n
+        x, rope = self._positions(x, pos, how.end + (self.prompt.n if self.prompt is not None else 0))
         for i, block in enumerate(self.transformer.h):
-            x = block(x, rope, how, cache.layers[i] if cache is not None else None)
+            x = block(x, rope, how, cache.layers[i] if cache is not None else None,
+                      how.prompt.layers[i] if how.prompt is not None else None)
         if cache is not None:
             cache.length = how.end
         x = self.transformer.ln_f(x)
@@ -503,6 +538,35 @@ class GPT(nn.Module):
                                    ignore_index=IGNORE_INDEX, reduction="sum")
         n_targets = (targets != IGNORE_INDEX).sum()
         return GPTOutput(logits, loss_sum / n_targets, loss_sum, n_targets)
+
+    def _positions(self, x: torch.Tensor, pos: torch.Tensor, end: int
+                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Add learned position embeddings to x (B, T, C), or make RoPE's cos/sin; then
+        embedding dropout. ``end`` is one past the highest position."""
+        rope = None
+        if self.rotary is not None:
+            rope = self.rotary(pos, end > self.rotary.max_len)
+        else:
+            x = x + self.transformer.wpe(pos)
+        return (self.transformer.drop(x) if self.training else x), rope
+
+    def _prompt_kv(self, dtype: torch.dtype) -> KVCache:
+        """Every layer's keys and values of the soft prompt, (1, n_kv, n, hs) each: the prompt
+        read alone at positions 0..n-1 (nothing before it to attend)."""
+        prompt = self.prompt
+        w = prompt.weight
+        autocast_on = torch.is_autocast_enabled(w.device.type)
+        key = (w._version, w.data_ptr(), dtype, autocast_on and torch.get_autocast_dtype(w.device.type))
+        if not torch.is_grad_enabled() and prompt._memo is not None and prompt._memo[0] == key:
+            return prompt._memo[1]
+        n = prompt.n
+        cache = KVCache(self.config, 1, n, device=w.device, dtype=dtype)
+        x, rope = self._positions(w[None].to(dtype), torch.arange(n, device=w.device), n)  # (1, n, C)
+        how = _Attend(0, n, n, None, n > 1)
+        for block, kv in zip(self.transformer.h, cache.layers):
+            x = block(x, rope, how, kv)
+        prompt._memo = None if torch.is_grad_enabled() else (key, cache)
+        return cache
 
     def _plan(self, idx: torch.Tensor, input_pos: torch.Tensor | None,
               cache: KVCache | None) -> tuple[torch.Tensor, _Attend]:
@@ -536,8 +600,12 @@ class GPT(nn.Module):
         self._check_length(highest + 1, T, cache)
         pos = input_pos.clamp(min=0)
         if cache is None:
-            # Keys are this batch's tokens: causal by index, never a pad.
-            mask = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril() & ~pad[:, None, :]  # (B, T, T)
+            # Keys are this batch's tokens: causal by index, never a pad, and of the same
+            # sequence: key j belongs to query i's sequence iff positions rose one per token
+            # from j to i (a position that starts again begins a packed example).
+            steps = torch.arange(T, device=idx.device)
+            same = (input_pos[:, :, None] - input_pos[:, None, :]) == (steps[:, None] - steps[None, :])
+            mask = same & torch.ones(T, T, dtype=torch.bool, device=idx.device).tril() & ~pad[:, None, :]  # (B, T, T)
             slots, span, end = None, T, T
         else:
             # Keys are cache slots = positions: a query at position p sees slots 0..p (so,

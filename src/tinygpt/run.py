@@ -10,7 +10,8 @@
                            position, loss scaler, RNG states, data position, best val loss)
     metrics.jsonl          one JSON line per step / evaluation (appended by a train callback)
     diagnostics.jsonl      training-health statistics every --diagnostics N steps (a train callback)
-    adapter.safetensors    a fine-tune's adapters, described by adapter.json
+    adapter.safetensors    a parameter-efficient fine-tune's adapter tensors (best; adapter-last.safetensors:
+                           latest), described with its base by adapter.json; such a run has no model weights
     eval.json, plots/, attention/     results and pictures
     .lock                  held by the one process writing the run (see lock.py)
 
@@ -34,9 +35,11 @@ from typing import Any, Callable
 
 import torch
 
+from . import adapters
 from . import checkpoint as ckpt
 from . import lock as _lock
-from .config import from_dict
+from .adapters import AdapterConfig
+from .config import from_dict, to_dict
 from .errors import TinyGPTError
 from .model import GPT, GPTConfig
 from .tokenizer import BPE_FILE, Tokenizer, load_tokenizer
@@ -49,14 +52,16 @@ TRAINER_STATE = "trainer.pt"
 METRICS_FILE = "metrics.jsonl"
 DIAGNOSTICS_FILE = "diagnostics.jsonl"
 ADAPTER_WEIGHTS = "adapter.safetensors"
+ADAPTER_LAST = "adapter-last.safetensors"
 ADAPTER_CONFIG = "adapter.json"
 LOCK_FILE = ".lock"
 CHECKPOINTS = {"best": BEST_WEIGHTS, "last": LAST_WEIGHTS}
+ADAPTER_CHECKPOINTS = {"best": ADAPTER_WEIGHTS, "last": ADAPTER_LAST}
 SECTIONS = ("model", "data", "train", "runtime")  # config.json's settings; each a mapping
 # What a new run replaces when told to (``force``) write where a run already was: everything
 # that would otherwise describe the old run beside the new one.
 RUN_FILES = (CONFIG_FILE, TOKENIZER_CONFIG, BPE_FILE, BEST_WEIGHTS, LAST_WEIGHTS, TRAINER_STATE, METRICS_FILE,
-             ADAPTER_WEIGHTS, ADAPTER_CONFIG)
+             ADAPTER_WEIGHTS, ADAPTER_LAST, ADAPTER_CONFIG)
 
 
 @dataclass
@@ -216,16 +221,43 @@ class RunDir:
     # ------------------------------------------------------------------ weights
 
     def weights_path(self, which: str = "best") -> Path:
-        """'best', 'last' or a path to a .safetensors file. With no best yet, 'best' means 'last'."""
+        """'best', 'last' or a path to a .safetensors file. With no best yet, 'best' means 'last'.
+        A parameter-efficient fine-tune's weights are its adapter's."""
         if which not in CHECKPOINTS:
             return Path(which)
-        path = self.path / CHECKPOINTS[which]
-        if which == "best" and not path.exists() and (self.path / LAST_WEIGHTS).exists():
-            return self.path / LAST_WEIGHTS
+        names = ADAPTER_CHECKPOINTS if self.has_adapter() else CHECKPOINTS
+        path = self.path / names[which]
+        if which == "best" and not path.exists() and (self.path / names["last"]).exists():
+            return self.path / names["last"]
         return path
 
     def save_weights(self, model: torch.nn.Module, which: str, info: CheckpointInfo) -> None:
-        ckpt.save_weights(model, self.path / CHECKPOINTS[which], info.to_metadata())
+        """The model's weights, or (a model carrying an adapter) the adapter's alone."""
+        names = ADAPTER_CHECKPOINTS if adapters.attached(model) else CHECKPOINTS
+        ckpt.save_tensors(adapters.state_tensors(model), self.path / names[which], info.to_metadata())
+
+    # ------------------------------------------------------------------ fine-tunes
+
+    def has_adapter(self) -> bool:
+        """Whether this is a parameter-efficient fine-tune (adapter.json beside config.json)."""
+        return (self.path / ADAPTER_CONFIG).is_file()
+
+    def write_adapter_config(self, cfg: AdapterConfig, base: dict) -> None:
+        """adapter.json: the method's settings and the base they apply to (``base``: where
+        it was and its content hash), so the adapter files stand on their own."""
+        ckpt.atomic_write_json(self.path / ADAPTER_CONFIG, {**to_dict(cfg), "base": base})
+
+    def read_adapter_config(self) -> tuple[AdapterConfig, dict]:
+        """(the adapter's settings, its base) from adapter.json."""
+        path = self.path / ADAPTER_CONFIG
+        raw = ckpt.read_json(path, "adapter config")
+        if not isinstance(raw, dict) or not isinstance(raw.get("base"), dict):
+            raise TinyGPTError(f"{path} does not describe an adapter and its base; the run directory is damaged")
+        base = raw.pop("base")
+        try:
+            return from_dict(AdapterConfig, raw), base
+        except TinyGPTError as e:
+            raise TinyGPTError(f"{path}: {e}; the run directory is damaged") from None
 
     def checkpoint_info(self, which: str = "best") -> CheckpointInfo:
         return CheckpointInfo.from_metadata(ckpt.read_metadata(self.weights_path(which)))
@@ -233,6 +265,9 @@ class RunDir:
     def load_model(self, which: str = "best", device: torch.device | str = "cpu") -> tuple[GPT, CheckpointInfo, Path]:
         """The model with weights ``which``, built on the meta device and given the file's
         memory-mapped tensors: no random init, no copy. In eval mode, on ``device``."""
+        if self.has_adapter():
+            raise TinyGPTError(f"{self.path} is a fine-tune holding only its adapter; load it with its base "
+                               "through tinygpt.load (or any tinygpt command)")
         config = self.model_config()
         path = self.weights_path(which)
         info = CheckpointInfo.from_metadata(ckpt.read_metadata(path))

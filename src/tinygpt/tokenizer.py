@@ -16,6 +16,7 @@ creates one, :meth:`Tokenizer.save` / :func:`load_tokenizer` keep it with a run.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -70,6 +71,11 @@ class Tokenizer(ABC):
     def _config(self) -> dict:
         # What tokenizer_config.json holds; subclasses add what they need to reload.
         return self.to_dict()
+
+    def fingerprint(self) -> str:
+        """sha256 of everything that decides how text is encoded (two tokenizers with the same
+        fingerprint give the same ids)."""
+        return hashlib.sha256(json.dumps(self._config(), sort_keys=True).encode()).hexdigest()
 
     def _check_ids(self, ids: Sequence[int]) -> np.ndarray:
         # Backends disagree on bad ids (tiktoken: KeyError, tokenizers: silently
@@ -292,6 +298,9 @@ class BPETokenizer(Tokenizer):
     def save(self, directory: str | Path) -> None:
         atomic_write_text(Path(directory) / BPE_FILE, self._tok.to_str(pretty=True))
         super().save(directory)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256((super().fingerprint() + self._tok.to_str()).encode()).hexdigest()
 
     @classmethod
     def _from_config(cls, directory: Path, config: dict) -> BPETokenizer:

@@ -17,11 +17,24 @@ from ..errors import TinyGPTError
 def build_parser() -> argparse.ArgumentParser:
     # The commands import torch (seconds): they load here, inside main's handlers, so a
     # Ctrl+C during start-up ends with "aborted", not a traceback.
-    from . import attention, bench, diagnose, eval, export, harness, plot, sample, train
+    from . import (
+        attention,
+        bench,
+        chat,
+        diagnose,
+        eval,
+        export,
+        finetune,
+        harness,
+        merge,
+        plot,
+        sample,
+        train,
+    )
 
     parser = argparse.ArgumentParser(prog="tinygpt", description="Train, run and study small GPT language models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    for command in (train, sample, eval, harness, export, bench, attention, plot, diagnose):
+    for command in (train, finetune, merge, sample, chat, eval, harness, export, bench, attention, plot, diagnose):
         command.add_parser(sub)
     return parser
 

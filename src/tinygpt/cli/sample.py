@@ -7,7 +7,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import add_arguments, cli_values, from_dict, opt, section
+from ..config import add_arguments, cli_values, from_dict, opt, replace, section
+from ..data import instruct as ins
 from ..device import RuntimeConfig
 from ..errors import TinyGPTError
 from ..generation import GenerationConfig, load
@@ -20,6 +21,11 @@ class PromptOptions:
     prompt_file: str | None = opt(None, "read the prompt from this file instead")
     prompts_file: str | None = opt(None, "a file of prompts, one per line, generated as one batch")
     checkpoint: str = opt("best", "which weights: best (lowest val loss), last, or a .safetensors path")
+    instruct: bool = opt(False, "the prompt is an instruction: lay it out in the fine-tune's prompt template and "
+                                "print the response, which ends at the end-of-text token")
+    template: str | None = opt(None, "--instruct: the template (default: the one the run was fine-tuned with, "
+                                     "else alpaca)", choices=tuple(ins.TEMPLATES))
+    system: str | None = opt(None, "--instruct: a system message")
 
 
 @dataclass
@@ -54,6 +60,11 @@ def run(args: argparse.Namespace) -> int:
         if not prompts:
             raise TinyGPTError(f"--prompts-file {cmd.prompt.prompts_file} has no prompts; write one per line")
     lm = load(args.run, checkpoint=cmd.prompt.checkpoint, device=cmd.runtime.device, dtype=cmd.runtime.dtype)
+    if cmd.prompt.instruct:
+        template = instruct_template(lm.config, cmd.prompt.template)
+        prompts = [ins.prompt_text(template, p, system=cmd.prompt.system) for p in prompts]
+        cmd.generation = replace(cmd.generation, {"stop": cmd.generation.stop + ins.stop_strings(template,
+                                                                                                  lm.tokenizer)})
     log(f"{lm.checkpoint}" + (f": step {lm.step}" if lm.step is not None else "")
         + (f", val loss {lm.val_loss:.4f}" if lm.val_loss is not None else "")
         + f" | {lm.model.num_params() / 1e6:.2f}M parameters on {lm.device}")
@@ -62,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         ids, cropped = lm.encode_prompt(prompt)
         if cropped:
             log(f"notice: a prompt is longer than the context; using its last {lm.model.config.block_size} tokens")
-        echoes.append(lm.tokenizer.decode(ids[0].tolist()) if prompt else "")
+        echoes.append(lm.tokenizer.decode(ids[0].tolist()) if prompt and not cmd.prompt.instruct else "")
     n = cmd.generation.num_samples
     rows = len(prompts) * n
 
@@ -90,3 +101,8 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(texts[i] + "\n")
     sys.stdout.flush()
     return 0
+
+
+def instruct_template(config: dict, given: str | None) -> str:
+    """The template to lay instructions out in: ``given``, else the fine-tune's own, else the default."""
+    return given or config.get("finetune", {}).get("template") or ins.DEFAULT_TEMPLATE

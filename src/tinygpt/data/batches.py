@@ -1,4 +1,4 @@
-"""Training batches: ``Batch(x, y, loss_mask)`` and a reproducible window sampler over token memmaps."""
+"""Training batches: ``Batch(x, y, loss_mask, input_pos)`` and a reproducible window sampler over token memmaps."""
 
 from __future__ import annotations
 
@@ -13,14 +13,20 @@ from .config import SAMPLING_MODES
 
 
 class Batch(NamedTuple):
-    """What the trainer consumes: inputs, targets and which targets count."""
+    """What the trainer consumes: inputs, targets, which targets count, and positions.
+
+    ``input_pos`` is the model's: a row may hold several sequences (packed examples), each
+    starting again at position 0, and a negative position marks padding."""
     x: torch.Tensor                         # (B, T) int64 token ids
     y: torch.Tensor                         # (B, T) int64 next-token targets
     loss_mask: torch.Tensor | None = None   # (B, T) bool: targets that count (None: all)
+    input_pos: torch.Tensor | None = None   # (B, T) int64 positions (None: 0..T-1 in every row)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
-        mask = None if self.loss_mask is None else self.loss_mask.to(device, non_blocking=non_blocking)
-        return Batch(self.x.to(device, non_blocking=non_blocking), self.y.to(device, non_blocking=non_blocking), mask)
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return Batch(move(self.x), move(self.y), move(self.loss_mask), move(self.input_pos))
 
     def n_targets(self) -> int:
         """How many targets count towards the loss (the model counts the same way)."""

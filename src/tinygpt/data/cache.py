@@ -54,19 +54,24 @@ class TokenData:
     val: np.ndarray     # (n_tokens - val_start,)
 
 
-def prepare_data(cfg: DataConfig, *, log: Callable[[str], None] = print) -> TokenData:
-    """Tokenize ``cfg.data`` into ``cache_dir()/data/<key>/`` (once) and map it into memory."""
+def prepare_data(cfg: DataConfig, *, tokenizer: Tokenizer | None = None,
+                 log: Callable[[str], None] = print) -> TokenData:
+    """Tokenize ``cfg.data`` into ``cache_dir()/data/<key>/`` (once) and map it into memory.
+
+    ``tokenizer``: encode with this one (a fine-tune keeps its base's) instead of building
+    ``cfg.tokenizer``'s kind from the text."""
     files = resolve_files(cfg.data, cfg.encoding, log)
     names = relative_names(files)
-    key, n_raw = _cache_key(cfg, files, names)
+    key, n_raw = _cache_key(cfg, files, names, tokenizer)
     directory = cache_dir() / "data" / key[:16]
     if not (directory / "meta.json").is_file():
         if n_raw == 0:
             raise TinyGPTError(f"no text in {cfg.data!r}: the corpus is empty")
         directory.parent.mkdir(parents=True, exist_ok=True)
-        log(f"data: tokenizing {len(files)} file(s), {n_raw / 1e6:.1f} MB, with the {cfg.tokenizer} tokenizer")
+        kind = tokenizer.kind if tokenizer is not None else cfg.tokenizer
+        log(f"data: tokenizing {len(files)} file(s), {n_raw / 1e6:.1f} MB, with the {kind} tokenizer")
         started = time.perf_counter()
-        _build(cfg, files, names, key, n_raw, directory, log)
+        _build(cfg, files, names, key, n_raw, directory, log, tokenizer)
         log(f"data: tokenized in {time.perf_counter() - started:.1f}s into {directory}")
     data = _load(directory)
     m = data.meta
@@ -75,11 +80,14 @@ def prepare_data(cfg: DataConfig, *, log: Callable[[str], None] = print) -> Toke
     return data
 
 
-def _cache_key(cfg: DataConfig, files: list[Path], names: list[str]) -> tuple[str, int]:
+def _cache_key(cfg: DataConfig, files: list[Path], names: list[str],
+               tokenizer: Tokenizer | None = None) -> tuple[str, int]:
     """(sha256 hex over settings + each file's name and bytes, total bytes read)."""
     settings = {"version": FORMAT_VERSION, "tokenizer": cfg.tokenizer, "val_fraction": cfg.val_fraction,
                 "encoding": check_encoding(cfg.encoding)}
-    if cfg.tokenizer == "bpe":
+    if tokenizer is not None:
+        settings["tokenizer"] = {"given": tokenizer.fingerprint()}
+    elif cfg.tokenizer == "bpe":
         settings["bpe_vocab_size"] = cfg.bpe_vocab_size
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     total = 0
@@ -125,7 +133,7 @@ def _remove_stale_builds(data_root: Path, key: str) -> None:
 
 
 def _build(cfg: DataConfig, files: list[Path], names: list[str], key: str, n_raw: int,
-           directory: Path, log: Callable[[str], None]) -> None:
+           directory: Path, log: Callable[[str], None], tokenizer: Tokenizer | None = None) -> None:
     """Tokenize into a temp dir beside ``directory``, then rename it into place."""
     _remove_stale_builds(directory.parent, key)
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:16]}-{os.getpid()}-", dir=directory.parent))
@@ -133,7 +141,8 @@ def _build(cfg: DataConfig, files: list[Path], names: list[str], key: str, n_raw
         def texts() -> Iterator[str]:
             return (chunk for path in files for chunk in iter_chunks(path, cfg.encoding))
 
-        tokenizer = build_tokenizer(cfg.tokenizer, texts, vocab_size=cfg.bpe_vocab_size)
+        if tokenizer is None:
+            tokenizer = build_tokenizer(cfg.tokenizer, texts, vocab_size=cfg.bpe_vocab_size)
         dtype = token_dtype(tokenizer.vocab_size)
         n_tokens, n_bytes, marks = _write_tokens(files, cfg.encoding, tokenizer, staging / "tokens.bin",
                                                  dtype, n_raw, log)

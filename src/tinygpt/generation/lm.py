@@ -11,13 +11,11 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from ..checkpoint import model_from_tensors
 from ..config import replace
 from ..device import autocast, fresh_seed, resolve_device, resolve_dtype
 from ..errors import TinyGPTError
-from ..interop import hf_dir
 from ..model import GPT
-from ..run import RunDir
+from ..source import open_model
 from ..tokenizer import Tokenizer
 from .beam import beam_search
 from .config import GenerationConfig
@@ -157,23 +155,16 @@ class TinyGPT:
 
 
 def load(source: str | Path, checkpoint: str = "best", device: str = "auto", dtype: str = "fp32") -> TinyGPT:
-    """A model for generation from a run directory written by ``tinygpt train``, a Hugging
+    """A model for generation from a run directory written by ``tinygpt train`` or
+    ``tinygpt finetune`` (an adapter fine-tune is loaded on its base, unmerged), a Hugging
     Face model directory (GPT-2 or Llama architecture), or a hub name such as ``gpt2``.
 
     ``checkpoint`` (runs only) is 'best' (lowest validation loss), 'last', or a path to a
     .safetensors file. Weights are memory-mapped into a model built without init."""
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev, inference=True)
-    source_str = str(source)
-    if hf_dir.is_hf_dir(source) or hf_dir.looks_like_hub_name(source_str):
-        directory = Path(source) if hf_dir.is_hf_dir(source) else hf_dir.download(source_str)
-        cfg, sd, raw = hf_dir.load_model_parts(directory)
-        tokenizer = hf_dir.load_tokenizer(directory, raw, cfg.vocab_size)
-        model = model_from_tensors(lambda: GPT(cfg), sd, directory)
-        return TinyGPT(model.to(dev, dt).eval(), tokenizer, dev, dt, {"hf": raw}, directory)
-    run = RunDir.open(source)
-    tokenizer = run.load_tokenizer()
-    model, info, path = run.load_model(checkpoint, dev)
+    opened = open_model(source, checkpoint)
     # Weights held in the inference dtype (half the bytes to read per token in bf16/fp16),
     # not fp32 weights cast under autocast at every step.
-    return TinyGPT(model.to(dt), tokenizer, dev, dt, run.read_config(), path, info.step, info.val_loss)
+    return TinyGPT(opened.model.to(dev, dt).eval(), opened.tokenizer, dev, dt, opened.config, opened.path,
+                   opened.info.step, opened.info.val_loss)

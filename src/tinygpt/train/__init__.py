@@ -11,6 +11,7 @@ samples) is a :class:`Callback`. :class:`Session` builds the standard run from s
 from .callbacks import (
            Callback,
            Checkpointer,
+           EarlyStop,
            Evaluator,
            LambdaCallback,
            MetricsLog,
@@ -29,7 +30,7 @@ from .session import (
 from .state import TrainState
 from .trainer import DEFAULT_TIME_BUDGET, DivergedError, Trainer
 
-__all__ = ["Callback", "Checkpointer", "DEFAULT_TIME_BUDGET", "DistContext", "Evaluator", "LambdaCallback",
+__all__ = ["Callback", "Checkpointer", "DEFAULT_TIME_BUDGET", "DistContext", "EarlyStop", "Evaluator", "LambdaCallback",
            "MetricsLog", "PeriodicSampler", "ProgressBar", "RunConfig", "Session", "TrainConfig", "TrainState",
            "DivergedError", "Trainer", "default_run_dir", "new_run_config", "resumed_run_config",
            "run_data"]

@@ -99,6 +99,8 @@ class Checkpointer(Callback):
         state = trainer.state
         info = CheckpointInfo(step=state.step, tokens=state.tokens, val_loss=val_loss)
         improved = val_loss is not None and val_loss < state.best_val
+        if val_loss is not None:
+            state.evals_since_best = 0 if improved else state.evals_since_best + 1
         if improved:
             state.best_val = val_loss
         if improved or (not self.has_val and val_loss is None):  # no validation split: best = latest
@@ -202,3 +204,16 @@ class PeriodicSampler(Callback):
     def on_step_end(self, trainer: Trainer, record: dict) -> None:
         if self.every and trainer.state.step % self.every == 0 and not trainer.done():
             self.write(f"--- sample at step {trainer.state.step} ---\n{self.sample()}")
+
+
+class EarlyStop(Callback):
+    """End the run (as a stop request: the checkpointer saves) once the validation loss has
+    not improved for ``patience`` evaluations in a row; the best weights are kept."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+
+    def on_step_end(self, trainer: Trainer, record: dict) -> None:
+        if "val_loss" in record and trainer.state.evals_since_best >= self.patience:
+            trainer.request_stop(f"early stop: the validation loss has not improved for {self.patience} "
+                                 f"evaluations (best {trainer.state.best_val:.4f})")

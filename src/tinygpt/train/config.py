@@ -43,6 +43,8 @@ class TrainConfig:
     grad_clip: float = opt(1.0, "clip the gradient norm to this (0: off)")
     eval_interval: int = opt(200, "evaluate and checkpoint every N steps")
     eval_batches: int = opt(20, "batches averaged per evaluation")
+    early_stop: int = opt(0, "stop once the validation loss has not improved for N evaluations in a row "
+                             "(0: never); the best weights are kept")
     diagnostics: int = opt(0, "every N steps record activation, gradient and update statistics per layer into "
                               "the run's diagnostics.jsonl, for tinygpt diagnose (0: off)")
     sample_interval: int = opt(0, "print a sample every N steps (0: only at the end)")
@@ -54,7 +56,7 @@ class TrainConfig:
         check_choices(self)
         at_least = {"batch_size": 1, "eval_interval": 1, "eval_batches": 1, "max_steps": 1, "max_tokens": 1,
                     "tokens_per_step": 1, "warmup_steps": 0, "sample_interval": 0, "sample_tokens": 0,
-                    "diagnostics": 0}
+                    "diagnostics": 0, "early_stop": 0}
         for name, lowest in at_least.items():
             v = getattr(self, name)
             if v is not None and v < lowest:

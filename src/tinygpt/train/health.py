@@ -77,7 +77,7 @@ def probe(model: GPT, batch: Batch, device: torch.device, dtype: torch.dtype, *,
             p.grad = None
         b = batch.to(device)
         with record_attention(model) as maps, autocast(device, dtype):
-            loss = model(b.x, b.y, loss_mask=b.loss_mask).loss
+            loss = model(b.x, b.y, loss_mask=b.loss_mask, input_pos=b.input_pos).loss
         loss.backward()
         layers = []
         for i in range(len(model.transformer.h)):

@@ -16,14 +16,14 @@ import glob
 import itertools
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
 from .. import versions
 from ..checkpoint import DiskFullError
 from ..config import flatten_values, from_dict, layered, replace, to_dict
-from ..data import Batches, DataConfig, TokenData, absolute_spec, prepare_data
+from ..data import Batch, Batches, DataConfig, TokenData, absolute_spec, prepare_data
 from ..device import (
     cpu_has_bf16,
     dtype_name,
@@ -40,6 +40,7 @@ from ..run import RunDir
 from .callbacks import (
     Callback,
     Checkpointer,
+    EarlyStop,
     Evaluator,
     MetricsLog,
     PeriodicSampler,
@@ -98,7 +99,15 @@ def run_data(path: str | Path, log: Callable[[str], None] = print) -> TokenData:
     """The tokenized corpus the run at ``path`` trained on, as its config.json records it
     (from the cache when it is there): its held-out split to evaluate on, its training
     split to probe with."""
-    return prepare_data(from_dict(DataConfig, RunDir.open(path).read_config().get("data", {})), log=log)
+    run = RunDir.open(path)
+    config = run.read_config()
+    data = from_dict(DataConfig, config.get("data", {}))
+    if "finetune" not in config:
+        return prepare_data(data, log=log)
+    if data.data.endswith(".jsonl"):  # see tinygpt.data.instruct
+        raise TinyGPTError(f"{run.path} was fine-tuned on instruction data ({data.data}), not a text with a held-out "
+                           "tail; give --data with a text to use")
+    return prepare_data(data, tokenizer=run.load_tokenizer(), log=log)  # a fine-tune reads with its base's
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -152,8 +161,10 @@ class Session:
         """Continue the run at ``path`` exactly where its last checkpoint left it (a run
         stopped before its first checkpoint starts over, with its recorded settings)."""
         run = RunDir.open(path)
-        run.lock()
         saved = run.read_config()
+        if "finetune" in saved:
+            raise TinyGPTError(f"{run.path} is a fine-tune; continue it with: tinygpt finetune --resume {run.path}")
+        run.lock()
         try:
             resumed_run_config(saved)  # the recorded settings alone: a failure here is damage, not a bad flag
         except TinyGPTError as e:
@@ -209,13 +220,21 @@ class Session:
             "versions": versions(),
         })
 
+    def batches(self, split: str, seed: int) -> Iterator[Batch]:
+        """A fresh stream of ``split``'s batches (for evaluation and probes) drawn with ``seed``."""
+        tokens = self.data.train if split == "train" else self.data.val
+        return Batches(tokens, self.cfg.train.batch_size, self.cfg.model.block_size, seed=seed, split=split)
+
+    def has_val(self) -> bool:
+        return len(self.data.val) > 0
+
     def callbacks(self) -> list[Callback]:
-        """The standard ones, in order: evaluate, checkpoint, metrics file, progress, samples."""
-        t, seed, T = self.cfg.train, self.cfg.runtime.seed, self.cfg.model.block_size
-        has_val = len(self.data.val) > 0
-        splits = {"train": lambda: Batches(self.data.train, t.batch_size, T, seed=seed + 1, split="train")}
+        """The standard ones, in order: evaluate, checkpoint, metrics file, progress, samples, early stop."""
+        t, seed = self.cfg.train, self.cfg.runtime.seed
+        has_val = self.has_val()
+        splits = {"train": lambda: self.batches("train", seed + 1)}
         if has_val:
-            splits["val"] = lambda: Batches(self.data.val, t.batch_size, T, seed=seed + 2, split="val")
+            splits["val"] = lambda: self.batches("val", seed + 2)
         out: list[Callback] = [Evaluator(splits, t.eval_interval, t.eval_batches),
                                Checkpointer(self.run, t.eval_interval, has_val), MetricsLog(self.run.metrics_path)]
         write = print
@@ -224,10 +243,12 @@ class Session:
             out.append(bar)
             write = bar.write
         if t.diagnostics:
-            probe_batch = next(Batches(self.data.train, t.batch_size, T, seed=seed + 3, split="train"))
+            probe_batch = next(self.batches("train", seed + 3))
             out.append(HealthProbe(self.run.diagnostics_path, t.diagnostics, probe_batch))
         if t.sample_interval and t.sample_tokens:
             out.append(PeriodicSampler(t.sample_interval, self.sample, write))
+        if t.early_stop and has_val:
+            out.append(EarlyStop(t.early_stop))
         return out
 
     def fit(self, *extra: Callback) -> dict:
@@ -241,13 +262,16 @@ class Session:
         except DivergedError as e:
             raise TinyGPTError(f"training diverged: {self._after_divergence(e)}") from None
         except DiskFullError as e:
-            raise TinyGPTError(f"{e.problem}. Free some space, then continue with: tinygpt train --resume "
-                               f"{self.run.path}") from None
+            raise TinyGPTError(f"{e.problem}. Free some space, then continue with: {self.resume_command()}") from None
+
+    def resume_command(self) -> str:
+        """The command line that continues this run."""
+        return f"tinygpt train --resume {self.run.path}"
 
     def _after_divergence(self, e: DivergedError) -> str:
         """What went wrong and the way on that can work from what is on disk."""
         what = e.what  # e.g. "the loss became nan at step 6 (lr 0.003)"
-        command = f"tinygpt train --resume {self.run.path} {e.flags()}"
+        command = f"{self.resume_command()} {e.flags()}"
         if not self.run.has_checkpoint():
             return f"{what}, before the first checkpoint; start the run over with {e.flags()}: {command}"
         last = self.run.checkpoint_info("last").step or 0

@@ -19,13 +19,15 @@ class TrainState:
     elapsed: float = 0.0     # training wall-clock seconds, summed across resumes
     best_val: float = math.inf
     last_val: float | None = None
+    evals_since_best: int = 0  # evaluations since the validation loss last improved (early stopping)
 
     def state_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
         for f in dataclasses.fields(self):
-            setattr(self, f.name, state[f.name])
+            # A counter added later is absent from older checkpoints: it starts again at its default.
+            setattr(self, f.name, state[f.name] if f.name in state or f.name != "evals_since_best" else 0)
 
 
 def capture_rng() -> dict:

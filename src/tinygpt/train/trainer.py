@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from ..checkpoint import assign_weights, weight_tensors
+from ..adapters import load_state_tensors, state_tensors
 from ..data import Batch
 from ..device import autocast, configure_backends, dtype_name
 from ..errors import TinyGPTError
@@ -81,7 +81,7 @@ class Trainer:
         the loop's counters and every random generator."""
         return {
             **self.state.state_dict(),
-            "model": weight_tensors(self.model),
+            "model": state_tensors(self.model),  # a fine-tune's adapter alone: the base is not trained
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "batches": self.batches.state_dict() if hasattr(self.batches, "state_dict") else None,
@@ -89,7 +89,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict, source: str = "the trainer state") -> None:
-        assign_weights(self.model, state.get("model", {}), source)
+        load_state_tensors(self.model, state.get("model", {}), source)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
@@ -154,7 +154,7 @@ class Trainer:
             b = batch.to(self.device, non_blocking=True)
             with self.dist.gradient_sync(self.forward, sync=i == len(micro) - 1):
                 with autocast(self.device, self.dtype):
-                    loss = self.forward(b.x, b.y, loss_mask=b.loss_mask).loss_sum / n_targets
+                    loss = self.forward(b.x, b.y, loss_mask=b.loss_mask, input_pos=b.input_pos).loss_sum / n_targets
                 self.scaler.scale(loss).backward()
             total += loss.detach()
         # The gradient norm is measured even without clipping (an infinite max_norm clips
@@ -201,7 +201,7 @@ class Trainer:
         for _ in range(n_batches):
             b = next(batches).to(self.device)
             with autocast(self.device, self.dtype):
-                out = self.forward(b.x, b.y, loss_mask=b.loss_mask)
+                out = self.forward(b.x, b.y, loss_mask=b.loss_mask, input_pos=b.input_pos)
             loss_sum += out.loss_sum.float()
             count += out.n_targets
         return (loss_sum / count).item()

@@ -1,0 +1,68 @@
+"""A fine-tune's settings: the method and its shape, what to freeze, instruction data, and
+the training defaults that suit adapting a trained model rather than training one."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ..adapters import METHODS, AdapterConfig
+from ..config import opt, section
+from ..data import DataConfig
+from ..data.instruct import DEFAULT_TEMPLATE, TEMPLATES
+from ..device import RuntimeConfig
+from ..errors import TinyGPTError
+from ..train import TrainConfig
+
+# Peak learning rate per method (AdamW). A trained model needs small steps to keep what it
+# knows; fresh adapter tensors start from nothing and take larger ones, a soft prompt
+# larger still (Lester et al. 2021 tuned prompts at 0.3 with Adafactor).
+METHOD_LR = {"full": 1e-4, "lora": 1e-3, "adapter": 1e-3, "prompt": 1e-2}
+DEFAULT_EPOCHS = 3.0  # with no budget given: this many epochs, capped at the default time budget
+
+
+@dataclass
+class FinetuneConfig(AdapterConfig):
+    method: str = opt("lora", "full (every weight, some frozen at will), lora, adapter (bottleneck layers) or "
+                              "prompt (soft prompt); lr defaults to " + ", ".join(f"{k} {v:g}" for k, v in
+                                                                                   METHOD_LR.items()),
+                      choices=("full",) + METHODS)
+    checkpoint: str = opt("best", "the base run's weights: best, last or a .safetensors path")
+    freeze_blocks: int = opt(0, "full: keep the first N transformer blocks frozen")
+    freeze_embeddings: bool = opt(False, "full: keep the token and position embeddings frozen (a tied output "
+                                         "head with them)")
+    template: str = opt(DEFAULT_TEMPLATE, "prompt template of instruction data (.jsonl)", choices=tuple(TEMPLATES))
+    pack: bool = opt(True, "instruction data: pack several examples per sequence (attention stays inside each); "
+                           "off: one padded example per sequence")
+    epochs: float | None = opt(None, f"passes over the training data (default with no other budget: "
+                                     f"{DEFAULT_EPOCHS:g}, within the default 5m)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.freeze_blocks < 0:
+            raise TinyGPTError(f"--freeze-blocks must be at least 0, got {self.freeze_blocks}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise TinyGPTError(f"--epochs must be positive, got {self.epochs}")
+        if self.method != "full" and (self.freeze_blocks or self.freeze_embeddings):
+            raise TinyGPTError(f"--freeze-blocks / --freeze-embeddings are for --method full; {self.method} "
+                               "already trains only its own tensors")
+
+    def adapter(self) -> AdapterConfig | None:
+        """The parameter-efficient method's settings (None for a full fine-tune)."""
+        if self.method == "full":
+            return None
+        return AdapterConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(AdapterConfig)})
+
+
+@dataclass
+class FinetuneRunConfig:
+    """Everything a fine-tune is (its config.json, beside the base's model section and record)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = section(TrainConfig, batch_size=8, warmup_steps=20, weight_decay=0.0, eval_interval=50,
+                                 eval_batches=10, preset="auto")
+    runtime: RuntimeConfig = section(RuntimeConfig, seed=1337)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+# Options of train/data that a fine-tune takes from its base instead.
+NOT_FLAGS = ("tokenizer", "bpe_vocab_size", "preset", "optimizer")

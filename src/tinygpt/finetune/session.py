@@ -1,0 +1,226 @@
+"""A fine-tune run: a base model opened, a method applied, the standard trainer and callbacks.
+
+    from tinygpt.finetune import FinetuneSession
+    session = FinetuneSession.start("runs/shakespeare", {"data": "qa.jsonl", "method": "lora"})
+    session.fit()                                   # or FinetuneSession.resume("runs/qa-lora")
+
+The run directory is a run like any other (config.json with the base's model section, the
+base's tokenizer, metrics, trainer.pt for exact resume) plus the fine-tune's record of its
+base: where it was and the hash of its weights. A full fine-tune writes whole weights; the
+other methods write only their adapter (adapter.safetensors + adapter.json), and every
+command loads it on the base (see tinygpt.source).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .. import adapters, versions
+from ..config import flatten_values, layered, replace, to_dict
+from ..data import Batch, absolute_spec
+from ..data import instruct as ins
+from ..device import (
+    cpu_has_bf16,
+    dtype_name,
+    fresh_seed,
+    resolve_device,
+    resolve_dtype,
+    seed_everything,
+)
+from ..errors import TinyGPTError
+from ..generation import GenerationConfig, TinyGPT
+from ..model import GPT
+from ..run import RunDir
+from ..source import base_record, open_base, open_model
+from ..train import DEFAULT_TIME_BUDGET, Session, Trainer
+from ..train.session import RUNS_DIR, measure_training_dtype
+from .config import DEFAULT_EPOCHS, METHOD_LR, FinetuneRunConfig
+from .data import FinetuneData, prepare
+
+# What cannot change when a fine-tune is resumed: what it is and what it learns from.
+FIXED_ON_RESUME = ("data", "finetune")
+
+
+def _given(layers: tuple[dict, ...], *path: str) -> bool:
+    """Whether any settings layer sets the option at ``path``."""
+    return any(tuple(path) in flatten_values(FinetuneRunConfig, layer) for layer in layers)
+
+
+class FinetuneSession(Session):
+    """A fine-tune's config, data, model and trainer, and the run directory they write to."""
+
+    def __init__(self, cfg: FinetuneRunConfig, run: RunDir, data: FinetuneData, trainer: Trainer, base: dict):
+        super().__init__(cfg, run, data, trainer)
+        self.base = base
+
+    # ------------------------------------------------------------------ start and resume
+
+    @classmethod
+    def start(cls, base: str, *layers: dict, force: bool = False,
+              log: Callable[[str], None] = print) -> "FinetuneSession":
+        """A new fine-tune of ``base`` (a run, an HF directory or a hub name) from settings layers."""
+        method = layered(FinetuneRunConfig, *layers).finetune.method
+        cfg = layered(FinetuneRunConfig, {"train": {"lr": METHOD_LR[method]}}, *layers)
+        if cfg.runtime.seed is None:
+            cfg = replace(cfg, {"runtime": {"seed": fresh_seed()}})
+        path = Path(cfg.train.out) if cfg.train.out else RUNS_DIR / (
+            cfg.train.name or f"{Path(str(base).rstrip('/')).name}-{method}-{time.strftime('%Y%m%d-%H%M%S')}")
+        RunDir.check_new(path, force=force)
+        opened = open_model(base, cfg.finetune.checkpoint)
+        record = base_record(base, cfg.finetune.checkpoint, opened)
+        model_section = to_dict(opened.model.config)
+        model = cls._prepare_model(cfg, opened.model, opened.tokenizer)
+        T = model.config.block_size
+        data = prepare(cfg.data, cfg.finetune, opened.tokenizer, T, cfg.runtime.seed, log)
+        cfg = replace(cfg, {"data": {"data": absolute_spec(cfg.data.data)}, **cls._budget(cfg, data, T, layers, log)})
+        session = cls._build(cfg, model, data, RunDir(path), record, log)  # checked before anything is written
+        session.run = RunDir.create(path, force=force)
+        session._write_config(model_section)
+        session.run.save_tokenizer(opened.tokenizer)
+        if (adapter := cfg.finetune.adapter()) is not None:
+            session.run.write_adapter_config(adapter, record)
+        return session
+
+    @classmethod
+    def resume(cls, path: str | Path, *layers: dict, log: Callable[[str], None] = print) -> "FinetuneSession":
+        """Continue the fine-tune at ``path`` exactly where its last checkpoint left it."""
+        run = RunDir.open(path)
+        saved = run.read_config()
+        if "finetune" not in saved or "base" not in saved:
+            raise TinyGPTError(f"{run.path} is not a fine-tune; continue it with: tinygpt train --resume {run.path}")
+        run.lock()
+        base = layered(FinetuneRunConfig, {k: saved[k] for k in ("data", "train", "runtime", "finetune")})
+        for layer in layers:
+            for p, value in flatten_values(FinetuneRunConfig, layer).items():
+                current = getattr(getattr(base, p[0]), p[-1])
+                if p[0] in FIXED_ON_RESUME and p != ("data", "data") and value != current:
+                    raise TinyGPTError(f"--{p[-1].replace('_', '-')} cannot change when resuming (the fine-tune has "
+                                       f"{current!r}); start a new fine-tune with --out instead")
+        cfg = layered(FinetuneRunConfig, to_dict(base), *layers)
+        opened = open_base(saved["base"], f"the base of {run.path}")
+        model = cls._prepare_model(cfg, opened.model, run.load_tokenizer())
+        data = prepare(cfg.data, cfg.finetune, run.load_tokenizer(), model.config.block_size, cfg.runtime.seed, log)
+        if saved.get("data_key") != data.key:
+            raise TinyGPTError(f"the data at --data {cfg.data.data!r} is not what {run.path} was fine-tuned on; give "
+                               "the same file, or start a new fine-tune")
+        cfg = replace(cfg, {"data": {"data": absolute_spec(cfg.data.data)}})
+        session = cls._build(cfg, model, data, run, saved["base"], log)
+        if run.has_checkpoint():
+            session.trainer.load_state_dict(run.load_state(), source=str(run.state_path))
+        else:
+            log(f"notice: {run.path} stopped before its first checkpoint; starting it over from step 0")
+        run.trim_metrics(session.trainer.state.step, notice=log)
+        session._write_config(saved["model"])
+        return session
+
+    @staticmethod
+    def _prepare_model(cfg: FinetuneRunConfig, model: GPT, tokenizer) -> GPT:
+        """The base in fp32 with the method applied: blocks frozen (full) or an adapter attached."""
+        ft = cfg.finetune
+        model = model.float()
+        seed_everything(cfg.runtime.seed)  # the adapter's init is the first draw, as a new model's is
+        adapter = ft.adapter()
+        if adapter is not None:
+            ids = tokenizer.encode(ft.prompt_init) if adapter.method == "prompt" and ft.prompt_init else None
+            return adapters.attach(model, adapter, ids)
+        n = model.config.n_layer
+        if ft.freeze_blocks > n:
+            raise TinyGPTError(f"--freeze-blocks {ft.freeze_blocks} is more than the base's {n} blocks; "
+                               f"use 0..{n}")
+        model.requires_grad_(True)
+        for block in model.transformer.h[:ft.freeze_blocks]:
+            block.requires_grad_(False)
+        if ft.freeze_embeddings:
+            for name in ("wte", "wpe"):
+                if name in model.transformer:
+                    model.transformer[name].requires_grad_(False)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise TinyGPTError("everything is frozen: lower --freeze-blocks or drop --freeze-embeddings")
+        return model
+
+    @staticmethod
+    def _budget(cfg: FinetuneRunConfig, data: FinetuneData, T: int, layers: tuple[dict, ...],
+                log: Callable[[str], None]) -> dict:
+        """--epochs as steps (the default budget: a few epochs within the default time), a warmup
+        that fits a short run, and evaluations no longer than the held-out data."""
+        t, ft = cfg.train, cfg.finetune
+        no_budget = t.max_steps is None and t.max_tokens is None and t.max_time is None and ft.epochs is None
+        epochs = ft.epochs or (DEFAULT_EPOCHS if no_budget else None)
+        changes: dict = {}
+        if epochs:
+            per_step = max(1, math.ceil((t.tokens_per_step or t.batch_size * T) / (t.batch_size * T))) \
+                * t.batch_size * T
+            steps = max(1, math.ceil(epochs * data.epoch_tokens / per_step))
+            changes["max_steps"] = min(steps, t.max_steps or steps)
+            if no_budget:
+                changes["max_time"] = DEFAULT_TIME_BUDGET
+        steps = changes.get("max_steps", t.max_steps)
+        if steps and not _given(layers, "train", "warmup_steps"):
+            changes["warmup_steps"] = min(t.warmup_steps, steps // 10)
+        if data.val_rows:  # instruction data: one pass over the held-out examples is the whole evaluation
+            changes["eval_batches"] = min(t.eval_batches, math.ceil(data.val_rows / t.batch_size))
+        return {"train": changes} if changes else {}
+
+    @classmethod
+    def _build(cls, cfg: FinetuneRunConfig, model: GPT, data: FinetuneData, run: RunDir, base: dict,
+               log: Callable[[str], None]) -> "FinetuneSession":
+        device = resolve_device(cfg.runtime.device)
+        dtype = resolve_dtype(cfg.runtime.dtype, device)
+        model = model.to(device)
+        if cfg.runtime.dtype == "auto" and device.type == "cpu" and cpu_has_bf16():
+            dtype = measure_training_dtype(model, cfg.train.batch_size, log)
+            cfg = replace(cfg, {"runtime": {"dtype": dtype_name(dtype)}})
+        batches = data.batches("train", cfg.train.batch_size, model.config.block_size, cfg.runtime.seed)
+        trainer = Trainer(model, cfg.train, batches, device=device, dtype=dtype)
+        return cls(cfg, run, data, trainer, base)
+
+    def _write_config(self, model_section: dict) -> None:
+        self.run.write_config({
+            "model": model_section, **to_dict(self.cfg), "base": self.base,
+            "tokenizer": self.data.tokenizer.to_dict(), "data_key": self.data.key,
+            "versions": versions("peft") if self.cfg.finetune.method == "lora" else versions(),
+        })
+
+    # ------------------------------------------------------------------ what Session asks of a run
+
+    def batches(self, split: str, seed: int) -> Iterator[Batch]:
+        return self.data.batches(split, self.cfg.train.batch_size, self.trainer.model.config.block_size, seed)
+
+    def has_val(self) -> bool:
+        return self.data.has_val
+
+    def resume_command(self) -> str:
+        return f"tinygpt finetune --resume {self.run.path}"
+
+    def sample(self, max_new_tokens: int | None = None) -> str:
+        """A sample of the current weights: for instruction data, the answer to the first
+        held-out instruction (or a training one), rendered through the template."""
+        if self.data.kind != "instructions":
+            return super().sample(max_new_tokens)
+        lm = TinyGPT(self.trainer.model, self.data.tokenizer, self.trainer.device, self.trainer.dtype)
+        example = (self.data.val_examples or [None])[0]
+        turn = example.turns[0] if example is not None else None
+        prompt = ins.prompt_text(self.cfg.finetune.template, turn.user if turn else "Hello.",
+                                 turn.input if turn else None, example.system if example else None)
+        n = self.cfg.train.sample_tokens if max_new_tokens is None else max_new_tokens
+        config = GenerationConfig(max_new_tokens=n, stop=ins.stop_strings(self.cfg.finetune.template,
+                                                                          self.data.tokenizer))
+        return prompt + lm.generate(prompt, config=config, seed=self.cfg.runtime.seed)[0]
+
+    def describe(self) -> list[str]:
+        t, tr, ft = self.cfg.train, self.trainer, self.cfg.finetune
+        trainable = sum(p.numel() for p in tr.model.parameters() if p.requires_grad)
+        method = ft.method + (f" (first {ft.freeze_blocks} blocks frozen)" if ft.freeze_blocks else "") + \
+            (" (embeddings frozen)" if ft.freeze_embeddings else "")
+        budget = [f"{k} {v}" for k, v in (("steps", t.max_steps), ("tokens", t.max_tokens),
+                                          ("time", f"{tr.max_time:.0f}s" if tr.max_time else None)) if v]
+        return [f"run: {self.run.path}", f"base: {self.base['source']} | method: {method}, {trainable:,} trainable "
+                f"parameters ({trainable / max(1, self._base_params()):.2%} of the base's)", tr.describe(),
+                f"budget: {', '.join(budget)}, lr {t.lr:g}; data: {self.data.description}"]
+
+    def _base_params(self) -> int:
+        model = self.trainer.model
+        return sum(p.numel() for n, p in model.named_parameters() if n not in adapters.adapter_parameters(model))
