@@ -161,3 +161,16 @@ def test_cli_finetune_and_bad_input(base, tmp_path, capsys):
     assert "'#'" in err and "--template simple" in err and len(err.strip().splitlines()) == 1
     assert main(["finetune", str(base), "--data", INSTRUCT, "--method", "prompt", "--prompt-tokens", "128"]) == 1
     assert "leaves no context" in capsys.readouterr().err
+
+
+def test_a_hugging_face_directory_is_a_base(base, tmp_path):
+    """An HF GPT-2 directory (here: the base exported) fine-tunes like a run, and the fine-tune
+    loads on it: the same logits as the fine-tune of the run it came from."""
+    assert main(["export", str(base), "--to", "hf", str(tmp_path / "hf")]) == 0
+    finetune(tmp_path / "hf", tmp_path / "from_hf", "lora")
+    finetune(base, tmp_path / "from_run", "lora")
+    record = RunDir(tmp_path / "from_hf").read_config()["base"]
+    assert record["source"] == str((tmp_path / "hf").resolve()) and "checkpoint" not in record
+    x = torch.tensor([CharTokenizer(CHARS).encode("User:\nName a color.\n\nAssistant:\n")])
+    a, b = tinygpt.load(tmp_path / "from_hf"), tinygpt.load(tmp_path / "from_run")
+    torch.testing.assert_close(a.model(x).logits, b.model(x).logits, atol=1e-5, rtol=0)

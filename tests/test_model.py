@@ -625,3 +625,78 @@ def test_packed_weights_compute_linear_and_are_never_used_stale(dtype):
             layer.weight.add_(1.0)
             assert torch.equal(layer(rows), F.linear(rows, layer.weight, layer.bias))
         assert layer._packed is None
+
+
+# ---------------------------------------------------------------------------- packed sequences
+
+
+PACKED = [[7, 3, 41, 19, 2], [30, 11, 8], [4, 25, 49, 13, 6, 37, 22]]  # 15 tokens in one row
+
+
+def packed_row(seqs):
+    """(1, T) ids of ``seqs`` one after another, and their positions, each sequence from 0."""
+    ids = torch.tensor([[t for s in seqs for t in s]])
+    pos = torch.cat([torch.arange(len(s)) for s in seqs])[None]
+    return ids, pos
+
+
+def spans(seqs, start=0):
+    for s in seqs:
+        yield slice(start, start + len(s)), s
+        start += len(s)
+
+
+@pytest.mark.parametrize("seqs", [PACKED, PACKED[:2], [PACKED[2], PACKED[0]]])
+def test_packed_sequences_each_give_their_logits_alone(tiny_model, seqs):
+    model = randomize_(tiny_model, seed=4, embedding_scale=0.1)
+    ids, pos = packed_row(seqs)
+    with torch.no_grad():
+        out = model(ids, input_pos=pos).logits[0]
+        shared = model(ids.expand(2, -1), input_pos=pos[0]).logits  # positions (T,), shared by the rows
+        unpacked = model(ids).logits[0]  # the same tokens read as one sequence
+        for cols, seq in spans(seqs):
+            alone = model(torch.tensor([seq])).logits[0]
+            assert (out[cols] - alone).abs().max() < 1e-5
+            assert (shared[:, cols] - alone).abs().max() < 1e-5
+    later = slice(len(seqs[0]), None)
+    assert (out[later] - unpacked[later]).abs().max() > 1e-3  # packing changes what the later sequences see
+
+
+def test_a_packed_row_and_a_left_padded_row_in_one_batch(tiny_model):
+    model = randomize_(tiny_model, seed=5, embedding_scale=0.1)
+    ids, pos = packed_row(PACKED)  # (1, 15)
+    single = [9, 2, 44, 21, 8, 30, 1, 17, 5]
+    ids = torch.cat([ids, torch.tensor([[PAD] * 6 + single])])
+    pos = torch.cat([pos, torch.cat([torch.full((6,), -1), torch.arange(9)])[None]])
+    with torch.no_grad():
+        out = model(ids, input_pos=pos).logits
+        for cols, seq in spans(PACKED):
+            assert (out[0, cols] - model(torch.tensor([seq])).logits[0]).abs().max() < 1e-5
+        assert (out[1, 6:] - model(torch.tensor([single])).logits[0]).abs().max() < 1e-5
+    assert torch.isfinite(out).all()
+
+
+def test_the_loss_of_a_packed_row_is_the_sum_of_the_separate_losses(tiny_model):
+    model = randomize_(tiny_model, seed=6, embedding_scale=0.1)
+    ids, pos = packed_row(PACKED)
+    targets = random_ids(ids.shape, seed=7)
+    mask = torch.rand(ids.shape, generator=torch.Generator().manual_seed(1)) > 0.25
+    for cols, _ in spans(PACKED):
+        mask[0, cols.stop - 1] = False  # a sequence's last target would be the next sequence's first token
+    with torch.no_grad():
+        packed = model(ids, targets, input_pos=pos, loss_mask=mask)
+        separate = [model(ids[:, cols], targets[:, cols], loss_mask=mask[:, cols]) for cols, _ in spans(PACKED)]
+        unpacked = model(ids, targets, loss_mask=mask)  # the same targets, read as one sequence
+    assert packed.n_targets.item() == sum(o.n_targets.item() for o in separate) == mask.sum().item() == 12
+    expected = sum(o.loss_sum for o in separate)  # about 50: within 1e-6 relative
+    assert abs(packed.loss_sum.item() - expected.item()) < 5e-5
+    assert abs(packed.loss.item() - (expected / packed.n_targets).item()) < 1e-6
+    assert abs(packed.loss_sum.item() - unpacked.loss_sum.item()) > 1e-2
+
+
+def test_a_sequence_restarting_at_any_position_does_not_see_the_one_before(tiny_model):
+    model = randomize_(tiny_model, seed=2, embedding_scale=0.1).eval()
+    ids = random_ids((1, 5))
+    got = model(ids, input_pos=torch.tensor([0, 1, 0, 3, 4])).logits
+    alone = model(ids[:, 3:], input_pos=torch.tensor([3, 4])).logits
+    torch.testing.assert_close(got[:, 3:], alone, atol=1e-5, rtol=0)

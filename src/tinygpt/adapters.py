@@ -115,9 +115,16 @@ def attach(model: GPT, cfg: AdapterConfig, prompt_ids: list[int] | None = None) 
     from the global generator, like every other initialisation)."""
     if getattr(model, "adapter_config", None) is not None:
         raise TinyGPTError("this model already carries an adapter; merge it first (tinygpt merge)")
-    model.requires_grad_(False)
     c = model.config
-    device = model.transformer.wte.weight.device
+    wte = model.transformer.wte.weight
+    if cfg.method == "prompt":  # checked before anything changes
+        if cfg.prompt_tokens >= c.block_size:
+            raise TinyGPTError(f"--prompt-tokens {cfg.prompt_tokens} leaves no context: the base reads "
+                               f"{c.block_size} tokens; use fewer than {c.block_size} (a few to a few dozen)")
+        if prompt_ids is not None and (not prompt_ids or not all(0 <= i < c.vocab_size for i in prompt_ids)):
+            raise TinyGPTError("--prompt-init gives no token ids of the vocabulary; give some text, or leave it out "
+                               "for a random start")
+    model.requires_grad_(False)
     if cfg.method == "lora":
         try:
             from peft import LoraConfig, inject_adapter_in_model
@@ -130,24 +137,17 @@ def attach(model: GPT, cfg: AdapterConfig, prompt_ids: list[int] | None = None) 
                                            target_modules=targets), model, adapter_name=_ADAPTER)
     elif cfg.method == "adapter":
         for block in model.transformer.h:
-            block.attn_adapter = Bottleneck(c.n_embd, cfg.bottleneck).to(device)
-            block.mlp_adapter = Bottleneck(c.n_embd, cfg.bottleneck).to(device)
+            block.attn_adapter = Bottleneck(c.n_embd, cfg.bottleneck).to(wte.device, wte.dtype)
+            block.mlp_adapter = Bottleneck(c.n_embd, cfg.bottleneck).to(wte.device, wte.dtype)
             _add_bottleneck(block.attn, block.attn_adapter)
             _add_bottleneck(block.mlp, block.mlp_adapter)
     else:
         n = cfg.prompt_tokens
-        if n >= c.block_size:
-            raise TinyGPTError(f"--prompt-tokens {n} leaves no context: the base reads {c.block_size} tokens; "
-                               f"use fewer than {c.block_size} (a few to a few dozen)")
-        if prompt_ids is not None and not prompt_ids:
-            raise TinyGPTError("--prompt-init is empty; give some text, or leave it out for a random start")
-        ids = torch.tensor(prompt_ids or [], dtype=torch.long)
-        if not len(ids):
-            ids = torch.randint(c.vocab_size, (n,))
-        ids = ids.repeat(-(-n // len(ids)))[:n].to(device)
-        model.prompt = SoftPrompt(n, c.n_embd).to(device)
+        ids = torch.tensor(prompt_ids, dtype=torch.long) if prompt_ids else torch.randint(c.vocab_size, (n,))
+        ids = ids.repeat(-(-n // len(ids)))[:n].to(wte.device)
+        model.prompt = SoftPrompt(n, c.n_embd).to(wte.device, wte.dtype)
         with torch.no_grad():
-            model.prompt.weight.copy_(model.transformer.wte.weight[ids])
+            model.prompt.weight.copy_(wte[ids])
         # The position table stays whole; the input gets what the prompt leaves of it.
         model.config = dataclasses.replace(c, block_size=c.block_size - n)
     for p in adapter_parameters(model, cfg).values():

@@ -557,7 +557,8 @@ class GPT(nn.Module):
         w = prompt.weight
         autocast_on = torch.is_autocast_enabled(w.device.type)
         key = (w._version, w.data_ptr(), dtype, autocast_on and torch.get_autocast_dtype(w.device.type))
-        if not torch.is_grad_enabled() and prompt._memo is not None and prompt._memo[0] == key:
+        memo = not torch.is_grad_enabled() and not self.training  # dropout and gradients: compute afresh
+        if memo and prompt._memo is not None and prompt._memo[0] == key:
             return prompt._memo[1]
         n = prompt.n
         cache = KVCache(self.config, 1, n, device=w.device, dtype=dtype)
@@ -565,7 +566,7 @@ class GPT(nn.Module):
         how = _Attend(0, n, n, None, n > 1)
         for block, kv in zip(self.transformer.h, cache.layers):
             x = block(x, rope, how, kv)
-        prompt._memo = None if torch.is_grad_enabled() else (key, cache)
+        prompt._memo = (key, cache) if memo else None
         return cache
 
     def _plan(self, idx: torch.Tensor, input_pos: torch.Tensor | None,
@@ -601,10 +602,12 @@ class GPT(nn.Module):
         pos = input_pos.clamp(min=0)
         if cache is None:
             # Keys are this batch's tokens: causal by index, never a pad, and of the same
-            # sequence: key j belongs to query i's sequence iff positions rose one per token
-            # from j to i (a position that starts again begins a packed example).
-            steps = torch.arange(T, device=idx.device)
-            same = (input_pos[:, :, None] - input_pos[:, None, :]) == (steps[:, None] - steps[None, :])
+            # sequence: a position that does not continue the one before it begins a new one
+            # (a packed example), numbered by counting those starts along the row.
+            starts = torch.ones(B, T, dtype=torch.bool, device=idx.device)
+            starts[:, 1:] = input_pos[:, 1:] != input_pos[:, :-1] + 1
+            seq = starts.cumsum(dim=1)  # (B, T)
+            same = seq[:, :, None] == seq[:, None, :]
             mask = same & torch.ones(T, T, dtype=torch.bool, device=idx.device).tril() & ~pad[:, None, :]  # (B, T, T)
             slots, span, end = None, T, T
         else:
@@ -640,15 +643,24 @@ class GPT(nn.Module):
 
 @contextmanager
 def record_attention(model: GPT) -> Iterator[list[torch.Tensor]]:
-    """Collect each layer's attention weights (B, nh, T, S) during the forwards inside.
+    """Collect each layer's attention weights (B, nh, T, S) during the forwards inside
+    (a soft prompt's keys left out).
 
     A forward hook on every layer's SDPA module recomputes the weights from its inputs
     through :func:`attention_probs`; the forward itself is unchanged."""
     maps: list[torch.Tensor] = []
+    n = 0
+    if model.prompt is not None:
+        # A soft prompt's keys and values, computed now (and memoized), so the hooks see only
+        # the input's forward; its n keys are then left out of the maps, which stay (T, S)
+        # over the input's own tokens (rows then sum to what the input took, not 1).
+        with torch.no_grad():
+            model._prompt_kv(model.transformer.wte.weight.dtype)
+        n = model.prompt.n
 
     def hook(module, args, output):
         q, k, _, mask, causal = args
-        maps.append(attention_probs(q, k, mask, causal).detach())
+        maps.append(attention_probs(q, k, mask, causal)[..., n:].detach())
 
     handles = [block.attn.attend.register_forward_hook(hook) for block in model.transformer.h]
     try:
