@@ -175,6 +175,10 @@ def adapter_tensors(model: GPT) -> dict[str, torch.Tensor]:
     return {_saved_name(n): p.detach().to("cpu").contiguous() for n, p in adapter_parameters(model).items()}
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
 def _saved_name(name: str) -> str:
     return name.replace(f".{_ADAPTER}.", ".")
 
@@ -240,7 +244,7 @@ def merge(model: GPT) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
     prompts are extra inputs: neither folds into the weights."""
     cfg = attached(model)
     if cfg is None or cfg.method != "lora":
-        what = "carries no adapter" if cfg is None else f"is a {cfg.method} fine-tune"
+        what = "carries no adapter" if cfg is None else f"is {_article(cfg.method)} {cfg.method} fine-tune"
         raise TinyGPTError(f"the model {what}; only LoRA folds into the weights (bottleneck adapters are nonlinear, "
                            "soft prompts are extra inputs): sample, eval and chat load such a run as it is")
     from peft.tuners.lora import LoraLayer

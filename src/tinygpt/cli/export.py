@@ -43,9 +43,10 @@ def run(args: argparse.Namespace) -> int:
     adapter = adapters.attached(model)
     lora_beside = adapter is not None and fmt == "hf" and not args.merged
     if adapter is not None and adapter.method != "lora":
-        raise TinyGPTError(f"{args.run} is a {adapter.method} fine-tune: {fmt} models have no place for its "
-                           f"{'bottleneck adapters' if adapter.method == 'adapter' else 'soft prompt'}; sample, "
-                           "eval and chat use it as it is (or fine-tune with --method lora or full to export)")
+        what = "an adapter fine-tune: {} models have no place for its bottleneck adapters" \
+            if adapter.method == "adapter" else "a prompt fine-tune: {} models have no place for its soft prompt"
+        raise TinyGPTError(f"{args.run} is {what.format(fmt)}; sample, eval and chat use it as it is (or fine-tune "
+                           "with --method lora or full to export)")
     if lora_beside:
         config, tensors = model.config, adapters.base_tensors(model)
     elif adapter is not None:
