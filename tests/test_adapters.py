@@ -197,7 +197,7 @@ def test_a_model_takes_one_adapter(base, second):
 def test_only_lora_merges(base):
     with pytest.raises(TinyGPTError, match="carries no adapter"):
         adapters.merge(copy.deepcopy(base))
-    with pytest.raises(TinyGPTError, match="is a adapter fine-tune"):
+    with pytest.raises(TinyGPTError, match="is an adapter fine-tune"):
         adapters.merge(adapted(base, method="adapter", bottleneck=BOTTLENECK))
 
 
