@@ -174,3 +174,22 @@ def test_a_hugging_face_directory_is_a_base(base, tmp_path):
     x = torch.tensor([CharTokenizer(CHARS).encode("User:\nName a color.\n\nAssistant:\n")])
     a, b = tinygpt.load(tmp_path / "from_hf"), tinygpt.load(tmp_path / "from_run")
     torch.testing.assert_close(a.model(x).logits, b.model(x).logits, atol=1e-5, rtol=0)
+
+
+def test_chat_answers_turn_by_turn_from_the_whole_conversation(base, tmp_path, capsys, monkeypatch):
+    import io
+
+    finetune(base, tmp_path / "ft", "lora")
+    capsys.readouterr()
+    monkeypatch.setattr("sys.stdin", io.StringIO("Name a color of the sky.\nAnd the grass?\n\n"))
+    assert main(["chat", str(tmp_path / "ft"), "--seed", "1", "--max-new-tokens", "12"]) == 0
+    replies = capsys.readouterr().out.split("\n")[:2]
+    lm = tinygpt.load(tmp_path / "ft")
+    from tinygpt.data import instruct as ins
+
+    stops = ins.stop_strings("simple", lm.tokenizer)
+    messages = [{"role": "user", "content": "Name a color of the sky."}]
+    first = lm.generate(ins.chat_prompt("simple", messages, lm.tokenizer), 12, seed=1, stop=stops)[0]
+    messages += [{"role": "assistant", "content": first}, {"role": "user", "content": "And the grass?"}]
+    second = lm.generate(ins.chat_prompt("simple", messages, lm.tokenizer), 12, seed=2, stop=stops)[0]
+    assert replies == [first, second]
