@@ -339,3 +339,19 @@ def test_signals_give_the_shells_exit_codes(tmp_path, corpus):
         assert proc.returncode == code, proc.stderr
         assert f"continue with: tinygpt train --resume {tmp_path / name}" in proc.stderr
         assert RunDir.open(tmp_path / name).load_state()["step"] == 2
+
+
+def test_early_stop_ends_the_run_with_success_and_keeps_the_best(tmp_path, capsys):
+    """At lr 1e-12 an update is below fp32's resolution: the weights, so the validation loss,
+    stay exactly as they were, and --early-stop 2 ends the run at its third evaluation."""
+    corpus = tmp_path / "romeo.txt"
+    corpus.write_text(ROMEO, encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(corpus), "--out", str(out), "--max-steps", "50", "--eval-interval", "2",
+                 "--lr", "1e-12", "--min-lr", "0", "--warmup-steps", "0", "--early-stop", "2",
+                 "--sample-tokens", "0", *TINY_TRAIN]) == 0
+    err = capsys.readouterr().err
+    assert "early stop: the validation loss has not improved for 2 evaluations" in err
+    assert "continue with" not in err  # not an interruption to resume from
+    run = RunDir(out)
+    assert run.checkpoint_info("last").step == 6 and run.checkpoint_info("best").step == 2

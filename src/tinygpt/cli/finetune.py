@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import time
 
 from ..config import add_arguments, cli_values, load_config_file
 from ..errors import TinyGPTError
 from ..finetune import FinetuneRunConfig, FinetuneSession
 from ..finetune.config import NOT_FLAGS
 from .common import log
+from .train import fit_and_report
 
 
 def add_parser(sub) -> None:
@@ -35,35 +35,10 @@ def run(args: argparse.Namespace) -> int:
         if args.base:
             raise TinyGPTError("--resume continues a fine-tune with its own base; leave BASE out")
         session = FinetuneSession.resume(args.resume, *layers, log=log)
-        s = session.trainer.state
-        log(f"resuming {session.run.path} at step {s.step} ({s.tokens:,} tokens, {s.elapsed:.0f}s trained)")
     else:
         if not args.base:
             raise TinyGPTError("give the model to fine-tune: tinygpt finetune BASE --data FILE (BASE: a run "
                                "directory, a Hugging Face model directory or a hub name such as gpt2)")
         session = FinetuneSession.start(args.base, *layers, force=args.force, log=log)
-    for line in session.describe():
-        log(line)
-    run_dir, trainer = session.run.path, session.trainer
-    if trainer.done():
-        log(f"{run_dir} already used its budget at step {trainer.state.step}; raise --max-steps, --epochs or "
-            "--max-time to train further")
-        return 0
-    t0 = time.time()
-    summary = session.fit()
-    val = summary["val_loss"]
-    log(f"{'stopped' if summary['interrupted'] else 'done'}: step {summary['step']}, {time.time() - t0:.0f}s this "
-        "session" + (f", val loss {val:.4f} (best {summary['best_val']:.4f})" if val is not None else ""))
-    if summary["interrupted"] and summary["signal"]:
-        log(f"checkpoint saved; continue with: {session.resume_command()}")
-        return 128 + summary["signal"]
-    if summary["interrupted"]:
-        log(summary["interrupted"])  # an early stop
-    if session.cfg.train.sample_tokens:
-        print("--- sample ---")
-        print(session.sample(), flush=True)
-        print("--------------")
-    instruct = " --instruct" if session.data.kind == "instructions" else ""
-    log(f"weights: {session.run.weights_path('best')}; sample with: tinygpt sample {run_dir}{instruct} "
-        "--prompt \"...\"")
-    return 0
+    return fit_and_report(session, resumed=bool(args.resume), budget_flags="--max-steps, --epochs or --max-time",
+                          sample_flags=" --instruct" if session.data.kind == "instructions" else "")

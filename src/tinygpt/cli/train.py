@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import time
 
 from ..config import add_arguments, cli_values, load_config_file
@@ -31,16 +30,23 @@ def run(args: argparse.Namespace) -> int:
         if args.force:
             raise TinyGPTError("--force is for starting a new run in --out; --resume never replaces anything")
         session = Session.resume(args.resume, *layers, log=log)
-        s = session.trainer.state
-        log(f"resuming {session.run.path} at step {s.step} ({s.tokens:,} tokens, {s.elapsed:.0f}s trained)")
     else:
         session = Session.start(*layers, force=args.force, log=log)
+    return fit_and_report(session, resumed=bool(args.resume), budget_flags="--max-steps, --max-tokens or --max-time")
+
+
+def fit_and_report(session: Session, *, resumed: bool, budget_flags: str, sample_flags: str = "") -> int:
+    """Describe the run, train it to its budget, say how it went and print a sample: what
+    ``tinygpt train`` and ``tinygpt finetune`` do with a session. Returns the exit status:
+    128 + the signal after Ctrl+C / SIGTERM (the shell's convention: 130, 143)."""
+    run_dir, trainer = session.run.path, session.trainer
+    if resumed:
+        s = trainer.state
+        log(f"resuming {run_dir} at step {s.step} ({s.tokens:,} tokens, {s.elapsed:.0f}s trained)")
     for line in session.describe():
         log(line)
-    run_dir, trainer = session.run.path, session.trainer
     if trainer.done():
-        log(f"{run_dir} already used its budget at step {trainer.state.step}; raise --max-steps, --max-tokens "
-            "or --max-time to train further")
+        log(f"{run_dir} already used its budget at step {trainer.state.step}; raise {budget_flags} to train further")
         return 0
 
     t0, tokens0 = time.time(), trainer.state.tokens
@@ -50,12 +56,15 @@ def run(args: argparse.Namespace) -> int:
         f"{summary['tokens']:,} tokens, {seconds:.0f}s this session "
         f"({(summary['tokens'] - tokens0) / max(seconds, 1e-9):,.0f} tokens/s with evaluations)"
         + (f", val loss {val:.4f} (best {summary['best_val']:.4f})" if val is not None else ""))
+    if summary["signal"]:
+        log(f"checkpoint saved; continue with: {session.resume_command()}")
+        return 128 + summary["signal"]
     if summary["interrupted"]:
-        log(f"checkpoint saved; continue with: tinygpt train --resume {run_dir}")
-        return 128 + (summary["signal"] or signal.SIGINT)  # the shell's convention: 130 Ctrl+C, 143 SIGTERM
+        log(summary["interrupted"])  # a stop that is not a signal: --early-stop
     if session.cfg.train.sample_tokens:
         print("--- sample ---")
         print(session.sample(), flush=True)
         print("--------------")
-    log(f"weights: {session.run.weights_path('best')}; sample with: tinygpt sample {run_dir} --prompt \"...\"")
+    log(f"weights: {session.run.weights_path('best')}; sample with: tinygpt sample {run_dir}{sample_flags} "
+        "--prompt \"...\"")
     return 0
