@@ -36,7 +36,7 @@ from ..model import GPT
 from ..run import RunDir
 from ..source import base_record, open_base, open_model
 from ..train import DEFAULT_TIME_BUDGET, Session, Trainer
-from ..train.session import RUNS_DIR, measure_training_dtype
+from ..train.session import RUNS_DIR, measure_training_dtype, resumed_run_config
 from .config import DEFAULT_EPOCHS, METHOD_LR, FinetuneRunConfig
 from .data import FinetuneData, prepare
 
@@ -92,17 +92,11 @@ class FinetuneSession(Session):
         if "finetune" not in saved or "base" not in saved:
             raise TinyGPTError(f"{run.path} is not a fine-tune; continue it with: tinygpt train --resume {run.path}")
         run.lock()
-        base = layered(FinetuneRunConfig, {k: saved[k] for k in ("data", "train", "runtime", "finetune")})
-        for layer in layers:
-            for p, value in flatten_values(FinetuneRunConfig, layer).items():
-                current = getattr(getattr(base, p[0]), p[-1])
-                if p[0] in FIXED_ON_RESUME and p != ("data", "data") and value != current:
-                    raise TinyGPTError(f"--{p[-1].replace('_', '-')} cannot change when resuming (the fine-tune has "
-                                       f"{current!r}); start a new fine-tune with --out instead")
-        cfg = layered(FinetuneRunConfig, to_dict(base), *layers)
+        cfg = resumed_run_config(saved, *layers, cls=FinetuneRunConfig, fixed_on_resume=FIXED_ON_RESUME)
         opened = open_base(saved["base"], f"the base of {run.path}")
-        model = cls._prepare_model(cfg, opened.model, run.load_tokenizer())
-        data = prepare(cfg.data, cfg.finetune, run.load_tokenizer(), model.config.block_size, cfg.runtime.seed, log)
+        tokenizer = run.load_tokenizer()
+        model = cls._prepare_model(cfg, opened.model, tokenizer)
+        data = prepare(cfg.data, cfg.finetune, tokenizer, model.config.block_size, cfg.runtime.seed, log)
         if saved.get("data_key") != data.key:
             raise TinyGPTError(f"the data at --data {cfg.data.data!r} is not what {run.path} was fine-tuned on; give "
                                "the same file, or start a new fine-tune")

@@ -12,6 +12,7 @@ tokenizer, and everything is built and checked before anything is written to dis
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import itertools
 import time
@@ -67,20 +68,21 @@ def new_run_config(*layers: dict) -> RunConfig:
     return cfg
 
 
-def resumed_run_config(saved: dict, *layers: dict) -> RunConfig:
-    """A saved run's config with ``layers`` laid over it; model and data settings cannot change."""
-    base = layered(RunConfig, {k: saved[k] for k in ("model", "data", "train", "runtime") if k in saved})
+def resumed_run_config(saved: dict, *layers: dict, cls: type = RunConfig, fixed_on_resume: tuple = FIXED_ON_RESUME):
+    """A saved run's config (of schema ``cls``) with ``layers`` laid over it; the settings in
+    ``fixed_on_resume`` (sections, or (section, option) paths) cannot change."""
+    base = layered(cls, {f.name: saved[f.name] for f in dataclasses.fields(cls) if f.name in saved})
     changes: dict = {}
     for layer in layers:
-        changes.update(flatten_values(RunConfig, layer))
-    fixed = [p for p in changes if (p[0] in FIXED_ON_RESUME or p in FIXED_ON_RESUME) and p != ("data", "data")]
+        changes.update(flatten_values(cls, layer))
+    fixed = [p for p in changes if (p[0] in fixed_on_resume or p in fixed_on_resume) and p != ("data", "data")]
     for path in fixed:
         current = getattr(getattr(base, path[0]), path[-1])
         if current != changes[path]:
             raise TinyGPTError(f"--{path[-1].replace('_', '-')} cannot change when resuming (the run has "
                                f"{current!r}); start a new run with --out instead")
     allowed = {path[-1]: v for path, v in changes.items() if path not in fixed}
-    return layered(RunConfig, to_dict(base), allowed)
+    return layered(cls, to_dict(base), allowed)
 
 
 def measure_training_dtype(model: GPT, batch_size: int, log: Callable[[str], None]) -> torch.dtype:
