@@ -155,6 +155,13 @@ class CharTokenizer(Tokenizer):
         return cls(config["chars"])
 
 
+def some_chars(chars: Sequence[str]) -> str:
+    """Characters named in an error: "3 characters ('é', '\\n', '€')", the first 10 then a count."""
+    # repr keeps newlines and odd characters visible, and the message on one line.
+    shown = ", ".join(map(repr, chars[:10])) + (f" and {len(chars) - 10} more" if len(chars) > 10 else "")
+    return f"{len(chars)} character{'s' if len(chars) != 1 else ''} ({shown})"
+
+
 def _code_points(text: str) -> np.ndarray:
     # surrogatepass: Python strings may hold lone surrogates, which plain UTF-32 rejects.
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)

@@ -68,7 +68,7 @@ import torch
 
 from ..errors import TinyGPTError
 from ..model import IGNORE_INDEX
-from ..tokenizer import Tokenizer
+from ..tokenizer import Tokenizer, some_chars
 from .batches import Batch
 
 END_WITHOUT_EOT = "\n\n\n"   # ends a response when the tokenizer has no end-of-text token
@@ -385,21 +385,15 @@ def _check_characters(examples: Sequence[Example], template: Template, tokenizer
         return
     problems, fixes = [], []
     if found:
-        problems.append(f"{source} has {_some_chars(list(found))}")
+        problems.append(f"{source} has {some_chars(list(found))}")
         fixes.append("remove them from the data")
     if own:
-        problems.append(f"the {template.name} template's own text has {_some_chars(own)}")
+        problems.append(f"the {template.name} template's own text has {some_chars(own)}")
         if template.name != "simple":
             fixes.append("use --template simple (its own text is only letters, ':' and newlines)")
     fixes.append("fine-tune a base model with a BPE tokenizer such as gpt2")
     raise TinyGPTError(f"{', and '.join(problems)} that the base model's char tokenizer does not know; "
                        f"{', '.join(fixes[:-1])}{', or ' if len(fixes) > 1 else ''}{fixes[-1]}")
-
-
-def _some_chars(chars: list[str]) -> str:
-    # repr keeps newlines and odd characters visible, and the message on one line.
-    shown = ", ".join(map(repr, chars[:10])) + (f" and {len(chars) - 10} more" if len(chars) > 10 else "")
-    return f"{len(chars)} character{'s' if len(chars) > 1 else ''} ({shown})"
 
 
 # ---------------------------------------------------------------------------- batches

@@ -13,7 +13,7 @@ from ..data import Batch, Batches, DataConfig, prepare_data
 from ..data import instruct as ins
 from ..data.files import iter_chunks, resolve_files
 from ..errors import TinyGPTError
-from ..tokenizer import Tokenizer
+from ..tokenizer import Tokenizer, some_chars
 from .config import FinetuneConfig
 
 
@@ -68,10 +68,9 @@ def check_characters(data: DataConfig, tokenizer: Tokenizer, log: Callable[[str]
             seen.update(chunk)
     unknown = sorted(seen - known)
     if unknown:
-        shown = ", ".join(map(repr, unknown[:10])) + (f" (and {len(unknown) - 10} more)" if len(unknown) > 10 else "")
-        raise TinyGPTError(f"--data {data.data} has {len(unknown)} character(s) the base model's char tokenizer "
-                           f"never saw: {shown}; remove or replace them in the text, or fine-tune a base model "
-                           "with a BPE tokenizer such as gpt2")
+        raise TinyGPTError(f"--data {data.data} has {some_chars(unknown)} that the base model's char tokenizer "
+                           "never saw; remove or replace them in the text, or fine-tune a base model with a BPE "
+                           "tokenizer such as gpt2")
 
 
 def _instructions(data: DataConfig, ft: FinetuneConfig, tokenizer: Tokenizer, block_size: int, seed: int,
