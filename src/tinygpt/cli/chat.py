@@ -62,8 +62,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         messages.append({"role": "user", "content": text})
         prompt = ins.chat_prompt(template, messages, lm.tokenizer)
-        ids, cropped = lm.encode_prompt(prompt)
-        if cropped:
+        if lm.encode_prompt(prompt)[1]:  # cropped to the context
             log(f"notice: the conversation is longer than the context; the model reads its last "
                 f"{lm.model.config.block_size} tokens")
         reply = lm.generate(prompt, config=generation, seed=None if cmd.runtime.seed is None
