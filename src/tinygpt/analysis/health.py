@@ -144,7 +144,8 @@ def format_report(name: str, result: dict, problems: list[str], recorded: list[d
 
 # ---------------------------------------------------------------------------- pictures
 
-def _hist_line(ax, hist: dict, label: str) -> None:
+def hist_line(ax, hist: dict, label: str) -> None:
+    """A histogram from ``train.health.histogram`` as a density curve (several overlay legibly)."""
     counts = np.asarray(hist["counts"])
     edges = np.linspace(hist["lo"], hist["hi"], len(counts) + 1)
     centres = (edges[:-1] + edges[1:]) / 2
@@ -161,7 +162,7 @@ def draw(name: str, result: dict, out: Path, recorded: list[dict] | None = None)
     fig = Figure(figsize=(10, 5), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     for layer in result["layers"]:
-        _hist_line(ax, layer["pre_hist"], f"layer {layer['layer']}: mean {layer['pre_mean']:+.2f}, "
+        hist_line(ax, layer["pre_hist"], f"layer {layer['layer']}: mean {layer['pre_mean']:+.2f}, "
                                           f"std {layer['pre_std']:.2f}, flat {layer['flat']:.1%}")
     ax.axvspan(ax.get_xlim()[0], -3, color="grey", alpha=0.15, label="GELU's flat region (x < -3)")
     ax.set_xlabel("MLP pre-activation (input of GELU)")
@@ -182,7 +183,7 @@ def draw(name: str, result: dict, out: Path, recorded: list[dict] | None = None)
         for ax, (kind, rows) in zip(axes, kinds.items()):
             for w in rows:
                 layer = w["name"].split(".")[2]
-                _hist_line(ax, w["grad_hist"], f"layer {layer}: std {w['grad_std']:.1e}")
+                hist_line(ax, w["grad_hist"], f"layer {layer}: std {w['grad_std']:.1e}")
             reach = 5 * max(w["grad_std"] for w in rows)  # the tails beyond hold almost nothing
             if reach > 0:
                 ax.set_xlim(-reach, reach)

@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         export,
         finetune,
         harness,
+        learn,
+        makemore,
         merge,
         plot,
         sample,
@@ -34,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="tinygpt", description="Train, run and study small GPT language models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    for command in (train, finetune, merge, sample, chat, eval, harness, export, bench, attention, plot, diagnose):
+    for command in (train, finetune, merge, sample, chat, eval, harness, export, bench, attention, plot, diagnose,
+                    learn, makemore):
         command.add_parser(sub)
     return parser
 

@@ -91,7 +91,7 @@ def probe(model: GPT, batch: Batch, device: torch.device, dtype: torch.dtype, *,
                      "out_mean": float(y.mean()),
                      "out_std": float(y.std()), "attn_entropy": float(attention_entropy(maps[i])[1].mean())}
             if histograms:
-                layer["pre_hist"] = _histogram(x)
+                layer["pre_hist"] = histogram(x)
             layers.append(layer)
         weights = []
         for name, p in weight_matrices(model).items():
@@ -99,7 +99,7 @@ def probe(model: GPT, batch: Batch, device: torch.device, dtype: torch.dtype, *,
             row = {"name": name, "w_std": float(w.std()), "grad_mean": float(g.mean()), "grad_std": float(g.std()),
                    "grad_to_weight": _log10(float(g.std() / w.std()))}
             if histograms:
-                row["grad_hist"] = _histogram(g)
+                row["grad_hist"] = histogram(g)
             weights.append(row)
         return {"loss": loss.item(), "layers": layers, "weights": weights}
     finally:
@@ -126,8 +126,9 @@ def attention_entropy(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return h.mean(-1), (h / torch.log(keys)).mean(-1)
 
 
-def _histogram(x: torch.Tensor) -> dict:
-    x = x.flatten()
+def histogram(x: torch.Tensor) -> dict:
+    """Counts of ``x``'s values in HIST_BINS equal bins, as {"counts", "lo", "hi"} (JSON-ready)."""
+    x = x.flatten().float()
     # The body of the distribution, +-6 std around the mean: a few outliers would otherwise
     # stretch the bins until the body falls into one or two of them.
     mean, std = float(x.mean()), float(x.std())
