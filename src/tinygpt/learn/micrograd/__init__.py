@@ -21,11 +21,10 @@ from .demo import (
     make_spirals,
     neuron_expression,
     run_lesson,
-    scores,
     train,
 )
 from .engine import Value, topological_order
-from .nn import MLP, Layer, Module, Neuron
+from .nn import MLP, Layer, Module, Neuron, scores
 
 __all__ = [
     "Value", "topological_order", "Module", "Neuron", "Layer", "MLP", "MicrogradConfig", "Result", "Step",

@@ -184,22 +184,6 @@ def train(cfg: MicrogradConfig, on_step: Callable[[Step], None] | None = None) -
     return Result(cfg, model, X, y, history, loss.data, accuracy)
 
 
-def scores(model: MLP, points: np.ndarray) -> np.ndarray:
-    """The model's scores for many points (N, 2) -> (N,), as matrix products with numpy.
-
-    The same arithmetic as calling the model on each point, but without building a graph:
-    drawing the decision boundary needs tens of thousands of scores and no gradients.
-    """
-    h = points
-    for layer in model.layers:
-        W = np.array([[w.data for w in n.w] for n in layer.neurons])  # (n_out, n_in)
-        b = np.array([n.b.data for n in layer.neurons])  # (n_out,)
-        h = h @ W.T + b  # (N, n_out)
-        if layer.neurons[0].relu:
-            h = np.maximum(h, 0.0)
-    return h[:, 0]
-
-
 # ---------------------------------------------------------------------------- the small expression
 
 def neuron_expression() -> Value:
@@ -221,12 +205,13 @@ def neuron_expression() -> Value:
 
 def run_lesson(cfg: MicrogradConfig, out: str | Path, on_step: Callable[[Step], None] | None = None) -> Result:
     """Train, then draw the decision boundary and the neuron's graph into ``out``."""
-    # draw imports this module (and matplotlib), so it is loaded here, when drawing.
-    from . import draw
+    from . import draw  # matplotlib loads only when drawing
 
     result = train(cfg, on_step)
     out = Path(out)
-    boundary = draw.decision_boundary(result, out / "decision_boundary.png")
+    title = (f"{cfg.dataset}: MLP {'-'.join(map(str, cfg.sizes))} after {cfg.steps} steps, "
+             f"accuracy {result.accuracy:.0%}, loss {result.loss:.3f}")
+    boundary = draw.decision_boundary(result.model, result.X, result.y, out / "decision_boundary.png", title)
     graph = draw.graph(neuron_expression(), out / "graph.png",
                        title="o = tanh(x1*w1 + x2*w2 + b): each box's value, and the gradient do/d(box)")
     return dataclasses.replace(result, pictures=[boundary, graph])

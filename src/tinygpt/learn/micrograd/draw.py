@@ -14,8 +14,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch
 
-from .demo import Result, scores
 from .engine import Value, topological_order
+from .nn import MLP, scores
 
 CLASS_COLOURS = {-1: "#c0392b", 1: "#2166ac"}  # the ends of the RdBu colour map the scores use
 
@@ -30,14 +30,13 @@ def _save(fig: Figure, path: Path) -> Path:
 
 # ---------------------------------------------------------------------------- decision boundary
 
-def decision_boundary(result: Result, path: str | Path) -> Path:
+def decision_boundary(model: MLP, X: np.ndarray, y: np.ndarray, path: str | Path, title: str) -> Path:
     """The model's score over the plane as filled contours (red: class -1, blue: class +1),
-    the boundary where the score is 0 as a black line, and the data points on top."""
-    X, y = result.X, result.y
+    the boundary where the score is 0 as a black line, and the data points (X, y) on top."""
     pad = 0.5
     (x0, y0), (x1, y1) = X.min(axis=0) - pad, X.max(axis=0) + pad
     gx, gy = np.meshgrid(np.linspace(x0, x1, 300), np.linspace(y0, y1, 300))
-    grid = scores(result.model, np.stack([gx.ravel(), gy.ravel()], axis=1)).reshape(gx.shape)
+    grid = scores(model, np.stack([gx.ravel(), gy.ravel()], axis=1)).reshape(gx.shape)
 
     # A symmetric colour scale around 0, clipped so a few far-off scores do not wash it out.
     top = max(float(np.percentile(np.abs(grid), 95)), 1e-6)
@@ -58,9 +57,7 @@ def decision_boundary(result: Result, path: str | Path) -> Path:
                Line2D([], [], marker="o", ls="", color=CLASS_COLOURS[1], mec="white", label="class +1"),
                Line2D([], [], color="black", label="score = 0")]
     ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.9)
-    cfg = result.cfg
-    ax.set_title(f"{cfg.dataset}: MLP {'-'.join(map(str, cfg.sizes))} after {cfg.steps} steps, "
-                 f"accuracy {result.accuracy:.0%}, loss {result.loss:.3f}", fontsize=10)
+    ax.set_title(title, fontsize=10)
     ax.set_xlabel("x1")
     ax.set_ylabel("x2")
     return _save(fig, Path(path))

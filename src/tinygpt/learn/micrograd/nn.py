@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
+import numpy as np
+
 from .engine import Number, Value
 
 
@@ -88,3 +90,19 @@ class MLP(Module):
     def __repr__(self) -> str:
         widths = [len(self.layers[0].neurons[0].w)] + [len(layer.neurons) for layer in self.layers]
         return f"MLP({' -> '.join(map(str, widths))})"
+
+
+def scores(model: MLP, points: np.ndarray) -> np.ndarray:
+    """The model's scores for many points (N, 2) -> (N,), as matrix products with numpy.
+
+    The same arithmetic as calling the model on each point, but without building a graph:
+    drawing the decision boundary needs tens of thousands of scores and no gradients.
+    """
+    h = points
+    for layer in model.layers:
+        W = np.array([[w.data for w in n.w] for n in layer.neurons])  # (n_out, n_in)
+        b = np.array([n.b.data for n in layer.neurons])  # (n_out,)
+        h = h @ W.T + b  # (N, n_out)
+        if layer.neurons[0].relu:
+            h = np.maximum(h, 0.0)
+    return h[:, 0]
