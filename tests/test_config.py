@@ -97,6 +97,14 @@ def test_cli_flags_are_generated_from_fields():
     assert (cfg.model.n_layer, cfg.train.max_time, cfg.train.compile, cfg.model.bias) == (3, 21600.0, True, False)
 
 
+def test_a_tuple_default_is_shown_as_it_is_typed():
+    from tinygpt.learn.micrograd import MicrogradConfig
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, MicrogradConfig)
+    assert "(default: 16,16)" in " ".join(parser.format_help().split())
+
+
 def test_every_field_has_help():
     from tinygpt.config import iter_fields
 

@@ -294,7 +294,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str
         help_text = f.metadata.get("help", "")
         if choices:
             help_text += f" [{'|'.join(map(str, choices))}]"
-        help_text += f" (default: {default})"
+        # A tuple is shown the way it is typed on the command line: 16,16, not (16, 16).
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        help_text += f" (default: {shown})"
         flag = "--" + name.replace("_", "-")
         if base is bool:
             parser.add_argument(flag, dest=name, nargs="?", const="true", default=None,
