@@ -23,11 +23,8 @@ from ..config import flatten_values, layered, replace, to_dict
 from ..data import Batch, absolute_spec
 from ..data import instruct as ins
 from ..device import (
-    cpu_has_bf16,
-    dtype_name,
     fresh_seed,
     resolve_device,
-    resolve_dtype,
     seed_everything,
 )
 from ..errors import TinyGPTError
@@ -36,7 +33,7 @@ from ..model import GPT
 from ..run import RunDir
 from ..source import base_record, open_base, open_model
 from ..train import DEFAULT_TIME_BUDGET, Session, Trainer
-from ..train.session import RUNS_DIR, measure_training_dtype, resumed_run_config
+from ..train.session import RUNS_DIR, resumed_run_config, training_dtype
 from .config import DEFAULT_EPOCHS, METHOD_LR, FinetuneRunConfig
 from .data import FinetuneData, prepare
 
@@ -162,11 +159,8 @@ class FinetuneSession(Session):
     def _build(cls, cfg: FinetuneRunConfig, model: GPT, data: FinetuneData, run: RunDir, base: dict,
                log: Callable[[str], None]) -> "FinetuneSession":
         device = resolve_device(cfg.runtime.device)
-        dtype = resolve_dtype(cfg.runtime.dtype, device)
         model = model.to(device)
-        if cfg.runtime.dtype == "auto" and device.type == "cpu" and cpu_has_bf16():
-            dtype = measure_training_dtype(model, cfg.train.batch_size, log)
-            cfg = replace(cfg, {"runtime": {"dtype": dtype_name(dtype)}})
+        dtype, cfg = training_dtype(cfg, model, device, log)
         batches = data.batches("train", cfg.train.batch_size, model.config.block_size, cfg.runtime.seed)
         trainer = Trainer(model, cfg.train, batches, device=device, dtype=dtype)
         return cls(cfg, run, data, trainer, base)

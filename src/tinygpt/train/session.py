@@ -97,6 +97,17 @@ def measure_training_dtype(model: GPT, batch_size: int, log: Callable[[str], Non
     return best
 
 
+def training_dtype(cfg, model: GPT, device: torch.device, log: Callable[[str], None]) -> tuple[torch.dtype, object]:
+    """The dtype to train ``model`` in, and ``cfg`` (a run's config with a ``runtime`` and a
+    ``train`` section) with it recorded, so a resume keeps it: the configured one, or for
+    ``auto`` on a CPU with bf16, whichever of fp32 and bf16 measured faster on this model."""
+    dtype = resolve_dtype(cfg.runtime.dtype, device)
+    if cfg.runtime.dtype == "auto" and device.type == "cpu" and cpu_has_bf16():
+        dtype = measure_training_dtype(model, cfg.train.batch_size, log)
+        cfg = replace(cfg, {"runtime": {"dtype": dtype_name(dtype)}})
+    return dtype, cfg
+
+
 def run_data(path: str | Path, log: Callable[[str], None] = print) -> TokenData:
     """The tokenized corpus the run at ``path`` trained on, as its config.json records it
     (from the cache when it is there): its held-out split to evaluate on, its training
@@ -201,7 +212,6 @@ class Session:
     @classmethod
     def _build(cls, cfg: RunConfig, data: TokenData, run: RunDir, log: Callable[[str], None]) -> "Session":
         device = resolve_device(cfg.runtime.device)
-        dtype = resolve_dtype(cfg.runtime.dtype, device)
         T = cfg.model.block_size
         # Batch windows first: a corpus too short for one block fails here, before any work.
         batches = Batches(data.train, cfg.train.batch_size, T, mode=cfg.data.sampling, seed=cfg.runtime.seed,
@@ -210,9 +220,7 @@ class Session:
             Batches(data.val, 1, T, split="val")
         seed_everything(cfg.runtime.seed)  # the model's init is the first draw from the seeded generators
         model = GPT(cfg.model).to(device)
-        if cfg.runtime.dtype == "auto" and device.type == "cpu" and cpu_has_bf16():
-            dtype = measure_training_dtype(model, cfg.train.batch_size, log)
-            cfg = replace(cfg, {"runtime": {"dtype": dtype_name(dtype)}})  # recorded: a resume keeps it
+        dtype, cfg = training_dtype(cfg, model, device, log)
         trainer = Trainer(model, cfg.train, batches, device=device, dtype=dtype)
         return cls(cfg, run, data, trainer)
 
