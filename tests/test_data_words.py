@@ -43,6 +43,13 @@ def test_bad_word_lists_are_refused_in_one_line(tmp_path, text, message):
         read_words(str(tmp_path / "missing.txt"))
 
 
+def test_a_word_list_that_is_not_utf8_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("\n".join(["zoë", *WORDS]).encode("latin-1"))
+    with pytest.raises(TinyGPTError, match=r"latin1.txt is not UTF-8 text \(invalid .* at byte 2\); save it as UTF-8"):
+        read_words(str(path))
+
+
 def test_split_is_80_10_10_fixed_by_seed_and_covers_every_word():
     words = [f"w{i}" for i in range(1000)]
     a, b = split_words(words, seed=42), split_words(words, seed=42)

@@ -16,14 +16,16 @@ from ...checkpoint import atomic_write_text
 ORDER = ("bigram (counts)", "bigram (neural net)", "mlp", "mlp-bn", "mlp-bn (manual backward)", "wavenet", "gpt")
 
 
-def add_row(out: Path, data: str, row: dict) -> tuple[Path, Path, bool]:
-    """Add or replace ``row`` (keys: rung, params, train, val, test, seconds, steps) in ``out``'s
-    table of ``data``; write the JSON, Markdown and PNG; say whether an older table was replaced."""
+def add_rows(out: Path, data: str, new: list[dict]) -> tuple[Path, Path, bool]:
+    """Add or replace the ``new`` rows (keys: rung, params, train, val, test, seconds, steps) in
+    ``out``'s table of ``data``; write the JSON, Markdown and PNG once; say whether a table of
+    other data was there and is replaced."""
     path = out / "ladder.json"
     table = json.loads(path.read_text()) if path.is_file() else None
     fresh = table is None or table.get("data") != data
-    rows = [] if fresh else [r for r in table["rows"] if r["rung"] != row["rung"]]
-    rows.append(row)
+    rungs = {row["rung"] for row in new}
+    rows = [] if fresh else [r for r in table["rows"] if r["rung"] not in rungs]
+    rows += new
     rows.sort(key=lambda r: (ORDER.index(r["rung"]) if r["rung"] in ORDER else len(ORDER), r["rung"]))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps({"data": data, "rows": rows}, indent=1) + "\n")

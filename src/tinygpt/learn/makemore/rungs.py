@@ -122,11 +122,13 @@ def run(cfg: MakemoreConfig, log: Callable[[str], None] = lambda _: None) -> tup
     else:
         trained = [_window(cfg, splits, vocab, out, log)]
     data = cfg.data if cfg.data == "names" else str(Path(cfg.data).expanduser().resolve())
-    files: list[Path] = []
     for result, model in trained:
         result.samples = _sample(model, vocab, cfg.samples, cfg.seed)
-        files = list(ladder.add_row(out, data, result.row())[:2])
-    return [result for result, _ in trained], files
+    results = [result for result, _ in trained]
+    md, png, replaced = ladder.add_rows(out, data, [r.row() for r in results])
+    if replaced:
+        log(f"ladder: {out / 'ladder.json'} was a table of other words; it now starts afresh on {data}")
+    return results, [md, png]
 
 
 def _splits_as(fn, splits, *args) -> tuple[tuple[torch.Tensor, ...], ...]:
@@ -169,8 +171,8 @@ def _window(cfg, splits, vocab, out, log) -> tuple[RungResult, object]:
     pictures = []
     if cfg.model == "mlp":
         lrs, losses = diagnostics.lr_finder(model, examples[0], fit.batch_size, seed=seed)
-        log(f"lr finder: loss bottoms out near lr {3 * diagnostics.suggest_lr(lrs, losses):.3g}; "
-            f"suggested {diagnostics.suggest_lr(lrs, losses):.3g}, using {fit.lr:g}")
+        suggested = diagnostics.suggest_lr(lrs, losses)
+        log(f"lr finder: loss bottoms out near lr {3 * suggested:.3g}; suggested {suggested:.3g}, using {fit.lr:g}")
         pictures.append(diagnostics.draw_lr_finder(lrs, losses, fit.lr, out / "mlp_lr_finder.png",
                                                    "mlp: learning-rate finder (SGD, lr rising each step)"))
     health = {}

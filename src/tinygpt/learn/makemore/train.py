@@ -9,7 +9,6 @@ example: (X, Y) context windows, or (x, y) whole-word rows for the GPT.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -123,7 +122,3 @@ def sample_words(model, boundary: int, n: int, seed: int = 0, max_len: int = 40)
         words.append(row[:row.index(boundary)] if boundary in row else row)
     return words
 
-
-def loss_of_uniform(vocab_size: int) -> float:
-    """What a model that knows nothing scores: every character equally likely."""
-    return math.log(vocab_size)
