@@ -180,17 +180,18 @@ def test_lr_finder_and_tanh_health(data):
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_ladder_replaces_rows_and_starts_afresh_on_new_data(tmp_path):
+def test_ladder_replaces_rows_and_keeps_a_table_per_word_list(tmp_path):
     row = dict(rung="mlp", params=10, train=2.0, val=2.1, test=2.2, seconds=1.0, steps=5)
     ladder.add_rows(tmp_path, "names", [row])
     ladder.add_rows(tmp_path, "names", [dict(row, rung="bigram (counts)", test=2.5)])
-    md, png, replaced = ladder.add_rows(tmp_path, "names", [dict(row, test=2.15)])
-    table = json.loads((tmp_path / "ladder.json").read_text())
-    assert [r["rung"] for r in table["rows"]] == ["bigram (counts)", "mlp"] and table["rows"][1]["test"] == 2.15
+    md, png = ladder.add_rows(tmp_path, "names", [dict(row, test=2.15)])
+    names = json.loads((tmp_path / "ladder.json").read_text())["tables"]["names"]
+    assert [r["rung"] for r in names] == ["bigram (counts)", "mlp"] and names[1]["test"] == 2.15
     assert "| mlp | 10 | 2.0000 | 2.1000 | 2.1500 | 5 | 1.0 |" in md.read_text() and png.stat().st_size > 0
-    assert not replaced
-    assert ladder.add_rows(tmp_path, "/other/words.txt", [row])[2]
-    assert len(json.loads((tmp_path / "ladder.json").read_text())["rows"]) == 1
+    md, _ = ladder.add_rows(tmp_path, "/other/words.txt", [row])
+    tables = json.loads((tmp_path / "ladder.json").read_text())["tables"]
+    assert tables["names"] == names and tables["/other/words.txt"] == [row]  # the names' table is kept
+    assert "on /other/words.txt" in md.read_text() and "2.1500" not in md.read_text()
 
 
 # ---------------------------------------------------------------------------- the command
@@ -202,7 +203,7 @@ def test_every_rung_through_the_command(word_file, tmp_path, capsys):
     assert main(["makemore", "--model", "mlp-bn", "--backward", "manual", "--data", str(word_file),
                  "--out", str(out), *tiny]) == 0
     printed = capsys.readouterr().out
-    rungs = [r["rung"] for r in json.loads((out / "ladder.json").read_text())["rows"]]
+    rungs = [r["rung"] for r in json.loads((out / "ladder.json").read_text())["tables"][str(word_file)]]
     assert rungs == list(ladder.ORDER)
     assert printed.count("samples: ") == 7 and "loss train" in printed
     for picture in ("bigram_counts", "mlp_lr_finder", "mlp-bn_health", "wavenet_health", "ladder"):

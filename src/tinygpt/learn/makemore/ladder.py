@@ -1,8 +1,9 @@
 """The comparison table every rung adds its row to: ``ladder.json`` (the data), ``ladder.md``
 and ``ladder.png`` (a bar chart of test loss) in the output folder.
 
-A row is replaced when its rung runs again. The table belongs to one word list: rows made
-on other data would not compare, so running on new data starts a new table.
+A row is replaced when its rung runs again. Rows made on different word lists would not
+compare, so ``ladder.json`` keeps one table per word list, and the Markdown and the picture
+show the table of the words just trained on; switching data loses no earlier table.
 """
 
 from __future__ import annotations
@@ -16,21 +17,19 @@ from ...checkpoint import atomic_write_text
 ORDER = ("bigram (counts)", "bigram (neural net)", "mlp", "mlp-bn", "mlp-bn (manual backward)", "wavenet", "gpt")
 
 
-def add_rows(out: Path, data: str, new: list[dict]) -> tuple[Path, Path, bool]:
+def add_rows(out: Path, data: str, new: list[dict]) -> tuple[Path, Path]:
     """Add or replace the ``new`` rows (keys: rung, params, train, val, test, seconds, steps) in
-    ``out``'s table of ``data``; write the JSON, Markdown and PNG once; say whether a table of
-    other data was there and is replaced."""
+    ``out``'s table of ``data``; write the JSON, Markdown and PNG once."""
     path = out / "ladder.json"
-    table = json.loads(path.read_text()) if path.is_file() else None
-    fresh = table is None or table.get("data") != data
+    tables = json.loads(path.read_text())["tables"] if path.is_file() else {}  # {word list: rows}
     rungs = {row["rung"] for row in new}
-    rows = [] if fresh else [r for r in table["rows"] if r["rung"] not in rungs]
-    rows += new
+    rows = [r for r in tables.get(data, []) if r["rung"] not in rungs] + new
     rows.sort(key=lambda r: (ORDER.index(r["rung"]) if r["rung"] in ORDER else len(ORDER), r["rung"]))
+    tables[data] = rows
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"data": data, "rows": rows}, indent=1) + "\n")
+    atomic_write_text(path, json.dumps({"tables": tables}, indent=1) + "\n")
     atomic_write_text(out / "ladder.md", markdown(data, rows))
-    return out / "ladder.md", draw(data, rows, out / "ladder.png"), fresh and table is not None
+    return out / "ladder.md", draw(data, rows, out / "ladder.png")
 
 
 def markdown(data: str, rows: list[dict]) -> str:

@@ -125,10 +125,7 @@ def run(cfg: MakemoreConfig, log: Callable[[str], None] = lambda _: None) -> tup
     for result, model in trained:
         result.samples = _sample(model, vocab, cfg.samples, cfg.seed)
     results = [result for result, _ in trained]
-    md, png, replaced = ladder.add_rows(out, data, [r.row() for r in results])
-    if replaced:
-        log(f"ladder: {out / 'ladder.json'} was a table of other words; it now starts afresh on {data}")
-    return results, [md, png]
+    return results, list(ladder.add_rows(out, data, [r.row() for r in results]))
 
 
 def _splits_as(fn, splits, *args) -> tuple[tuple[torch.Tensor, ...], ...]:
