@@ -2,6 +2,7 @@
 same logits and the same greedy text, from safetensors, a .bin, or unprefixed tensor names."""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -104,6 +105,18 @@ def test_hub_names_are_told_apart_from_paths(tmp_path):
     assert not hf_dir.looks_like_hub_name("runs/a/b") and not hf_dir.looks_like_hub_name("./gpt2")
     (tmp_path / "gpt2").mkdir()
     assert not hf_dir.looks_like_hub_name(str(tmp_path / "gpt2"))
+
+
+def test_a_hub_name_without_huggingface_hub_names_the_extra(tmp_path, monkeypatch, capsys):
+    # huggingface_hub is the [hub] extra; a None entry in sys.modules makes its import fail.
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    monkeypatch.chdir(tmp_path)  # "gpt2" must not be a directory here
+    with pytest.raises(TinyGPTError, match=r"needs huggingface_hub: pip install 'tinygpt\[hub\]'"):
+        tinygpt.load("gpt2")
+    assert main(["sample", "owner/model", "--prompt", "a", "--max-new-tokens", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: 'owner/model' is not a run directory") and err.count("\n") == 1
+    assert "pip install 'tinygpt[hub]'" in err
 
 
 def test_ids_the_tokenizer_lacks_are_never_generated(tmp_path):

@@ -53,7 +53,7 @@ def download(name: str) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise TinyGPTError(f"{name!r} is not a run directory or a local Hugging Face directory, and loading it "
-                           "from the hub needs huggingface_hub: pip install huggingface_hub") from None
+                           "from the hub needs huggingface_hub: pip install 'tinygpt[hub]'") from None
     patterns = [CONFIG, "*.safetensors", SAFETENSORS_INDEX, TOKENIZER, "tokenizer_config.json",
                 "generation_config.json"]
     try:
