@@ -14,7 +14,8 @@ from tinygpt import adapters
 from tinygpt.adapters import AdapterConfig
 from tinygpt.checkpoint import model_from_tensors, weight_tensors
 from tinygpt.errors import TinyGPTError
-from tinygpt.model import GPT, GPTConfig, KVCache
+from tinygpt.kvcache import KVCache
+from tinygpt.model import GPT, GPTConfig
 from tinygpt.tokenizer import CharTokenizer
 
 needs_peft = pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="LoRA is built with peft")

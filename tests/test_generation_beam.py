@@ -7,7 +7,7 @@ from test_interop_hf import FAMILIES, hf_model, load_ours
 
 from tinygpt.generation.beam import beam_search
 from tinygpt.generation.config import GenerationConfig
-from tinygpt.generation.engine import decode
+from tinygpt.generation.decoder import decode
 
 pytest.importorskip("transformers")
 

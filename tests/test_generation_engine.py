@@ -7,7 +7,7 @@ import torch
 from helpers import TINY_MODEL, random_ids, randomize_, seeded
 
 from tinygpt.generation import generate
-from tinygpt.generation.engine import decode
+from tinygpt.generation.decoder import decode
 from tinygpt.generation.processors import RepetitionPenalty
 from tinygpt.model import GPT, GPTConfig
 

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from helpers import MODERN, TINY_MODEL, random_ids, randomize_
 
 from tinygpt.errors import TinyGPTError
-from tinygpt.model import GPT, GPTConfig, KVCache, record_attention
+from tinygpt.kvcache import KVCache
+from tinygpt.model import GPT, GPTConfig, record_attention
 from tinygpt.presets import get_preset
 
 
@@ -581,7 +582,7 @@ def test_a_meta_model_is_built_without_init_and_needs_a_vocabulary():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_one_row_half_precision_products_take_the_matrix_vector_route_with_the_same_result(dtype):
-    from tinygpt.model import Linear
+    from tinygpt.kernels import Linear
 
     torch.manual_seed(0)
     layer = Linear(64, 96).to(dtype)
@@ -601,7 +602,7 @@ def test_one_row_half_precision_products_take_the_matrix_vector_route_with_the_s
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_packed_weights_compute_linear_and_are_never_used_stale(dtype):
-    from tinygpt.model import Linear, packed_weights
+    from tinygpt.kernels import Linear, packed_weights
 
     torch.manual_seed(0)
     layer = Linear(64, 96).to(dtype)

@@ -14,10 +14,11 @@ only: the run directory, the base's provenance and training live elsewhere.
   identity at first. peft has no bottleneck adapter, so it is written here (a forward
   hook on the two sublayers: model.py stays as it is).
 - ``prompt`` (Lester et al. 2021): ``prompt_tokens`` learned vectors read before every
-  sequence (:class:`~tinygpt.model.SoftPrompt`), initialised from the embeddings of
-  ``prompt_init`` text (or of random vocabulary tokens); with text, the model at first
-  computes exactly what the base does reading that text before the input. The context
-  left for the input shrinks by ``prompt_tokens``.
+  sequence (:class:`SoftPrompt`), initialised from the embeddings of ``prompt_init`` text
+  (or of random vocabulary tokens); with text, the model at first computes exactly what
+  the base does reading that text before the input. The context left for the input
+  shrinks by ``prompt_tokens``. Their keys and values are a prefix of the KV cache (see
+  tinygpt.kvcache), supplied to every forward by a pre-hook on the model.
 
 Targets are named by role (``qkv``, ``out``, ``mlp_in``, ``mlp_out``, ``head``), not by module path.
 """
@@ -33,7 +34,8 @@ import torch.nn.functional as F
 
 from .config import check_choices, opt
 from .errors import TinyGPTError
-from .model import GPT, GPTConfig, SoftPrompt
+from .kvcache import KVCache
+from .model import GPT, GPTConfig
 
 METHODS = ("lora", "adapter", "prompt")
 # A role -> the module path suffix it names in every block (or the head).
@@ -102,6 +104,48 @@ class Bottleneck(nn.Module):
         return h + self.up(F.gelu(self.down(h)))
 
 
+class SoftPrompt(nn.Module):
+    """Prompt tuning (Lester et al. 2021): ``n`` learned vectors in the embedding space that
+    the model reads before every sequence, as if they were the embeddings of n tokens at
+    positions 0..n-1. Their keys and values do not depend on the input, so inference
+    computes them once per weight version (training recomputes them, for the gradients)."""
+
+    def __init__(self, n: int, n_embd: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n, n_embd))  # (n, C)
+        self._memo: tuple[tuple, KVCache] | None = None
+
+    @property
+    def n(self) -> int:
+        return self.weight.shape[0]
+
+    def keys_values(self, model: GPT) -> KVCache:
+        """Every layer's keys and values of the prompt, read alone at positions 0..n-1 (nothing
+        before it to attend): a one-row cache of n positions, in the embeddings' dtype."""
+        w = self.weight
+        dtype = model.transformer.wte.weight.dtype
+        autocast_on = torch.is_autocast_enabled(w.device.type)
+        key = (w._version, w.data_ptr(), dtype, autocast_on and torch.get_autocast_dtype(w.device.type))
+        memo = not torch.is_grad_enabled() and not self.training  # dropout and gradients: compute afresh
+        if memo and self._memo is not None and self._memo[0] == key:
+            return self._memo[1]
+        cache = KVCache(model.config, 1, self.n, device=w.device, dtype=dtype)
+        model.forward(w[None].to(dtype), cache=cache)  # forward, not __call__: no prefix before the prefix
+        self._memo = (key, cache) if memo else None
+        return cache
+
+
+def _supply_prompt(model: GPT, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """A forward pre-hook: the soft prompt's keys and values become the prefix of the
+    forward's cache (of a cache that stores nothing, when the caller gave none)."""
+    prefix = model.prompt.keys_values(model)
+    if kwargs.get("cache") is None:
+        kwargs["cache"] = KVCache.prefix_only(model.config, prefix)
+    else:
+        kwargs["cache"].prefix = prefix
+    return args, kwargs
+
+
 def _add_bottleneck(sublayer: nn.Module, adapter: Bottleneck) -> None:
     """Pass ``sublayer``'s output through ``adapter`` (before the block adds it to the residual)."""
     sublayer.register_forward_hook(lambda module, args, out: adapter(out))
@@ -148,8 +192,9 @@ def attach(model: GPT, cfg: AdapterConfig, prompt_ids: list[int] | None = None) 
         model.prompt = SoftPrompt(n, c.n_embd).to(wte.device, wte.dtype)
         with torch.no_grad():
             model.prompt.weight.copy_(wte[ids])
-        # The position table stays whole; the input gets what the prompt leaves of it.
+        # The position tables stay whole; the input gets what the prompt leaves of them.
         model.config = dataclasses.replace(c, block_size=c.block_size - n)
+        model.register_forward_pre_hook(_supply_prompt, with_kwargs=True)
     for p in adapter_parameters(model, cfg).values():
         p.requires_grad_(True)
     model.adapter_config = cfg

@@ -48,12 +48,12 @@ def _model(b: GenerateBench) -> GPT:
 
 
 def _tinygpt(model: GPT, dtype: torch.dtype) -> Engine:
-    from ..generation.engine import decode
+    from ..generation.decoder import decode
 
     m = model if dtype == torch.float32 else _copy(model).to(dtype)
 
     def run(prompts: torch.Tensor, n: int) -> int:
-        out = decode(m, prompts.tolist(), n, greedy=True)
+        out = decode(m, prompts.tolist(), n, greedy=True, dtype=dtype)
         return sum(len(r) for r in out)
 
     return run

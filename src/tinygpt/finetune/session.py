@@ -188,7 +188,7 @@ class FinetuneSession(Session):
         held-out instruction (or a training one), rendered through the template."""
         if self.data.kind != "instructions":
             return super().sample(max_new_tokens)
-        lm = TinyGPT(self.trainer.model, self.data.tokenizer, self.trainer.device, self.trainer.dtype)
+        lm = TinyGPT(self.trainer.model, self.data.tokenizer, self.trainer.device, self.trainer.dtype, autocast=True)
         example = (self.data.val_examples or [None])[0]
         turn = example.turns[0] if example is not None else None
         prompt = ins.prompt_text(self.cfg.finetune.template, turn.user if turn else "Hello.",

@@ -1,5 +1,5 @@
-"""Turning a model into text: logits processors, the batched prefill/decode loop, beam search,
-streaming with stop strings, and ``load``.
+"""Turning a model into text: logits processors and sampling rules, the decoder (a state rows
+join and leave between steps), beam search, streaming with stop strings, and ``load``.
 
     from tinygpt.generation import load
     lm = load("runs/my-run")
@@ -10,11 +10,11 @@ streaming with stop strings, and ``load``.
 
 from .beam import beam_search
 from .config import GenerationConfig
-from .engine import decode, generate
+from .decoder import Decoder, Token, decode, generate
 from .lm import TinyGPT, load, start_ids
 from .processors import History, LogitsProcessor
-from .sampling import choose, sample_next
+from .sampling import Sampling, choose, sample_next
 from .stream import StreamDecoder, TextStream
 
-__all__ = ["GenerationConfig", "History", "LogitsProcessor", "StreamDecoder", "TextStream", "TinyGPT",
-           "beam_search", "choose", "decode", "generate", "load", "sample_next", "start_ids"]
+__all__ = ["Decoder", "GenerationConfig", "History", "LogitsProcessor", "Sampling", "StreamDecoder", "TextStream",
+           "TinyGPT", "Token", "beam_search", "choose", "decode", "generate", "load", "sample_next", "start_ids"]

@@ -15,37 +15,43 @@ from typing import Sequence
 
 import torch
 
-from ..model import GPT, KVCache
+from ..model import GPT
 from . import processors as P
-from .engine import inference, worth_packing
+from .decoder import Decoder, worth_packing
+from .sampling import Sampling
 
 
 @torch.no_grad()
 def beam_search(model: GPT, prompt: Sequence[int], max_new_tokens: int, *, beams: int,
                 length_penalty: float = 1.0, early_stopping: bool = False, num_return: int = 1,
-                processors: Sequence[P.LogitsProcessor] = (),
-                stop_ids: Sequence[int] = ()) -> list[tuple[list[int], float]]:
-    """The ``num_return`` best continuations of ``prompt`` as (new tokens, score), best first."""
+                processors: Sequence[P.LogitsProcessor] = (), stop_ids: Sequence[int] = (),
+                dtype: torch.dtype = torch.float32, autocast: bool = False,
+                device: torch.device | str | None = None) -> list[tuple[list[int], float]]:
+    """The ``num_return`` best continuations of ``prompt`` as (new tokens, score), best first.
+    The beams are rows of a :class:`~tinygpt.generation.decoder.Decoder` (computing in
+    ``dtype``), kept and forked by :meth:`~tinygpt.generation.decoder.Decoder.reorder`."""
     if not prompt:
         raise ValueError("the prompt needs at least one token")
     if len(prompt) + max_new_tokens > model.config.block_size:
         raise ValueError(f"beam search needs prompt + new tokens ({len(prompt) + max_new_tokens}) within the "
                          f"context ({model.config.block_size})")
-    device = next(model.parameters()).device
+    if max_new_tokens < 1:
+        return [([], 0.0)]
+    device = torch.device(device) if device is not None else model.transformer.wte.weight.device
     V = model.config.vocab_size
     stops = set(stop_ids)
     keep = max(2, 1 + len(stops)) * beams
-    cache = KVCache(model.config, beams, len(prompt) + max_new_tokens, device=device,
-                    dtype=next(model.parameters()).dtype)
-    history = P.History([list(prompt)], V, device)
     seqs: list[list[int]] = [[]]                      # each running beam's new tokens
     scores = torch.zeros(1, device=device)            # (b,) summed log-probabilities
     finished: list[tuple[float, list[int]]] = []      # (normalised score, new tokens), best first
     improvable = True
-    with inference(model, worth_packing(beams, max_new_tokens, device)):
-        logits = model(torch.tensor([list(prompt)], device=device), cache=cache).logits[:, -1]
+    with Decoder(model, device=device, dtype=dtype, autocast=autocast, processors=processors, rows=beams,
+                 pack=worth_packing(beams, max_new_tokens, device)) as decoder:
+        # The beams stop themselves; each row's own rule adds nothing to the processors.
+        decoder.add(prompt, Sampling(greedy=True, max_new_tokens=max_new_tokens))
+        logits = decoder.logits()
         for step in range(max_new_tokens):
-            logp = P.apply(processors, logits.float().log_softmax(dim=-1), history)  # (b, V)
+            logp = decoder.process(logits.log_softmax(dim=-1))  # (b, V)
             cand = (scores[:, None] + logp).view(-1)
             top_scores, top_idx = cand.topk(min(keep, cand.numel()))
             last = step == max_new_tokens - 1
@@ -64,14 +70,9 @@ def beam_search(model: GPT, prompt: Sequence[int], max_new_tokens: int, *, beams
             improvable = improvable and (len(finished) < beams or best > finished[-1][0])
             if not improvable or (early_stopping and len(finished) == beams):
                 break
-            origin = [b for _, b, _ in running]
-            tokens = torch.tensor([t for _, _, t in running], device=device)
             seqs = [seqs[b] + [t] for _, b, t in running]
             scores = torch.tensor([s for s, _, _ in running], device=device)
-            history.select(origin)
-            history.append(tokens)
-            cache.reorder(torch.tensor(origin, device=device))
-            logits = model(tokens[:, None], cache=cache).logits[:, -1]
-    if not finished:  # no new tokens asked for
-        return [([], 0.0)]
+            decoder.reorder([b for _, b, _ in running])
+            decoder.advance(torch.tensor([t for _, _, t in running], device=device))
+            logits = decoder.logits()
     return [(tokens, score) for score, tokens in finished[:num_return]]

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from ..config import check_choices, opt
 from ..errors import TinyGPTError
 from . import processors as P
+from .sampling import Sampling
 
 
 @dataclass
@@ -53,29 +54,12 @@ class GenerationConfig:
         if any(not s for s in self.stop):
             raise TinyGPTError("--stop needs a non-empty text")
 
-    @property
-    def is_greedy(self) -> bool:
-        return self.greedy or self.temperature == 0
+    def sampling(self, seed: int | None = None, stop_ids: tuple[int, ...] = ()) -> Sampling:
+        """One row's settings from these options (``seed``: the row's generator's)."""
+        return Sampling(**{f.name: getattr(self, f.name) for f in fields(Sampling)
+                           if f.name not in ("stop_ids", "seed")}, stop_ids=tuple(stop_ids), seed=seed)
 
     def processors(self) -> list[P.LogitsProcessor]:
-        """The chain of logits processors these options make, in Hugging Face's order."""
-        chain: list[P.LogitsProcessor] = []
-        if self.repetition_penalty != 1.0:
-            chain.append(P.RepetitionPenalty(self.repetition_penalty))
-        if self.frequency_penalty or self.presence_penalty:
-            chain.append(P.FrequencyPresencePenalty(self.frequency_penalty, self.presence_penalty))
-        if self.no_repeat_ngram_size:
-            chain.append(P.NoRepeatNGram(self.no_repeat_ngram_size))
-        if self.is_greedy or self.beams > 1:  # warpers only shape sampling (as in transformers)
-            return chain
-        if self.temperature != 1.0:
-            chain.append(P.Temperature(self.temperature))
-        if self.top_k is not None:
-            chain.append(P.TopK(self.top_k))
-        if self.top_p is not None and self.top_p < 1.0:
-            chain.append(P.TopP(self.top_p))
-        if self.min_p is not None:
-            chain.append(P.MinP(self.min_p))
-        if self.typical_p is not None and self.typical_p < 1.0:
-            chain.append(P.TypicalP(self.typical_p))
-        return chain
+        """The chain of logits processors these options make, in Hugging Face's order (beam
+        search: the penalties alone)."""
+        return self.sampling().chain(warpers=self.beams == 1)

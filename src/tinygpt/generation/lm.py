@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import queue
-import threading
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -12,14 +9,14 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from ..config import replace
-from ..device import autocast, fresh_seed, resolve_device, resolve_dtype
+from ..device import fresh_seed, resolve_device, resolve_dtype
 from ..errors import TinyGPTError
 from ..model import GPT
 from ..source import open_model
 from ..tokenizer import Tokenizer
 from .beam import beam_search
 from .config import GenerationConfig
-from .engine import decode
+from .decoder import Decoder, worth_packing
 from .processors import LimitVocab
 from .stream import TextStream
 
@@ -36,7 +33,10 @@ def start_ids(tokenizer: Tokenizer) -> list[int]:
 
 @dataclass
 class TinyGPT:
-    """A model and its tokenizer for inference, and where they came from (when loaded from a run)."""
+    """A model and its tokenizer for inference, and where they came from (when loaded from a run).
+
+    ``dtype`` is the compute dtype. A model loaded for inference holds its weights in it; a
+    model whose fp32 weights reach it through autocast (the trainer's) says ``autocast``."""
     model: GPT
     tokenizer: Tokenizer
     device: torch.device = torch.device("cpu")
@@ -45,6 +45,7 @@ class TinyGPT:
     checkpoint: Path | None = None
     step: int | None = None
     val_loss: float | None = None
+    autocast: bool = False
 
     def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, bool]:
         """Prompt text -> (1, T) ids cropped to the context; also whether it was cropped."""
@@ -66,92 +67,80 @@ class TinyGPT:
         trainer's samples, and whatever else is in the batch. ``on_text(index, piece)``
         streams text as it is produced (beam search: once, when done). A prompt may also be
         given as token ids, for callers that cut prompts on token boundaries themselves."""
+        cfg = self._config(config, max_new_tokens, options)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        # Every sample has a text, maybe empty; beam search may return fewer than asked.
+        texts = dict.fromkeys(range(len(prompts) * cfg.num_samples), "") if cfg.beams == 1 else {}
+        for i, piece in self._pieces(prompts, cfg, seed):
+            texts[i] = texts.get(i, "") + piece
+            if on_text is not None:
+                on_text(i, piece)
+        return list(texts.values())
+
+    def stream(self, prompt: str = "", max_new_tokens: int | None = None, *, seed: int | None = None,
+               **options: Any) -> Iterator[str]:
+        """The text of one sample as it is generated, piece by piece (a Python generator,
+        for servers and notebooks); the pieces joined are what ``generate`` returns."""
+        cfg = self._config(None, max_new_tokens, {**options, "num_samples": 1})
+        for _, piece in self._pieces([prompt], cfg, seed):
+            yield piece
+
+    @staticmethod
+    def _config(config: GenerationConfig | None, max_new_tokens: int | None, options: dict) -> GenerationConfig:
         if max_new_tokens is not None:
             options["max_new_tokens"] = max_new_tokens
         cfg = config or GenerationConfig()
-        if options:
-            cfg = replace(cfg, options)
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        return replace(cfg, options) if options else cfg
+
+    def _pieces(self, prompts: list, cfg: GenerationConfig, seed: int | None) -> Iterator[tuple[int, str]]:
+        """(sample index, text piece) as the rows of one batch produce them."""
         block = self.model.config.block_size
         ids = [self.encode_prompt(p)[0][0].tolist() if isinstance(p, str)
                else list(p)[-block:] or start_ids(self.tokenizer) for p in prompts]
+        stop_ids = (self.tokenizer.eot_id,) if cfg.stop_at_eot and self.tokenizer.eot_id is not None else ()
+        limit = [LimitVocab(self.tokenizer.vocab_size)] if self.tokenizer.vocab_size < self.model.config.vocab_size \
+            else []
+        if cfg.beams > 1:
+            yield from self._beams(ids, cfg, limit, stop_ids)
+            return
         n = cfg.num_samples
-        stop_ids = [self.tokenizer.eot_id] if cfg.stop_at_eot and self.tokenizer.eot_id is not None else []
-        chain = cfg.processors()
-        if self.tokenizer.vocab_size < self.model.config.vocab_size:
-            chain.insert(0, LimitVocab(self.tokenizer.vocab_size))
-        # A model holding fp32 weights (e.g. the trainer's) computes in ``dtype`` under
-        # autocast; one loaded for inference already holds its weights in ``dtype``.
-        half_weights = next(self.model.parameters()).dtype != torch.float32
-        with nullcontext() if half_weights else autocast(self.device, self.dtype):
-            if cfg.beams > 1:
-                return self._beams(ids, cfg, chain, stop_ids, on_text)
-            rows = [p for p in ids for _ in range(n)]
+        rows = [p for p in ids for _ in range(n)]
+        streams = [TextStream(self.tokenizer, cfg.stop) for _ in rows]
+        if cfg.max_new_tokens > 0:
             base = fresh_seed() if seed is None else seed
-            generators = [torch.Generator(device=self.device).manual_seed(base + i % n) for i in range(len(rows))]
-            streams = [TextStream(self.tokenizer, cfg.stop) for _ in rows]
-
-            def on_step(active: list[int], tokens: torch.Tensor) -> set[int]:
-                stopped = set()
-                for i, t in zip(active, tokens.tolist()):
-                    if t in stop_ids:
-                        continue  # the stop token ends the row; it is not text
-                    piece = streams[i].push(t)
-                    if piece and on_text is not None:
-                        on_text(i, piece)
-                    if streams[i].stopped:
-                        stopped.add(i)
-                return stopped
-
-            decode(self.model, rows, cfg.max_new_tokens, processors=chain, greedy=cfg.is_greedy,
-                   generator=generators, stop_ids=stop_ids, on_step=on_step, past_context=cfg.past_context)
+            with Decoder(self.model, device=self.device, dtype=self.dtype, autocast=self.autocast,
+                         past_context=cfg.past_context, processors=limit, rows=len(rows),
+                         pack=worth_packing(len(rows), cfg.max_new_tokens, self.device)) as decoder:
+                index = {decoder.add(row, cfg.sampling(base + i % n, stop_ids)): i for i, row in enumerate(rows)}
+                while decoder.active:
+                    for t in decoder.step():
+                        i = index[t.row]
+                        if t.id in stop_ids:
+                            continue  # the stop token ends the row; it is not text
+                        if piece := streams[i].push(t.id):
+                            yield i, piece
+                        if streams[i].stopped and t.done is None:
+                            decoder.remove(t.row)  # a stop string: the row is done
         for i, stream in enumerate(streams):
-            if (rest := stream.flush()) and on_text is not None:
-                on_text(i, rest)
-        return [stream.text for stream in streams]
+            if rest := stream.flush():
+                yield i, rest
 
-    def _beams(self, ids: list[list[int]], cfg: GenerationConfig, chain: list, stop_ids: list[int],
-               on_text: Callable[[int, str], None] | None) -> list[str]:
-        texts = []
+    def _beams(self, ids: list[list[int]], cfg: GenerationConfig, limit: list,
+               stop_ids: tuple[int, ...]) -> Iterator[tuple[int, str]]:
+        done = 0
         for prompt in ids:
             best = beam_search(self.model, prompt, min(cfg.max_new_tokens, self.model.config.block_size - len(prompt)),
                                beams=cfg.beams, length_penalty=cfg.length_penalty, early_stopping=cfg.early_stopping,
-                               num_return=cfg.num_samples, processors=chain, stop_ids=stop_ids)
+                               num_return=cfg.num_samples, processors=limit + cfg.processors(), stop_ids=stop_ids,
+                               dtype=self.dtype, autocast=self.autocast, device=self.device)
             for tokens, _ in best:
                 stream = TextStream(self.tokenizer, cfg.stop)
                 for t in tokens:
                     if t not in stop_ids:
                         stream.push(t)
                 stream.flush()
-                if on_text is not None:
-                    on_text(len(texts), stream.text)
-                texts.append(stream.text)
-        return texts
-
-    def stream(self, prompt: str = "", max_new_tokens: int | None = None, *, seed: int | None = None,
-               **options: Any) -> Iterator[str]:
-        """The text of one sample as it is generated, piece by piece (a Python generator,
-        for servers and notebooks); the pieces joined are what ``generate`` returns."""
-        pieces: queue.Queue = queue.Queue()
-        failure: list[BaseException] = []
-
-        def work() -> None:
-            try:
-                self.generate(prompt, max_new_tokens, seed=seed, on_text=lambda i, piece: pieces.put(piece),
-                              **{**options, "num_samples": 1})
-            except BaseException as e:  # handed to the consumer, raised there
-                failure.append(e)
-            finally:
-                pieces.put(None)
-
-        # Decoding runs in a worker so that this generator can hand out each piece as it comes.
-        worker = threading.Thread(target=work, daemon=True)
-        worker.start()
-        while (piece := pieces.get()) is not None:
-            yield piece
-        worker.join()
-        if failure:
-            raise failure[0]
+                yield done, stream.text
+                done += 1
 
 
 def load(source: str | Path, checkpoint: str = "best", device: str = "auto", dtype: str = "fp32") -> TinyGPT:

@@ -23,7 +23,8 @@ NEG_INF = float("-inf")
 
 class History:
     """What each row has said so far (prompt + generated), as the penalties need it: token
-    lists per row, and per-row token counts (B, V) built on first use and kept up to date."""
+    lists per row, and per-row token counts (B, V) built on first use and kept up to date.
+    Rows join (:meth:`extend`) and leave or are copied (:meth:`select`) with the batch."""
 
     def __init__(self, rows: list[list[int]], vocab_size: int, device: torch.device | str = "cpu"):
         self.rows = [list(r) for r in rows]
@@ -34,12 +35,16 @@ class History:
     def counts(self) -> torch.Tensor:
         """(B, V) int32: how often each token occurs in each row."""
         if self._counts is None:
-            self._counts = torch.zeros(len(self.rows), self.vocab_size, dtype=torch.int32, device=self.device)
-            for i, row in enumerate(self.rows):
-                if row:
-                    ids = torch.tensor(row, device=self.device)
-                    self._counts[i].index_add_(0, ids, torch.ones_like(ids, dtype=torch.int32))
+            self._counts = self._count(self.rows)
         return self._counts
+
+    def _count(self, rows: list[list[int]]) -> torch.Tensor:
+        counts = torch.zeros(len(rows), self.vocab_size, dtype=torch.int32, device=self.device)
+        for i, row in enumerate(rows):
+            if row:
+                ids = torch.tensor(row, device=self.device)
+                counts[i].index_add_(0, ids, torch.ones_like(ids, dtype=torch.int32))
+        return counts
 
     def append(self, tokens: torch.Tensor) -> None:
         """Add one new token per row, ``tokens`` (B,) (already on the device)."""
@@ -48,11 +53,34 @@ class History:
         if self._counts is not None:
             self._counts[torch.arange(len(self.rows), device=self.device), tokens] += 1
 
+    def extend(self, rows: list[list[int]]) -> None:
+        """New rows join at the end."""
+        self.rows += [list(r) for r in rows]
+        if self._counts is not None:
+            self._counts = torch.cat([self._counts, self._count(rows)])
+
     def select(self, index: list[int]) -> None:
-        """Keep rows ``index`` (finished rows leave the batch; beams are reordered)."""
+        """Keep rows ``index`` (finished rows leave the batch; beams are reordered and copied)."""
         self.rows = [list(self.rows[i]) for i in index]
         if self._counts is not None:
-            self._counts = self._counts[torch.tensor(index, device=self.device)]
+            self._counts = self._counts[torch.tensor(index, dtype=torch.long, device=self.device)]
+
+    def subset(self, index: list[int]) -> "HistoryRows":
+        """Rows ``index`` as processors see them (for a group of rows with their own rule)."""
+        return HistoryRows(self, index)
+
+
+class HistoryRows:
+    """Some rows of a :class:`History`: their token lists, and their counts taken from the
+    whole history's (built there once, kept up to date there)."""
+
+    def __init__(self, history: History, index: list[int]):
+        self.history, self.index = history, index
+        self.rows = [history.rows[i] for i in index]
+
+    @property
+    def counts(self) -> torch.Tensor:
+        return self.history.counts[torch.tensor(self.index, dtype=torch.long, device=self.history.device)]
 
 
 class LogitsProcessor(Protocol):

@@ -297,7 +297,7 @@ class Session:
     def sample(self, max_new_tokens: int | None = None) -> str:
         """A sample of the current weights from a document start, drawn exactly as
         ``tinygpt.load(run).generate("", max_new_tokens, seed=<the run's seed>)`` draws it."""
-        lm = TinyGPT(self.trainer.model, self.data.tokenizer, self.trainer.device, self.trainer.dtype)
+        lm = TinyGPT(self.trainer.model, self.data.tokenizer, self.trainer.device, self.trainer.dtype, autocast=True)
         n = self.cfg.train.sample_tokens if max_new_tokens is None else max_new_tokens
         return lm.generate("", config=GenerationConfig(max_new_tokens=n), seed=self.cfg.runtime.seed)[0]
 

@@ -1,0 +1,388 @@
+"""Decoding as a state that rows join and leave between steps.
+
+A :class:`Decoder` owns a pool of KV-cache rows for one model. ``add(prompt, settings)``
+queues a row (its prompt is read at the next step, with every row that joined since);
+``step()`` gives every active row one token; ``remove(row)`` drops a row at once. A row
+also ends by itself, at one of its stop ids or at its budget (``Sampling.max_new_tokens``):
+``step()`` says so and frees its place. Each row keeps its own settings, generator and
+budget, so it gives the same tokens whatever else is in the batch and whenever it joined.
+
+Rows of different lengths share one forward: each row's last token goes in at the row's
+own position (the model's per-row ``input_pos``). Rows that join are read in one
+left-padded forward: a pad has a negative position, so the model neither caches nor
+attends to it, and each row's real tokens sit at positions 0.. exactly as they would alone.
+
+Past the context (``block_size``) a row goes on in one of two ways (``past_context``):
+
+- "exact" (default): every step re-reads the row's last ``block_size`` tokens without the
+  cache, as the textbook loop does, so long generations equal the uncached sliding
+  window. The cost: a full forward of the window per token, about ``block_size`` times a
+  cached step's arithmetic (on GPT-2 small's 1024 that is compute-bound, tens of times
+  slower than a cached step on CPU).
+- "fast": the cache goes on. RoPE models keep a rolling cache that overwrites the oldest
+  position, so each step still costs one token and attends the last ``block_size``
+  positions; what differs from exact is that the kept keys and values were computed
+  when their own context reached further back than the window does now. Learned
+  positions end at ``block_size``, so a row that reaches it is re-read from its last
+  ``block_size // 2`` tokens (one half-block forward every half block of tokens) and
+  goes on cached; its context then shrinks to half a block at each re-read, where
+  exact mode always sees a whole block.
+
+Every row decides this by itself, so a batched row gives what it gives alone.
+
+The compute dtype is given, never read from the weights (an int8 model's weights are not
+its compute dtype): with ``autocast`` the forwards run under autocast to it (fp32 weights
+computing in bf16, as the trainer's model does); without, the weights already hold it.
+The cache stores keys and values in it. On CPU, a decoder of several rows may run on
+oneDNN-packed weights (``pack``, see tinygpt.kernels), which costs about as much as 10-30
+decode steps and a second copy of the weights while the decoder is open:
+:func:`worth_packing` is the rule. Use a decoder inside ``with``: eval mode (and packed
+weights) hold while it is open, and the model's own mode comes back after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+
+from ..device import autocast as autocast_to
+from ..kernels import packed_weights
+from ..kvcache import KVCache
+from ..model import GPT
+from . import processors as P
+from .sampling import Generators, Sampling, choose
+
+PACK_MIN_TOKENS = 32  # batched generations shorter than this do not pay for packing
+PAST_CONTEXT = ("exact", "fast")
+
+
+def worth_packing(rows: int, max_new_tokens: int, device: torch.device) -> bool:
+    """Whether a generation of ``rows`` rows and ``max_new_tokens`` tokens should decode on packed weights."""
+    return rows > 1 and device.type == "cpu" and max_new_tokens >= PACK_MIN_TOKENS
+
+
+class Token(NamedTuple):
+    """One new token of one row, from :meth:`Decoder.step`."""
+    row: int          # the row, as :meth:`Decoder.add` named it
+    id: int           # the token
+    done: str | None  # "stop" (one of its stop ids), "length" (its budget), or None: it goes on
+
+
+@dataclass
+class _Row:
+    handle: int
+    settings: Sampling
+    generator: torch.Generator | None
+    new: int = 0         # tokens generated so far
+    read: bool = False   # its tokens are in its cache row (else it is read at the next step)
+    shift: int = 0       # its last token sits at position len(tokens) - 1 - shift (fast mode re-reads)
+
+
+class Decoder:
+    """The rows being decoded by one model, their KV cache and their settings (see the module notes)."""
+
+    def __init__(self, model: GPT, *, device: torch.device | str, dtype: torch.dtype, autocast: bool = False,
+                 past_context: str = "exact", use_cache: bool = True, pack: bool = False,
+                 processors: Sequence[P.LogitsProcessor] = (), rows: int = 1):
+        if past_context not in PAST_CONTEXT:
+            raise ValueError(f"past_context must be one of {PAST_CONTEXT}, got {past_context!r}")
+        self.model, self.device, self.dtype = model, torch.device(device), dtype
+        self.autocast, self.use_cache, self.pack = autocast, use_cache, pack
+        self.fast = use_cache and past_context == "fast"
+        self.rolling = self.fast and model.config.pos_emb == "rope"
+        self.block = model.config.block_size
+        self.processors = list(processors)  # for every row, before its own rule's
+        self.rows: list[_Row] = []           # active rows, in batch order = cache row order
+        self.history = P.History([], model.config.vocab_size, self.device)
+        self.cache: KVCache | None = None    # the pool, allocated as rows join
+        self._capacity = rows
+        self._handles = 0
+        self._open: ExitStack | None = None
+        self._chains: dict[tuple, list[P.LogitsProcessor]] = {}
+
+    # ------------------------------------------------------------------ open and close
+
+    def __enter__(self) -> "Decoder":
+        stack = ExitStack()
+        was_training = self.model.training
+        self.model.eval()
+        stack.callback(self.model.train, was_training)
+        if self.pack:
+            stack.enter_context(packed_weights(self.model))
+        self._open = stack
+        return self
+
+    def __exit__(self, *exc) -> None:
+        stack, self._open = self._open, None
+        stack.close()
+
+    # ------------------------------------------------------------------ rows
+
+    @property
+    def active(self) -> list[int]:
+        """The rows being decoded, in batch order."""
+        return [r.handle for r in self.rows]
+
+    def add(self, prompt: Sequence[int], settings: Sampling = Sampling(),
+            generator: torch.Generator | None = None) -> int:
+        """Queue a row continuing ``prompt`` (token ids); its name for :meth:`step` and
+        :meth:`remove`. ``generator``: the row's own (default: seeded ``settings.seed``, or
+        the global one when that is None)."""
+        if len(prompt) == 0:
+            raise ValueError("every prompt needs at least one token")
+        if settings.max_new_tokens < 1:
+            raise ValueError(f"a row needs a budget of at least one token, got {settings.max_new_tokens}")
+        if generator is None and settings.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(settings.seed)
+        self._handles += 1
+        self.rows.append(_Row(self._handles, settings, generator))
+        self.history.extend([list(prompt)])
+        return self._handles
+
+    def remove(self, row: int) -> None:
+        """Drop a row now (its client left, or a stop string appeared); the others go on unchanged."""
+        self._keep([j for j, r in enumerate(self.rows) if r.handle != row])
+
+    def reorder(self, index: Sequence[int]) -> list[int]:
+        """The active rows become copies of the rows at batch positions ``index``, in that
+        order (beam search keeps and forks hypotheses); returns their new names."""
+        self._reserve(len(index))
+        copies = []
+        for j in index:
+            self._handles += 1
+            copies.append(dataclasses.replace(self.rows[j], handle=self._handles))
+        self._keep(list(index), copies)
+        return self.active
+
+    def _keep(self, index: list[int], rows: list[_Row] | None = None) -> None:
+        self.rows = rows if rows is not None else [self.rows[j] for j in index]
+        self.history.select(index)
+        if self.cache is not None and index:
+            at = torch.tensor(index, device=self.device)
+            for layer in self.cache.layers:
+                layer.k[:len(index)] = layer.k[at]
+                layer.v[:len(index)] = layer.v[at]
+
+    def _reserve(self, n_rows: int) -> None:
+        """Room in the pool for ``n_rows`` rows and every row's prompt and budget."""
+        need = min(self.block, max(len(t) + r.settings.max_new_tokens for t, r in zip(self.history.rows, self.rows)))
+        if self.cache is not None and self.cache.batch_size >= n_rows and self.cache.max_len >= need:
+            return
+        old = self.cache
+        rows = max(n_rows, self._capacity, old.batch_size if old is not None else 0)
+        length = max(need, old.max_len if old is not None else 0)
+        self.cache = KVCache(self.model.config, rows, length, device=self.device, dtype=self.dtype,
+                             rolling=self.rolling)
+        if old is not None:  # the rows already read keep their slots
+            n, span = old.batch_size, old.max_len
+            for mine, theirs in zip(self.cache.layers, old.layers):
+                mine.k[:n, :, :span] = theirs.k[:, :, :span]
+                mine.v[:n, :, :span] = theirs.v[:, :, :span]
+
+    # ------------------------------------------------------------------ a step
+
+    @torch.no_grad()
+    def step(self) -> list[Token]:
+        """One new token for every active row (rows that joined are read first)."""
+        if not self.rows:
+            return []
+        logits = self.process(self.logits())
+        return self.advance(self.choose(logits))
+
+    @torch.no_grad()
+    def logits(self) -> torch.Tensor:
+        """Next-token logits (B, V) in fp32 of the active rows, in batch order."""
+        if self._open is None:
+            raise RuntimeError("use a Decoder inside `with`: it holds the model in eval mode while open")
+        out: dict[int, torch.Tensor] = {}
+        tokens = self.history.rows
+        windowed = [j for j, t in enumerate(tokens) if not self.use_cache or (not self.fast and len(t) > self.block)]
+        fresh = [j for j, r in enumerate(self.rows) if not r.read and j not in windowed]
+        stepped = [j for j, r in enumerate(self.rows) if r.read and j not in windowed]
+        if windowed:  # read again from scratch: the last block, no cache
+            ids, pos = _left_pad([tokens[j][-self.block:] for j in windowed], self.device)
+            out.update(zip(windowed, self._forward(ids, pos, None)))
+        if fresh or stepped:
+            self._reserve(len(self.rows))
+        if stepped:
+            out.update(self._step(stepped))
+        if fresh:  # rows join at the end of the batch: read their prompts into their cache rows
+            start = fresh[0]
+            for j in fresh:
+                self.rows[j].shift = max(0, len(tokens[j]) - self.block) if self.fast else 0
+                self.rows[j].read = True
+            ids, pos = _left_pad([tokens[j][-self.block:] for j in fresh], self.device)
+            view = self.cache.rows(start, start + len(fresh))
+            view.length = 0
+            out.update(zip(fresh, self._forward(ids, pos, view)))
+        return torch.stack([out[j] for j in range(len(self.rows))])
+
+    def _step(self, stepped: list[int]) -> dict[int, torch.Tensor]:
+        """One cached step of rows ``stepped`` (batch positions, each read before): their last
+        token at its position. A row whose position would pass the context (fast mode,
+        learned positions) is first re-read from its last half block, which gives its logits."""
+        tokens, out = self.history.rows, {}
+        n = stepped[-1] + 1
+        ids, pos = [0] * n, [-1] * n  # rows not stepped here are pads: they write the spare slot, and nothing reads it
+        for j in stepped:
+            r = self.rows[j]
+            p = len(tokens[j]) - 1 - r.shift
+            if self.fast and not self.rolling and p >= self.block:
+                keep = self.block // 2
+                r.shift = len(tokens[j]) - keep
+                view = self.cache.rows(j, j + 1)
+                view.length = 0
+                out[j] = self._forward(torch.tensor([tokens[j][-keep:]], device=self.device), None, view)[0]
+                continue
+            ids[j], pos[j] = tokens[j][-1], p
+        live = [j for j in stepped if j not in out]
+        if live:
+            view = self.cache.rows(0, n)
+            x = torch.tensor(ids, device=self.device)[:, None]
+            if len(set(pos)) == 1:  # every row at the same next position: no mask needed
+                view.length = pos[0]
+                logits = self._forward(x, None, view)
+            else:
+                view.length = 0
+                logits = self._forward(x, torch.tensor(pos, device=self.device)[:, None], view)
+            out.update((j, logits[j]) for j in live)
+        return out
+
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
+        """The last position's logits (B, V), fp32."""
+        with autocast_to(self.device, self.dtype) if self.autocast else ExitStack():
+            return self.model(ids, input_pos=pos, cache=cache).logits[:, -1].float()
+
+    def process(self, logits: torch.Tensor) -> torch.Tensor:
+        """Each row's logits through the decoder's processors, then its own rule's chain."""
+        logits = P.apply(self.processors, logits, self.history)
+        groups = self._groups()
+        if len(groups) == 1:
+            (rule, _), = groups.items()
+            return P.apply(self._chain(rule), logits, self.history)
+        logits = logits.clone()
+        for rule, index in groups.items():
+            logits[index] = P.apply(self._chain(rule), logits[index], self.history.subset(index))
+        return logits
+
+    def choose(self, logits: torch.Tensor) -> torch.Tensor:
+        """Each row's token (B,): the likeliest for a greedy row, else a draw from its generator."""
+        groups = self._groups()
+        if len(groups) == 1 and self.rows[0].settings.is_greedy:
+            return choose(logits, True)
+        out = torch.empty(len(self.rows), dtype=torch.long, device=logits.device)
+        for index in groups.values():
+            greedy = self.rows[index[0]].settings.is_greedy
+            out[index] = choose(logits[index], greedy, None if greedy else [self.rows[j].generator for j in index])
+        return out
+
+    def advance(self, tokens: torch.Tensor) -> list[Token]:
+        """Append ``tokens`` (B,) to the active rows; rows that reach a stop id or their budget leave."""
+        self.history.append(tokens)
+        new, keep = [], []
+        for j, (r, t) in enumerate(zip(self.rows, tokens.tolist())):
+            r.new += 1
+            done = "stop" if t in r.settings.stop_ids else "length" if r.new >= r.settings.max_new_tokens else None
+            new.append(Token(r.handle, t, done))
+            if done is None:
+                keep.append(j)
+        if len(keep) < len(self.rows):
+            self._keep(keep)
+        return new
+
+    def _groups(self) -> dict[tuple, list[int]]:
+        """Batch positions of the rows sharing each rule."""
+        groups: dict[tuple, list[int]] = {}
+        for j, r in enumerate(self.rows):
+            groups.setdefault(r.settings.rule(), []).append(j)
+        return groups
+
+    def _chain(self, rule: tuple) -> list[P.LogitsProcessor]:
+        if rule not in self._chains:
+            row = next(r for r in self.rows if r.settings.rule() == rule)
+            self._chains[rule] = row.settings.chain()
+        return self._chains[rule]
+
+
+def _left_pad(rows: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, T) ids and per-row positions (negative = pad), or None positions when no row is padded."""
+    T = max(len(r) for r in rows)
+    if all(len(r) == T for r in rows):
+        return torch.tensor([list(r) for r in rows], device=device), None
+    ids = torch.tensor([[0] * (T - len(r)) + list(r) for r in rows], device=device)
+    pos = torch.tensor([list(range(len(r) - T, len(r))) for r in rows], device=device)
+    return ids, pos
+
+
+# ---------------------------------------------------------------------------- whole generations
+
+# on_step(rows, tokens): the original indices of the rows still generating and their new
+# tokens (B,); returns the rows (original indices) to stop now, e.g. on a stop string.
+OnStep = Callable[[list[int], torch.Tensor], "set[int] | None"]
+
+
+def decode(model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
+           processors: Sequence[P.LogitsProcessor] = (), greedy: bool = False, generator: Generators = None,
+           stop_ids: Sequence[int] = (), use_cache: bool = True, on_step: OnStep | None = None,
+           past_context: str = "exact", dtype: torch.dtype = torch.float32,
+           device: torch.device | str | None = None) -> list[list[int]]:
+    """The new tokens of each prompt (a list of ids, lengths may differ): up to
+    ``max_new_tokens``, ending at the first of ``stop_ids`` (included) or when ``on_step``
+    stops the row. ``processors`` make every row's rule (greedy, or a draw from
+    ``generator``: one for the batch, or one per row). The model computes in ``dtype``
+    (its weights' own; ``device``: the embeddings' by default)."""
+    if len(prompts) == 0 or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    if past_context not in PAST_CONTEXT:
+        raise ValueError(f"past_context must be one of {PAST_CONTEXT}, got {past_context!r}")
+    out: list[list[int]] = [[] for _ in prompts]
+    if max_new_tokens <= 0:
+        return out
+    device = torch.device(device) if device is not None else model.transformer.wte.weight.device
+    gens = list(generator) if isinstance(generator, (list, tuple)) else [generator] * len(prompts)
+    rule = Sampling(greedy=greedy, max_new_tokens=max_new_tokens, stop_ids=tuple(stop_ids))
+    with Decoder(model, device=device, dtype=dtype, past_context=past_context, use_cache=use_cache,
+                 pack=worth_packing(len(prompts), max_new_tokens, device), processors=processors,
+                 rows=len(prompts)) as decoder:
+        index = {decoder.add(p, rule, g): i for i, (p, g) in enumerate(zip(prompts, gens))}
+        while decoder.active:
+            new = decoder.step()
+            for t in new:
+                out[index[t.row]].append(t.id)
+            if on_step is not None:
+                stop = on_step([index[t.row] for t in new], torch.tensor([t.id for t in new], device=device)) or ()
+                for t in new:
+                    if index[t.row] in stop and t.done is None:
+                        decoder.remove(t.row)
+    return out
+
+
+def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, generator: Generators = None,
+             use_cache: bool = True, stop_id: int | None = None,
+             on_token: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Continue ``idx`` (B, T) by up to ``max_new_tokens`` tokens -> (B, T + new).
+
+    The tensor form of :func:`decode` for rows of one length, with the model's own
+    distribution by default (user-facing defaults live in GenerationConfig). A row that
+    produced ``stop_id`` is padded with it until every row has (Hugging Face's convention).
+    ``on_token`` sees each new column (B, 1) as it is made."""
+    B = idx.size(0)
+
+    def step(rows: list[int], tokens: torch.Tensor) -> None:
+        if on_token is not None:
+            column = torch.full((B, 1), stop_id if stop_id is not None else 0, dtype=torch.long, device=idx.device)
+            column[rows, 0] = tokens
+            on_token(column)
+
+    rule = Sampling(temperature=temperature, top_k=top_k, top_p=top_p)
+    new = decode(model, idx.tolist(), max_new_tokens, processors=rule.chain(), greedy=rule.is_greedy,
+                 generator=generator, stop_ids=() if stop_id is None else (stop_id,), use_cache=use_cache,
+                 on_step=step, device=idx.device)
+    n = max((len(r) for r in new), default=0)
+    tail = torch.tensor([r + [stop_id] * (n - len(r)) for r in new], dtype=torch.long, device=idx.device)
+    return torch.cat([idx, tail.view(B, n)], dim=1)
