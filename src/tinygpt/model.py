@@ -1,24 +1,19 @@
 """The GPT: GPT-2's architecture exactly, plus independent modern switches.
 
-Defaults reproduce GPT-2 (pre-LN blocks, LayerNorm with bias, learned absolute
-positions, 4x GELU MLP, tied input/output embeddings, N(0, 0.02) init with residual
-projections scaled by 1/sqrt(2 * n_layer)). Each of RoPE, RMSNorm, SwiGLU, bias-free
-linears, an untied head and QK-norm can be switched on by itself.
+Defaults reproduce GPT-2 (pre-LN blocks, LayerNorm with bias, learned absolute positions,
+4x GELU MLP, tied embeddings, N(0, 0.02) init with residual projections scaled by
+1/sqrt(2 * n_layer)). RoPE, RMSNorm, SwiGLU, bias-free linears, an untied head, QK-norm and
+grouped-query attention can each be switched on by itself. Parameter names follow the GPT-2
+checkpoint (``transformer.wte``, ``h.0.attn.c_attn``, ``ln_f`` ...): conversion is a renaming.
 
-Parameter names follow the GPT-2 checkpoint (``transformer.wte``, ``h.0.attn.c_attn``,
-``ln_f`` ...) so weight conversion is a renaming, not a reshuffle.
+The forward contract: ``model(idx, targets, input_pos=, loss_mask=, cache=)``. Each token
+has a position, shared (T,) or per row (B, T); negative marks padding (never cached or
+attended), and a position that does not continue the one before starts a new sequence.
+:mod:`tinygpt.kvcache` turns positions and the cache into masks and slots;
+:mod:`tinygpt.kernels` holds the linear layers' faster inference routes. This module
+knows nothing of training, files, devices or decoding speed.
 
-The forward contract: ``model(idx, targets, input_pos=..., loss_mask=..., cache=...)``.
-Positions are explicit: one per token, shared (T,) or per row (B, T); the attention mask
-follows from them, so one batch can hold sequences of different lengths. A negative
-position marks padding (never cached, never attended to); a position that does not
-continue the one before it starts a new sequence (packed examples stay apart). How
-positions and the KV cache become masks and cache slots is :mod:`tinygpt.kvcache`'s
-concern; the linear layers' faster inference routes are :mod:`tinygpt.kernels`'.
-
-This module knows nothing of training, files, devices or decoding speed.
-Shape legend: B batch, T time (new tokens), S keys attended (cached + new),
-C n_embd, nh heads, hs head size, V vocabulary.
+Shapes: B batch, T new tokens, S keys attended, C n_embd, nh heads, hs head size, V vocabulary.
 """
 
 from __future__ import annotations
@@ -72,7 +67,7 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
-        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "mlp_hidden"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise TinyGPTError(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -88,8 +83,6 @@ class GPTConfig:
                                "change --n-embd or --n-head")
         if not 0.0 <= self.dropout < 1.0:
             raise TinyGPTError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if self.mlp_hidden is not None and self.mlp_hidden <= 0:
-            raise TinyGPTError(f"--mlp-hidden must be positive, got {self.mlp_hidden}")
         self.padded_vocab_size = None if self.vocab_size is None else -(-self.vocab_size // 64) * 64
         if self.mlp_hidden is not None:
             self.hidden_size = self.mlp_hidden
@@ -385,14 +378,12 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None,
 
 @contextmanager
 def record_attention(model: GPT) -> Iterator[list[torch.Tensor]]:
-    """Collect each layer's attention weights (B, nh, T, S) during the forwards inside,
-    over the input's own keys (a prefix in the cache, such as a soft prompt's, left out:
-    rows then sum to what the input took, not 1).
+    """Collect each layer's attention weights (B, nh, T, S) during the forwards inside, over
+    the input's own keys (a soft prompt's prefix left out: rows then sum to less than 1).
 
-    A forward hook on every layer's SDPA module recomputes the weights from its inputs
-    through :func:`attention_probs`; the forward itself is unchanged. Hooks on the model
-    record only inside its own forwards, after the pre-hooks that run before them (one
-    that computes a soft prompt's keys is not recorded) and see the cache's prefix."""
+    Hooks on every layer's SDPA module recompute the weights from its inputs; hooks on the
+    model record only inside its forwards, after the pre-hooks that run first (a soft
+    prompt's keys, computed there, are not recorded) and see the cache's prefix."""
     maps: list[torch.Tensor] = []
     recording = {"on": False, "skip": 0}
 

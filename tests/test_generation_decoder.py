@@ -1,4 +1,5 @@
-"""The decode loop: cached and uncached generation agree, stopping, streaming hooks, model mode."""
+"""The decoder: rows that join and leave, per-row settings, cached and uncached generation agree,
+stopping, streaming hooks, model mode, and the two ways past the context."""
 
 import dataclasses
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from helpers import TINY_MODEL, random_ids, randomize_, seeded
 
-from tinygpt.generation import generate
+from tinygpt.generation import Decoder, Sampling, generate
 from tinygpt.generation.decoder import decode
 from tinygpt.generation.processors import RepetitionPenalty
 from tinygpt.model import GPT, GPTConfig
@@ -134,6 +135,126 @@ def test_training_flag_is_restored():
     with pytest.raises(KeyboardInterrupt):
         generate(model, prompt, 10, on_token=boom)
     assert model.training
+
+
+# ---------------------------------------------------------------------------- rows that join and leave
+
+CPU = torch.device("cpu")
+
+
+def solo(model, prompt, settings, **kw):
+    """A row decoded alone, start to finish: its tokens."""
+    with Decoder(model, device=CPU, dtype=torch.float32, **kw) as decoder:
+        decoder.add(prompt, settings)
+        tokens = []
+        while decoder.active:
+            tokens += [t.id for t in decoder.step()]
+    return tokens
+
+
+def run(model, joins, steps=None, removals=(), **kw):
+    """Rows joining a running decoder: ``joins`` maps a step number to the (prompt, settings)
+    added before it; ``removals`` (step, index of the join) drops a row before that step.
+    Returns each joined row's tokens, in join order, and the pool's row count at each step."""
+    with Decoder(model, device=CPU, dtype=torch.float32, **kw) as decoder:
+        names, tokens, sizes, step = [], {}, [], 0
+        while step <= max(joins) or decoder.active:
+            for prompt, settings in joins.get(step, []):
+                names.append(decoder.add(prompt, settings))
+                tokens[names[-1]] = []
+            for at, which in removals:
+                if at == step and names[which] in decoder.active:
+                    decoder.remove(names[which])
+            sizes.append(len(decoder.active))
+            for t in decoder.step():
+                tokens[t.row].append(t.id)
+            step += 1
+    return [tokens[n] for n in names], sizes
+
+
+@pytest.mark.parametrize("past_context", ["exact", "fast"])
+def test_a_row_that_joins_at_step_k_gives_what_it_gives_alone(tiny_model, past_context):
+    model = randomize_(tiny_model, seed=11, scale=0.3, embedding_scale=0.1)
+    greedy, sampled = Sampling(greedy=True, max_new_tokens=30), Sampling(temperature=1.3, seed=7, max_new_tokens=30)
+    first = random_ids((1, 3), seed=1)[0].tolist()
+    later = {0: [(first, greedy)], 4: [(random_ids((1, 9), seed=2)[0].tolist(), greedy)],
+             7: [(random_ids((1, 2), seed=3)[0].tolist(), sampled), (random_ids((1, 14), seed=4)[0].tolist(), sampled)]}
+    got, sizes = run(model, later, past_context=past_context)
+    prompts = [p for step in sorted(later) for p in later[step]]
+    assert got == [solo(model, p, s, past_context=past_context) for p, s in prompts]
+    assert all(len(t) == 30 for t in got)  # 30 tokens: well past the 16-token context
+    assert sizes[:8] == [1, 1, 1, 1, 2, 2, 2, 4]
+
+
+def test_rows_with_different_settings_in_one_batch_each_give_their_solo_tokens(tiny_model):
+    model = randomize_(tiny_model, seed=12, scale=0.3, embedding_scale=0.1)
+    rules = [Sampling(greedy=True), Sampling(temperature=0.7, top_k=5, seed=1), Sampling(temperature=1.5, top_p=0.8, seed=2),
+             Sampling(temperature=1.0, min_p=0.1, repetition_penalty=1.8, seed=3),
+             Sampling(greedy=True, frequency_penalty=2.0, presence_penalty=1.0, no_repeat_ngram_size=2),
+             Sampling(temperature=0.9, typical_p=0.7, seed=4), Sampling(temperature=0.7, top_k=5, seed=1)]
+    rules = [dataclasses.replace(r, max_new_tokens=12) for r in rules]
+    prompts = [random_ids((1, n), seed=n)[0].tolist() for n in (2, 5, 3, 7, 4, 6, 5)]
+    got, _ = run(model, {0: list(zip(prompts, rules))})
+    alone = [solo(model, p, r) for p, r in zip(prompts, rules)]
+    assert got == alone
+    assert got[1] == got[6]  # the same prompt, rule and seed: the same row
+    assert len({tuple(t) for t in got}) == 6
+    # Each rule really shapes its row: the same prompt under another row's rule differs.
+    assert solo(model, prompts[1], dataclasses.replace(rules[2], max_new_tokens=12)) != got[1]
+
+
+def test_removing_a_row_frees_its_place_and_leaves_the_others_unchanged(tiny_model):
+    model = randomize_(tiny_model, seed=13, scale=0.3, embedding_scale=0.1)
+    rule = Sampling(temperature=1.2, seed=5, max_new_tokens=10)
+    prompts = [random_ids((1, n), seed=20 + n)[0].tolist() for n in (3, 6, 4)]
+    got, sizes = run(model, {0: [(p, rule) for p in prompts]}, removals=[(4, 1)])
+    assert sizes[:6] == [3, 3, 3, 3, 2, 2]
+    assert len(got[1]) == 4 and got[1] == solo(model, prompts[1], rule)[:4]
+    assert got[0] == solo(model, prompts[0], rule) and got[2] == solo(model, prompts[2], rule)
+    # The freed place is taken by the next row to join, which gives what it gives alone.
+    with Decoder(model, device=CPU, dtype=torch.float32, rows=2) as decoder:
+        a, b = decoder.add(prompts[0], rule), decoder.add(prompts[1], rule)
+        decoder.step()
+        decoder.remove(a)
+        c = decoder.add(prompts[2], rule)
+        out = {b: [], c: []}
+        while decoder.active:
+            for t in decoder.step():
+                out[t.row].append(t.id)
+        assert decoder.cache.batch_size == 2  # no new rows were needed
+    assert out[c] == solo(model, prompts[2], rule)
+    assert out[b] == solo(model, prompts[1], rule)[1:]
+
+
+def test_a_row_ends_at_its_stop_ids_or_its_budget_and_says_which(tiny_model):
+    model = randomize_(tiny_model, seed=14, scale=0.3, embedding_scale=0.1)
+    prompt = random_ids((1, 4), seed=6)[0].tolist()
+    free = solo(model, prompt, Sampling(greedy=True, max_new_tokens=12))
+    stop = next(t for t in free if free.index(t) >= 4)  # a token it first makes at step 5 or later
+    with Decoder(model, device=CPU, dtype=torch.float32) as decoder:
+        decoder.add(prompt, Sampling(greedy=True, max_new_tokens=12, stop_ids=(stop,)))
+        decoder.add(prompt, Sampling(greedy=True, max_new_tokens=3))
+        steps = [decoder.step() for _ in range(free.index(stop) + 1)]
+        assert not decoder.active and decoder.step() == []
+    assert [t.done for t in steps[2]] == [None, "length"]
+    assert steps[-1][0].done == "stop" and steps[-1][0].id == stop
+    assert [s[0].id for s in steps] == free[:free.index(stop) + 1]
+
+
+def test_the_compute_dtype_is_the_one_given(tiny_model):
+    """fp32 weights computing in bf16 through autocast (the trainer's model): the cache holds bf16
+    keys and values, and the logits are exactly those of the model's own forward under autocast."""
+    model = randomize_(tiny_model, seed=15, scale=0.3, embedding_scale=0.1)
+    prompt = random_ids((1, 5), seed=7)[0].tolist()
+    with Decoder(model, device=CPU, dtype=torch.bfloat16, autocast=True) as decoder:
+        decoder.add(prompt, Sampling(greedy=True))
+        logits = decoder.logits()
+        assert decoder.cache.layers[0].k.dtype == torch.bfloat16
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = model(torch.tensor([prompt])).logits[0, -1].float()
+    assert torch.equal(logits[0], want)
+    with pytest.raises(RuntimeError, match="inside `with`"):
+        Decoder(model, device=CPU, dtype=torch.float32).logits()
 
 
 # ---------------------------------------------------------------------------- batches of prompts
