@@ -1,5 +1,7 @@
 """Plain helper functions shared by the tests (fixtures live in conftest.py)."""
 
+import sys
+
 import torch
 
 # A 2-layer model small enough for exhaustive checks.
@@ -104,3 +106,20 @@ def hold_lock(path):
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline() == "locked\n"
     return child
+
+
+# ---------------------------------------------------------------------------- counting calls
+
+def counted(monkeypatch, func, result=None) -> list:
+    """Count every call of ``func`` from any tinygpt module that imported it (``result``: return
+    that instead of calling it). Returns the list of the calls' arguments."""
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(args)
+        return func(*args, **kwargs) if result is None else result
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("tinygpt") and getattr(module, func.__name__, None) is func:
+            monkeypatch.setattr(module, func.__name__, wrapper)
+    return calls

@@ -33,7 +33,7 @@ def test_train_writes_a_complete_run_and_a_sample(tmp_path, corpus, capsys):
         assert (out / name).is_file(), name
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["n_layer"] == 1 and config["train"]["max_steps"] == 6
-    assert config["train"]["preset"] == "char-tiny" and config["train"]["lr"] == 6e-3  # the preset's own lr
+    assert config["run"]["preset"] == "char-tiny" and config["train"]["lr"] == 6e-3  # the preset's own lr
     assert config["runtime"] == {"device": "cpu", "dtype": "fp32", "seed": 1337}
     assert config["tokenizer"]["kind"] == "char" and config["versions"]["torch"]
     sample = captured.out.split("--- sample ---\n")[1].split("\n--------------")[0]
@@ -49,7 +49,7 @@ def test_config_file_and_flags(tmp_path, corpus):
                  "--eval-interval", "2", "--sample-tokens", "0", *TINY_TRAIN[2:]]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["n_layer"] == 2 and config["train"]["lr"] == 0.003 and config["train"]["max_steps"] == 4
-    assert config["train"]["preset"] == "char-tiny" and config["runtime"]["seed"] == 5  # 'auto' on a CPU
+    assert config["run"]["preset"] == "char-tiny" and config["runtime"]["seed"] == 5  # 'auto' on a CPU
 
 
 def test_resume_continues_and_refuses_model_changes(tiny_run, capsys):

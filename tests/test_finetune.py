@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_run
+from helpers import counted, make_run
 from safetensors import safe_open
 
 import tinygpt
@@ -79,6 +79,35 @@ def test_each_method_trains_its_own_tensors_and_resumes_exactly(base, tmp_path, 
     assert not torch.allclose(lm.model(x).logits, plain.model(x).logits)  # it learned something
     config = RunDir(run).read_config()
     assert config["base"]["source"] == str(base.resolve()) and len(config["base"]["sha256"]) == 64
+
+
+def test_a_fine_tune_is_resolved_once_and_one_recorded_before_the_run_section_resumes(base, tmp_path, monkeypatch):
+    import json
+
+    from tinygpt import device as device_module
+    from tinygpt.train import resolve as resolve_module
+
+    monkeypatch.setattr(resolve_module, "cpu_has_bf16", lambda: True)  # so auto is measured on any CPU
+    devices = counted(monkeypatch, device_module.resolve_device)
+    measured = counted(monkeypatch, resolve_module.measure_training_dtype, torch.bfloat16)
+    seeds = counted(monkeypatch, device_module.fresh_seed)
+    out = tmp_path / "ft"
+    session = finetune(base, out, "lora", stop_at=2, dtype="auto", seed="none")
+    assert (len(devices), len(measured), len(seeds)) == (1, 1, 1) and session.cfg.dtype == torch.bfloat16
+    config = json.loads((out / "config.json").read_text())
+    assert {k: config[k] for k in session.cfg.RECORDED} == session.cfg.record()
+    assert config["runtime"] == {"device": "cpu", "dtype": "bf16", "seed": session.cfg.seed}
+    assert config["train"]["lr"] == 1e-3 and config["base"]["source"] == str(base.resolve())
+    # As an earlier tinygpt wrote it: out and name (and an unused preset) under train.
+    config["train"].update(config.pop("run"), preset="auto")
+    (out / "config.json").write_text(json.dumps(config))
+    devices.clear(), measured.clear(), seeds.clear()
+    resumed = FinetuneSession.resume(out, **QUIET)
+    assert (len(devices), len(measured), len(seeds)) == (1, 0, 0)
+    assert resumed.cfg.dtype == torch.bfloat16 and resumed.cfg.seed == session.cfg.seed
+    resumed.fit()
+    again = json.loads((out / "config.json").read_text())
+    assert again["model"] == config["model"] and again["run"] == {"preset": "auto", "out": str(out), "name": "ft"}
 
 
 def test_lora_run_loads_unmerged_and_merges_to_the_same_logits(base, tmp_path, capsys):

@@ -77,7 +77,7 @@ def test_training_speed_measures_each_dtype_and_leaves_state_alone():
 
 
 def test_a_session_sizes_auto_to_its_time_budget_and_records_the_choice(tmp_path, monkeypatch):
-    import tinygpt.train.session as session_module
+    import tinygpt.train.resolve as resolve_module
 
     asked = []
 
@@ -85,16 +85,16 @@ def test_a_session_sizes_auto_to_its_time_budget_and_records_the_choice(tmp_path
         asked.append((seconds, vocab_size))
         return "char-small"
 
-    monkeypatch.setattr(session_module, "preset_for_time", pick)
+    monkeypatch.setattr(resolve_module, "preset_for_time", pick)
     text = tmp_path / "t.txt"
     text.write_text("abcdefgh" * 2000)
     common = {"data": str(text), "device": "cpu", "dtype": "fp32", "progress": False}
     session = Session.start({**common, "out": str(tmp_path / "a"), "max_time": "2m"}, log=lambda _: None)
-    assert asked == [(120.0, 8)] and session.cfg.train.preset == "char-small"
+    assert asked == [(120.0, 8)] and session.cfg.preset == "char-small"
     assert session.cfg.model.n_embd == get_preset("char-small").model["n_embd"]
     # A step or token budget, or a named preset, keeps the preset as given.
     for i, extra in enumerate(({"max_steps": 5}, {"max_tokens": "10k"}, {"preset": "char-tiny"})):
         session = Session.start({**common, "out": str(tmp_path / f"b{i}"), **extra},
                                 log=lambda _: None)
-        assert session.cfg.train.preset == "char-tiny"
+        assert session.cfg.preset == "char-tiny"
     assert len(asked) == 1

@@ -18,6 +18,7 @@ from tinygpt.errors import TinyGPTError
 from tinygpt.model import GPT, GPTConfig
 from tinygpt.run import RunDir
 from tinygpt.train import (
+    DEFAULT_TIME_BUDGET,
     Callback,
     Checkpointer,
     DistContext,
@@ -230,8 +231,16 @@ def test_time_budget_drives_progress(data):
     assert trainer.done()
 
 
-def test_no_budget_means_five_minutes(data):
-    assert make_trainer(data, max_steps=None).max_time == 300.0
+def test_no_budget_means_five_minutes_and_min_lr_a_tenth(data):
+    # Derived by the config, once, from what was given; the trainer only follows them.
+    assert TrainConfig().time_limit == DEFAULT_TIME_BUDGET == 300.0
+    assert TrainConfig(max_steps=5).time_limit is None and TrainConfig(max_time=60.0).time_limit == 60.0
+    assert TrainConfig(lr=0.02).final_lr == 0.02 / 10 and TrainConfig(lr=0.02, min_lr=0.0).final_lr == 0.0
+    trainer = make_trainer(data, max_steps=None)
+    trainer.state.elapsed = 299.0
+    assert not trainer.done()
+    trainer.state.elapsed = 300.0
+    assert trainer.done() and trainer.progress() == 1.0
 
 
 def test_token_budget(data):

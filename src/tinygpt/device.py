@@ -123,8 +123,8 @@ def cpu_inference_dtype() -> torch.dtype:
 def resolve_dtype(name: str, device: torch.device, *, inference: bool = False) -> torch.dtype:
     """The dtype for 'auto'/'fp32'/'bf16'/'fp16' on ``device``: for training, autocast's
     (fp32 = none); for ``inference``, the weights'. 'auto' on a CPU: for inference, the
-    measured faster of bf16 and fp32; for training, fp32 here and the session measures
-    its own model (``Session`` records what it found, so a resume keeps it)."""
+    measured faster of bf16 and fp32; for training, fp32 here, and where bf16 runs at all
+    tinygpt.train.resolve measures the run's model instead (once; config.json records it)."""
     if name not in DTYPES:
         raise TinyGPTError(f"unknown dtype {name!r}; choose one of: {', '.join(DTYPES)}")
     if name != "auto":

@@ -2,7 +2,7 @@
 
 ::
 
-    config.json            every setting (model, data, train, runtime), the tokenizer, data key, versions
+    config.json            every setting (model, data, run, train, runtime), the tokenizer, data key, versions
     tokenizer_config.json  the tokenizer (+ tokenizer.json for a trained BPE)
     model.safetensors      weights with the best validation loss so far
     last.safetensors       the latest weights
@@ -57,7 +57,7 @@ ADAPTER_CONFIG = "adapter.json"
 LOCK_FILE = ".lock"
 CHECKPOINTS = {"best": BEST_WEIGHTS, "last": LAST_WEIGHTS}
 ADAPTER_CHECKPOINTS = {"best": ADAPTER_WEIGHTS, "last": ADAPTER_LAST}
-SECTIONS = ("model", "data", "train", "runtime")  # config.json's settings; each a mapping
+SECTIONS = ("model", "data", "run", "train", "runtime")  # config.json's settings; each a mapping
 # What a new run replaces when told to (``force``) write where a run already was: everything
 # that would otherwise describe the old run beside the new one.
 RUN_FILES = (CONFIG_FILE, TOKENIZER_CONFIG, BPE_FILE, BEST_WEIGHTS, LAST_WEIGHTS, TRAINER_STATE, METRICS_FILE,

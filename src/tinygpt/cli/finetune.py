@@ -8,8 +8,8 @@ from ..config import add_arguments, cli_values, load_config_file
 from ..errors import TinyGPTError
 from ..finetune import FinetuneRunConfig, FinetuneSession
 from ..finetune.config import NOT_FLAGS
+from ..train import fit_and_report
 from .common import log
-from .train import fit_and_report
 
 
 def add_parser(sub) -> None:
@@ -40,5 +40,4 @@ def run(args: argparse.Namespace) -> int:
             raise TinyGPTError("give the model to fine-tune: tinygpt finetune BASE --data FILE (BASE: a run "
                                "directory, a Hugging Face model directory or a hub name such as gpt2)")
         session = FinetuneSession.start(args.base, *layers, force=args.force, log=log)
-    return fit_and_report(session, resumed=bool(args.resume), budget_flags="--max-steps, --epochs or --max-time",
-                          sample_flags=" --instruct" if session.data.kind == "instructions" else "")
+    return fit_and_report(session, resumed=bool(args.resume), log=log)

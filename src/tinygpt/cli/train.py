@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import time
 
 from ..config import add_arguments, cli_values, load_config_file
 from ..errors import TinyGPTError
-from ..train import RunConfig, Session
+from ..train import RunConfig, Session, fit_and_report
 from .common import log
 
 
@@ -32,39 +31,4 @@ def run(args: argparse.Namespace) -> int:
         session = Session.resume(args.resume, *layers, log=log)
     else:
         session = Session.start(*layers, force=args.force, log=log)
-    return fit_and_report(session, resumed=bool(args.resume), budget_flags="--max-steps, --max-tokens or --max-time")
-
-
-def fit_and_report(session: Session, *, resumed: bool, budget_flags: str, sample_flags: str = "") -> int:
-    """Describe the run, train it to its budget, say how it went and print a sample: what
-    ``tinygpt train`` and ``tinygpt finetune`` do with a session. Returns the exit status:
-    128 + the signal after Ctrl+C / SIGTERM (the shell's convention: 130, 143)."""
-    run_dir, trainer = session.run.path, session.trainer
-    if resumed:
-        s = trainer.state
-        log(f"resuming {run_dir} at step {s.step} ({s.tokens:,} tokens, {s.elapsed:.0f}s trained)")
-    for line in session.describe():
-        log(line)
-    if trainer.done():
-        log(f"{run_dir} already used its budget at step {trainer.state.step}; raise {budget_flags} to train further")
-        return 0
-
-    t0, tokens0 = time.time(), trainer.state.tokens
-    summary = session.fit()
-    val, seconds = summary["val_loss"], time.time() - t0
-    log(f"{'stopped' if summary['interrupted'] else 'done'}: step {summary['step']}, "
-        f"{summary['tokens']:,} tokens, {seconds:.0f}s this session "
-        f"({(summary['tokens'] - tokens0) / max(seconds, 1e-9):,.0f} tokens/s with evaluations)"
-        + (f", val loss {val:.4f} (best {summary['best_val']:.4f})" if val is not None else ""))
-    if summary["signal"]:
-        log(f"checkpoint saved; continue with: {session.resume_command()}")
-        return 128 + summary["signal"]
-    if summary["interrupted"]:
-        log(summary["interrupted"])  # a stop that is not a signal: --early-stop
-    if session.cfg.train.sample_tokens:
-        print("--- sample ---")
-        print(session.sample(), flush=True)
-        print("--------------")
-    log(f"weights: {session.run.weights_path('best')}; sample with: tinygpt sample {run_dir}{sample_flags} "
-        "--prompt \"...\"")
-    return 0
+    return fit_and_report(session, resumed=bool(args.resume), log=log)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..adapters import METHODS, AdapterConfig
 from ..config import opt, section
@@ -12,7 +13,7 @@ from ..data import DataConfig
 from ..data.instruct import DEFAULT_TEMPLATE, TEMPLATES
 from ..device import RuntimeConfig
 from ..errors import TinyGPTError
-from ..train import TrainConfig
+from ..train import ResolvedRun, RunSection, TrainConfig
 
 # Peak learning rate per method (AdamW). A trained model needs small steps to keep what it
 # knows; fresh adapter tensors start from nothing and take larger ones, a soft prompt
@@ -58,10 +59,21 @@ class FinetuneConfig(AdapterConfig):
 class FinetuneRunConfig:
     """Everything a fine-tune is (its config.json, beside the base's model section and record)."""
     data: DataConfig = field(default_factory=DataConfig)
+    run: RunSection = field(default_factory=RunSection)  # its preset unused: the base is the model
     train: TrainConfig = section(TrainConfig, batch_size=8, warmup_steps=20, weight_decay=0.0, eval_interval=50,
-                                 eval_batches=10, preset="auto")
+                                 eval_batches=10)
     runtime: RuntimeConfig = section(RuntimeConfig, seed=1337)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+@dataclass(frozen=True)
+class FinetuneRun(ResolvedRun):
+    """A fine-tune decided (see tinygpt.train.resolve): ``model`` is the base's shape; the
+    method's settings and the record of the base (where it was, its weights' hash) are recorded too."""
+    finetune: FinetuneConfig
+    base: dict
+
+    RECORDED: ClassVar[tuple[str, ...]] = ResolvedRun.RECORDED + ("finetune", "base")
 
 
 # Options of train/data that a fine-tune takes from its base instead.

@@ -14,27 +14,22 @@ command loads it on the base (see tinygpt.source).
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 from .. import adapters, versions
-from ..config import flatten_values, layered, replace, to_dict
-from ..data import Batch, absolute_spec
+from ..config import flatten_values, layered, replace
+from ..data import Batch
 from ..data import instruct as ins
-from ..device import (
-    fresh_seed,
-    resolve_device,
-    seed_everything,
-)
+from ..device import seed_everything
 from ..errors import TinyGPTError
 from ..generation import GenerationConfig, TinyGPT
 from ..model import GPT
 from ..run import RunDir
 from ..source import base_record, open_base, open_model
-from ..train import DEFAULT_TIME_BUDGET, Session, Trainer
-from ..train.session import RUNS_DIR, resumed_run_config, training_dtype
-from .config import DEFAULT_EPOCHS, METHOD_LR, FinetuneRunConfig
+from ..train import Session, Trainer, resolve_run, resumed_run_config, run_dir
+from ..train.resolve import draw_seed
+from .config import DEFAULT_EPOCHS, METHOD_LR, FinetuneRun, FinetuneRunConfig
 from .data import FinetuneData, prepare
 
 # What cannot change when a fine-tune is resumed: what it is and what it learns from.
@@ -47,11 +42,11 @@ def _given(layers: tuple[dict, ...], *path: str) -> bool:
 
 
 class FinetuneSession(Session):
-    """A fine-tune's config, data, model and trainer, and the run directory they write to."""
+    """A fine-tune's resolved settings, data, model and trainer, and the run directory they write to."""
 
-    def __init__(self, cfg: FinetuneRunConfig, run: RunDir, data: FinetuneData, trainer: Trainer, base: dict):
-        super().__init__(cfg, run, data, trainer)
-        self.base = base
+    budget_flags = "--max-steps, --epochs or --max-time"
+    cfg: FinetuneRun
+    data: FinetuneData
 
     # ------------------------------------------------------------------ start and resume
 
@@ -59,25 +54,28 @@ class FinetuneSession(Session):
     def start(cls, base: str, *layers: dict, force: bool = False,
               log: Callable[[str], None] = print) -> "FinetuneSession":
         """A new fine-tune of ``base`` (a run, an HF directory or a hub name) from settings layers."""
-        method = layered(FinetuneRunConfig, *layers).finetune.method
-        cfg = layered(FinetuneRunConfig, {"train": {"lr": METHOD_LR[method]}}, *layers)
-        if cfg.runtime.seed is None:
-            cfg = replace(cfg, {"runtime": {"seed": fresh_seed()}})
-        path = Path(cfg.train.out) if cfg.train.out else RUNS_DIR / (
-            cfg.train.name or f"{Path(str(base).rstrip('/')).name}-{method}-{time.strftime('%Y%m%d-%H%M%S')}")
+        given = layered(FinetuneRunConfig, *layers)
+        method = given.finetune.method
+        # The method's learning rate lies under the layers, as a preset's does; the seed is
+        # drawn now, since the adapter's init and the order of the examples draw from it.
+        cfg = layered(FinetuneRunConfig, {"train": {"lr": METHOD_LR[method]}}, *layers,
+                      {"runtime": {"seed": draw_seed(given.runtime.seed)}})
+        path = run_dir(cfg.run, f"{Path(str(base).rstrip('/')).name}-{method}")
         RunDir.check_new(path, force=force)
         opened = open_model(base, cfg.finetune.checkpoint)
         record = base_record(base, cfg.finetune.checkpoint, opened)
-        model_section = to_dict(opened.model.config)
+        base_shape = opened.model.config  # a soft prompt shortens the trained model's context; the base keeps its own
         model = cls._prepare_model(cfg, opened.model, opened.tokenizer)
         T = model.config.block_size
         data = prepare(cfg.data, cfg.finetune, opened.tokenizer, T, cfg.runtime.seed, log)
-        cfg = replace(cfg, {"data": {"data": absolute_spec(cfg.data.data)}, **cls._budget(cfg, data, T, layers, log)})
-        session = cls._build(cfg, model, data, RunDir(path), record, log)  # checked before anything is written
+        cfg = replace(cfg, cls._budget(cfg, data, T, layers))
+        resolved = resolve_run(cfg, path=path, model=base_shape, measure_on=lambda: model, kind=FinetuneRun,
+                               base=record, log=log)
+        session = cls._build(resolved, model, data, RunDir(path))  # checked before anything is written
         session.run = RunDir.create(path, force=force)
-        session._write_config(model_section)
+        session._write_config()
         session.run.save_tokenizer(opened.tokenizer)
-        if (adapter := cfg.finetune.adapter()) is not None:
+        if (adapter := resolved.finetune.adapter()) is not None:
             session.run.write_adapter_config(adapter, record)
         return session
 
@@ -97,14 +95,15 @@ class FinetuneSession(Session):
         if saved.get("data_key") != data.key:
             raise TinyGPTError(f"the data at --data {cfg.data.data!r} is not what {run.path} was fine-tuned on; give "
                                "the same file, or start a new fine-tune")
-        cfg = replace(cfg, {"data": {"data": absolute_spec(cfg.data.data)}})
-        session = cls._build(cfg, model, data, run, saved["base"], log)
+        resolved = resolve_run(cfg, path=run.path, model=run.model_config(), measure_on=lambda: model,
+                               kind=FinetuneRun, base=saved["base"], log=log)
+        session = cls._build(resolved, model, data, run)
         if run.has_checkpoint():
             session.trainer.load_state_dict(run.load_state(), source=str(run.state_path))
         else:
             log(f"notice: {run.path} stopped before its first checkpoint; starting it over from step 0")
         run.trim_metrics(session.trainer.state.step, notice=log)
-        session._write_config(saved["model"])
+        session._write_config()
         return session
 
     @staticmethod
@@ -133,42 +132,35 @@ class FinetuneSession(Session):
         return model
 
     @staticmethod
-    def _budget(cfg: FinetuneRunConfig, data: FinetuneData, T: int, layers: tuple[dict, ...],
-                log: Callable[[str], None]) -> dict:
+    def _budget(cfg: FinetuneRunConfig, data: FinetuneData, T: int, layers: tuple[dict, ...]) -> dict:
         """--epochs as steps (the default budget: a few epochs within the default time), a warmup
-        that fits a short run, and evaluations no longer than the held-out data."""
+        that fits a short run, and evaluations no longer than the held-out data. Recorded, so a
+        resume keeps them."""
         t, ft = cfg.train, cfg.finetune
         no_budget = t.max_steps is None and t.max_tokens is None and t.max_time is None and ft.epochs is None
         epochs = ft.epochs or (DEFAULT_EPOCHS if no_budget else None)
         changes: dict = {}
         if epochs:
-            per_step = max(1, math.ceil((t.tokens_per_step or t.batch_size * T) / (t.batch_size * T))) \
-                * t.batch_size * T
-            steps = max(1, math.ceil(epochs * data.epoch_tokens / per_step))
+            steps = max(1, math.ceil(epochs * data.epoch_tokens / t.step_tokens(T)))
             changes["max_steps"] = min(steps, t.max_steps or steps)
             if no_budget:
-                changes["max_time"] = DEFAULT_TIME_BUDGET
+                changes["max_time"] = t.time_limit  # the default time budget
         steps = changes.get("max_steps", t.max_steps)
         if steps and not _given(layers, "train", "warmup_steps"):
             changes["warmup_steps"] = min(t.warmup_steps, steps // 10)
         if data.val_rows:  # instruction data: one pass over the held-out examples is the whole evaluation
             changes["eval_batches"] = min(t.eval_batches, math.ceil(data.val_rows / t.batch_size))
-        return {"train": changes} if changes else {}
+        return {"train": changes}
 
     @classmethod
-    def _build(cls, cfg: FinetuneRunConfig, model: GPT, data: FinetuneData, run: RunDir, base: dict,
-               log: Callable[[str], None]) -> "FinetuneSession":
-        device = resolve_device(cfg.runtime.device)
-        model = model.to(device)
-        dtype, cfg = training_dtype(cfg, model, device, log)
-        batches = data.batches("train", cfg.train.batch_size, model.config.block_size, cfg.runtime.seed)
-        trainer = Trainer(model, cfg.train, batches, device=device, dtype=dtype)
-        return cls(cfg, run, data, trainer, base)
+    def _build(cls, cfg: FinetuneRun, model: GPT, data: FinetuneData, run: RunDir) -> "FinetuneSession":
+        model = model.to(cfg.device)
+        batches = data.batches("train", cfg.train.batch_size, model.config.block_size, cfg.seed)
+        return cls(cfg, run, data, Trainer(model, cfg.train, batches, device=cfg.device, dtype=cfg.dtype))
 
-    def _write_config(self, model_section: dict) -> None:
+    def _write_config(self) -> None:
         self.run.write_config({
-            "model": model_section, **to_dict(self.cfg), "base": self.base,
-            "tokenizer": self.data.tokenizer.to_dict(), "data_key": self.data.key,
+            **self.cfg.record(), "tokenizer": self.data.tokenizer.to_dict(), "data_key": self.data.key,
             "versions": versions("peft") if self.cfg.finetune.method == "lora" else versions(),
         })
 
@@ -182,6 +174,9 @@ class FinetuneSession(Session):
 
     def resume_command(self) -> str:
         return f"tinygpt finetune --resume {self.run.path}"
+
+    def sample_command(self) -> str:
+        return super().sample_command() + (" --instruct" if self.data.kind == "instructions" else "")
 
     def sample(self, max_new_tokens: int | None = None) -> str:
         """A sample of the current weights: for instruction data, the answer to the first
@@ -203,11 +198,9 @@ class FinetuneSession(Session):
         trainable = sum(p.numel() for p in tr.model.parameters() if p.requires_grad)
         method = ft.method + (f" (first {ft.freeze_blocks} blocks frozen)" if ft.freeze_blocks else "") + \
             (" (embeddings frozen)" if ft.freeze_embeddings else "")
-        budget = [f"{k} {v}" for k, v in (("steps", t.max_steps), ("tokens", t.max_tokens),
-                                          ("time", f"{tr.max_time:.0f}s" if tr.max_time else None)) if v]
-        return [f"run: {self.run.path}", f"base: {self.base['source']} | method: {method}, {trainable:,} trainable "
-                f"parameters ({trainable / max(1, self._base_params()):.2%} of the base's)", tr.describe(),
-                f"budget: {', '.join(budget)}, lr {t.lr:g}; data: {self.data.description}"]
+        return [f"run: {self.run.path}", f"base: {self.cfg.base['source']} | method: {method}, {trainable:,} "
+                f"trainable parameters ({trainable / max(1, self._base_params()):.2%} of the base's)", tr.describe(),
+                f"budget: {t.describe_budget()}, lr {t.lr:g}; data: {self.data.description}"]
 
     def _base_params(self) -> int:
         model = self.trainer.model

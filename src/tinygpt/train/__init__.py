@@ -5,7 +5,8 @@
 
 A :class:`Trainer` takes a model, a :class:`TrainConfig` and any iterator of
 ``tinygpt.data.Batch``; everything else (evaluation, checkpoints, metrics, progress,
-samples) is a :class:`Callback`. :class:`Session` builds the standard run from settings.
+samples) is a :class:`Callback`. :func:`resolve_new_run` / :func:`resolve_run` decide a run
+from settings once; :class:`Session` builds the standard run from that.
 """
 
 from .callbacks import (
@@ -18,19 +19,20 @@ from .callbacks import (
            PeriodicSampler,
            ProgressBar,
 )
-from .config import RunConfig, TrainConfig
+from .config import DEFAULT_TIME_BUDGET, RunConfig, RunSection, TrainConfig
 from .distributed import DistContext
-from .session import (
-           Session,
-           default_run_dir,
-           new_run_config,
+from .resolve import (
+           ResolvedRun,
+           resolve_new_run,
+           resolve_run,
            resumed_run_config,
-           run_data,
+           run_dir,
 )
+from .session import Session, fit_and_report, run_data
 from .state import TrainState
-from .trainer import DEFAULT_TIME_BUDGET, DivergedError, Trainer
+from .trainer import DivergedError, Trainer
 
 __all__ = ["Callback", "Checkpointer", "DEFAULT_TIME_BUDGET", "DistContext", "EarlyStop", "Evaluator", "LambdaCallback",
-           "MetricsLog", "PeriodicSampler", "ProgressBar", "RunConfig", "Session", "TrainConfig", "TrainState",
-           "DivergedError", "Trainer", "default_run_dir", "new_run_config", "resumed_run_config",
-           "run_data"]
+           "MetricsLog", "PeriodicSampler", "ProgressBar", "ResolvedRun", "RunConfig", "RunSection", "Session",
+           "TrainConfig", "TrainState", "DivergedError", "Trainer", "fit_and_report", "resolve_new_run", "resolve_run",
+           "resumed_run_config", "run_data", "run_dir"]

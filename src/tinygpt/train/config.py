@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ..config import check_choices, opt, parse_count, parse_duration, section
@@ -12,15 +13,26 @@ from ..model import GPTConfig
 from ..presets import PRESETS
 from .optim import OPTIMIZERS, SCHEDULES
 
+DEFAULT_TIME_BUDGET = 300.0  # seconds, when no budget at all is given
+
 
 @dataclass
-class TrainConfig:
+class RunSection:
+    """What a run is built from and where it goes (config.json's ``run`` section; earlier
+    runs recorded these under ``train``, which still reads: option names are unique)."""
     preset: str = opt("auto", "model preset; auto picks one for the hardware found: on a CPU with a time budget, "
                               "the char preset this machine trains best in it (measured at the start), else "
                               "char-tiny; on a GPU, baby",
                       choices=("auto",) + tuple(PRESETS))
     out: str | None = opt(None, "run directory (default: runs/<name>)")
     name: str | None = opt(None, "run name under runs/ (default: <data>-<preset>-<date>-<time>)")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+
+
+@dataclass
+class TrainConfig:
     max_steps: int | None = opt(None, "stop after this many optimizer steps (e.g. 5000, 20k)", parse=parse_count)
     max_tokens: int | None = opt(None, "stop after training on this many tokens (e.g. 50M)", parse=parse_count)
     max_time: float | None = opt(None, "stop after this much wall-clock time, e.g. 300, 15m, 6h "
@@ -51,6 +63,10 @@ class TrainConfig:
     sample_tokens: int = opt(200, "length of the printed samples in tokens (0: none)")
     compile: bool = opt(False, "torch.compile the model (slow start, faster steps on GPUs)")
     progress: bool = opt(True, "show a progress bar (a line every 10 s when stderr is not a terminal)")
+    # Derived from the options above here and nowhere else (not recorded: a resume that
+    # changes --lr or gives a budget derives them again from what it has).
+    time_limit: float | None = field(init=False)  # --max-time, or the default when no budget at all is given
+    final_lr: float = field(init=False)           # --min-lr, or lr/10
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -67,6 +83,25 @@ class TrainConfig:
             raise TinyGPTError(f"--decay-fraction must be in (0, 1], got {self.decay_fraction}")
         if self.lr <= 0 or (self.min_lr is not None and not 0 <= self.min_lr <= self.lr):
             raise TinyGPTError(f"need 0 < --lr and 0 <= --min-lr <= --lr, got lr={self.lr} min_lr={self.min_lr}")
+        no_budget = self.max_steps is None and self.max_tokens is None and self.max_time is None
+        self.time_limit = DEFAULT_TIME_BUDGET if no_budget else self.max_time
+        self.final_lr = self.lr / 10 if self.min_lr is None else self.min_lr
+
+    def micro_batches(self, block_size: int) -> int:
+        """Micro-batches accumulated per optimizer step on sequences of ``block_size``:
+        enough to reach --tokens-per-step, at least one."""
+        micro = self.batch_size * block_size
+        return max(1, math.ceil((self.tokens_per_step or micro) / micro))
+
+    def step_tokens(self, block_size: int) -> int:
+        """Token slots one optimizer step trains on (whole micro-batches)."""
+        return self.micro_batches(block_size) * self.batch_size * block_size
+
+    def describe_budget(self) -> str:
+        """The limits the run stops at, e.g. 'steps 5000, time 300s'."""
+        limits = (("steps", self.max_steps), ("tokens", self.max_tokens),
+                  ("time", f"{self.time_limit:.0f}s" if self.time_limit else None))
+        return ", ".join(f"{k} {v}" for k, v in limits if v)
 
 
 @dataclass
@@ -76,5 +111,6 @@ class RunConfig:
     ``model.vocab_size`` stays None here until the tokenizer is known."""
     model: GPTConfig = field(default_factory=GPTConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    run: RunSection = field(default_factory=RunSection)
     train: TrainConfig = field(default_factory=TrainConfig)
     runtime: RuntimeConfig = section(RuntimeConfig, seed=1337)  # one seed: weights, batches, dropout, samples

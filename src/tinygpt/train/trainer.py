@@ -32,8 +32,6 @@ from .distributed import DistContext
 from .optim import lr_at, make_optimizer
 from .state import TrainState, capture_rng, restore_rng
 
-DEFAULT_TIME_BUDGET = 300.0  # seconds, when no budget at all is given
-
 
 class DivergedError(TinyGPTError):
     """Training produced a non-finite loss, gradient or weight. Nothing from then on was
@@ -64,12 +62,9 @@ class Trainer:
         # Loss scaling keeps fp16 gradients from underflowing; bf16/fp32 have the range.
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
-        tokens_per_micro = cfg.batch_size * model.config.block_size
-        self.grad_accum = max(1, math.ceil((cfg.tokens_per_step or tokens_per_micro) / tokens_per_micro))
-        self.tokens_per_step = self.grad_accum * tokens_per_micro
-        no_budget = cfg.max_steps is None and cfg.max_tokens is None and cfg.max_time is None
-        self.max_time = DEFAULT_TIME_BUDGET if no_budget else cfg.max_time
-        self.min_lr = cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr
+        # The config derives the budget, the final lr and the accumulation; the loop only follows them.
+        self.grad_accum = cfg.micro_batches(model.config.block_size)
+        self.tokens_per_step = cfg.step_tokens(model.config.block_size)
         self.state = TrainState()
         self._stop: str | None = None
         self._signal: int | None = None  # the signal that asked for the stop, if one did
@@ -114,15 +109,15 @@ class Trainer:
                              else s.step / t.max_steps)
         if t.max_tokens:
             fractions.append(s.tokens / t.max_tokens)
-        if self.max_time:
-            fractions.append(s.elapsed / self.max_time)
+        if t.time_limit:
+            fractions.append(s.elapsed / t.time_limit)
         return min(1.0, max(fractions))
 
     def done(self) -> bool:
         t, s = self.cfg, self.state
         return ((t.max_steps is not None and s.step >= t.max_steps)
                 or (t.max_tokens is not None and s.tokens >= t.max_tokens)
-                or (self.max_time is not None and s.elapsed >= self.max_time))
+                or (t.time_limit is not None and s.elapsed >= t.time_limit))
 
     def at_interval(self, every: int) -> bool:
         """Whether this step is one of every ``every``, or the last of the run."""
@@ -130,7 +125,7 @@ class Trainer:
 
     def lr(self) -> float:
         t = self.cfg
-        return lr_at(self.state.step, self.progress(), lr=t.lr, min_lr=self.min_lr,
+        return lr_at(self.state.step, self.progress(), lr=t.lr, min_lr=t.final_lr,
                      warmup_steps=t.warmup_steps, schedule=t.schedule, decay_fraction=t.decay_fraction)
 
     # ------------------------------------------------------------------ steps
