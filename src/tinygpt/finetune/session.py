@@ -31,7 +31,7 @@ from ..errors import TinyGPTError
 from ..generation import GenerationConfig, TinyGPT
 from ..model import GPT
 from ..run import RunDir
-from ..source import base_record, open_base, open_model
+from ..source import base_record, open_base, open_source
 from ..train import DEFAULT_TIME_BUDGET, Session, Trainer
 from ..train.session import RUNS_DIR, resumed_run_config, training_dtype
 from .config import DEFAULT_EPOCHS, METHOD_LR, FinetuneRunConfig
@@ -66,7 +66,7 @@ class FinetuneSession(Session):
         path = Path(cfg.train.out) if cfg.train.out else RUNS_DIR / (
             cfg.train.name or f"{Path(str(base).rstrip('/')).name}-{method}-{time.strftime('%Y%m%d-%H%M%S')}")
         RunDir.check_new(path, force=force)
-        opened = open_model(base, cfg.finetune.checkpoint)
+        opened = open_source(base, cfg.finetune.checkpoint)
         record = base_record(base, cfg.finetune.checkpoint, opened)
         model_section = to_dict(opened.model.config)
         model = cls._prepare_model(cfg, opened.model, opened.tokenizer)
