@@ -4,8 +4,8 @@ from tinygpt.cli import main
 
 
 def test_bench_generate_reports_a_table_with_ratios(capsys):
-    assert main(["bench", "generate", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--new-tokens", "4",
-                 "--prompt", "8", "--rounds", "1", "--batches", "1,2", "--engines", "tinygpt,transformers"]) == 0
+    assert main(["bench", "generate", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--max-new-tokens", "4",
+                 "--prompt-tokens", "8", "--rounds", "1", "--batches", "1,2", "--engines", "tinygpt,transformers"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[1].split() == ["engine", "batch", "1", "batch", "2"]
