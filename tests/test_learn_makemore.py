@@ -15,9 +15,9 @@ from tinygpt.cli import main
 from tinygpt.data.words import WordVocab, context_windows, split_words, word_rows
 from tinygpt.errors import TinyGPTError
 from tinygpt.learn.makemore import bigram, diagnostics, ladder, models, train
+from tinygpt.learn.makemore.config import MakemoreConfig
 from tinygpt.learn.makemore.gpt import WordGPT
 from tinygpt.learn.makemore.layers import BatchNorm1d, FlattenConsecutive, Linear
-from tinygpt.learn.makemore.config import MakemoreConfig
 
 SYLLABLES = ["ka", "lo", "mi", "ra", "ne", "su", "ti", "vo"]
 # 584 distinct words of 1-3 syllables: a language with structure for the models to find.
@@ -227,3 +227,12 @@ def test_config_defaults_come_from_the_rung():
     assert MakemoreConfig(model="wavenet").setting("block_size") == 8
     assert MakemoreConfig(model="wavenet", block_size=16).setting("block_size") == 16
     assert MakemoreConfig(model="mlp-bn", backward="manual").setting("layers") == 1
+
+
+def test_all_names_every_rung_each_checked_as_it_is_made():
+    every = MakemoreConfig(model="all", max_steps=3, num_samples=2)
+    assert [c.model for c in every.rungs()] == ["bigram", "mlp", "mlp-bn", "wavenet", "gpt"]
+    assert all(c.max_steps == 3 and c.num_samples == 2 for c in every.rungs())
+    assert MakemoreConfig(model="gpt").rungs() == [MakemoreConfig(model="gpt")]
+    with pytest.raises(TinyGPTError, match="power of two"):
+        MakemoreConfig(model="all", block_size=6).rungs()  # the wavenet rung cannot take it

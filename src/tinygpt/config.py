@@ -433,7 +433,7 @@ def add_command(sub: Any, name: str, cls: type, run: Callable[[Any], int], **par
     sections) and whose ``run`` receives the parsed ``cls``."""
     p = sub.add_parser(name, **parser_args)
     add_arguments(p, cls)
-    p.set_defaults(func=lambda ns: run(parse_command(cls, ns)), command=cls)
+    p.set_defaults(func=lambda ns: run(parse_command(cls, ns)), command_class=cls)
     return p
 
 

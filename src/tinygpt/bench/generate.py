@@ -42,21 +42,22 @@ class GenerateBench:
     vocab_size: int = opt(50257, "vocabulary size of the random model (GPT-2's)")
     prompt_tokens: int = like(EvalOptions, "prompt_tokens", 64, aliases=("--prompt",))
     max_new_tokens: int = like(GenerationConfig, "max_new_tokens", 256, aliases=("--new-tokens",))
-    batches: tuple[int, ...] = opt((1, 8), "batch sizes, comma-separated", parse=parse_ints)
+    batch_sizes: tuple[int, ...] = opt((1, 8), "batch sizes, comma-separated", parse=parse_ints,
+                                       aliases=("--batches",))
     rounds: int = opt(3, "rounds alternating between the contenders (each figure is the median or best of them)")
     engines: tuple[str, ...] = opt(ENGINES, f"engines to compare, comma-separated ({', '.join(ENGINES)})",
                                    parse=parse_names)
 
     def __post_init__(self) -> None:
-        self.batches, self.engines = parse_ints(self.batches), parse_names(self.engines)
+        self.batch_sizes, self.engines = parse_ints(self.batch_sizes), parse_names(self.engines)
         unknown = set(self.engines) - set(ENGINES)
         if unknown:
             raise TinyGPTError(f"unknown engine {sorted(unknown)[0]!r}; choose from: {', '.join(ENGINES)}")
         for name in ("rounds", "prompt_tokens", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise TinyGPTError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not self.batches or min(self.batches) < 1:
-            raise TinyGPTError("--batches needs one or more positive batch sizes such as 1,8")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise TinyGPTError("--batch-sizes needs one or more positive batch sizes such as 1,8")
 
 
 def _model(b: GenerateBench) -> GPT:
@@ -181,7 +182,7 @@ def run(b: GenerateBench, log: Callable[[str], None] = print) -> list[tuple[str,
                     engines[f"llama.cpp {kind}"] = e
         g = torch.Generator().manual_seed(0)
         results: dict[tuple[str, int], list[float]] = {}
-        for batch in b.batches:
+        for batch in b.batch_sizes:
             prompts = torch.randint(0, b.vocab_size, (batch, b.prompt_tokens), generator=g)
             for e in engines.values():  # warm-up: allocations, first-call paths
                 e(prompts, 4)
@@ -199,15 +200,16 @@ def run(b: GenerateBench, log: Callable[[str], None] = print) -> list[tuple[str,
 def _report(b: GenerateBench, model: GPT, rows: list[tuple[str, int, float]], log: Callable[[str], None]) -> None:
     speed = {(n, bs): v for n, bs, v in rows}
     names = list(dict.fromkeys(n for n, _, _ in rows))
-    log(f"greedy decoding, prompt {b.prompt_tokens}, {b.max_new_tokens} new tokens, {model.num_params() / 1e6:.0f}M-parameter "
-        f"GPT-2-shaped model, {torch.get_num_threads()} threads; tokens/s, median of {b.rounds} rounds")
-    log(f"{'engine':<20}" + "".join(f"{'batch ' + str(bs):>12}" for bs in b.batches))
+    log(f"greedy decoding, prompt {b.prompt_tokens}, {b.max_new_tokens} new tokens, "
+        f"{model.num_params() / 1e6:.0f}M-parameter GPT-2-shaped model, {torch.get_num_threads()} threads; "
+        f"tokens/s, median of {b.rounds} rounds")
+    log(f"{'engine':<20}" + "".join(f"{'batch ' + str(bs):>12}" for bs in b.batch_sizes))
     for n in names:
         log(f"{n:<20}" + "".join(f"{speed[(n, bs)]:>12.1f}" if (n, bs) in speed else f"{'-':>12}"
-                                 for bs in b.batches))
+                                 for bs in b.batch_sizes))
     pairs = [("tinygpt fp32", "llama.cpp f32"), ("tinygpt bf16", "llama.cpp f16"),
              ("tinygpt bf16", "transformers bf16"), ("tinygpt fp32", "transformers fp32")]
-    for bs in b.batches:
+    for bs in b.batch_sizes:
         for a, c in pairs:
             if (a, bs) in speed and (c, bs) in speed:
                 log(f"batch {bs}: {a} / {c} = {speed[(a, bs)] / speed[(c, bs)]:.2f}")

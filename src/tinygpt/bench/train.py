@@ -310,7 +310,8 @@ def run(b: TrainBench, log: Callable[[str], None] = print) -> dict:
               "tokens_per_step": tokens_per_step, "device": str(device), "threads": torch.get_num_threads(),
               "flops_per_token": flops_per_token, "matmul_peak_flops": peaks,
               "results": [asdict(r) for r in results],
-              "train_loop_step_s": loop, "bench": {**asdict(b), "dtypes": list(b.dtypes)}}  # loop: dtype -> (loop step, bare step, in-run overhead)
+              # loop: dtype -> (loop step, bare step, in-run overhead)
+              "train_loop_step_s": loop, "bench": {**asdict(b), "dtypes": list(b.dtypes)}}
     _print(report, log)
     return report
 

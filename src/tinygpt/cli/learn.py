@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from ..config import add_command, add_group, section
 from ..console import log
 from ..learn.bpe import render
-from ..learn.bpe_compare import BPELessonConfig, run_lesson as bpe_lesson
+from ..learn.bpe_compare import BPELessonConfig
+from ..learn.bpe_compare import run_lesson as bpe_lesson
 from ..learn.micrograd import MicrogradConfig, Step
 from ..learn.micrograd import run_lesson as micrograd_lesson
 from ..options import OutputOptions
