@@ -4,8 +4,12 @@ Each component (model, data, training, sampling) owns a ``@dataclass`` whose fie
 are declared with :func:`opt`, which carries the help text and allowed values. From
 those declarations this module derives everything else, so nothing is written twice:
 
-* the command line: every leaf field becomes a ``--kebab-case`` flag
-  (:func:`add_arguments`), nested configs are flattened, so names must be unique;
+* the command line: every leaf field becomes a ``--kebab-case`` flag or a positional
+  argument (:func:`add_arguments`), nested configs are flattened, so names must be unique.
+  A command is one dataclass composed of shared sections (:func:`section`, taking all of
+  a section or ``only`` some of its fields) and single shared declarations (:func:`like`),
+  so an option is declared once and means the same in every command (:func:`add_command`);
+  a renamed flag keeps its old spelling as a hidden :class:`Alias`;
 * config files: YAML or JSON, either flat (``lr: 3e-4``) or nested by section
   (``train: {lr: 3e-4}``) (:func:`load_config_file`);
 * JSON round-trips for checkpoints (:func:`to_dict`, :func:`from_dict`).
@@ -53,9 +57,12 @@ def opt(default: Any, help: str, *, choices: tuple | None = None, parse: Callabl
     where the value alone would not (a None worked out later).
     """
     meta = {"help": help, "choices": choices, "parse": parse, "positional": positional, "metavar": metavar,
-            "nargs": nargs, "aliases": tuple(a if isinstance(a, Alias) else Alias(a) for a in aliases),
-            "shown": shown, "required": required}
+            "nargs": nargs, "aliases": _aliases(aliases), "shown": shown, "required": required}
     return _field(default, meta)
+
+
+def _aliases(aliases: tuple[str | Alias, ...]) -> tuple[Alias, ...]:
+    return tuple(a if isinstance(a, Alias) else Alias(a) for a in aliases)
 
 
 def _field(default: Any, meta: dict) -> dataclasses.Field:
@@ -75,8 +82,7 @@ def like(cls: type, name: str, default: Any = dataclasses.MISSING, *, shown: str
         raise TypeError(f"{cls.__name__} has no field {name!r}")
     if default is dataclasses.MISSING:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-    return _field(default, {**f.metadata, "shown": shown,
-                            "aliases": tuple(a if isinstance(a, Alias) else Alias(a) for a in aliases)})
+    return _field(default, {**f.metadata, "shown": shown, "aliases": _aliases(aliases)})
 
 
 def section(cls: type, *, only: tuple[str, ...] | None = None, shown: dict[str, str] | None = None,
@@ -386,13 +392,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str
             parser.add_argument(name, metavar=flag_name(f), nargs="+" if listed else "?" if optional else None,
                                 default=None, help=help_text)
             continue
-        kwargs: dict[str, Any] = {"required": True} if meta.get("required") else {}
-        if not meta.get("required"):
-            if leaf.shown is not None:
-                shown = leaf.shown
-            else:  # a tuple is shown the way it is typed on the command line: 16,16, not (16, 16)
-                shown = ",".join(map(str, leaf.default)) if isinstance(leaf.default, tuple) else leaf.default
-            help_text += f" (default: {shown})"
+        kwargs: dict[str, Any] = {"required": bool(meta.get("required"))}
+        if not kwargs["required"]:
+            help_text += f" (default: {_shown(leaf)})"
         flag, metavar = flag_name(f), meta.get("metavar") or name.upper()
         if base is bool:
             kwargs.update(nargs="?", const="true", metavar="BOOL")
@@ -408,6 +410,13 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str
             parser.add_argument(alias.flag, dest=name, default=None, action=_Deprecated, new=flag, alias=alias,
                                 append=listed and not meta.get("nargs"),
                                 **{k: v for k, v in kwargs.items() if k in ("nargs", "const")})
+
+
+def _shown(leaf: Leaf) -> Any:
+    if leaf.shown is not None:
+        return leaf.shown
+    # A tuple is shown the way it is typed on the command line: 16,16, not (16, 16).
+    return ",".join(map(str, leaf.default)) if isinstance(leaf.default, tuple) else leaf.default
 
 
 def cli_values(cls: type, ns: argparse.Namespace) -> dict:

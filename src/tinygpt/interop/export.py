@@ -16,7 +16,7 @@ import torch
 
 from .. import adapters
 from ..checkpoint import weight_tensors
-from ..config import opt
+from ..config import check_choices, opt
 from ..device import resolve_device, resolve_dtype
 from ..errors import TinyGPTError
 from ..model import GPT, GPTConfig
@@ -35,12 +35,11 @@ class ExportOptions:
                               "adapter in PEFT's format in OUT/adapter")
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if self.to and len(self.to) != 2:
             raise TinyGPTError("give the format and where to write it: --to hf OUT_DIR or --to gguf FILE")
         if self.to and self.to[0] not in FORMATS:
             raise TinyGPTError(f"unknown export format {self.to[0]!r}; choose one of: {', '.join(FORMATS)}")
-        if self.type not in gguf_file.TYPES:
-            raise TinyGPTError(f"unknown GGUF type {self.type!r}; choose one of: {', '.join(gguf_file.TYPES)}")
 
 
 @dataclass
@@ -89,8 +88,8 @@ def export_model(source: str | Path, fmt: str, out: str | Path, *, checkpoint: s
     done = Exported(fmt, Path(out), opened.path, opened.info.step, merged=adapters.attached(model) is not None
                     and lora is None)
     if fmt == "gguf":
-        gguf_file.export(config, tensors, opened.tokenizer, out, dtype=gguf_type, force=force,
-                         name=Path(str(source)).resolve().name if Path(str(source)).exists() else str(source))
+        name = Path(source).resolve().name if Path(source).exists() else str(source)  # a hub name as it is
+        gguf_file.export(config, tensors, opened.tokenizer, out, dtype=gguf_type, force=force, name=name)
         return done
     done.architecture = hf_dir.export(config, tensors, opened.tokenizer, out, force=force)
     if lora is not None:
