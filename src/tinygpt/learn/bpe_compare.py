@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from ..config import like, opt
+from ..config import check_choices, like, opt
 from ..errors import TinyGPTError
 from ..options import TextOptions
 from ..tokenizer import (
@@ -47,8 +47,7 @@ class BPELessonConfig:
                                                                  "--split none, whose every merge rescans the text")
 
     def __post_init__(self) -> None:
-        if self.split not in SPLITS:
-            raise TinyGPTError(f"unknown split {self.split!r}; use one of: {', '.join(SPLITS)}")
+        check_choices(self)
         if self.max_chars is not None and self.max_chars < 1:
             raise TinyGPTError(f"--max-chars must be a positive number of characters, got {self.max_chars}")
 
