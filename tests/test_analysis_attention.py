@@ -179,3 +179,27 @@ def test_attention_command_errors_are_one_line(argv, problem, capsys, tmp_path):
     assert main(argv + ["--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert problem in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(text=""), "the --text is empty"),
+    (dict(top_tokens=0), "--top-tokens must be at least 1"),
+    (dict(compare=["a", "b"], model="c"), "--compare takes its two models itself"),
+    (dict(compare=["a", "b"], preset="char-tiny"), "--compare takes its two models itself"),
+    (dict(preset="nano"), "unknown value 'nano' for --preset"),
+])
+def test_attention_options_are_checked_where_they_enter(options, message):
+    from tinygpt.errors import TinyGPTError
+
+    with pytest.raises(TinyGPTError, match=message):
+        attention.AttentionOptions(**options)
+
+
+def test_an_untrained_preset_is_seeded_and_auto_is_this_devices_preset():
+    from tinygpt.analysis.source import titled_model
+    from tinygpt.presets import resolve_preset
+
+    a, name = titled_model(None, preset="auto", untrained=True, seed=3, text="abc")
+    b, _ = titled_model(None, preset=resolve_preset("auto", "cpu"), untrained=True, seed=3, text="abc")
+    assert name == f"preset {resolve_preset('auto', 'cpu')} (untrained, seed 3)"
+    assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))

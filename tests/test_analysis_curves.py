@@ -112,3 +112,16 @@ def test_plot_errors_are_one_line(tmp_path, capsys, tiny_run):
     assert main(["plot", str(tiny_run)]) == 1
     errs = capsys.readouterr().err.strip().splitlines()
     assert len(errs) == 2 and "not a list of results" in errs[1]
+
+
+def test_plot_options_name_the_runs_and_the_picture(trained_run, tmp_path):
+    opts = curves.CurvesOptions(runs=[str(trained_run), str(tmp_path / "other" / "run2")])
+    assert opts.names() == ["run", "run2"]
+    same_name = curves.CurvesOptions(runs=[str(trained_run), str(tmp_path / "run")])
+    assert same_name.names() == [str(trained_run), str(tmp_path / "run")]  # told apart by their paths
+    assert opts.picture() == trained_run / "plots" / "curves.png"
+    assert opts.picture(tmp_path / "c.png") == tmp_path / "c.png"
+    with pytest.raises(TinyGPTError, match="no run directory"):
+        curves.CurvesOptions(runs=[str(tmp_path / "nope")]).picture()
+    with pytest.raises(TinyGPTError, match="--watch must be a positive number of seconds"):
+        curves.CurvesOptions(runs=["x"], watch=0)

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from tinygpt.analysis import health
 from tinygpt.cli import main
 from tinygpt.data import Batch
+from tinygpt.errors import TinyGPTError
 from tinygpt.model import GPT, GPTConfig
 from tinygpt.run import RunDir
 from tinygpt.train import LambdaCallback, Session
@@ -134,3 +135,26 @@ def test_train_flag(tmp_path):
     assert main(["train", "--data", str(corpus), "--out", str(tmp_path / "r"), "--max-steps", "2",
                  "--diagnostics", "1", "--sample-tokens", "0", *TINY_TRAIN]) == 0
     assert [r["step"] for r in RunDir(tmp_path / "r").read_diagnostics()] == [1, 2]
+
+
+def test_previous_weights_are_a_runs_checkpoint_or_a_file_on_the_models_device(trained_run, tmp_path):
+    from tinygpt.generation import load
+
+    lm = load(trained_run, device="cpu")
+    run = RunDir(trained_run)
+    assert health.previous_weights(lm, run, None) is None
+    last = health.previous_weights(lm, run, "last")
+    want = load_file(str(run.weights_path("last")))
+    assert last.keys() == want.keys() and all(torch.equal(last[k], want[k]) for k in want)
+    assert all(t.device == lm.device for t in last.values())
+    same = health.previous_weights(lm, None, str(run.weights_path("last")))  # a path needs no run
+    assert all(torch.equal(same[k], want[k]) for k in want)
+    with pytest.raises(TinyGPTError, match="--previous best: no weights file at best; give best, last or a"):
+        health.previous_weights(lm, None, "best")  # not a run: 'best' is just a missing file
+
+
+def test_diagnose_options_are_checked_where_they_enter():
+    assert health.DiagnoseOptions().batch_size == 8
+    for bad in (dict(batches=0), dict(batch_size=0)):
+        with pytest.raises(TinyGPTError, match="--batches and --batch-size must be at least 1"):
+            health.DiagnoseOptions(**bad)

@@ -4,8 +4,9 @@ from tinygpt.cli import main
 
 
 def test_bench_generate_reports_a_table_with_ratios(capsys):
-    assert main(["bench", "generate", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--new-tokens", "4",
-                 "--prompt", "8", "--rounds", "1", "--batches", "1,2", "--engines", "tinygpt,transformers"]) == 0
+    assert main(["bench", "generate", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--max-new-tokens", "4",
+                 "--prompt-tokens", "8", "--rounds", "1", "--batch-sizes", "1,2",
+                 "--engines", "tinygpt,transformers"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[1].split() == ["engine", "batch", "1", "batch", "2"]
@@ -14,3 +15,17 @@ def test_bench_generate_reports_a_table_with_ratios(capsys):
     assert all(len(v) == 2 and all(float(x) > 0 for x in v) for v in rows.values())
     assert "batch 2: tinygpt bf16 / transformers bf16 = " in out
     assert "batch-1 ceiling, bf16 weights:" in out and "measured read bandwidth" in out
+
+
+def test_bench_generate_checks_its_options():
+    import pytest
+
+    from tinygpt.bench.generate import GenerateBench
+    from tinygpt.errors import TinyGPTError
+
+    b = GenerateBench(batch_sizes="1,4", engines="tinygpt, llama.cpp")
+    assert (b.batch_sizes, b.engines) == ((1, 4), ("tinygpt", "llama.cpp"))
+    for bad, message in ((dict(engines="vllm"), "unknown engine 'vllm'"), (dict(batch_sizes="0"), "--batch-sizes"),
+                         (dict(max_new_tokens=0), "--max-new-tokens must be at least 1")):
+        with pytest.raises(TinyGPTError, match=message):
+            GenerateBench(**bad)

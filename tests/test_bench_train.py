@@ -6,6 +6,7 @@ import torch
 
 from tinygpt.bench.train import ReferenceGPT, matmul_shapes
 from tinygpt.cli import main
+from tinygpt.device import dtype_candidates
 from tinygpt.model import GPT, GPTConfig
 
 
@@ -15,13 +16,26 @@ def test_bench_train_reports_tokens_mfu_reference_and_loop_overhead(tmp_path, ca
                  "--warmup", "1", "--loop-steps", "4", "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
     report = json.loads(out_json.read_text())
-    assert [r["name"] for r in report["results"]] == ["tinygpt fp32", "tinygpt bf16", "reference fp32"]
+    dtypes = dtype_candidates(torch.device("cpu"))  # --dtype auto: each format this CPU could pick, side by side
+    assert [r["name"] for r in report["results"]] == [f"tinygpt {d}" for d in dtypes] + ["reference fp32"]
     assert all(r["tokens_per_s"] > 0 and 0 < r["mfu"] and r["peak_mem_mb"] > 0 for r in report["results"])
-    assert set(report["matmul_peak_flops"]) == {"fp32", "bf16"}
-    assert set(report["train_loop_step_s"]) == {"fp32", "bf16"}
+    assert set(report["matmul_peak_flops"]) == set(dtypes) and set(report["train_loop_step_s"]) == set(dtypes)
     assert "matmul peak at this model's shapes: fp32" in out
-    assert "tinygpt bf16 / reference fp32 = " in out
+    assert f"tinygpt {dtypes[-1]} / reference fp32 = " in out
     assert "tinygpt train (fp32):" in out and "over its own train_step" in out
+
+
+def test_bench_train_measures_only_a_named_dtype_and_reads_the_old_flags(tmp_path, capsys):
+    out_json = tmp_path / "bench.json"
+    assert main(["bench", "train", "--preset", "char-tiny", "--batch-size", "2", "--steps", "1", "--rounds", "1",
+                 "--warmup", "1", "--loop-steps", "0", "--dtypes", "fp32", "--no-reference", "--compile", "false",
+                 "--json", str(out_json)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --dtypes is deprecated; use --dtype" in err
+    assert "warning: --no-reference is deprecated; use --reference" in err
+    report = json.loads(out_json.read_text())
+    assert [r["name"] for r in report["results"]] == ["tinygpt fp32"] and report["train_loop_step_s"] == {}
+    assert report["bench"]["dtype"] == "fp32" and report["bench"]["reference"] is False
 
 
 def test_the_peak_is_measured_over_every_linear_product_of_a_training_step():

@@ -1,19 +1,25 @@
 """Config dataclasses -> CLI flags, config files and JSON round-trips."""
 
 import argparse
+import dataclasses
 import json
 
 import pytest
 
 from tinygpt.config import (
+    Alias,
     add_arguments,
+    add_command,
     cli_values,
     from_dict,
     layered,
+    like,
     load_config_file,
+    opt,
     parse_count,
     parse_duration,
     replace,
+    section,
     to_dict,
 )
 from tinygpt.device import RuntimeConfig
@@ -156,3 +162,95 @@ def test_a_section_sets_its_own_defaults_for_a_shared_config():
         from tinygpt.config import section
 
         section(RuntimeConfig, colour="red")
+
+
+# ---------------------------------------------------------------------------- commands from sections
+
+@dataclasses.dataclass
+class _Source:
+    model: str = opt("", "the model", positional=True, metavar="MODEL")
+    checkpoint: str = opt("best", "which weights")
+
+
+@dataclasses.dataclass
+class _Options:
+    models: list[str] = like(_Source, "model", [])
+    maybe: str | None = like(_Source, "model", None)
+    steps: int = opt(5, "steps to take", aliases=("--n-steps", Alias("--quick", const="1")))
+    names: list[str] = opt([], "a name", aliases=("--name-old",))
+    pair: list[str] = opt([], "two things", nargs=2, metavar=("A", "B"), required=True)
+    level: str = opt("low", "how much", choices=("low", "high"), aliases=(Alias("--levels", convert=lambda v: "high"),))
+
+
+@dataclasses.dataclass
+class _Command:
+    source: _Source = section(_Source, only=("checkpoint",), shown={"checkpoint": "the best weights"})
+    options: _Options = dataclasses.field(default_factory=_Options)
+
+
+def _parse(cls, argv):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, cls)
+    return parser, parser.parse_args(argv)
+
+
+def test_like_takes_one_declaration_into_another_config_with_its_own_default():
+    fields = {f.name: f for f in dataclasses.fields(_Options)}
+    for name in ("models", "maybe"):
+        assert fields[name].metadata["help"] == "the model" and fields[name].metadata["positional"]
+    assert _Options(pair=["a", "b"]).models == [] and _Options(pair=["a", "b"]).maybe is None
+    with pytest.raises(TypeError, match="no field 'colour'"):
+        like(_Source, "colour")
+
+
+def test_a_section_can_take_some_of_its_fields_and_say_what_a_default_means():
+    parser, ns = _parse(_Command, ["m1", "m2", "--pair", "a", "b"])
+    flags = {s for a in parser._actions for s in a.option_strings}
+    assert "--checkpoint" in flags and "--model" not in flags  # only=: the section's model is not an option here
+    assert next(a.help for a in parser._actions if "--checkpoint" in a.option_strings) == \
+        "which weights (default: the best weights)"
+    cmd = from_dict(_Command, cli_values(_Command, ns))
+    assert cmd.options.models == ["m1", "m2"] and cmd.source.checkpoint == "best" and cmd.source.model == ""
+    with pytest.raises(TinyGPTError, match="unknown option 'model'"):
+        from_dict(_Command, {"model": "x", "pair": ["a", "b"]})  # nor from a file or dict
+    with pytest.raises(TypeError, match="no field"):
+        section(_Source, only=("colour",))
+
+
+def test_positionals_take_their_count_from_the_type():
+    parser, _ = _parse(_Options, ["m", "--pair", "a", "b"])
+    nargs = {a.dest: a.nargs for a in parser._actions if not a.option_strings}
+    assert nargs == {"models": "+", "maybe": "?"}
+    assert _parse(_Source, ["m"])[1].model == "m"
+    with pytest.raises(SystemExit):  # a plain str positional is required
+        _parse(_Source, [])
+
+
+def test_a_required_flag_with_a_count_of_values(capsys):
+    _, ns = _parse(_Options, ["m", "--pair", "a", "b"])
+    assert ns.pair == ["a", "b"]
+    with pytest.raises(SystemExit):
+        _parse(_Options, ["m"])
+    assert "the following arguments are required: --pair" in capsys.readouterr().err
+
+
+def test_old_spellings_parse_into_the_new_field_hidden_with_one_warning(capsys):
+    parser, ns = _parse(_Options, ["m", "--pair", "a", "b", "--n-steps", "7", "--name-old", "x", "--names", "y",
+                                   "--levels", "anything"])
+    assert (ns.steps, ns.names, ns.level) == ("7", ["x", "y"], "high")
+    assert capsys.readouterr().err.splitlines() == ["warning: --n-steps is deprecated; use --steps",
+                                                    "warning: --name-old is deprecated; use --names",
+                                                    "warning: --levels is deprecated; use --level"]
+    assert _parse(_Options, ["m", "--pair", "a", "b", "--quick"])[1].steps == "1"  # a switch standing for a value
+    help_text = parser.format_help()
+    assert "--n-steps" not in help_text and "--quick" not in help_text and "--levels" not in help_text
+
+
+def test_add_command_hands_run_the_parsed_command():
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    got = []
+    add_command(sub, "go", _Options, lambda cmd: got.append(cmd) or 0)
+    ns = parser.parse_args(["go", "m", "--pair", "a", "b", "--steps", "9"])
+    assert ns.func(ns) == 0 and (ns.command, ns.command_class) == ("go", _Options)
+    assert got == [_Options(models=["m"], pair=["a", "b"], steps=9)]

@@ -426,3 +426,12 @@ def test_split_is_seeded():
     assert split_examples(examples, 0.3, seed=4) == split_examples(examples, 0.3, seed=4)
     held = {tuple(examples.index(e) for e in split_examples(examples, 0.3, seed=s)[1]) for s in range(5)}
     assert len(held) > 1
+
+
+def test_the_template_is_the_given_one_else_the_fine_tunes_else_alpaca():
+    from tinygpt.data.instruct import DEFAULT_TEMPLATE, run_template
+
+    tuned = {"finetune": {"template": "simple"}}
+    assert run_template(tuned, "chatml") == "chatml"
+    assert run_template(tuned) == "simple"
+    assert run_template({"model": {}}) == run_template({"finetune": {}}) == DEFAULT_TEMPLATE == "alpaca"

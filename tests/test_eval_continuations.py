@@ -77,7 +77,7 @@ def test_scores_are_sacrebleu_and_rouge_score_on_the_examples(skip, monkeypatch)
     lm = tiny_lm()
     if skip is not None:
         monkeypatch.setattr(lm, "generate", continue_from(TEXT, skip))
-    s = score_continuations(lm, TEXT, 12, prompt_tokens=10, new_tokens=20, seed=1)
+    s = score_continuations(lm, TEXT, 12, prompt_tokens=10, max_new_tokens=20, seed=1)
     _, refs, hyps = zip(*s.examples)
     assert s.bleu == pytest.approx(sacrebleu.corpus_bleu(list(hyps), [list(refs)]).score)
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
@@ -93,13 +93,13 @@ def test_scores_are_sacrebleu_and_rouge_score_on_the_examples(skip, monkeypatch)
 def test_continuing_the_text_scores_100_and_continuing_it_off_by_some_characters_less(monkeypatch):
     lm = tiny_lm()
     monkeypatch.setattr(lm, "generate", continue_from(TEXT))
-    perfect = score_continuations(lm, TEXT, 10, prompt_tokens=8, new_tokens=24, batch_size=4)
+    perfect = score_continuations(lm, TEXT, 10, prompt_tokens=8, max_new_tokens=24, batch_size=4)
     assert all(reference == generated for _, reference, generated in perfect.examples)
     assert perfect.bleu == pytest.approx(100) and perfect.rouge1 == perfect.rouge2 == perfect.rougeL == 100
     scores = []
     for skip in (2, 6, 24):  # 24: the text after the reference, sharing a short word at most
         monkeypatch.setattr(lm, "generate", continue_from(TEXT, skip))
-        off = score_continuations(lm, TEXT, 10, prompt_tokens=8, new_tokens=24, batch_size=4)
+        off = score_continuations(lm, TEXT, 10, prompt_tokens=8, max_new_tokens=24, batch_size=4)
         assert [e[:2] for e in off.examples] == [e[:2] for e in perfect.examples]
         scores.append((off.bleu, off.rouge1, off.rouge2, off.rougeL))
     for kind in range(4):  # further off, lower on every metric
@@ -109,9 +109,9 @@ def test_continuing_the_text_scores_100_and_continuing_it_off_by_some_characters
 
 def test_generation_is_greedy_and_the_same_in_any_batch():
     lm = tiny_lm()
-    s = score_continuations(lm, TEXT, 6, new_tokens=4, batch_size=6)
-    assert score_continuations(lm, TEXT, 6, new_tokens=4, batch_size=6).examples == s.examples
-    assert score_continuations(lm, TEXT, 6, new_tokens=4, batch_size=1).examples == s.examples
+    s = score_continuations(lm, TEXT, 6, max_new_tokens=4, batch_size=6)
+    assert score_continuations(lm, TEXT, 6, max_new_tokens=4, batch_size=6).examples == s.examples
+    assert score_continuations(lm, TEXT, 6, max_new_tokens=4, batch_size=1).examples == s.examples
     for prompt, _, generated in s.examples:  # each character is the model's likeliest next one
         ids = lm.tokenizer.encode(prompt)
         for _ in range(4):
@@ -125,12 +125,12 @@ def test_bad_requests_are_one_line_errors(monkeypatch):
     with pytest.raises(TinyGPTError, match=r"need 3200 tokens of text and it has \d+: .*--generate.*--max-chars"):
         score_continuations(lm, TEXT, 100)
     for bad, match in [(dict(n=0), "--generate must be at least 1"),
-                       (dict(new_tokens=BLOCK), "--new-tokens must be between 1 and 31"),
-                       (dict(new_tokens=20, prompt_tokens=13), "--prompt-tokens must be between 1 and 12"),
+                       (dict(max_new_tokens=BLOCK), "--max-new-tokens must be between 1 and 31"),
+                       (dict(max_new_tokens=20, prompt_tokens=13), "--prompt-tokens must be between 1 and 12"),
                        (dict(batch_size=0), "--batch-size must be at least 1")]:
         with pytest.raises(TinyGPTError, match=match) as err:
             score_continuations(lm, TEXT, **{"n": 2, **bad})
         assert "\n" not in str(err.value)
     monkeypatch.setitem(__import__("sys").modules, "sacrebleu", None)  # as if it were not installed
     with pytest.raises(TinyGPTError, match=r"pip install 'tinygpt\[eval\]'"):
-        score_continuations(lm, TEXT, 2, new_tokens=2)
+        score_continuations(lm, TEXT, 2, max_new_tokens=2)

@@ -299,3 +299,15 @@ def test_cli_bad_input_exits_1_with_one_line(tmp_path, capsys, monkeypatch, args
     assert main(["learn", "bpe", "--data", "t.txt", *args]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and words in err and "\n" not in err
+
+
+def test_the_lesson_reads_all_of_a_text_except_for_the_basic_split():
+    from tinygpt.learn.bpe_compare import BASIC_MAX_CHARS, BPELessonConfig
+
+    assert BPELessonConfig().chars_to_read is None and BPELessonConfig().special_tokens == [GPT2_EOT]
+    assert BPELessonConfig(split="none").chars_to_read == BASIC_MAX_CHARS  # every merge rescans the text
+    assert BPELessonConfig(split="none", max_chars=10).chars_to_read == 10
+    assert BPELessonConfig(special=["<a>"]).special_tokens == ["<a>"]
+    for bad, message in ((dict(max_chars=0), "--max-chars must be a positive"), (dict(split="bytes"), "split")):
+        with pytest.raises(TinyGPTError, match=message):
+            BPELessonConfig(**bad)

@@ -15,9 +15,9 @@ from tinygpt.cli import main
 from tinygpt.data.words import WordVocab, context_windows, split_words, word_rows
 from tinygpt.errors import TinyGPTError
 from tinygpt.learn.makemore import bigram, diagnostics, ladder, models, train
+from tinygpt.learn.makemore.config import MakemoreConfig
 from tinygpt.learn.makemore.gpt import WordGPT
 from tinygpt.learn.makemore.layers import BatchNorm1d, FlattenConsecutive, Linear
-from tinygpt.learn.makemore.rungs import MakemoreConfig
 
 SYLLABLES = ["ka", "lo", "mi", "ra", "ne", "su", "ti", "vo"]
 # 584 distinct words of 1-3 syllables: a language with structure for the models to find.
@@ -198,7 +198,7 @@ def test_ladder_replaces_rows_and_keeps_a_table_per_word_list(tmp_path):
 
 def test_every_rung_through_the_command(word_file, tmp_path, capsys):
     out = tmp_path / "mm"
-    tiny = ["--steps", "30", "--n-hidden", "16", "--n-embd", "8", "--n-layer", "1", "--samples", "3"]
+    tiny = ["--max-steps", "30", "--n-hidden", "16", "--n-embd", "8", "--n-layer", "1", "--num-samples", "3"]
     assert main(["makemore", "--model", "all", "--data", str(word_file), "--out", str(out), *tiny]) == 0
     assert main(["makemore", "--model", "mlp-bn", "--backward", "manual", "--data", str(word_file),
                  "--out", str(out), *tiny]) == 0
@@ -214,7 +214,7 @@ def test_every_rung_through_the_command(word_file, tmp_path, capsys):
     (["--model", "mlp", "--backward", "manual"], "use it with --model mlp-bn"),
     (["--model", "mlp-bn", "--backward", "manual", "--layers", "3"], "pass --layers 1"),
     (["--model", "wavenet", "--block-size", "6"], "power of two"),
-    (["--model", "mlp", "--steps", "0"], "--steps must be at least 1"),
+    (["--model", "mlp", "--max-steps", "0"], "--max-steps must be at least 1"),
 ])
 def test_bad_settings_are_one_line_errors(word_file, tmp_path, capsys, argv, message):
     assert main(["makemore", "--data", str(word_file), "--out", str(tmp_path / "mm"), *argv]) == 1
@@ -227,3 +227,12 @@ def test_config_defaults_come_from_the_rung():
     assert MakemoreConfig(model="wavenet").setting("block_size") == 8
     assert MakemoreConfig(model="wavenet", block_size=16).setting("block_size") == 16
     assert MakemoreConfig(model="mlp-bn", backward="manual").setting("layers") == 1
+
+
+def test_all_names_every_rung_each_checked_as_it_is_made():
+    every = MakemoreConfig(model="all", max_steps=3, num_samples=2)
+    assert [c.model for c in every.rungs()] == ["bigram", "mlp", "mlp-bn", "wavenet", "gpt"]
+    assert all(c.max_steps == 3 and c.num_samples == 2 for c in every.rungs())
+    assert MakemoreConfig(model="gpt").rungs() == [MakemoreConfig(model="gpt")]
+    with pytest.raises(TinyGPTError, match="power of two"):
+        MakemoreConfig(model="all", block_size=6).rungs()  # the wavenet rung cannot take it

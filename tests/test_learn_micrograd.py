@@ -223,7 +223,7 @@ def test_data_sets_have_their_shapes_without_noise():
 
 
 def test_training_separates_the_moons_deterministically():
-    cfg = MicrogradConfig(samples=40, hidden=(8, 8), steps=40, seed=1)
+    cfg = MicrogradConfig(samples=40, hidden=(8, 8), max_steps=40, seed=1)
     seen = []
     result = train(cfg, on_step=seen.append)
     losses = [s.loss for s in result.history]
@@ -236,7 +236,7 @@ def test_training_separates_the_moons_deterministically():
 
 @pytest.mark.parametrize("values, message", [
     (dict(hidden=(0,)), "--hidden"), (dict(hidden=()), "--hidden"), (dict(samples=1), "--samples"),
-    (dict(steps=-1), "--steps"), (dict(lr=0.0), "--lr"), (dict(noise=-0.1), "--noise"),
+    (dict(max_steps=-1), "--max-steps"), (dict(lr=0.0), "--lr"), (dict(noise=-0.1), "--noise"),
     (dict(dataset="circles"), "--dataset"),
 ])
 def test_bad_settings_say_which_option(values, message):
@@ -283,7 +283,7 @@ def test_ops_with_constants_name_them():
 
 
 def test_cli_trains_prints_and_draws(tmp_path, capsys):
-    rc = main(["learn", "micrograd", "--samples", "16", "--hidden", "4", "--steps", "5", "--out", str(tmp_path)])
+    rc = main(["learn", "micrograd", "--samples", "16", "--hidden", "4", "--max-steps", "5", "--out", str(tmp_path)])
     assert rc == 0
     out, err = capsys.readouterr()
     assert "accuracy" in out and "step    5" in err

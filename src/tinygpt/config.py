@@ -4,8 +4,12 @@ Each component (model, data, training, sampling) owns a ``@dataclass`` whose fie
 are declared with :func:`opt`, which carries the help text and allowed values. From
 those declarations this module derives everything else, so nothing is written twice:
 
-* the command line: every leaf field becomes a ``--kebab-case`` flag
-  (:func:`add_arguments`), nested configs are flattened, so names must be unique;
+* the command line: every leaf field becomes a ``--kebab-case`` flag or a positional
+  argument (:func:`add_arguments`), nested configs are flattened, so names must be unique.
+  A command is one dataclass composed of shared sections (:func:`section`, taking all of
+  a section or ``only`` some of its fields) and single shared declarations (:func:`like`),
+  so an option is declared once and means the same in every command (:func:`add_command`);
+  a renamed flag keeps its old spelling as a hidden :class:`Alias`;
 * config files: YAML or JSON, either flat (``lr: 3e-4``) or nested by section
   (``train: {lr: 3e-4}``) (:func:`load_config_file`);
 * JSON round-trips for checkpoints (:func:`to_dict`, :func:`from_dict`).
@@ -20,6 +24,7 @@ import dataclasses
 import json
 import os
 import re
+import sys
 import types
 import typing
 from pathlib import Path
@@ -28,29 +33,73 @@ from typing import Any, Callable, Iterator
 from .errors import TinyGPTError
 
 
-def opt(default: Any, help: str, *, choices: tuple | None = None, parse: Callable[[str], Any] | None = None):
+class Alias(typing.NamedTuple):
+    """An old spelling of a flag, still read (hidden from --help) with one deprecation line.
+
+    ``convert`` turns the old flag's value into the new one's; ``const`` makes it a switch
+    that takes no value and stands for that value (``--no-reference`` -> ``--reference false``)."""
+    flag: str
+    convert: Callable[[str], str] | None = None
+    const: str | None = None
+
+
+def opt(default: Any, help: str, *, choices: tuple | None = None, parse: Callable[[str], Any] | None = None,
+        positional: bool = False, metavar: str | tuple[str, ...] | None = None, nargs: int | None = None,
+        aliases: tuple[str | Alias, ...] = (), shown: str | None = None, required: bool = False):
     """Declare a config field with its help text (and optionally allowed values / a parser).
 
     ``parse`` turns a command-line or config-file string into the field's value
     (e.g. ``"6h"`` -> 21600.0 seconds); it must raise ``ValueError`` on bad input.
+    On the command line the field is a ``--flag``, or with ``positional`` an argument
+    (one value; ``X | None``: may be left out; ``list[X]``: one or more). ``nargs`` makes
+    a flag take that many values (a list); ``required`` makes a flag one the command line must
+    give; ``aliases`` are its old spellings; ``shown`` says in help what the default means
+    where the value alone would not (a None worked out later).
     """
-    meta = {"help": help, "choices": choices, "parse": parse}
+    meta = {"help": help, "choices": choices, "parse": parse, "positional": positional, "metavar": metavar,
+            "nargs": nargs, "aliases": _aliases(aliases), "shown": shown, "required": required}
+    return _field(default, meta)
+
+
+def _aliases(aliases: tuple[str | Alias, ...]) -> tuple[Alias, ...]:
+    return tuple(a if isinstance(a, Alias) else Alias(a) for a in aliases)
+
+
+def _field(default: Any, meta: dict) -> dataclasses.Field:
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
-def section(cls: type, **defaults: Any):
+def like(cls: type, name: str, default: Any = dataclasses.MISSING, *, shown: str | None = None,
+         aliases: tuple[str | Alias, ...] = ()):
+    """The field ``name`` of ``cls`` declared in another config: the same flag, help, choices
+    and parser (one declaration, one meaning), with this context's ``default`` (``shown``:
+    how help describes it, where a value alone would not say, e.g. a None the command works
+    out) and this context's old spellings (``aliases``)."""
+    f = {f.name: f for f in dataclasses.fields(cls)}.get(name)
+    if f is None:
+        raise TypeError(f"{cls.__name__} has no field {name!r}")
+    if default is dataclasses.MISSING:
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    return _field(default, {**f.metadata, "shown": shown, "aliases": _aliases(aliases)})
+
+
+def section(cls: type, *, only: tuple[str, ...] | None = None, shown: dict[str, str] | None = None,
+            **defaults: Any):
     """A nested config of type ``cls`` whose defaults differ from ``cls``'s own in this context.
 
     This is how an option is declared once and shared: e.g. ``RuntimeConfig.seed`` defaults
     to None (fresh randomness), and a training run declares ``section(RuntimeConfig, seed=1337)``.
+    ``only`` takes just those fields as options here (the others keep their defaults);
+    ``shown`` describes a default in help where the value alone would not say it.
     """
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(defaults) - names
+    unknown = (set(defaults) | set(only or ()) | set(shown or {})) - names
     if unknown:
         raise TypeError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
-    return dataclasses.field(default_factory=lambda: cls(**defaults), metadata={"defaults": defaults})
+    return dataclasses.field(default_factory=lambda: cls(**defaults),
+                             metadata={"defaults": defaults, "only": only, "shown": shown or {}})
 
 
 # ---------------------------------------------------------------------------- value parsers
@@ -93,6 +142,18 @@ def parse_count(text: str | int | None) -> int | None:
     return int(float(m.group(1)) * _COUNT_SUFFIX.get(m.group(2), 1))
 
 
+def parse_ints(text: str | list | tuple) -> tuple[int, ...]:
+    """``"1,8"`` (or ``[1, 8]``) -> ``(1, 8)``."""
+    parts = text if isinstance(text, (list, tuple)) else str(text).split(",")
+    return tuple(int(p) for p in parts if str(p).strip())
+
+
+def parse_names(text: str | list | tuple) -> tuple[str, ...]:
+    """``"a,b"`` (or ``["a", "b"]``) -> ``("a", "b")``."""
+    parts = text if isinstance(text, (list, tuple)) else str(text).split(",")
+    return tuple(str(p).strip() for p in parts if str(p).strip())
+
+
 def _parse_bool(text: str) -> bool:
     t = str(text).strip().lower()
     if t in ("1", "true", "yes", "on", "y"):
@@ -123,27 +184,31 @@ class Leaf(typing.NamedTuple):
     field: dataclasses.Field
     type: Any                   # the resolved annotation
     default: Any                # in this context (a section may override the class default)
+    shown: str | None = None    # how help describes the default, where the context says
 
 
-def iter_fields(cls: type, prefix: tuple[str, ...] = (), defaults: dict | None = None) -> Iterator[Leaf]:
-    """Yield every leaf field of ``cls``, depth first."""
+def iter_fields(cls: type, prefix: tuple[str, ...] = (), defaults: dict | None = None,
+                only: tuple[str, ...] | None = None, shown: dict | None = None) -> Iterator[Leaf]:
+    """Yield every leaf field of ``cls`` that is an option here, depth first."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if not f.init:
+        if not f.init or (only is not None and f.name not in only):
             continue
         tp = hints[f.name]
         if _is_config(tp):
-            yield from iter_fields(tp, prefix + (f.name,), f.metadata.get("defaults", {}))
-        elif defaults and f.name in defaults:
-            yield Leaf(prefix + (f.name,), f, tp, defaults[f.name])
+            m = f.metadata
+            yield from iter_fields(tp, prefix + (f.name,), m.get("defaults", {}), m.get("only"), m.get("shown"))
+            continue
+        if defaults and f.name in defaults:
+            default = defaults[f.name]
         else:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            yield Leaf(prefix + (f.name,), f, tp, default)
+        yield Leaf(prefix + (f.name,), f, tp, default, (shown or {}).get(f.name) or f.metadata.get("shown"))
 
 
 def convert(f: dataclasses.Field, tp: Any, value: Any) -> Any:
     """Coerce a raw value (string from the CLI, or YAML/JSON scalar) to the field's type."""
-    name = "--" + f.name.replace("_", "-")
+    name = flag_name(f)
     base, optional = _leaf_type(tp)
     parse = f.metadata.get("parse")
     try:
@@ -177,7 +242,7 @@ def convert(f: dataclasses.Field, tp: Any, value: Any) -> Any:
 def _check_choice(f: dataclasses.Field, value: Any) -> None:
     choices = f.metadata.get("choices")
     if choices and value not in choices:
-        raise TinyGPTError(f"unknown value {value!r} for --{f.name.replace('_', '-')}; "
+        raise TinyGPTError(f"unknown value {value!r} for {flag_name(f)}; "
                            f"choose one of: {', '.join(map(str, choices))}")
 
 
@@ -279,39 +344,106 @@ def load_config_file(path: str | Path) -> dict:
     return data
 
 
+def flag_name(f: dataclasses.Field) -> str:
+    """How a field is spelled on the command line: ``--kebab-case``, or a positional's METAVAR."""
+    if f.metadata.get("positional"):
+        return f.metadata.get("metavar") or f.name.upper()
+    return "--" + f.name.replace("_", "-")
+
+
+class _Deprecated(argparse.Action):
+    """An old spelling of a flag: says so on stderr in one line, then sets the new flag's value."""
+
+    def __init__(self, option_strings, dest, *, new: str, alias: Alias, append: bool, **kwargs):
+        nargs = kwargs.pop("nargs", None)
+        super().__init__(option_strings, dest, nargs=0 if alias.const is not None else nargs,
+                         help=argparse.SUPPRESS, **kwargs)
+        self.new, self.alias, self.append = new, alias, append
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"warning: {option_string} is deprecated; use {self.new}", file=sys.stderr, flush=True)
+        value = self.alias.const if self.alias.const is not None else values
+        if self.alias.convert is not None:
+            value = self.alias.convert(value)
+        if self.append:
+            value = (getattr(namespace, self.dest) or []) + [value]
+        setattr(namespace, self.dest, value)
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
-    """Add one ``--flag`` per leaf field of ``cls`` (defaults stay ``None`` = 'not given')."""
+    """Add one ``--flag`` (or positional argument) per leaf field of ``cls``, and its hidden
+    old spellings (defaults stay ``None`` = 'not given')."""
     seen: set[str] = set()
-    for _, f, tp, default in iter_fields(cls):
-        name = f.name
+    for leaf in iter_fields(cls):
+        f, name = leaf.field, leaf.field.name
         if name in skip:
             continue
         if name in seen:
             raise RuntimeError(f"duplicate config field name {name!r}: CLI flags must be unique")
         seen.add(name)
-        base, _ = _leaf_type(tp)
-        choices = f.metadata.get("choices")
-        help_text = f.metadata.get("help", "")
+        base, optional = _leaf_type(leaf.type)
+        meta = f.metadata
+        choices = meta.get("choices")
+        help_text = meta.get("help", "")
         if choices:
             help_text += f" [{'|'.join(map(str, choices))}]"
-        # A tuple is shown the way it is typed on the command line: 16,16, not (16, 16).
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        help_text += f" (default: {shown})"
-        flag = "--" + name.replace("_", "-")
+        listed = typing.get_origin(base) is list
+        if meta.get("positional"):
+            parser.add_argument(name, metavar=flag_name(f), nargs="+" if listed else "?" if optional else None,
+                                default=None, help=help_text)
+            continue
+        kwargs: dict[str, Any] = {"required": bool(meta.get("required"))}
+        if not kwargs["required"]:
+            help_text += f" (default: {_shown(leaf)})"
+        flag, metavar = flag_name(f), meta.get("metavar") or name.upper()
         if base is bool:
-            parser.add_argument(flag, dest=name, nargs="?", const="true", default=None,
-                                metavar="BOOL", help=help_text)
-        elif typing.get_origin(base) is list:
-            parser.add_argument(flag, dest=name, action="append", default=None, metavar=name.upper(),
-                                help=help_text + "; repeat the flag for more")
+            kwargs.update(nargs="?", const="true", metavar="BOOL")
+        elif meta.get("nargs"):
+            kwargs.update(nargs=meta["nargs"], metavar=metavar)
+        elif listed:
+            kwargs.update(action="append", metavar=metavar)
+            help_text += "; repeat the flag for more"
         else:
-            parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_text)
+            kwargs.update(metavar=metavar)
+        parser.add_argument(flag, dest=name, default=None, help=help_text, **kwargs)
+        for alias in meta.get("aliases", ()):
+            parser.add_argument(alias.flag, dest=name, default=None, action=_Deprecated, new=flag, alias=alias,
+                                append=listed and not meta.get("nargs"),
+                                **{k: v for k, v in kwargs.items() if k in ("nargs", "const")})
+
+
+def _shown(leaf: Leaf) -> Any:
+    if leaf.shown is not None:
+        return leaf.shown
+    # A tuple is shown the way it is typed on the command line: 16,16, not (16, 16).
+    return ",".join(map(str, leaf.default)) if isinstance(leaf.default, tuple) else leaf.default
 
 
 def cli_values(cls: type, ns: argparse.Namespace) -> dict:
     """The flags the user actually gave, as a flat dict of raw strings."""
     return {leaf.field.name: getattr(ns, leaf.field.name) for leaf in iter_fields(cls)
             if getattr(ns, leaf.field.name, None) is not None}
+
+
+def parse_command(cls: type, ns: argparse.Namespace) -> Any:
+    """The command's config ``cls`` from parsed arguments: defaults, then what was given."""
+    return from_dict(cls, cli_values(cls, ns))
+
+
+def add_group(sub: Any, name: str, **parser_args: Any) -> Any:
+    """A command made of subcommands (``tinygpt bench generate``): add them with :func:`add_command`."""
+    return sub.add_parser(name, **parser_args).add_subparsers(dest=name.replace("-", "_"), required=True,
+                                                               metavar="what")
+
+
+def add_command(sub: Any, name: str, cls: type, run: Callable[[Any], int], **parser_args: Any
+                ) -> argparse.ArgumentParser:
+    """A subcommand whose options are generated from ``cls`` (one dataclass composed of
+    sections) and whose ``run`` receives the parsed ``cls``."""
+    p = sub.add_parser(name, **parser_args)
+    add_arguments(p, cls)
+    p.set_defaults(func=lambda ns: run(parse_command(cls, ns)), command_class=cls)
+    return p
 
 
 def cache_dir() -> Path:
@@ -322,7 +454,8 @@ def cache_dir() -> Path:
 
 
 def check_choices(cfg: Any) -> None:
-    """Validate every field declared with ``choices`` (call from ``__post_init__``)."""
+    """Validate every field declared with ``choices`` (call from ``__post_init__``); None is
+    no choice made (an optional field left unset)."""
     for f in dataclasses.fields(cfg):
-        if f.init:
+        if f.init and getattr(cfg, f.name) is not None:
             _check_choice(f, getattr(cfg, f.name))

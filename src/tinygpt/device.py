@@ -28,11 +28,22 @@ class RuntimeConfig:
     device: str = opt("auto", "cpu, cuda, cuda:N or mps (auto: the best available)")
     dtype: str = opt("auto", "number format (auto: on a CPU the faster of fp32 and bf16, measured; bf16 on GPUs "
                              "that have it, else fp16)", choices=DTYPES)
-    seed: int | None = opt(None, "random seed (none: fresh randomness)")
+    seed: int | None = opt(None, "seed of this command's randomness (none: fresh randomness)")
+    threads: int | None = opt(None, "CPU threads PyTorch computes with (none: PyTorch's default, one per core)")
 
     def __post_init__(self) -> None:
         check_choices(self)
         device_kind(self.device)
+        if self.threads is not None and self.threads < 1:
+            raise TinyGPTError(f"--threads must be at least 1, got {self.threads}")
+
+
+def use_threads(threads: int | None) -> None:
+    """Compute with ``threads`` CPU threads from now on (None: leave PyTorch's default). Set
+    once as a command starts, before anything is measured (``--dtype auto`` times both
+    formats with the threads it will run with)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def seed_everything(seed: int) -> None:
@@ -137,6 +148,17 @@ def resolve_dtype(name: str, device: torch.device, *, inference: bool = False) -
         return cpu_inference_dtype()
     # MPS autocast support varies across macOS/PyTorch versions; fp32 always works.
     return torch.float32
+
+
+def dtype_candidates(device: torch.device) -> tuple[str, ...]:
+    """The number formats ``--dtype auto`` chooses among on ``device``, fp32 first: on a GPU,
+    fp32 and its half format (bf16 where supported, else fp16); on a CPU that runs bf16,
+    fp32 and bf16 (which is faster is measured); elsewhere fp32."""
+    if device.type == "cuda":
+        return ("fp32", "bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    if device.type == "cpu" and cpu_has_bf16():
+        return ("fp32", "bf16")
+    return ("fp32",)
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -18,11 +18,21 @@ import torch
 
 from . import adapters
 from .checkpoint import load_weights, model_from_tensors, weight_tensors
+from .config import opt
 from .errors import TinyGPTError
 from .interop import hf_dir
 from .model import GPT
 from .run import CheckpointInfo, RunDir
 from .tokenizer import Tokenizer
+
+
+@dataclass
+class ModelSource:
+    """The model a command works on, declared once for every command that takes one."""
+    model: str = opt("", "a run directory, an adapter fine-tune's run, a Hugging Face model directory or a hub "
+                         "name such as gpt2", positional=True, metavar="MODEL")
+    checkpoint: str = opt("best", "which of a run's weights: best (lowest validation loss), last, or a "
+                                  ".safetensors path")
 
 
 @dataclass
@@ -41,8 +51,9 @@ def is_hub_or_hf(source: str | Path) -> bool:
     return hf_dir.is_hf_dir(source) or hf_dir.looks_like_hub_name(str(source))
 
 
-def open_model(source: str | Path, checkpoint: str = "best") -> Opened:
-    """The model at ``source``; ``checkpoint`` (runs only) is 'best', 'last' or a .safetensors path."""
+def open_source(source: str | Path, checkpoint: str = "best") -> Opened:
+    """The model at ``source`` opened, with its tokenizer and what describes it; ``checkpoint``
+    (runs only) is 'best', 'last' or a .safetensors path."""
     if is_hub_or_hf(source):
         directory = Path(source) if hf_dir.is_hf_dir(source) else hf_dir.download(str(source))
         cfg, sd, raw = hf_dir.load_model_parts(directory)
@@ -68,7 +79,7 @@ def open_base(base: dict, what: str) -> Opened:
     """The model a fine-tune's ``base`` record (:func:`base_record`) names, checked to be the
     same weights as when the record was made."""
     try:
-        opened = open_model(base["source"], base.get("checkpoint", "best"))
+        opened = open_source(base["source"], base.get("checkpoint", "best"))
     except TinyGPTError as e:
         raise TinyGPTError(f"{what} ({base['source']}) cannot be opened: {e}") from None
     if base.get("sha256") and weights_digest(opened.model) != base["sha256"]:

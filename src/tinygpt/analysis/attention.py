@@ -15,13 +15,44 @@ from pathlib import Path
 
 import torch
 
+from ..config import check_choices, like, opt
+from ..device import fresh_seed
 from ..errors import TinyGPTError
 from ..generation import TinyGPT
+from ..source import ModelSource
+from ..train.config import TrainConfig
 from ..train.health import attention_entropy as entropy
 
 # A head takes a role when its score for it (the mean weight on the role's key) is at
 # least this; trained GPT-2's previous-token and induction heads score well above it.
 ROLE_THRESHOLD = 0.4
+DEFAULT_TEXT = "The cat sat on the mat. It was fluffy."
+
+
+@dataclass
+class AttentionOptions:
+    """What ``tinygpt attention`` looks at and draws."""
+    model: str | None = like(ModelSource, "model", None)
+    text: str = opt(DEFAULT_TEXT, "the text to look at")
+    preset: str | None = like(TrainConfig, "preset", None, shown="none; with --untrained, random weights of this "
+                                                                   "preset's shape instead of MODEL")
+    untrained: bool = opt(False, "random weights (MODEL's or --preset's shape, from --seed), to compare a trained "
+                                 "model against")
+    layer: int | None = opt(None, "the layer to draw (none: every layer's grid)")
+    head: int | None = opt(None, "also draw this head of --layer (default layer 0) on its own, labelled")
+    top_tokens: int = opt(3, "most-attended tokens listed per token", aliases=("--top-k",))
+    residual: float = opt(0.5, "rollout: weight of the residual stream mixed into each layer (0: attention alone)")
+    compare: list[str] = opt([], "draw --layer/--head (default 0/0) of two models side by side", nargs=2,
+                             metavar=("MODEL_A", "MODEL_B"))
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if not self.text:
+            raise TinyGPTError("the --text is empty; give the text whose attention to show")
+        if self.top_tokens < 1:
+            raise TinyGPTError(f"--top-tokens must be at least 1, got {self.top_tokens}")
+        if self.compare and (self.model or self.preset):
+            raise TinyGPTError("--compare takes its two models itself; drop MODEL / --preset")
 
 
 @dataclass
@@ -116,7 +147,7 @@ def role_scores(maps: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def induction_scores(lm: TinyGPT, length: int = 50, seed: int = 0) -> torch.Tensor:
+def induction_scores(lm: TinyGPT, length: int = 50, seed: int | None = 0) -> torch.Tensor:
     """(L, nh): on random tokens repeated twice, the mean weight each token of the second
     copy puts on the token that followed its first occurrence, where an induction head
     ("after A came B before, so look at B") looks. Random tokens leave nothing else to
@@ -125,7 +156,7 @@ def induction_scores(lm: TinyGPT, length: int = 50, seed: int = 0) -> torch.Tens
     n = min(length, block // 2)
     if n < 2:
         raise TinyGPTError(f"the context ({block} tokens) is too short to test for induction heads")
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(fresh_seed() if seed is None else seed)
     first = torch.randint(lm.tokenizer.vocab_size, (n,), generator=g)
     maps = _maps(lm, torch.cat([first, first]).unsqueeze(0))  # (L, nh, 2n, 2n)
     rows = torch.arange(n, 2 * n)
@@ -149,13 +180,13 @@ def head_roles(scores: dict[str, torch.Tensor], threshold: float = ROLE_THRESHOL
 # ---------------------------------------------------------------------------- report and pictures
 
 def analyse(lm: TinyGPT, att: Attention, *, k: int = 3, layer: int | None = None,
-            induction_length: int = 50) -> dict:
+            induction_length: int = 50, seed: int | None = 0) -> dict:
     """Everything the text report says, as plain data (what ``--json`` writes)."""
     if layer is not None and not 0 <= layer < att.n_layer:
         raise TinyGPTError(f"--layer {layer} is out of range; the model has layers 0..{att.n_layer - 1}")
     scores = role_scores(att.maps) if len(att.ids) > 1 else {}
     if lm.model.config.block_size >= 4:
-        scores["induction"] = induction_scores(lm, induction_length)
+        scores["induction"] = induction_scores(lm, induction_length, seed)
     ent, norm = entropy(att.maps)
     heads = head_roles(scores) if scores else []
     for h in heads:

@@ -14,11 +14,36 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import opt
 from ..errors import TinyGPTError
 from ..run import RunDir
 
 X_AXES = {"step": "step", "tokens": "tokens", "time": "elapsed"}  # x-axis name -> record key
 STYLES = [("o", "-"), ("s", "--"), ("D", ":"), ("^", "-.")]  # marker, line: one per text a run was scored on
+
+
+@dataclass
+class CurvesOptions:
+    """What ``tinygpt plot`` draws."""
+    runs: list[str] = opt([], "run directories (a run still training too)", positional=True, metavar="RUN")
+    smooth: float = opt(0.9, "EMA factor for per-step lines (0: raw)")
+    log: bool = opt(False, "log scale for the loss axes (and gradient norm)")
+    log_x: bool = opt(False, "log scale for the x axes")
+    watch: float | None = opt(None, "redraw every SECONDS until Ctrl+C", metavar="SECONDS")
+
+    def __post_init__(self) -> None:
+        if self.watch is not None and self.watch <= 0:
+            raise TinyGPTError(f"--watch must be a positive number of seconds, got {self.watch}")
+
+    def names(self) -> list[str]:
+        """Each run's name in the legend: its folder's name, or the paths as given when two
+        runs in different folders have the same name."""
+        names = [Path(r).resolve().name for r in self.runs]
+        return names if len(set(names)) == len(names) else [str(r) for r in self.runs]
+
+    def picture(self, out: str | Path | None = None) -> Path:
+        """Where the picture goes: ``out``, else curves.png in the first run's plots folder."""
+        return Path(out) if out is not None else RunDir.open(self.runs[0]).pictures_dir("plots") / "curves.png"
 
 
 @dataclass

@@ -5,16 +5,21 @@ recorded during training; judged against the makemore lectures' rules of thumb a
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..checkpoint import load_weights
+from ..config import like, opt
 from ..data import Batches, read_text
 from ..errors import TinyGPTError
 from ..generation import TinyGPT
+from ..options import TextOptions
 from ..run import RunDir
 from ..train import run_data
+from ..train.config import TrainConfig
 from ..train.health import probe, update_ratios, weight_matrices
 
 # Rules of thumb, with the fix each suggests.
@@ -25,6 +30,53 @@ COLLAPSED_ENTROPY = 0.02    # each query on exactly one key
 UPDATE_TOO_LARGE = -2.0     # log10 update / weight; about -3 is healthy (Karpathy, makemore part 3)
 UPDATE_TOO_SMALL = -4.5
 GRAD_TOO_LARGE = 0.0        # log10 grad / weight above 0: gradients larger than the weights
+
+
+@dataclass
+class DiagnoseOptions:
+    """What ``tinygpt diagnose`` probes a model with."""
+    previous: str | None = opt(None, "earlier weights of the same model (best, last or a .safetensors path), for "
+                                     "update-to-weight ratios", metavar="WEIGHTS")
+    data: str | None = like(TextOptions, "data", shown="the run's own training data")
+    batches: int = opt(4, "probe batches averaged")
+    batch_size: int = like(TrainConfig, "batch_size", 8)
+
+    def __post_init__(self) -> None:
+        if self.batches < 1 or self.batch_size < 1:
+            raise TinyGPTError("--batches and --batch-size must be at least 1")
+
+
+@dataclass
+class Diagnosis:
+    """A model's health: what was measured, the problems judged from it, what training recorded."""
+    name: str
+    result: dict
+    problems: list[str]
+    recorded: list[dict] = field(default_factory=list)   # the run's diagnostics.jsonl (--diagnostics N)
+
+
+def diagnose_model(lm: TinyGPT, name: str, source: str | Path, opts: DiagnoseOptions, log=print) -> Diagnosis:
+    """Probe ``lm`` (loaded from ``source``) with ``opts``: its run's own training data unless
+    ``--data`` names a text, update ratios against ``--previous`` weights, and judge it
+    together with what the run recorded while training."""
+    run = RunDir(source) if RunDir.is_run(source) else None
+    previous = previous_weights(lm, run, opts.previous)
+    batches = probe_batches(lm, run, opts.data, opts.batches, opts.batch_size, log=log)
+    result = diagnose(lm, batches, previous)
+    recorded = run.read_diagnostics(notice=log) if run else []
+    return Diagnosis(name, result, judge(result, recorded), recorded)
+
+
+def previous_weights(lm: TinyGPT, run: RunDir | None, previous: str | None) -> dict[str, torch.Tensor] | None:
+    """The ``--previous`` weights, on ``lm``'s device: a run's 'best' or 'last', or a
+    .safetensors file; None when none were asked for."""
+    if previous is None:
+        return None
+    path = run.weights_path(previous) if run is not None and previous in ("best", "last") else Path(previous)
+    if not path.is_file():
+        raise TinyGPTError(f"--previous {previous}: no weights file at {path}; give best, last or a "
+                           ".safetensors path")
+    return {k: v.to(lm.device) for k, v in load_weights(path).items()}
 
 
 def probe_batches(lm: TinyGPT, run: RunDir | None, data: str | None, n: int, batch_size: int,

@@ -17,9 +17,21 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..checkpoint import atomic_path
+from ..run import RunDir
 
 MAX_LABELS = 64  # tick labels per axis before they are thinned (every k-th token)
 CMAP = "viridis"  # perceptually uniform: equal steps of weight look like equal steps of colour
+
+
+def folder(kind: str, out: str | Path | None = None, model: str | Path | None = None) -> Path:
+    """Where pictures of ``kind`` ('attention', or 'plots' for training health and curves)
+    go: ``out`` when given, else the run's own folder of that kind when ``model`` is a run,
+    else ``./kind``."""
+    if out is not None:
+        return Path(out)
+    if model is not None and RunDir.is_run(model):
+        return RunDir(model).pictures_dir(kind)
+    return Path(kind)
 
 
 def save(fig: Figure, path: str | Path) -> Path:

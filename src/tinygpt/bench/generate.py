@@ -1,7 +1,7 @@
 """``tinygpt bench generate``: decoding tokens/s against transformers and llama.cpp on the same weights.
 
-A GPT-2-small-shaped model (random weights, seeded) generates ``new_tokens`` greedy tokens
-after a ``prompt``-token prompt, for each batch size, in each engine: tinygpt with fp32
+A GPT-2-small-shaped model (random weights, seeded) generates ``max_new_tokens`` greedy
+tokens after a ``prompt_tokens``-token prompt, for each batch size, in each engine: tinygpt with fp32
 and bf16 weights; ``transformers`` ``generate`` on the same weights (fp32, bf16) when it is
 installed; llama.cpp through ``llama-cpp-python`` on our own GGUF export (f32, f16, q8_0;
 batch 1) when that is installed. Rounds alternate between engines; each figure is the
@@ -14,30 +14,50 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from ..checkpoint import weight_tensors
+from ..config import like, opt, parse_ints, parse_names
+from ..errors import TinyGPTError
+from ..eval.suite import EvalOptions
+from ..generation import GenerationConfig
 from ..model import GPT, GPTConfig
 
 Engine = Callable[[torch.Tensor, int], int]  # (prompts (B, T), new tokens) -> tokens generated
 
 
+ENGINES = ("tinygpt", "transformers", "llama.cpp")
+
+
 @dataclass
 class GenerateBench:
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    block_size: int = 1024
-    vocab_size: int = 50257
-    prompt: int = 64
-    new_tokens: int = 256
-    batches: tuple[int, ...] = (1, 8)
-    rounds: int = 3
-    engines: tuple[str, ...] = field(default=("tinygpt", "transformers", "llama.cpp"))
+    n_layer: int = like(GPTConfig, "n_layer", 12)  # GPT-2 small
+    n_head: int = like(GPTConfig, "n_head", 12)
+    n_embd: int = like(GPTConfig, "n_embd", 768)
+    block_size: int = like(GPTConfig, "block_size", 1024)
+    vocab_size: int = opt(50257, "vocabulary size of the random model (GPT-2's)")
+    prompt_tokens: int = like(EvalOptions, "prompt_tokens", 64, aliases=("--prompt",))
+    max_new_tokens: int = like(GenerationConfig, "max_new_tokens", 256, aliases=("--new-tokens",))
+    batch_sizes: tuple[int, ...] = opt((1, 8), "batch sizes, comma-separated", parse=parse_ints,
+                                       aliases=("--batches",))
+    rounds: int = opt(3, "rounds alternating between the contenders (each figure is the median or best of them)")
+    engines: tuple[str, ...] = opt(ENGINES, f"engines to compare, comma-separated ({', '.join(ENGINES)})",
+                                   parse=parse_names)
+
+    def __post_init__(self) -> None:
+        self.batch_sizes, self.engines = parse_ints(self.batch_sizes), parse_names(self.engines)
+        unknown = set(self.engines) - set(ENGINES)
+        if unknown:
+            raise TinyGPTError(f"unknown engine {sorted(unknown)[0]!r}; choose from: {', '.join(ENGINES)}")
+        for name in ("rounds", "prompt_tokens", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise TinyGPTError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise TinyGPTError("--batch-sizes needs one or more positive batch sizes such as 1,8")
 
 
 def _model(b: GenerateBench) -> GPT:
@@ -162,14 +182,14 @@ def run(b: GenerateBench, log: Callable[[str], None] = print) -> list[tuple[str,
                     engines[f"llama.cpp {kind}"] = e
         g = torch.Generator().manual_seed(0)
         results: dict[tuple[str, int], list[float]] = {}
-        for batch in b.batches:
-            prompts = torch.randint(0, b.vocab_size, (batch, b.prompt), generator=g)
+        for batch in b.batch_sizes:
+            prompts = torch.randint(0, b.vocab_size, (batch, b.prompt_tokens), generator=g)
             for e in engines.values():  # warm-up: allocations, first-call paths
                 e(prompts, 4)
             for _ in range(b.rounds):
                 for name, e in engines.items():
                     t = time.perf_counter()
-                    n = e(prompts, b.new_tokens)
+                    n = e(prompts, b.max_new_tokens)
                     if n:
                         results.setdefault((name, batch), []).append(n / (time.perf_counter() - t))
     rows = [(name, batch, statistics.median(v)) for (name, batch), v in results.items()]
@@ -180,15 +200,16 @@ def run(b: GenerateBench, log: Callable[[str], None] = print) -> list[tuple[str,
 def _report(b: GenerateBench, model: GPT, rows: list[tuple[str, int, float]], log: Callable[[str], None]) -> None:
     speed = {(n, bs): v for n, bs, v in rows}
     names = list(dict.fromkeys(n for n, _, _ in rows))
-    log(f"greedy decoding, prompt {b.prompt}, {b.new_tokens} new tokens, {model.num_params() / 1e6:.0f}M-parameter "
-        f"GPT-2-shaped model, {torch.get_num_threads()} threads; tokens/s, median of {b.rounds} rounds")
-    log(f"{'engine':<20}" + "".join(f"{'batch ' + str(bs):>12}" for bs in b.batches))
+    log(f"greedy decoding, prompt {b.prompt_tokens}, {b.max_new_tokens} new tokens, "
+        f"{model.num_params() / 1e6:.0f}M-parameter GPT-2-shaped model, {torch.get_num_threads()} threads; "
+        f"tokens/s, median of {b.rounds} rounds")
+    log(f"{'engine':<20}" + "".join(f"{'batch ' + str(bs):>12}" for bs in b.batch_sizes))
     for n in names:
         log(f"{n:<20}" + "".join(f"{speed[(n, bs)]:>12.1f}" if (n, bs) in speed else f"{'-':>12}"
-                                 for bs in b.batches))
+                                 for bs in b.batch_sizes))
     pairs = [("tinygpt fp32", "llama.cpp f32"), ("tinygpt bf16", "llama.cpp f16"),
              ("tinygpt bf16", "transformers bf16"), ("tinygpt fp32", "transformers fp32")]
-    for bs in b.batches:
+    for bs in b.batch_sizes:
         for a, c in pairs:
             if (a, bs) in speed and (c, bs) in speed:
                 log(f"batch {bs}: {a} / {c} = {speed[(a, bs)] / speed[(c, bs)]:.2f}")

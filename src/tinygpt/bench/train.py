@@ -26,27 +26,55 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import layered
+from ..config import Alias, layered, like, opt
 from ..data import Batches
-from ..device import fastest, resolve_device, resolve_dtype, seed_everything, timed
+from ..device import RuntimeConfig, dtype_candidates, fastest, resolve_device, resolve_dtype, seed_everything, timed
+from ..errors import TinyGPTError
 from ..model import GPT, GPTConfig
-from ..presets import get_preset
+from ..presets import get_preset, resolve_preset
+from ..train.config import TrainConfig
+from .generate import GenerateBench
 
 VOCAB = 65  # a character vocabulary the size of Shakespeare's
 
 
+def _several_as_auto(dtypes: str) -> str:
+    # --dtypes fp32,bf16 (the old default) compared every format this device has: --dtype auto now.
+    return "auto" if "," in dtypes else dtypes
+
+
 @dataclass
 class TrainBench:
-    preset: str = "baby"
-    batch_size: int = 16
-    dtypes: tuple[str, ...] = ("fp32", "bf16")
-    device: str = "auto"
-    steps: int = 4          # timed steps per engine per round
-    rounds: int = 2
-    warmup: int = 2
-    reference: bool = True  # the nanoGPT-style fp32 loop
-    loop_steps: int = 12    # steps of the `tinygpt train` run (0: skip it)
-    compile: bool = False
+    preset: str = like(TrainConfig, "preset", "baby")
+    batch_size: int = like(TrainConfig, "batch_size", 16)
+    device: str = like(RuntimeConfig, "device")
+    dtype: str = like(RuntimeConfig, "dtype", aliases=(Alias("--dtypes", convert=_several_as_auto),),
+                      shown="auto: every format this device could pick, side by side")
+    steps: int = opt(4, "timed steps per engine per round")
+    rounds: int = like(GenerateBench, "rounds", 2)
+    warmup: int = opt(2, "untimed steps first (allocations, first-call paths)")
+    reference: bool = opt(True, "also time a plain nanoGPT-style fp32 loop of the same shape",
+                          aliases=(Alias("--no-reference", const="false"),))
+    loop_steps: int = opt(12, "steps of a real tinygpt train run, to measure what the loop around a step costs "
+                              "(0: skip it)")
+    compile: bool = like(TrainConfig, "compile")
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "steps", "rounds", "warmup"):
+            if getattr(self, name) < 1:
+                raise TinyGPTError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.loop_steps < 0:
+            raise TinyGPTError(f"--loop-steps must be 0 or more, got {self.loop_steps}")
+
+    @property
+    def resolved_preset(self) -> str:
+        """The preset measured (``auto``: the one tinygpt train picks for this device)."""
+        return resolve_preset(self.preset, resolve_device(self.device).type)
+
+    @property
+    def dtypes(self) -> tuple[str, ...]:
+        """The formats measured: each one ``--dtype auto`` could pick here, or the one named."""
+        return dtype_candidates(resolve_device(self.device)) if self.dtype == "auto" else (self.dtype,)
 
 
 @dataclass
@@ -185,7 +213,7 @@ def _reference_step(config: GPTConfig, batches: Batches,
 def _config(b: TrainBench, dtype: str):
     from ..train import RunConfig
 
-    return layered(RunConfig, get_preset(b.preset).layer(),
+    return layered(RunConfig, get_preset(b.resolved_preset).layer(),
                    {"model": {"vocab_size": VOCAB}, "train": {"batch_size": b.batch_size, "max_steps": 10**9,
                                                              "compile": b.compile},
                     "runtime": {"device": b.device, "dtype": dtype}})
@@ -208,7 +236,7 @@ def _loop_vs_bare(b: TrainBench, dtype: str, directory: Path) -> tuple[float, fl
     (directory / "text.txt").write_text("".join(rng.choice(letters[:VOCAB], 400_000)))
     run = directory / "run"
     # What `tinygpt train` runs: the library's Session, with its own callbacks.
-    Session.start({"data": str(directory / "text.txt"), "preset": b.preset, "out": str(run),
+    Session.start({"data": str(directory / "text.txt"), "preset": b.resolved_preset, "out": str(run),
                    "batch_size": b.batch_size, "max_steps": b.loop_steps, "dtype": dtype, "device": b.device,
                    "compile": b.compile, "sample_tokens": 0}, log=lambda _: None).fit()
     records = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
@@ -278,11 +306,12 @@ def run(b: TrainBench, log: Callable[[str], None] = print) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             for name in b.dtypes:
                 loop[name] = _loop_vs_bare(b, name, Path(tmp) / name)
-    report = {"preset": b.preset, "params": model.num_params(),
+    report = {"preset": b.resolved_preset, "params": model.num_params(),
               "tokens_per_step": tokens_per_step, "device": str(device), "threads": torch.get_num_threads(),
               "flops_per_token": flops_per_token, "matmul_peak_flops": peaks,
               "results": [asdict(r) for r in results],
-              "train_loop_step_s": loop, "bench": asdict(b)}  # loop: dtype -> (loop step, bare step, in-run overhead)
+              # loop: dtype -> (loop step, bare step, in-run overhead)
+              "train_loop_step_s": loop, "bench": {**asdict(b), "dtypes": list(b.dtypes)}}
     _print(report, log)
     return report
 

@@ -1,8 +1,10 @@
 """The ``tinygpt`` command line: one thin module per command.
 
-Each command module has ``add_parser(subparsers)`` and a ``run(args) -> int``; options come
-from the library's config dataclasses, and the work from the library. This module wires
-them up and turns user errors (``TinyGPTError``) into one-line messages.
+Each command module has ``add_parser(subparsers)``, which declares the command as one
+dataclass composed of the library's shared option sections (``config.add_command``), and a
+``run(command) -> int`` that calls the library and prints. No command module imports
+another. This module wires them up, applies ``--threads`` before any command starts, and
+turns user errors (``TinyGPTError``) into one-line messages.
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
 
             return harness.run(argv[1:])
         args = build_parser().parse_args(argv)
+        if getattr(args, "threads", None) is not None:  # first, so that whatever is measured runs with them
+            from ..config import from_dict
+            from ..device import RuntimeConfig, use_threads
+
+            use_threads(from_dict(RuntimeConfig, {"threads": args.threads}).threads)
         return args.func(args)
     except TinyGPTError as e:
         print(f"error: {e}", file=sys.stderr)

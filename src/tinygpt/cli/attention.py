@@ -2,84 +2,62 @@
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
+import json
+from dataclasses import dataclass, field
 
-from .common import add_checkpoint_option, log
+from ..analysis import attention
+from ..analysis.source import titled_model
+from ..checkpoint import atomic_write_text
+from ..config import add_command, section
+from ..console import log
+from ..device import RuntimeConfig
+from ..options import OutputOptions
+from ..source import ModelSource
 
-DEFAULT_TEXT = "The cat sat on the mat. It was fluffy."
+
+@dataclass
+class AttentionCommand:
+    look: attention.AttentionOptions = field(default_factory=attention.AttentionOptions)
+    source: ModelSource = section(ModelSource, only=("checkpoint",))
+    runtime: RuntimeConfig = section(RuntimeConfig, dtype="fp32", seed=0)  # the same untrained weights each time
+    output: OutputOptions = section(OutputOptions, only=("out", "json", "show"),
+                                    shown={"out": "MODEL/attention for a run, else ./attention"})
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "attention", help="draw and report a model's attention on a text",
-        description="Capture the attention weights of every layer and head for a text and draw them: one head, "
-                    "each layer's heads, all heads, attention rollout and entropy per head (PNGs); print the "
-                    "most-attended tokens and the heads' roles (previous token, first token, self, induction).")
-    p.add_argument("model", metavar="MODEL", nargs="?",
-                   help="run directory, Hugging Face GPT-2 name or directory (or use --preset NAME --untrained)")
-    p.add_argument("--text", default=DEFAULT_TEXT, help=f"the text to look at (default: {DEFAULT_TEXT!r})")
-    add_checkpoint_option(p)
-    p.add_argument("--preset", help="with --untrained: random weights of this preset's shape")
-    p.add_argument("--untrained", action="store_true",
-                   help="random weights (MODEL's or --preset's shape), to compare a trained model against")
-    p.add_argument("--seed", type=int, default=0, help="seed of --untrained weights and of the induction test")
-    p.add_argument("--layer", type=int, help="the layer to draw (default: every layer's grid)")
-    p.add_argument("--head", type=int, help="also draw this head of --layer (default layer 0) on its own, labelled")
-    p.add_argument("--top-k", type=int, default=3, help="most-attended tokens listed per token (default 3)")
-    p.add_argument("--residual", type=float, default=0.5,
-                   help="rollout: weight of the residual stream mixed into each layer (0: attention alone)")
-    p.add_argument("--compare", nargs=2, metavar=("MODEL_A", "MODEL_B"),
-                   help="draw --layer/--head (default 0/0) of two models side by side")
-    p.add_argument("--out", help="folder for the pictures (default: RUN/attention, else ./attention)")
-    p.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
-    p.add_argument("--show", action="store_true", help="open the pictures in windows as well")
-    p.set_defaults(func=run)
+    add_command(sub, "attention", AttentionCommand, run, help="draw and report a model's attention on a text",
+                description="Capture the attention weights of every layer and head for a text and draw them: one "
+                            "head, each layer's heads, all heads, attention rollout and entropy per head (PNGs); "
+                            "print the most-attended tokens and the heads' roles (previous token, first token, "
+                            "self, induction). MODEL may be left out for --preset NAME --untrained or --compare.")
 
 
-def run(args: argparse.Namespace) -> int:
-    import json
+def run(cmd: AttentionCommand) -> int:
+    from ..analysis import pictures  # matplotlib: only when drawing
 
-    from ..analysis import attention, pictures, source
-    from ..checkpoint import atomic_write_text
-    from ..errors import TinyGPTError
-    from ..run import RunDir
-
-    if not args.text:
-        raise TinyGPTError("the --text is empty; give the text whose attention to show")
-    if args.top_k < 1:
-        raise TinyGPTError(f"--top-k must be at least 1, got {args.top_k}")
-    if args.compare:
-        if args.model or args.preset:
-            raise TinyGPTError("--compare takes its two models itself; drop MODEL / --preset")
+    o, rt = cmd.look, cmd.runtime
+    loading = dict(checkpoint=cmd.source.checkpoint, device=rt.device, dtype=rt.dtype)
+    if o.compare:
         atts = []
-        for m in args.compare:
-            lm, name = source.open_model(m, checkpoint=args.checkpoint)
-            atts.append(attention.capture(lm, args.text, name))
-        out = Path(args.out or "attention")
-        path = attention.compare(*atts, out, args.layer or 0, args.head or 0)
+        for m in o.compare:
+            lm, name = titled_model(m, **loading)
+            atts.append(attention.capture(lm, o.text, name))
+        path = attention.compare(*atts, pictures.folder("attention", cmd.output.out), o.layer or 0, o.head or 0)
         log(f"wrote {path}")
-        if args.show:
+        if cmd.output.show:
             pictures.show(path)
         return 0
-    lm, name = source.open_model(args.model, checkpoint=args.checkpoint, preset=args.preset,
-                                 untrained=args.untrained, seed=args.seed, text=args.text)
-    att = attention.capture(lm, args.text, name)
-    result = attention.analyse(lm, att, k=args.top_k, layer=args.layer)
-    if args.out:
-        out = Path(args.out)
-    elif args.model and RunDir.is_run(args.model) and not args.untrained:
-        out = RunDir(args.model).pictures_dir("attention")
-    else:
-        out = Path("attention")
-    paths = attention.draw(att, out, layer=args.layer, head=args.head, residual=args.residual,
-                           heads=result["heads"])
+    lm, name = titled_model(o.model, preset=o.preset, untrained=o.untrained, seed=rt.seed, text=o.text, **loading)
+    att = attention.capture(lm, o.text, name)
+    result = attention.analyse(lm, att, k=o.top_tokens, layer=o.layer, seed=rt.seed)
+    out = pictures.folder("attention", cmd.output.out, None if o.untrained else o.model)
+    paths = attention.draw(att, out, layer=o.layer, head=o.head, residual=o.residual, heads=result["heads"])
     print(attention.format_report(result))
     for p in paths:
         log(f"wrote {p}")
-    if args.json:
-        atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
-    if args.show:
+    if cmd.output.json:
+        atomic_write_text(cmd.output.json, json.dumps(result, indent=1) + "\n")
+    if cmd.output.show:
         for p in paths:
             pictures.show(p)
     return 0

@@ -2,50 +2,38 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass, field
 
-from ..config import add_arguments, cli_values, from_dict, opt, replace, section
+from ..config import add_command, replace, section
+from ..console import log
 from ..data import instruct as ins
 from ..device import RuntimeConfig
 from ..generation import GenerationConfig, load
-from .common import log
-from .sample import instruct_template
-
-
-@dataclass
-class ChatOptions:
-    system: str | None = opt(None, "a system message that opens the conversation")
-    template: str | None = opt(None, "prompt template (default: the one the run was fine-tuned with, else alpaca)",
-                               choices=tuple(ins.TEMPLATES))
-    checkpoint: str = opt("best", "which weights: best (lowest val loss), last, or a .safetensors path")
+from ..source import ModelSource
 
 
 @dataclass
 class ChatCommand:
-    chat: ChatOptions = field(default_factory=ChatOptions)
+    source: ModelSource = field(default_factory=ModelSource)
+    layout: ins.InstructOptions = field(default_factory=ins.InstructOptions)
     generation: GenerationConfig = section(GenerationConfig, max_new_tokens=256)
     runtime: RuntimeConfig = section(RuntimeConfig, dtype="fp32")
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("chat", help="talk to an instruction-tuned run",
-                       description="A conversation with RUN: each line you type is a user message; the reply is "
-                                   "generated from the whole conversation laid out in the run's prompt template, "
-                                   "and ends at the end-of-text token. /reset starts over; an empty line, "
-                                   "Ctrl+D or /quit ends.")
-    p.add_argument("run", metavar="RUN", help="a fine-tuned run (or any model tinygpt sample takes)")
-    add_arguments(p, ChatCommand)
-    p.set_defaults(func=run)
+    add_command(sub, "chat", ChatCommand, run, help="talk to an instruction-tuned run",
+                description="A conversation with MODEL (a fine-tuned run, or any model tinygpt sample takes): "
+                            "each line you type is a user message; the reply is generated from the whole "
+                            "conversation laid out in the run's prompt template, and ends at the end-of-text "
+                            "token. /reset starts over; an empty line, Ctrl+D or /quit ends.")
 
 
-def run(args: argparse.Namespace) -> int:
-    cmd = from_dict(ChatCommand, cli_values(ChatCommand, args))
-    lm = load(args.run, checkpoint=cmd.chat.checkpoint, device=cmd.runtime.device, dtype=cmd.runtime.dtype)
-    template = instruct_template(lm.config, cmd.chat.template)
+def run(cmd: ChatCommand) -> int:
+    lm = load(cmd.source.model, checkpoint=cmd.source.checkpoint, device=cmd.runtime.device, dtype=cmd.runtime.dtype)
+    template = ins.run_template(lm.config, cmd.layout.template)
     generation = replace(cmd.generation, {"stop": cmd.generation.stop + ins.stop_strings(template, lm.tokenizer)})
-    opening = [{"role": "system", "content": cmd.chat.system}] if cmd.chat.system else []
+    opening = [{"role": "system", "content": cmd.layout.system}] if cmd.layout.system else []
     messages = list(opening)
     log(f"{lm.checkpoint} | {template} template | /reset starts over, an empty line ends")
     turn = 0

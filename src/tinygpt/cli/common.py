@@ -1,13 +1,7 @@
-"""What every command shares."""
+"""What ``tinygpt train`` and ``tinygpt finetune`` still import from here; the other commands
+take ``log`` from :mod:`tinygpt.console` (no cli module imports another). These two move to
+it when they adopt the shared option sections."""
 
-import sys
+from ..console import log
 
-
-def add_checkpoint_option(parser) -> None:
-    """``--checkpoint``: which of a run's weights a command reads."""
-    parser.add_argument("--checkpoint", default="best", help="a run's weights: best, last, or a .safetensors path")
-
-
-def log(message: str) -> None:
-    """Progress and facts go to stderr, so stdout carries only the text a command produces."""
-    print(message, file=sys.stderr, flush=True)
+__all__ = ["log"]

@@ -7,15 +7,23 @@ Everything after ``lm-eval`` goes to the harness unchanged, e.g.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
+
+from ..config import add_command
 
 COMMAND = "lm-eval"
+
+
+@dataclass
+class LmEvalCommand:
+    """No options of tinygpt's own: every argument after ``lm-eval`` is the harness's."""
 
 
 def add_parser(sub) -> None:
     # Listed for `tinygpt --help`; main() hands the arguments over before argparse sees them,
     # since argparse cannot pass options it does not know through a subcommand.
-    sub.add_parser(COMMAND, help="run EleutherAI's lm-evaluation-harness with tinygpt models (--model tinygpt)",
-                   add_help=False)
+    add_command(sub, COMMAND, LmEvalCommand, lambda cmd: run([]), add_help=False,
+                help="run EleutherAI's lm-evaluation-harness with tinygpt models (--model tinygpt)")
 
 
 def run(argv: list[str]) -> int:

@@ -66,6 +66,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..config import opt
 from ..errors import TinyGPTError
 from ..model import IGNORE_INDEX
 from ..tokenizer import Tokenizer, some_chars
@@ -291,6 +292,20 @@ def render(template: str | Template, example: Example) -> list[tuple[str, bool]]
         segments += [(prompt, False), (turn.assistant + t.close, True)]
         prompt = ""
     return segments
+
+
+@dataclass
+class InstructOptions:
+    """How instructions are laid out for a model: declared once for ``sample --instruct`` and ``chat``."""
+    template: str | None = opt(None, "the prompt template instructions are laid out in (none: the one the model "
+                                     "was fine-tuned with, else alpaca)", choices=tuple(TEMPLATES))
+    system: str | None = opt(None, "a system message that opens the conversation")
+
+
+def run_template(run_config: dict, given: str | None = None) -> str:
+    """The template to lay instructions out in for a model: ``given``, else the one its
+    fine-tune was trained with (``run_config``: its config.json), else the default."""
+    return given or run_config.get("finetune", {}).get("template") or DEFAULT_TEMPLATE
 
 
 def response_end(tokenizer: Tokenizer) -> str:

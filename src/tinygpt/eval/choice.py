@@ -253,7 +253,7 @@ def multiple_choice(lm: TinyGPT, questions: Sequence[Question], protocol: str = 
 
 def evaluate(source: str, questions: Sequence[Question], where: str, *, lm: TinyGPT | None = None,
              protocol: str = "harness", batch_size: int = 16, checkpoint: str = "best", device: str = "auto",
-             progress: bool = True) -> tuple[dict, ChoiceScore]:
+             dtype: str = "fp32", progress: bool = True) -> tuple[dict, ChoiceScore]:
     """:func:`multiple_choice` of the model at ``source`` on ``questions`` (from
     :func:`read_questions` with the same ``protocol``; ``where`` names them), as one row
     (kept in a run's eval.json) and the full score."""
@@ -261,9 +261,9 @@ def evaluate(source: str, questions: Sequence[Question], where: str, *, lm: Tiny
 
     from tqdm import tqdm
 
-    from .report import keep, model_row, open_model
+    from .report import given_or_loaded, keep, model_row
 
-    lm = open_model(source, lm, checkpoint=checkpoint, device=device)
+    lm = given_or_loaded(source, lm, checkpoint=checkpoint, device=device, dtype=dtype)
     started = time.perf_counter()
     with tqdm(total=sum(len(q.endings) for q in questions), desc=Path(source).name, unit="ending", leave=False,
               disable=None if progress else True) as bar:

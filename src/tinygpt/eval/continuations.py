@@ -2,7 +2,7 @@
 follows: corpus BLEU (sacrebleu) and ROUGE-1/2/L F-measure (rouge-score), both 0-100.
 
 ``n`` passages are picked from the text at seeded random token offsets that never overlap.
-Each is ``prompt_tokens`` tokens of prompt and the ``new_tokens`` tokens after it, the
+Each is ``prompt_tokens`` tokens of prompt and the ``max_new_tokens`` tokens after it, the
 reference. Prompt and reference are cut from one encoding of the whole text and decoded
 slice by slice, so they split on a token boundary, and the model reads each prompt as
 those very tokens. The scores are computed by the libraries the field reports, not
@@ -73,21 +73,22 @@ def text_scores(generated: list[str], references: list[str]) -> dict[str, float]
 
 
 def score_continuations(lm: TinyGPT, text: str, n: int, *, prompt_tokens: int | None = None,
-                        new_tokens: int | None = None, seed: int = 0, batch_size: int = 16) -> GenerationScore:
+                        max_new_tokens: int | None = None, seed: int = 0, batch_size: int = 16) -> GenerationScore:
     """Greedy continuations of ``n`` prompts cut from ``text`` (see the module docstring),
     scored against what follows each in the text.
 
-    ``new_tokens`` defaults to 64 (or half the context, if smaller) and ``prompt_tokens``
-    to half the context, less where prompt and continuation would not fit in it together:
-    past the context the model would forget the start of its prompt while generating."""
+    ``max_new_tokens`` (all of them are generated: the end-of-text token stops nothing here)
+    defaults to 64 (or half the context, if smaller) and ``prompt_tokens`` to half the
+    context, less where prompt and continuation would not fit in it together: past the
+    context the model would forget the start of its prompt while generating."""
     if n < 1:
         raise TinyGPTError(f"--generate must be at least 1, got {n}")
     if batch_size < 1:
         raise TinyGPTError(f"--batch-size must be at least 1, got {batch_size}")
     block = lm.model.config.block_size
-    new_tokens = min(64, block // 2) if new_tokens is None else new_tokens
+    new_tokens = min(64, block // 2) if max_new_tokens is None else max_new_tokens
     if not 1 <= new_tokens < block:
-        raise TinyGPTError(f"--new-tokens must be between 1 and {block - 1} (the model's context, {block}, "
+        raise TinyGPTError(f"--max-new-tokens must be between 1 and {block - 1} (the model's context, {block}, "
                            f"less one token of prompt), got {new_tokens}")
     prompt_tokens = min(block // 2, block - new_tokens) if prompt_tokens is None else prompt_tokens
     if not 1 <= prompt_tokens <= block - new_tokens:
@@ -111,17 +112,17 @@ def score_continuations(lm: TinyGPT, text: str, n: int, *, prompt_tokens: int | 
 
 
 def evaluate(source: str, text: str, where: str, n: int, *, lm: TinyGPT | None = None, seed: int = 0,
-             prompt_tokens: int | None = None, new_tokens: int | None = None, batch_size: int = 16,
-             checkpoint: str = "best", device: str = "auto") -> tuple[dict, GenerationScore]:
+             prompt_tokens: int | None = None, max_new_tokens: int | None = None, batch_size: int = 16,
+             checkpoint: str = "best", device: str = "auto", dtype: str = "fp32") -> tuple[dict, GenerationScore]:
     """:func:`score_continuations` of the model at ``source`` as one row (kept in a run's
     eval.json, see :func:`~tinygpt.eval.report.keep`), and the full score with its examples."""
     import time
 
-    from .report import keep, model_row, open_model
+    from .report import given_or_loaded, keep, model_row
 
-    lm = open_model(source, lm, checkpoint=checkpoint, device=device)
+    lm = given_or_loaded(source, lm, checkpoint=checkpoint, device=device, dtype=dtype)
     started = time.perf_counter()
-    s = score_continuations(lm, text, n, prompt_tokens=prompt_tokens, new_tokens=new_tokens, seed=seed,
+    s = score_continuations(lm, text, n, prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens, seed=seed,
                             batch_size=batch_size)
     row = {**model_row(source, lm), "data": where, **s.to_row(), "seed": seed,
            "seconds": round(time.perf_counter() - started, 2)}

@@ -97,18 +97,19 @@ def score(lm: TinyGPT, ids: list[int], *, stride: int | None = None, batch_size:
 # ---------------------------------------------------------------------------- models and texts
 
 def evaluate(source: str, text: str, where: str, *, lm: TinyGPT | None = None, stride: int | None = None,
-             batch_size: int = 8, checkpoint: str = "best", device: str = "auto", progress: bool = True) -> dict:
+             batch_size: int = 8, checkpoint: str = "best", device: str = "auto",
+             dtype: str = "fp32", progress: bool = True) -> dict:
     """Score ``text`` (described by ``where``) with the model at ``source`` (a run, a Hugging
-    Face name or directory; ``lm`` if already loaded), in fp32; the result as one row. A run
+    Face name or directory; ``lm`` if already loaded), in ``dtype``; the result as one row. A run
     also keeps the row, with the time and library versions, in its eval.json."""
     import time
     from pathlib import Path
 
     from tqdm import tqdm
 
-    from .report import keep, model_row, open_model
+    from .report import given_or_loaded, keep, model_row
 
-    lm = open_model(source, lm, checkpoint=checkpoint, device=device)
+    lm = given_or_loaded(source, lm, checkpoint=checkpoint, device=device, dtype=dtype)
     ids = lm.tokenizer.encode(text)
     started = time.perf_counter()
     with tqdm(total=max(len(ids) - 1, 0), desc=Path(source).name, unit="tok", leave=False,

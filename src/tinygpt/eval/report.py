@@ -8,12 +8,13 @@ from pathlib import Path
 from ..generation import TinyGPT
 
 
-def open_model(source: str | Path, lm: TinyGPT | None = None, *, checkpoint: str = "best",
-               device: str = "auto") -> TinyGPT:
-    """``lm`` when the caller loaded it already, else the model at ``source`` in fp32."""
+def given_or_loaded(source: str | Path, lm: TinyGPT | None = None, *, checkpoint: str = "best",
+                    device: str = "auto", dtype: str = "fp32") -> TinyGPT:
+    """``lm`` when the caller loaded it already, else the model at ``source`` (in fp32 unless
+    asked otherwise: scores compare exactly)."""
     from ..generation import load
 
-    return lm if lm is not None else load(source, checkpoint=checkpoint, device=device, dtype="fp32")
+    return lm if lm is not None else load(source, checkpoint=checkpoint, device=device, dtype=dtype)
 
 
 def model_row(source: str | Path, lm: TinyGPT) -> dict:

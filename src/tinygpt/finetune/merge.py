@@ -10,7 +10,7 @@ from ..config import to_dict
 from ..errors import TinyGPTError
 from ..model import GPT
 from ..run import RunDir
-from ..source import open_model
+from ..source import open_source
 
 
 def merge_run(source: str | Path, out: str | Path | None = None, *, checkpoint: str = "best",
@@ -24,7 +24,7 @@ def merge_run(source: str | Path, out: str | Path | None = None, *, checkpoint: 
                            "--method lora run into full weights")
     out = Path(out) if out is not None else src.with_name(src.name + "-merged")
     RunDir.check_new(out, force=force)
-    opened = open_model(src, checkpoint)
+    opened = open_source(src, checkpoint)
     config, tensors = adapters.merge(opened.model)
     model = model_from_tensors(lambda: GPT(config), tensors, f"the merge of {src}")
     saved = dict(opened.config)

@@ -26,7 +26,7 @@ from ..errors import TinyGPTError
 from ..generation import GenerationConfig, TinyGPT
 from ..model import GPT
 from ..run import RunDir
-from ..source import base_record, open_base, open_model
+from ..source import base_record, open_base, open_source
 from ..train import Session, Trainer, resolve_run, resumed_run_config, run_dir
 from ..train.resolve import draw_seed
 from .config import DEFAULT_EPOCHS, METHOD_LR, FinetuneRun, FinetuneRunConfig
@@ -62,7 +62,7 @@ class FinetuneSession(Session):
                       {"runtime": {"seed": draw_seed(given.runtime.seed)}})
         path = run_dir(cfg.run, f"{Path(str(base).rstrip('/')).name}-{method}")
         RunDir.check_new(path, force=force)
-        opened = open_model(base, cfg.finetune.checkpoint)
+        opened = open_source(base, cfg.finetune.checkpoint)
         record = base_record(base, cfg.finetune.checkpoint, opened)
         base_shape = opened.model.config  # a soft prompt shortens the trained model's context; the base keeps its own
         model = cls._prepare_model(cfg, opened.model, opened.tokenizer)

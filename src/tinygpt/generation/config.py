@@ -29,7 +29,7 @@ class GenerationConfig:
     early_stopping: bool = opt(False, "beam search: stop once --beams hypotheses have ended")
     stop: list[str] = opt([], "stop when this text appears (it is not included)")
     stop_at_eot: bool = opt(True, "stop a sample at the tokenizer's end-of-text token, if it has one")
-    num_samples: int = opt(1, "how many samples to draw per prompt (sample i uses seed + i)")
+    num_samples: int = opt(1, "how many samples to draw (of each prompt, where there is one)")
     past_context: str = opt("exact", "past the context length: exact (re-read the last block each token, "
                                      "slow) or fast (keep the cache: RoPE evicts the oldest positions, "
                                      "learned positions re-read the last half block)", choices=("exact", "fast"))

@@ -12,7 +12,7 @@ from ..config import replace
 from ..device import fresh_seed, resolve_device, resolve_dtype
 from ..errors import TinyGPTError
 from ..model import GPT
-from ..source import open_model
+from ..source import open_source
 from ..tokenizer import Tokenizer
 from .beam import beam_search
 from .config import GenerationConfig
@@ -152,7 +152,7 @@ def load(source: str | Path, checkpoint: str = "best", device: str = "auto", dty
     .safetensors file. Weights are memory-mapped into a model built without init."""
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev, inference=True)
-    opened = open_model(source, checkpoint)
+    opened = open_source(source, checkpoint)
     # Weights held in the inference dtype (half the bytes to read per token in bf16/fp16),
     # not fp32 weights cast under autocast at every step.
     return TinyGPT(opened.model.to(dev, dt).eval(), opened.tokenizer, dev, dt, opened.config, opened.path,

@@ -5,7 +5,8 @@
   tiktoken's;
 - :func:`train_tokenizers` trains Hugging Face ``tokenizers``' BPE with the settings of
   :func:`.bpe_train.train`, so the merges can be compared one by one;
-- :func:`lesson` does both on one text: what ``tinygpt learn bpe`` prints.
+- :func:`lesson` does both on one text, and :func:`run_lesson` on the text a
+  :class:`BPELessonConfig` names: what ``tinygpt learn bpe`` prints.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from ..config import check_choices, like, opt
+from ..errors import TinyGPTError
+from ..options import TextOptions
 from ..tokenizer import (
     GPT2_EOT,
     GPT2_PAT_STR,
@@ -23,7 +27,37 @@ from ..tokenizer import (
     gpt2_files,
 )
 from .bpe import BPE, split_special
-from .bpe_train import train
+from .bpe_train import SPLITS, train
+
+# --split none rescans the whole text for every merge (~0.1 s per 100k characters on one
+# core), so by default it trains on the first 100k characters: ~1000 merges in ~15 s.
+BASIC_MAX_CHARS = 100_000
+
+
+@dataclass
+class BPELessonConfig:
+    """The text and settings ``tinygpt learn bpe`` trains on."""
+    data: str = like(TextOptions, "data", "shakespeare")
+    vocab_size: int = opt(1024, "ids in all: 256 bytes + merges + special tokens")
+    split: str = opt("gpt2", "gpt2: merge only inside the chunks of GPT-2's regex (words, numbers, ...); none: the "
+                             "lecture's basic tokenizer, merging across the whole text", choices=tuple(SPLITS))
+    special: list[str] = opt([], "a special token, cut out of the text and given its own id", metavar="TOKEN",
+                             shown=GPT2_EOT)
+    max_chars: int | None = like(TextOptions, "max_chars", shown=f"all with --split gpt2, {BASIC_MAX_CHARS} with "
+                                                                 "--split none, whose every merge rescans the text")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if self.max_chars is not None and self.max_chars < 1:
+            raise TinyGPTError(f"--max-chars must be a positive number of characters, got {self.max_chars}")
+
+    @property
+    def chars_to_read(self) -> int | None:
+        return self.max_chars if self.max_chars is not None else BASIC_MAX_CHARS if self.split == "none" else None
+
+    @property
+    def special_tokens(self) -> list[str]:
+        return self.special or [GPT2_EOT]
 
 # ---------------------------------------------------------------------------- GPT-2's merges
 
@@ -108,6 +142,14 @@ class Lesson:
     @property
     def agree(self) -> int:
         return agreeing_prefix(self.merges, self.library_merges)
+
+
+def run_lesson(cfg: BPELessonConfig, log: Callable[[str], None] | None = None) -> Lesson:
+    """:func:`lesson` on the text ``cfg`` names, with its settings."""
+    from ..data.files import read_text
+
+    text = read_text(cfg.data, max_chars=cfg.chars_to_read, log=log)
+    return lesson(text, cfg.vocab_size, cfg.split, cfg.special_tokens, log=log)
 
 
 def lesson(text: str, vocab_size: int, split: str = "gpt2", special_tokens: Sequence[str] = (GPT2_EOT,),

@@ -1,8 +1,8 @@
 """One makemore rung from words to table row: read and split the words, build the model,
 train it, score every split, sample new words, draw its pictures, add its row to the ladder.
 
-:class:`MakemoreConfig` holds every setting; a setting left as None takes the rung's own
-default from :data:`DEFAULTS` (sizes that run in well under a minute on two CPU cores).
+:class:`~.config.MakemoreConfig` holds every setting (a setting left as None takes the
+rung's own default); :func:`run` runs one rung.
 """
 
 from __future__ import annotations
@@ -17,78 +17,12 @@ import torch
 from ...data.words import WordVocab, context_windows, read_words, split_words, word_rows
 from ...errors import TinyGPTError
 from . import bigram, diagnostics, ladder, models, train
+from .config import ALL, MakemoreConfig
 from .gpt import WordGPT
 from .manual import ManualMLP
 
-RUNGS = ("bigram", "mlp", "mlp-bn", "wavenet", "gpt")
-BACKWARDS = ("autograd", "manual")
-
-# Per rung: model shape and training. The MLP and WaveNet shapes are the lectures'; steps
-# and batch sizes are cut to fit a minute on a laptop CPU (the lectures ran 200k steps).
-DEFAULTS: dict[str, dict] = {
-    "bigram": dict(block_size=1, steps=500, lr=50.0, batch_size=0),
-    "mlp": dict(block_size=3, n_embd=10, n_hidden=200, layers=1, steps=30000, batch_size=64, lr=0.1),
-    # BatchNorm keeps every layer's statistics in place, so it takes twice the MLP's rate.
-    "mlp-bn": dict(block_size=3, n_embd=10, n_hidden=128, layers=3, steps=20000, batch_size=64, lr=0.2),
-    "mlp-bn/manual": dict(block_size=3, n_embd=10, n_hidden=200, layers=1, steps=30000, batch_size=64, lr=0.1),
-    "wavenet": dict(block_size=8, n_embd=24, n_hidden=128, steps=12000, batch_size=128, lr=0.1),
-    "gpt": dict(n_layer=2, n_head=4, n_embd=64, steps=4000, batch_size=64, lr=1e-2),
-}
 SMOOTHING = 1.0  # the count bigram's add-one smoothing
 L2 = 0.01        # the neural bigram's weight penalty: its counterpart
-
-
-@dataclass
-class MakemoreConfig:
-    model: str = "mlp"
-    data: str = "names"
-    steps: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    block_size: int | None = None
-    n_embd: int | None = None
-    n_hidden: int | None = None
-    layers: int | None = None
-    n_layer: int | None = None
-    n_head: int | None = None
-    backward: str = "autograd"
-    samples: int = 20
-    seed: int = 42
-    out: str = "makemore"
-
-    def __post_init__(self) -> None:
-        if self.model not in RUNGS:
-            raise TinyGPTError(f"unknown makemore model {self.model!r}; choose one of: {', '.join(RUNGS)}")
-        if self.backward not in BACKWARDS:
-            raise TinyGPTError(f"--backward must be autograd or manual, got {self.backward!r}")
-        if self.backward == "manual":
-            if self.model != "mlp-bn":
-                raise TinyGPTError("--backward manual is the hand-written backward of the BatchNorm MLP; "
-                                   "use it with --model mlp-bn")
-            if self.layers not in (None, 1):
-                raise TinyGPTError("--backward manual is written for one hidden layer (the lecture's model); "
-                                   "drop --layers or pass --layers 1")
-        for name in ("steps", "batch_size", "block_size", "n_embd", "n_hidden", "layers", "n_layer", "n_head"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise TinyGPTError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        block = self.setting("block_size")
-        if self.model == "wavenet" and (block < 2 or block & (block - 1)):
-            raise TinyGPTError(f"wavenet fuses characters in pairs, so --block-size must be a power of two "
-                               f"(2, 4, 8, 16, ...), got {block}")
-        if self.lr is not None and not self.lr > 0:
-            raise TinyGPTError(f"--lr must be positive, got {self.lr}")
-        if self.samples < 0:
-            raise TinyGPTError(f"--samples must be 0 or more, got {self.samples}")
-
-    @property
-    def key(self) -> str:
-        return f"{self.model}/manual" if self.backward == "manual" else self.model
-
-    def setting(self, name: str):
-        """The given value of ``name``, else the rung's default."""
-        value = getattr(self, name)
-        return DEFAULTS[self.key].get(name) if value is None else value
 
 
 @dataclass
@@ -109,6 +43,8 @@ class RungResult:
 
 def run(cfg: MakemoreConfig, log: Callable[[str], None] = lambda _: None) -> tuple[list[RungResult], list[Path]]:
     """Train and score the rung; returns its results (two for the bigram) and the ladder's files."""
+    if cfg.model == ALL:
+        raise TinyGPTError("run one rung at a time: MakemoreConfig.rungs() gives each rung's config")
     words = read_words(cfg.data, log)
     splits = split_words(words, seed=cfg.seed)
     vocab = WordVocab.from_words(words)
@@ -123,7 +59,7 @@ def run(cfg: MakemoreConfig, log: Callable[[str], None] = lambda _: None) -> tup
         trained = [_window(cfg, splits, vocab, out, log)]
     data = cfg.data if cfg.data == "names" else str(Path(cfg.data).expanduser().resolve())
     for result, model in trained:
-        result.samples = _sample(model, vocab, cfg.samples, cfg.seed)
+        result.samples = _sample(model, vocab, cfg.num_samples, cfg.seed)
     results = [result for result, _ in trained]
     return results, list(ladder.add_rows(out, data, [r.row() for r in results]))
 
@@ -148,7 +84,7 @@ def _bigrams(cfg, splits, vocab, out, log) -> list[tuple[RungResult, object]]:
                                                f"bigram counts of {len(splits.train):,} training words"))
     net = bigram.NeuralBigram(vocab.vocab_size, seed=cfg.seed)
     start = time.perf_counter()
-    steps = cfg.setting("steps")
+    steps = cfg.setting("max_steps")
     bigram.train_neural(net, counts.counts, steps, cfg.setting("lr"), L2, log)
     return [counted, _score("bigram (neural net)", net, examples, time.perf_counter() - start, steps)]
 
@@ -163,7 +99,7 @@ def _window(cfg, splits, vocab, out, log) -> tuple[RungResult, object]:
     else:
         model = models.mlp(V, **size, layers=cfg.setting("layers"), batchnorm=cfg.model == "mlp-bn", seed=seed)
     examples = _splits_as(context_windows, splits, vocab, size["block_size"])
-    fit = train.FitConfig(steps=cfg.setting("steps"), batch_size=cfg.setting("batch_size"), lr=cfg.setting("lr"),
+    fit = train.FitConfig(steps=cfg.setting("max_steps"), batch_size=cfg.setting("batch_size"), lr=cfg.setting("lr"),
                           seed=seed)
     pictures = []
     if cfg.model == "mlp":
@@ -218,7 +154,7 @@ def _gpt(cfg, splits, vocab, log) -> tuple[RungResult, object]:
     examples = tuple(_by_length(*rows) for rows in _splits_as(word_rows, splits, vocab, block))
     model = WordGPT(vocab.vocab_size, block, cfg.setting("n_layer"), cfg.setting("n_head"), cfg.setting("n_embd"),
                     seed=cfg.seed)
-    fit = train.FitConfig(steps=cfg.setting("steps"), batch_size=cfg.setting("batch_size"), lr=cfg.setting("lr"),
+    fit = train.FitConfig(steps=cfg.setting("max_steps"), batch_size=cfg.setting("batch_size"), lr=cfg.setting("lr"),
                           optimizer="adamw", weight_decay=0.01, seed=cfg.seed)
     start = time.perf_counter()
     train.fit(model, examples[0], fit, log, report_every=max(fit.steps // 10, 1))

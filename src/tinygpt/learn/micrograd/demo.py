@@ -20,18 +20,14 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ...config import check_choices, opt
+from ...config import check_choices, like, opt, parse_ints
+from ...device import RuntimeConfig
 from ...errors import TinyGPTError
+from ...train.config import TrainConfig
 from .engine import Value
 from .nn import MLP
 
 DATASETS = ("moons", "spirals")
-
-
-def parse_sizes(text: str | list | tuple) -> tuple[int, ...]:
-    """``"16,16"`` (or ``[16, 16]``) -> ``(16, 16)``."""
-    parts = text if isinstance(text, (list, tuple)) else str(text).split(",")
-    return tuple(int(p) for p in parts if str(p).strip())
 
 
 @dataclass
@@ -41,22 +37,22 @@ class MicrogradConfig:
     dataset: str = opt("moons", "the 2-D toy data set", choices=DATASETS)
     samples: int = opt(100, "points in the data set, half of each class")
     noise: float = opt(0.1, "standard deviation of the Gaussian noise added to each point")
-    hidden: tuple[int, ...] = opt((16, 16), "hidden layer sizes, comma-separated, e.g. 16,16", parse=parse_sizes)
-    steps: int = opt(100, "gradient descent steps, each on the whole data set")
-    lr: float = opt(1.0, "starting learning rate; it decays linearly to a tenth of it")
+    hidden: tuple[int, ...] = opt((16, 16), "hidden layer sizes, comma-separated, e.g. 16,16", parse=parse_ints)
+    max_steps: int = like(TrainConfig, "max_steps", 100, aliases=("--steps",))  # each on the whole data set
+    lr: float = opt(1.0, "peak learning rate; it decays to a tenth of it by the end")
     l2: float = opt(1e-4, "L2 weight decay: the loss adds l2 * (sum of squared parameters)")
-    seed: int = opt(1337, "seed of the data and of the initial weights")
+    seed: int = like(RuntimeConfig, "seed", 1337)  # the data and the initial weights
 
     def __post_init__(self):
         check_choices(self)
-        self.hidden = parse_sizes(self.hidden)
+        self.hidden = parse_ints(self.hidden)
         if self.samples < 2:
             raise TinyGPTError(f"--samples must be at least 2 (one point per class), got {self.samples}")
         if not self.hidden or min(self.hidden) < 1:
             raise TinyGPTError(f"--hidden needs one or more positive layer sizes such as 16,16, got "
                                f"{','.join(map(str, self.hidden)) or 'nothing'}")
-        if self.steps < 0:
-            raise TinyGPTError(f"--steps must be 0 or more, got {self.steps}")
+        if self.max_steps is None or self.max_steps < 0:
+            raise TinyGPTError(f"--max-steps must be 0 or more, got {self.max_steps}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise TinyGPTError(f"--lr must be a positive number such as 1.0, got {self.lr}")
         for name in ("l2", "noise"):
@@ -164,17 +160,17 @@ def _no_cycle_collector() -> Iterator[None]:
 
 
 def train(cfg: MicrogradConfig, on_step: Callable[[Step], None] | None = None) -> Result:
-    """Gradient descent on the whole data set for ``cfg.steps`` steps; ``on_step`` sees each step."""
+    """Gradient descent on the whole data set for ``cfg.max_steps`` steps; ``on_step`` sees each step."""
     X, y = make_dataset(cfg)
     model = MLP(2, cfg.sizes[1:], random.Random(cfg.seed))
     history = []
     with _no_cycle_collector():
-        for step in range(1, cfg.steps + 1):
+        for step in range(1, cfg.max_steps + 1):
             loss, accuracy = hinge_loss(model, X, y, cfg.l2)
             model.zero_grad()
             loss.backward()
             # Big steps first to get to the right region, smaller ones later to settle in it.
-            lr = cfg.lr * (1.0 - 0.9 * (step - 1) / cfg.steps)
+            lr = cfg.lr * (1.0 - 0.9 * (step - 1) / cfg.max_steps)
             for p in model.parameters():
                 p.data -= lr * p.grad
             history.append(Step(step, loss.data, accuracy, lr))
@@ -209,7 +205,7 @@ def run_lesson(cfg: MicrogradConfig, out: str | Path, on_step: Callable[[Step], 
 
     result = train(cfg, on_step)
     out = Path(out)
-    title = (f"{cfg.dataset}: MLP {'-'.join(map(str, cfg.sizes))} after {cfg.steps} steps, "
+    title = (f"{cfg.dataset}: MLP {'-'.join(map(str, cfg.sizes))} after {cfg.max_steps} steps, "
              f"accuracy {result.accuracy:.0%}, loss {result.loss:.3f}")
     boundary = draw.decision_boundary(result.model, result.X, result.y, out / "decision_boundary.png", title)
     graph = draw.graph(neuron_expression(), out / "graph.png",
