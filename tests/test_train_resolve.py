@@ -58,7 +58,7 @@ def test_a_run_is_resolved_once_and_config_json_is_what_was_resolved(tmp_path, t
     assert set(config) == {"model", "data", "run", "train", "runtime", "tokenizer", "data_key", "versions"}
     assert {k: config[k] for k in cfg.RECORDED} == cfg.record()
     assert config["run"] == {"preset": cfg.preset, "out": str(tmp_path / "run"), "name": "run"}
-    assert config["runtime"] == {"device": "cpu", "dtype": "bf16", "seed": cfg.seed} and isinstance(cfg.seed, int)
+    assert config["runtime"] == {"device": "cpu", "dtype": "bf16", "seed": cfg.seed, "threads": None} and isinstance(cfg.seed, int)
     assert config["model"]["vocab_size"] == session.data.tokenizer.vocab_size
     assert config["data"]["data"] == str(text) and config["train"]["lr"] == 6e-3  # the preset's lr
     # The rules' values are derived, not recorded: a resume derives them again from what it has.

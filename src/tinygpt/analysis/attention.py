@@ -20,7 +20,7 @@ from ..device import fresh_seed
 from ..errors import TinyGPTError
 from ..generation import TinyGPT
 from ..source import ModelSource
-from ..train.config import TrainConfig
+from ..train.config import RunSection
 from ..train.health import attention_entropy as entropy
 
 # A head takes a role when its score for it (the mean weight on the role's key) is at
@@ -34,7 +34,7 @@ class AttentionOptions:
     """What ``tinygpt attention`` looks at and draws."""
     model: str | None = like(ModelSource, "model", None)
     text: str = opt(DEFAULT_TEXT, "the text to look at")
-    preset: str | None = like(TrainConfig, "preset", None, shown="none; with --untrained, random weights of this "
+    preset: str | None = like(RunSection, "preset", None, shown="none; with --untrained, random weights of this "
                                                                    "preset's shape instead of MODEL")
     untrained: bool = opt(False, "random weights (MODEL's or --preset's shape, from --seed), to compare a trained "
                                  "model against")

@@ -32,7 +32,7 @@ from ..device import RuntimeConfig, dtype_candidates, fastest, resolve_device, r
 from ..errors import TinyGPTError
 from ..model import GPT, GPTConfig
 from ..presets import get_preset, resolve_preset
-from ..train.config import TrainConfig
+from ..train.config import RunSection, TrainConfig
 from .generate import GenerateBench
 
 VOCAB = 65  # a character vocabulary the size of Shakespeare's
@@ -45,7 +45,7 @@ def _several_as_auto(dtypes: str) -> str:
 
 @dataclass
 class TrainBench:
-    preset: str = like(TrainConfig, "preset", "baby")
+    preset: str = like(RunSection, "preset", "baby")
     batch_size: int = like(TrainConfig, "batch_size", 16)
     device: str = like(RuntimeConfig, "device")
     dtype: str = like(RuntimeConfig, "dtype", aliases=(Alias("--dtypes", convert=_several_as_auto),),
