@@ -392,3 +392,19 @@ def test_fast_mode_batched_rows_give_what_they_give_alone(tiny_model):
     assert batched == [_alone(model, p, 40, greedy=True, past_context="fast") for p in prompts]
     with pytest.raises(ValueError, match="past_context"):
         decode(model, prompts, 4, past_context="quick")
+
+
+def test_the_pool_is_sized_once_for_the_rows_and_their_budgets(tiny_model):
+    prompts = [random_ids((1, n), seed=n)[0].tolist() for n in (3, 5)]
+    with Decoder(tiny_model, device=CPU, dtype=torch.float32, rows=2) as decoder:
+        for p in prompts:
+            decoder.add(p, Sampling(greedy=True, max_new_tokens=6))
+        decoder.step()
+        pool = decoder.cache
+        assert (pool.batch_size, pool.max_len) == (2, 11)  # the longest prompt and its budget, not the context
+        while decoder.active:
+            decoder.step()
+            assert decoder.cache is pool  # never reallocated as the rows grow
+        decoder.add(prompts[0], Sampling(greedy=True, max_new_tokens=12))  # a row that needs more room
+        decoder.step()
+        assert decoder.cache.max_len == 15

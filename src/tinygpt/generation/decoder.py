@@ -169,7 +169,9 @@ class Decoder:
 
     def _reserve(self, n_rows: int) -> None:
         """Room in the pool for ``n_rows`` rows and every row's prompt and budget."""
-        need = min(self.block, max(len(t) + r.settings.max_new_tokens for t, r in zip(self.history.rows, self.rows)))
+        # A row's prompt and its whole budget (its tokens so far include those already generated).
+        need = min(self.block, max(len(t) - r.new + r.settings.max_new_tokens
+                                   for t, r in zip(self.history.rows, self.rows)))
         if self.cache is not None and self.cache.batch_size >= n_rows and self.cache.max_len >= need:
             return
         old = self.cache
