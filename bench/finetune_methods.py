@@ -55,7 +55,7 @@ def main() -> None:
         session = FinetuneSession.start(args.base, {
             "data": str(data), "template": "simple", "method": method, "out": str(out / method),
             "max_steps": args.steps, "eval_interval": 50, "progress": False, "sample_tokens": 0,
-            "prompt_init": "User:\nSpell the word: king\n\nAssistant:\nk i n g"}, force=True, log=lambda m: None)
+            "soft_prompt_init": "User:\nSpell the word: king\n\nAssistant:\nk i n g"}, force=True, log=lambda m: None)
         tr = session.trainer
         before = tr.evaluate(session.batches("val", session.cfg.runtime.seed + 2), session.cfg.train.eval_batches)
         started = time.perf_counter()

@@ -191,7 +191,7 @@ def test_lora_tensors_load_into_a_fresh_attachment_and_must_match_it(base):
 def test_a_model_takes_one_adapter(base, second):
     model = adapted(base, method="adapter", bottleneck=BOTTLENECK)
     with pytest.raises(TinyGPTError, match="already carries an adapter"):
-        adapters.attach(model, AdapterConfig(method=second, prompt_tokens=2))
+        adapters.attach(model, AdapterConfig(method=second, soft_prompt_tokens=2))
     assert adapters.attached(model).method == "adapter"
 
 
@@ -228,7 +228,7 @@ TEXT_IDS = CharTokenizer(CHARS).encode("to be")  # 5 tokens
 
 @pytest.mark.parametrize("n", [5, 3, 8])  # the text exactly, cut, repeated
 def test_prompt_reads_like_its_text_before_the_input(base, n):
-    model = adapted(base, method="prompt", prompt_tokens=n, prompt_ids=TEXT_IDS)
+    model = adapted(base, method="prompt", soft_prompt_tokens=n, prompt_ids=TEXT_IDS)
     read = torch.tensor((TEXT_IDS * 2)[:n])
     assert model.config.block_size == BLOCK - n and base.config.block_size == BLOCK
     x = random_ids((2, BLOCK - n), seed=3)  # all the context the prompt leaves
@@ -240,7 +240,7 @@ def test_prompt_reads_like_its_text_before_the_input(base, n):
 
 @pytest.mark.parametrize("chunks", [[11], [1] * 11, [4, 1, 3, 1, 2], [2, 9]])
 def test_prompt_through_the_kv_cache_matches_the_full_forward(base, chunks):
-    model = adapted(base, method="prompt", prompt_tokens=5, prompt_ids=TEXT_IDS)
+    model = adapted(base, method="prompt", soft_prompt_tokens=5, prompt_ids=TEXT_IDS)
     x = random_ids((2, 11), seed=3)
     cache = KVCache(model.config, 2)
     assert cache.max_len == 11
@@ -254,7 +254,7 @@ def test_prompt_through_the_kv_cache_matches_the_full_forward(base, chunks):
 
 def test_prompt_with_padded_and_packed_rows(base):
     """Every sequence of a row, packed or after left padding, reads the prompt before it."""
-    model = adapted(base, method="prompt", prompt_tokens=5, prompt_ids=TEXT_IDS)
+    model = adapted(base, method="prompt", soft_prompt_tokens=5, prompt_ids=TEXT_IDS)
     a, b, c = random_ids((1, 4), seed=4)[0], random_ids((1, 7), seed=5)[0], random_ids((1, 9), seed=6)[0]
     ids = torch.stack([torch.cat([a, b]), torch.cat([torch.zeros(2, dtype=torch.long), c])])
     pos = torch.stack([torch.cat([torch.arange(4), torch.arange(7)]),
@@ -266,7 +266,7 @@ def test_prompt_with_padded_and_packed_rows(base):
 
 
 def test_prompt_keys_and_values_are_computed_once_per_weight_version(base):
-    model = adapted(base, method="prompt", prompt_tokens=5, prompt_ids=TEXT_IDS)
+    model = adapted(base, method="prompt", soft_prompt_tokens=5, prompt_ids=TEXT_IDS)
     x = random_ids((2, 8), seed=3)
     with torch.no_grad():
         first = model(x).logits
@@ -291,7 +291,7 @@ def test_prompt_keys_and_values_are_computed_once_per_weight_version(base):
 
 
 def test_only_the_prompt_trains(base):
-    model = adapted(base, method="prompt", prompt_tokens=5, prompt_ids=TEXT_IDS)
+    model = adapted(base, method="prompt", soft_prompt_tokens=5, prompt_ids=TEXT_IDS)
     before = trainable(model)
     assert set(before) == {"prompt.weight"} and before["prompt.weight"].shape == (5, 32)
     assert set(adapters.adapter_tensors(model)) == {"prompt.weight"}
@@ -300,8 +300,8 @@ def test_only_the_prompt_trains(base):
 
 
 def test_prompt_without_text_starts_from_random_vocabulary_rows(base):
-    model = adapted(base, seed=1, method="prompt", prompt_tokens=8)
-    again = adapted(base, seed=2, method="prompt", prompt_tokens=8)
+    model = adapted(base, seed=1, method="prompt", soft_prompt_tokens=8)
+    again = adapted(base, seed=2, method="prompt", soft_prompt_tokens=8)
     table = base.transformer.wte.weight[:base.config.vocab_size]  # real tokens, never padding rows
     for prompt in (model.prompt.weight, again.prompt.weight):
         rows = (prompt[:, None, :] == table[None]).all(-1)  # (n, vocab): which token each row is
@@ -310,14 +310,14 @@ def test_prompt_without_text_starts_from_random_vocabulary_rows(base):
     assert not torch.equal(model.prompt.weight, again.prompt.weight)  # drawn from the global generator
     for ids in ([], [1, base.config.vocab_size]):  # none, or one past the vocabulary (a padding row)
         with pytest.raises(TinyGPTError, match="prompt-init gives no token ids of the vocabulary"):
-            adapted(base, method="prompt", prompt_tokens=8, prompt_ids=ids)
+            adapted(base, method="prompt", soft_prompt_tokens=8, prompt_ids=ids)
 
 
 @pytest.mark.parametrize("n", [BLOCK, BLOCK + 4])
 def test_prompt_must_leave_context(base, n):
-    with pytest.raises(TinyGPTError, match=f"--prompt-tokens {n} leaves no context"):
-        adapted(base, method="prompt", prompt_tokens=n)
-    one_left = adapted(base, method="prompt", prompt_tokens=BLOCK - 1)
+    with pytest.raises(TinyGPTError, match=f"--soft-prompt-tokens {n} leaves no context"):
+        adapted(base, method="prompt", soft_prompt_tokens=n)
+    one_left = adapted(base, method="prompt", soft_prompt_tokens=BLOCK - 1)
     assert one_left.config.block_size == 1
     assert logits(one_left, random_ids((1, 1))).shape == (1, 1, 50)
 
@@ -332,7 +332,7 @@ def test_state_tensors_round_trip(base, method):
             torch.manual_seed(seed)
             return GPT(base.config).eval()
         return adapted(base, seed=seed, method=method, lora_rank=R, lora_targets="all", bottleneck=BOTTLENECK,
-                       prompt_tokens=4)
+                       soft_prompt_tokens=4)
 
     if method == "lora" and importlib.util.find_spec("peft") is None:
         pytest.skip("LoRA is built with peft")
@@ -356,13 +356,13 @@ def test_state_tensors_round_trip(base, method):
 def test_a_refused_attach_changes_nothing(base):
     model = copy.deepcopy(base)
     with pytest.raises(TinyGPTError, match="leaves no context"):
-        adapters.attach(model, AdapterConfig(method="prompt", prompt_tokens=base.config.block_size))
+        adapters.attach(model, AdapterConfig(method="prompt", soft_prompt_tokens=base.config.block_size))
     assert all(p.requires_grad for p in model.parameters()) and adapters.attached(model) is None
 
 
 def test_adapters_take_the_models_dtype(base):
     for method in ("adapter", "prompt"):
-        model = adapted(copy.deepcopy(base).to(torch.bfloat16), method=method, bottleneck=4, prompt_tokens=3)
+        model = adapted(copy.deepcopy(base).to(torch.bfloat16), method=method, bottleneck=4, soft_prompt_tokens=3)
         assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
         assert model(random_ids((1, 8))).logits.dtype == torch.bfloat16
 
@@ -371,7 +371,7 @@ def test_the_prompt_memo_is_never_kept_in_train_mode():
     """Dropout makes a train-mode forward's prompt keys one draw among many: never reused."""
     torch.manual_seed(0)
     model = randomize_(GPT(GPTConfig(**{**TINY_MODEL, "dropout": 0.3})), seed=1, embedding_scale=0.1)
-    adapters.attach(model, AdapterConfig(method="prompt", prompt_tokens=3), prompt_ids=[1, 2, 3])
+    adapters.attach(model, AdapterConfig(method="prompt", soft_prompt_tokens=3), prompt_ids=[1, 2, 3])
     x = random_ids((1, 6))
     with torch.no_grad():
         reference = model.eval()(x).logits

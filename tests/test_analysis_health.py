@@ -18,7 +18,7 @@ from tinygpt.train import LambdaCallback, Session
 from tinygpt.train.health import probe
 
 SETTINGS = {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 16, "batch_size": 4, "eval_batches": 2,
-            "progress": False, "device": "cpu", "dtype": "fp32", "sample_tokens": 0, "lr": 1e-2}
+            "progress": False, "device": "cpu", "dtype": "fp32", "max_new_tokens": 0, "lr": 1e-2}
 
 
 def ratio(after, before):

@@ -28,7 +28,7 @@ METHODS = ("full", "lora", "adapter", "prompt")
 def settings(out, method: str, **extra) -> dict:
     return {"data": INSTRUCT, "template": "simple", "method": method, "out": str(out), "max_steps": 6,
             "eval_interval": 3, "batch_size": 2, "progress": False, "sample_tokens": 0, "device": "cpu",
-            "dtype": "fp32", "prompt_tokens": 4, "lora_targets": "all", "bottleneck": 8, **extra}
+            "dtype": "fp32", "soft_prompt_tokens": 4, "lora_targets": "all", "bottleneck": 8, **extra}
 
 
 @pytest.fixture
@@ -188,7 +188,7 @@ def test_cli_finetune_and_bad_input(base, tmp_path, capsys):
     assert main(["finetune", str(base), "--data", INSTRUCT, "--out", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err
     assert "'#'" in err and "--template simple" in err and len(err.strip().splitlines()) == 1
-    assert main(["finetune", str(base), "--data", INSTRUCT, "--method", "prompt", "--prompt-tokens", "128"]) == 1
+    assert main(["finetune", str(base), "--data", INSTRUCT, "--method", "prompt", "--soft-prompt-tokens", "128"]) == 1
     assert "leaves no context" in capsys.readouterr().err
 
 

@@ -32,7 +32,7 @@ CASES = {
     "modern": dict(n_layer=2, n_head=4, n_embd=64, block_size=64, pos_emb="rope", norm="rmsnorm", mlp="swiglu",
                    bias=False, tie_embeddings=False, qk_norm=True, dropout=0.1, lr=3e-3, batch_size=8, warmup_steps=5),
 }
-COMMON = dict(max_steps=20, eval_interval=10, eval_batches=2, progress=False, sample_tokens=0, device="cpu",
+COMMON = dict(max_steps=20, eval_interval=10, eval_batches=2, progress=False, max_new_tokens=0, device="cpu",
               dtype="fp32", seed=1337, optimizer="adamw", schedule="cosine", gelu="tanh")  # pinned: defaults move on
 
 

@@ -56,7 +56,7 @@ def test_a_lora_goes_to_hf_beside_its_base_and_is_merged_otherwise():
 
 @pytest.mark.parametrize("method, what", [("adapter", "bottleneck adapters"), ("prompt", "soft prompt")])
 def test_adapters_and_soft_prompts_have_no_place_in_either_format(method, what):
-    model = adapted(method, bottleneck=4, prompt_tokens=2)
+    model = adapted(method, bottleneck=4, soft_prompt_tokens=2)
     for fmt in ("hf", "gguf"):
         with pytest.raises(TinyGPTError, match=f"runs/ft is an? {method} fine-tune: {fmt} models have no place "
                                                f"for its {what}"):

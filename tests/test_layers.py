@@ -37,9 +37,6 @@ KNOWN_UP = {
     # a sibling floor: pictures could move below both.
     ("learn", "analysis"),
 }
-# cli modules that still import another (fit_and_report, log): train and finetune move onto
-# the shared sections in the next round. Empty it then.
-PENDING_CLI = {"train.py", "finetune.py"}
 
 
 def imports(path: Path) -> list[tuple[str, int]]:
@@ -100,7 +97,4 @@ def test_no_cli_module_imports_another(path):
     if path.name == "__init__.py":  # the package wires the commands together
         return
     others = [(m, line) for m, line in imports(path) if m == "tinygpt.cli" or m.startswith("tinygpt.cli.")]
-    if path.name in PENDING_CLI:
-        assert others, f"{path.name} imports no other cli module now: drop it from PENDING_CLI"
-        return
     assert not others, f"cli/{path.name}:{others[0][1]} imports {others[0][0]}; move what it needs into the library"

@@ -25,7 +25,7 @@ from tinygpt.train.resolve import data_name, run_dir
 
 QUIET = {"log": lambda _: None}
 TINY = {"n_layer": 1, "n_embd": 16, "n_head": 2, "block_size": 8, "batch_size": 4, "device": "cpu",
-        "eval_interval": 2, "eval_batches": 1, "progress": False, "sample_tokens": 0}
+        "eval_interval": 2, "eval_batches": 1, "progress": False, "max_new_tokens": 0}
 
 
 @pytest.fixture

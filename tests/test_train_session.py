@@ -24,7 +24,7 @@ def test_a_run_recorded_with_preset_out_and_name_under_train_resumes_exactly(tmp
     corpus.write_text("hello there, general kenobi\n" * 50)
     settings = {"data": str(corpus), "n_layer": 1, "n_embd": 16, "n_head": 2, "block_size": 8, "batch_size": 4,
                 "device": "cpu", "dtype": "fp32", "max_steps": 6, "eval_interval": 3, "eval_batches": 1,
-                "progress": False, "sample_tokens": 0, "preset": "char-nano"}
+                "progress": False, "max_new_tokens": 0, "preset": "char-nano"}
     losses = {}
 
     def run(path, stop_at=None, resume=False):

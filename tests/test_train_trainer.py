@@ -34,7 +34,7 @@ from tinygpt.train import (
 TEXT = "".join(f"{i} To be, or not to be, that is the question: whether 'tis nobler.\n" for i in range(300))
 MODEL = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, dropout=0.1)
 TRAIN = dict(batch_size=4, max_steps=12, eval_interval=4, eval_batches=2, warmup_steps=3, progress=False,
-             sample_tokens=0, device="cpu", dtype="fp32", lr=3e-3)
+             max_new_tokens=0, device="cpu", dtype="fp32", lr=3e-3)
 
 
 @pytest.fixture

@@ -13,11 +13,11 @@ only: the run directory, the base's provenance and training live elsewhere.
   block, h + up(gelu(down(h))) with a ``bottleneck``-wide middle. ``up`` starts at zero:
   identity at first. peft has no bottleneck adapter, so it is written here (a forward
   hook on the two sublayers: model.py stays as it is).
-- ``prompt`` (Lester et al. 2021): ``prompt_tokens`` learned vectors read before every
-  sequence (:class:`SoftPrompt`), initialised from the embeddings of ``prompt_init`` text
+- ``prompt`` (Lester et al. 2021): ``soft_prompt_tokens`` learned vectors read before every
+  sequence (:class:`SoftPrompt`), initialised from the embeddings of ``soft_prompt_init`` text
   (or of random vocabulary tokens); with text, the model at first computes exactly what
   the base does reading that text before the input. The context left for the input
-  shrinks by ``prompt_tokens``. Their keys and values are a prefix of the KV cache (see
+  shrinks by ``soft_prompt_tokens``. Their keys and values are a prefix of the KV cache (see
   tinygpt.kvcache), supplied to every forward by a pre-hook on the model.
 
 Targets are named by role (``qkv``, ``out``, ``mlp_in``, ``mlp_out``, ``head``), not by module path.
@@ -67,13 +67,15 @@ class AdapterConfig:
     lora_targets: str = opt("qkv,out", "linear maps LoRA adapts, comma-separated: qkv (attention q/k/v), out "
                                        "(attention output), mlp_in, mlp_out, head; or all")
     bottleneck: int = opt(64, "adapter: width of the bottleneck")
-    prompt_tokens: int = opt(16, "prompt: number of virtual tokens")
-    prompt_init: str | None = opt(None, "prompt: text whose token embeddings start the soft prompt (cut or "
-                                        "repeated to --prompt-tokens; default: random vocabulary tokens)")
+    # (Named soft_prompt_*: --prompt-tokens is a prompt's length wherever tokens are generated.)
+    soft_prompt_tokens: int = opt(16, "prompt: number of virtual tokens", aliases=("--prompt-tokens",))
+    soft_prompt_init: str | None = opt(None, "prompt: text whose token embeddings start the soft prompt (cut or "
+                                             "repeated to --soft-prompt-tokens; default: random vocabulary tokens)",
+                                       aliases=("--prompt-init",))
 
     def __post_init__(self) -> None:
         check_choices(self)
-        for name in ("lora_rank", "bottleneck", "prompt_tokens"):
+        for name in ("lora_rank", "bottleneck", "soft_prompt_tokens"):
             if getattr(self, name) < 1:
                 raise TinyGPTError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.lora_dropout < 1:
@@ -154,7 +156,7 @@ def _add_bottleneck(sublayer: nn.Module, adapter: Bottleneck) -> None:
 def attach(model: GPT, cfg: AdapterConfig, prompt_ids: list[int] | None = None) -> GPT:
     """Add ``cfg``'s adapter to ``model`` in place and freeze every base parameter.
 
-    ``prompt_ids``: for ``prompt``, the token ids of ``cfg.prompt_init`` (tokenizing is the
+    ``prompt_ids``: for ``prompt``, the token ids of ``cfg.soft_prompt_init`` (tokenizing is the
     caller's); without them the prompt starts from random vocabulary embeddings (drawn
     from the global generator, like every other initialisation)."""
     if getattr(model, "adapter_config", None) is not None:
@@ -162,11 +164,11 @@ def attach(model: GPT, cfg: AdapterConfig, prompt_ids: list[int] | None = None) 
     c = model.config
     wte = model.transformer.wte.weight
     if cfg.method == "prompt":  # checked before anything changes
-        if cfg.prompt_tokens >= c.block_size:
-            raise TinyGPTError(f"--prompt-tokens {cfg.prompt_tokens} leaves no context: the base reads "
+        if cfg.soft_prompt_tokens >= c.block_size:
+            raise TinyGPTError(f"--soft-prompt-tokens {cfg.soft_prompt_tokens} leaves no context: the base reads "
                                f"{c.block_size} tokens; use fewer than {c.block_size} (a few to a few dozen)")
         if prompt_ids is not None and (not prompt_ids or not all(0 <= i < c.vocab_size for i in prompt_ids)):
-            raise TinyGPTError("--prompt-init gives no token ids of the vocabulary; give some text, or leave it out "
+            raise TinyGPTError("--soft-prompt-init gives no token ids of the vocabulary; give some text, or leave it out "
                                "for a random start")
     model.requires_grad_(False)
     if cfg.method == "lora":
@@ -186,7 +188,7 @@ def attach(model: GPT, cfg: AdapterConfig, prompt_ids: list[int] | None = None) 
             _add_bottleneck(block.attn, block.attn_adapter)
             _add_bottleneck(block.mlp, block.mlp_adapter)
     else:
-        n = cfg.prompt_tokens
+        n = cfg.soft_prompt_tokens
         ids = torch.tensor(prompt_ids, dtype=torch.long) if prompt_ids else torch.randint(c.vocab_size, (n,))
         ids = ids.repeat(-(-n // len(ids)))[:n].to(wte.device)
         model.prompt = SoftPrompt(n, c.n_embd).to(wte.device, wte.dtype)

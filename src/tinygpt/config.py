@@ -102,6 +102,20 @@ def section(cls: type, *, only: tuple[str, ...] | None = None, shown: dict[str, 
                              metadata={"defaults": defaults, "only": only, "shown": shown or {}})
 
 
+def sections_of(cls: type, *, leave: tuple[str, ...] = ()) -> list[tuple[str, type, dataclasses.Field]]:
+    """The sections of ``cls`` (a config made of sections) as fields for a command's dataclass
+    (``dataclasses.make_dataclass``): the same options and defaults, less the options named in
+    ``leave``. A command built from them cannot drift from the config it feeds."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        tp, m = hints[f.name], f.metadata
+        names = tuple(g.name for g in dataclasses.fields(tp) if g.init and g.name not in leave
+                      and (m.get("only") is None or g.name in m["only"]))
+        out.append((f.name, tp, section(tp, only=names, shown=m.get("shown"), **m.get("defaults", {}))))
+    return out
+
+
 # ---------------------------------------------------------------------------- value parsers
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -265,16 +279,21 @@ def flatten_values(cls: type, values: dict, *, strict: bool = True) -> dict[tupl
     """
     leaves = {leaf.path[-1]: leaf for leaf in iter_fields(cls)}
     sections = {leaf.path[0] for leaf in leaves.values() if len(leaf.path) > 1}
+    # A renamed option's old name still reads as a key (config.json of earlier runs, old
+    # config files); where both are given the new name wins.
+    renamed = {a.flag.lstrip("-").replace("-", "_"): leaf for leaf in leaves.values()
+               for a in leaf.field.metadata.get("aliases", ()) if a.convert is None and a.const is None}
     out: dict[tuple[str, ...], Any] = {}
+    old: dict[tuple[str, ...], Any] = {}
 
     def walk(vals: dict, where: str) -> None:
         for key, raw in vals.items():
             k = str(key).replace("-", "_")
             if k in sections and isinstance(raw, dict):
                 walk(raw, k)
-            elif k in leaves:
-                leaf = leaves[k]
-                out[leaf.path] = convert(leaf.field, leaf.type, raw)
+            elif k in leaves or k in renamed:
+                leaf = leaves[k] if k in leaves else renamed[k]
+                (out if k in leaves else old)[leaf.path] = convert(leaf.field, leaf.type, raw)
             elif strict:
                 near = [n.replace("_", "-") for n in leaves if n.startswith(k[:3])][:3]
                 hint = f" (did you mean {', '.join('--' + n for n in near)}?)" if near else ""
@@ -282,7 +301,7 @@ def flatten_values(cls: type, values: dict, *, strict: bool = True) -> dict[tupl
                 raise TinyGPTError(f"unknown option {key!r}{where_s}{hint}; see --help for the options")
 
     walk(values, "")
-    return out
+    return {**old, **out}
 
 
 def _build(cls: type, leaves: dict[tuple[str, ...], Any], prefix: tuple[str, ...] = (),
@@ -425,9 +444,10 @@ def cli_values(cls: type, ns: argparse.Namespace) -> dict:
             if getattr(ns, leaf.field.name, None) is not None}
 
 
-def parse_command(cls: type, ns: argparse.Namespace) -> Any:
-    """The command's config ``cls`` from parsed arguments: defaults, then what was given."""
-    return from_dict(cls, cli_values(cls, ns))
+def parse_command(cls: type, ns: argparse.Namespace, *, leave: set[str] = frozenset()) -> Any:
+    """The command's config ``cls`` from parsed arguments: defaults, then what was given
+    (less the options named in ``leave``, which keep their defaults here)."""
+    return from_dict(cls, {k: v for k, v in cli_values(cls, ns).items() if k not in leave})
 
 
 def add_group(sub: Any, name: str, **parser_args: Any) -> Any:
@@ -436,13 +456,30 @@ def add_group(sub: Any, name: str, **parser_args: Any) -> Any:
                                                                metavar="what")
 
 
-def add_command(sub: Any, name: str, cls: type, run: Callable[[Any], int], **parser_args: Any
-                ) -> argparse.ArgumentParser:
+def add_command(sub: Any, name: str, cls: type, run: Callable[..., int], *, given: type | None = None,
+                **parser_args: Any) -> argparse.ArgumentParser:
     """A subcommand whose options are generated from ``cls`` (one dataclass composed of
-    sections) and whose ``run`` receives the parsed ``cls``."""
+    sections) and whose ``run`` receives the parsed ``cls``.
+
+    With ``given`` (a config class whose fields are among ``cls``'s options), ``run`` also
+    receives the flags of ``given`` that the command line really gave, as a flat dict: a
+    layer to lay over a preset and a config file, where defaults must not win."""
     p = sub.add_parser(name, **parser_args)
     add_arguments(p, cls)
-    p.set_defaults(func=lambda ns: run(parse_command(cls, ns)), command_class=cls)
+    if given is None:
+        p.set_defaults(func=lambda ns: run(parse_command(cls, ns)), command_class=cls)
+        return p
+    # The options of cls's sections named as given's are. They are not built into cls here: a
+    # flag may only make sense over the preset or file it is laid on (--n-head 3 for a preset
+    # 96 wide), which the library reads.
+    sections = {f.name for f in dataclasses.fields(given)}
+    names = {leaf.field.name for leaf in iter_fields(cls) if leaf.path[0] in sections}
+
+    def func(ns: argparse.Namespace) -> int:
+        flags = {k: v for k, v in cli_values(cls, ns).items() if k in names}
+        return run(parse_command(cls, ns, leave=names), flags)
+
+    p.set_defaults(func=func, command_class=cls)
     return p
 
 

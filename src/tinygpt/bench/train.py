@@ -238,7 +238,7 @@ def _loop_vs_bare(b: TrainBench, dtype: str, directory: Path) -> tuple[float, fl
     # What `tinygpt train` runs: the library's Session, with its own callbacks.
     Session.start({"data": str(directory / "text.txt"), "preset": b.resolved_preset, "out": str(run),
                    "batch_size": b.batch_size, "max_steps": b.loop_steps, "dtype": dtype, "device": b.device,
-                   "compile": b.compile, "sample_tokens": 0}, log=lambda _: None).fit()
+                   "compile": b.compile, "max_new_tokens": 0}, log=lambda _: None).fit()
     records = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     # Within the run: each step's whole time (elapsed grows by the step and the callbacks
     # after the previous one) against its train_step alone (what tok_per_s times).

@@ -25,7 +25,9 @@ def add_parser(sub) -> None:
 
 
 def run(cmd: MakemoreCommand) -> int:
-    from ..learn.makemore.rungs import run as run_rung  # matplotlib, for the pictures: only when run
+    from ..learn.makemore.rungs import (
+        run as run_rung,  # matplotlib, for the pictures: only when run
+    )
 
     files = []
     for cfg in cmd.rung.rungs():

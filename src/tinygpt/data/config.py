@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import check_choices, opt
+from ..config import check_choices, like, opt
 from ..errors import TinyGPTError
+from ..options import TextOptions
 from ..tokenizer import TOKENIZER_KINDS
 from .files import check_encoding
 
@@ -14,7 +15,7 @@ SAMPLING_MODES = ("random", "sequential")
 
 @dataclass
 class DataConfig:
-    data: str = opt("shakespeare", "text to train on: a file, a folder, a glob, or a built-in corpus (shakespeare)")
+    data: str = like(TextOptions, "data", "shakespeare")
     tokenizer: str = opt("char", "how text becomes tokens: characters, GPT-2's BPE, or a BPE trained on your text",
                          choices=TOKENIZER_KINDS)
     bpe_vocab_size: int = opt(8192, "vocabulary size when training a BPE tokenizer (--tokenizer bpe)")

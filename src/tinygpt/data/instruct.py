@@ -297,8 +297,8 @@ def render(template: str | Template, example: Example) -> list[tuple[str, bool]]
 @dataclass
 class InstructOptions:
     """How instructions are laid out for a model: declared once for ``sample --instruct`` and ``chat``."""
-    template: str | None = opt(None, "the prompt template instructions are laid out in (none: the one the model "
-                                     "was fine-tuned with, else alpaca)", choices=tuple(TEMPLATES))
+    template: str | None = opt(None, "the prompt template instructions are laid out in", choices=tuple(TEMPLATES),
+                               shown="the one the model was fine-tuned with, else alpaca")
     system: str | None = opt(None, "a system message that opens the conversation")
 
 

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..adapters import METHODS, AdapterConfig
-from ..config import opt, section
+from ..config import like, opt, section
 from ..data import DataConfig
-from ..data.instruct import DEFAULT_TEMPLATE, TEMPLATES
+from ..data.instruct import DEFAULT_TEMPLATE, InstructOptions
 from ..device import RuntimeConfig
 from ..errors import TinyGPTError
+from ..source import ModelSource
 from ..train import ResolvedRun, RunSection, TrainConfig
 
 # Peak learning rate per method (AdamW). A trained model needs small steps to keep what it
@@ -28,11 +29,11 @@ class FinetuneConfig(AdapterConfig):
                               "prompt (soft prompt); lr defaults to " + ", ".join(f"{k} {v:g}" for k, v in
                                                                                    METHOD_LR.items()),
                       choices=("full",) + METHODS)
-    checkpoint: str = opt("best", "the base run's weights: best, last or a .safetensors path")
+    checkpoint: str = like(ModelSource, "checkpoint")  # of the base
     freeze_blocks: int = opt(0, "full: keep the first N transformer blocks frozen")
     freeze_embeddings: bool = opt(False, "full: keep the token and position embeddings frozen (a tied output "
                                          "head with them)")
-    template: str = opt(DEFAULT_TEMPLATE, "prompt template of instruction data (.jsonl)", choices=tuple(TEMPLATES))
+    template: str = like(InstructOptions, "template", DEFAULT_TEMPLATE)  # of instruction data (.jsonl)
     pack: bool = opt(True, "instruction data: pack several examples per sequence (attention stays inside each); "
                            "off: one padded example per sequence")
     epochs: float | None = opt(None, f"passes over the training data (default with no other budget: "
@@ -60,8 +61,8 @@ class FinetuneRunConfig:
     """Everything a fine-tune is (its config.json, beside the base's model section and record)."""
     data: DataConfig = field(default_factory=DataConfig)
     run: RunSection = field(default_factory=RunSection)  # its preset unused: the base is the model
-    train: TrainConfig = section(TrainConfig, batch_size=8, warmup_steps=20, weight_decay=0.0, eval_interval=50,
-                                 eval_batches=10)
+    train: TrainConfig = section(TrainConfig, shown={"lr": "by --method"}, batch_size=8, warmup_steps=20,
+                                 weight_decay=0.0, eval_interval=50, eval_batches=10)
     runtime: RuntimeConfig = section(RuntimeConfig, seed=1337)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 

@@ -27,7 +27,14 @@ from ..generation import GenerationConfig, TinyGPT
 from ..model import GPT
 from ..run import RunDir
 from ..source import base_record, open_base, open_source
-from ..train import Session, Trainer, resolve_run, resumed_run_config, run_dir
+from ..train import (
+    Session,
+    SessionOptions,
+    Trainer,
+    resolve_run,
+    resumed_run_config,
+    run_dir,
+)
 from ..train.resolve import draw_seed
 from .config import DEFAULT_EPOCHS, METHOD_LR, FinetuneRun, FinetuneRunConfig
 from .data import FinetuneData, prepare
@@ -49,6 +56,24 @@ class FinetuneSession(Session):
     data: FinetuneData
 
     # ------------------------------------------------------------------ start and resume
+
+    @classmethod
+    def from_options(cls, options: SessionOptions, given: dict, *, base: str | None = None,
+                     log: Callable[[str], None] = print) -> "FinetuneSession":
+        """What ``tinygpt finetune`` opens: the fine-tune ``options.resume`` names, continued
+        (it keeps its own base), or a new fine-tune of ``base``."""
+        layers = options.layers(given)
+        if options.resume:
+            if base:
+                raise TinyGPTError("--resume continues a fine-tune with its own base; leave MODEL out")
+            if options.force:
+                raise TinyGPTError("--force is for starting a new fine-tune in --out; --resume never replaces "
+                                   "anything")
+            return cls.resume(options.resume, *layers, log=log)
+        if not base:
+            raise TinyGPTError("give the model to fine-tune: tinygpt finetune MODEL --data FILE (MODEL: a run "
+                               "directory, a Hugging Face model directory or a hub name such as gpt2)")
+        return cls.start(base, *layers, force=options.force, log=log)
 
     @classmethod
     def start(cls, base: str, *layers: dict, force: bool = False,
@@ -114,7 +139,7 @@ class FinetuneSession(Session):
         seed_everything(cfg.runtime.seed)  # the adapter's init is the first draw, as a new model's is
         adapter = ft.adapter()
         if adapter is not None:
-            ids = tokenizer.encode(ft.prompt_init) if adapter.method == "prompt" and ft.prompt_init else None
+            ids = tokenizer.encode(ft.soft_prompt_init) if adapter.method == "prompt" and ft.soft_prompt_init else None
             return adapters.attach(model, adapter, ids)
         n = model.config.n_layer
         if ft.freeze_blocks > n:
@@ -188,7 +213,7 @@ class FinetuneSession(Session):
         turn = example.turns[0] if example is not None else None
         prompt = ins.prompt_text(self.cfg.finetune.template, turn.user if turn else "Hello.",
                                  turn.input if turn else None, example.system if example else None)
-        n = self.cfg.train.sample_tokens if max_new_tokens is None else max_new_tokens
+        n = self.cfg.train.max_new_tokens if max_new_tokens is None else max_new_tokens
         config = GenerationConfig(max_new_tokens=n, stop=ins.stop_strings(self.cfg.finetune.template,
                                                                           self.data.tokenizer))
         return prompt + lm.generate(prompt, config=config, seed=self.cfg.runtime.seed)[0]

@@ -19,7 +19,13 @@ from .callbacks import (
            PeriodicSampler,
            ProgressBar,
 )
-from .config import DEFAULT_TIME_BUDGET, RunConfig, RunSection, TrainConfig
+from .config import (
+           DEFAULT_TIME_BUDGET,
+           RunConfig,
+           RunSection,
+           SessionOptions,
+           TrainConfig,
+)
 from .distributed import DistContext
 from .resolve import (
            ResolvedRun,
@@ -33,6 +39,6 @@ from .state import TrainState
 from .trainer import DivergedError, Trainer
 
 __all__ = ["Callback", "Checkpointer", "DEFAULT_TIME_BUDGET", "DistContext", "EarlyStop", "Evaluator", "LambdaCallback",
-           "MetricsLog", "PeriodicSampler", "ProgressBar", "ResolvedRun", "RunConfig", "RunSection", "Session",
+           "MetricsLog", "PeriodicSampler", "ProgressBar", "ResolvedRun", "RunConfig", "RunSection", "Session", "SessionOptions",
            "TrainConfig", "TrainState", "DivergedError", "Trainer", "fit_and_report", "resolve_new_run", "resolve_run",
            "resumed_run_config", "run_data", "run_dir"]

@@ -5,11 +5,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..config import check_choices, opt, parse_count, parse_duration, section
+from ..config import (
+    check_choices,
+    like,
+    load_config_file,
+    opt,
+    parse_count,
+    parse_duration,
+    section,
+)
 from ..data import DataConfig
 from ..device import RuntimeConfig
 from ..errors import TinyGPTError
+from ..generation.config import GenerationConfig
 from ..model import GPTConfig
+from ..options import OutputOptions
 from ..presets import PRESETS
 from .optim import OPTIMIZERS, SCHEDULES
 
@@ -24,11 +34,24 @@ class RunSection:
                               "the char preset this machine trains best in it (measured at the start), else "
                               "char-tiny; on a GPU, baby",
                       choices=("auto",) + tuple(PRESETS))
-    out: str | None = opt(None, "run directory (default: runs/<name>)")
+    out: str | None = like(OutputOptions, "out", None, shown="runs/<name>")
     name: str | None = opt(None, "run name under runs/ (default: <data>-<preset>-<date>-<time>)")
 
     def __post_init__(self) -> None:
         check_choices(self)
+
+
+@dataclass
+class SessionOptions:
+    """How a command starts a run: anew (from --config and flags) or where one stopped."""
+    config: str | None = opt(None, "YAML or JSON file of options, flat or nested by section "
+                                   "(model/data/run/train/runtime/finetune); flags win", metavar="FILE")
+    resume: str | None = opt(None, "continue the run in this directory exactly where it stopped", metavar="RUN")
+    force: bool = like(OutputOptions, "force")
+
+    def layers(self, given: dict) -> tuple[dict, ...]:
+        """The settings layers under the recorded or preset ones: the --config file, then the flags given."""
+        return (load_config_file(self.config) if self.config else {}, given)
 
 
 @dataclass
@@ -40,7 +63,7 @@ class TrainConfig:
     batch_size: int = opt(32, "sequences per micro-batch")
     tokens_per_step: int | None = opt(None, "tokens per optimizer step; micro-batches are accumulated to reach it "
                                       "(default: one micro-batch)", parse=parse_count)
-    lr: float = opt(1e-3, "peak learning rate (each preset sets its own; see tinygpt.presets)")
+    lr: float = opt(1e-3, "peak learning rate", shown="each preset's own, see tinygpt.presets")
     min_lr: float | None = opt(None, "learning rate at the end of the schedule (default lr/10)")
     warmup_steps: int = opt(100, "linear warmup steps")
     schedule: str = opt("cosine", "decay after warmup (wsd: hold the rate, then decay over the last "
@@ -60,7 +83,7 @@ class TrainConfig:
     diagnostics: int = opt(0, "every N steps record activation, gradient and update statistics per layer into "
                               "the run's diagnostics.jsonl, for tinygpt diagnose (0: off)")
     sample_interval: int = opt(0, "print a sample every N steps (0: only at the end)")
-    sample_tokens: int = opt(200, "length of the printed samples in tokens (0: none)")
+    max_new_tokens: int = like(GenerationConfig, "max_new_tokens", 200, aliases=("--sample-tokens",))  # 0: none
     compile: bool = opt(False, "torch.compile the model (slow start, faster steps on GPUs)")
     progress: bool = opt(True, "show a progress bar (a line every 10 s when stderr is not a terminal)")
     # Derived from the options above here and nowhere else (not recorded: a resume that
@@ -71,7 +94,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_choices(self)
         at_least = {"batch_size": 1, "eval_interval": 1, "eval_batches": 1, "max_steps": 1, "max_tokens": 1,
-                    "tokens_per_step": 1, "warmup_steps": 0, "sample_interval": 0, "sample_tokens": 0,
+                    "tokens_per_step": 1, "warmup_steps": 0, "sample_interval": 0, "max_new_tokens": 0,
                     "diagnostics": 0, "early_stop": 0}
         for name, lowest in at_least.items():
             v = getattr(self, name)

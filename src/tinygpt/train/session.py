@@ -35,9 +35,15 @@ from .callbacks import (
     PeriodicSampler,
     ProgressBar,
 )
-from .config import RunConfig
+from .config import RunConfig, SessionOptions
 from .health import HealthProbe
-from .resolve import ResolvedRun, named_run_dir, resolve_new_run, resolve_run, resumed_run_config
+from .resolve import (
+    ResolvedRun,
+    named_run_dir,
+    resolve_new_run,
+    resolve_run,
+    resumed_run_config,
+)
 from .trainer import DivergedError, Trainer
 
 
@@ -63,6 +69,18 @@ class Session:
 
     def __init__(self, cfg: ResolvedRun, run: RunDir, data: TokenData, trainer: Trainer):
         self.cfg, self.run, self.data, self.trainer = cfg, run, data, trainer
+
+    @classmethod
+    def from_options(cls, options: SessionOptions, given: dict, *,
+                     log: Callable[[str], None] = print) -> "Session":
+        """What ``tinygpt train`` opens: the run ``options.resume`` names, continued, or a new
+        run; either way with the --config file's settings, then the ``given`` flags, on top."""
+        layers = options.layers(given)
+        if options.resume:
+            if options.force:
+                raise TinyGPTError("--force is for starting a new run in --out; --resume never replaces anything")
+            return cls.resume(options.resume, *layers, log=log)
+        return cls.start(*layers, force=options.force, log=log)
 
     @classmethod
     def start(cls, *layers: dict, force: bool = False, log: Callable[[str], None] = print) -> "Session":
@@ -165,7 +183,7 @@ class Session:
         if t.diagnostics:
             probe_batch = next(self.batches("train", seed + 3))
             out.append(HealthProbe(self.run.diagnostics_path, t.diagnostics, probe_batch))
-        if t.sample_interval and t.sample_tokens:
+        if t.sample_interval and t.max_new_tokens:
             out.append(PeriodicSampler(t.sample_interval, self.sample, write))
         if t.early_stop and has_val:
             out.append(EarlyStop(t.early_stop))
@@ -212,7 +230,7 @@ class Session:
         """A sample of the current weights from a document start, drawn exactly as
         ``tinygpt.load(run).generate("", max_new_tokens, seed=<the run's seed>)`` draws it."""
         lm = TinyGPT(self.trainer.model, self.data.tokenizer, self.trainer.device, self.trainer.dtype, autocast=True)
-        n = self.cfg.train.sample_tokens if max_new_tokens is None else max_new_tokens
+        n = self.cfg.train.max_new_tokens if max_new_tokens is None else max_new_tokens
         return lm.generate("", config=GenerationConfig(max_new_tokens=n), seed=self.cfg.runtime.seed)[0]
 
     def describe(self) -> list[str]:
@@ -250,7 +268,7 @@ def fit_and_report(session: Session, *, resumed: bool, log: Callable[[str], None
         return 128 + summary["signal"]
     if summary["interrupted"]:
         log(summary["interrupted"])  # a stop that is not a signal: --early-stop
-    if session.cfg.train.sample_tokens:
+    if session.cfg.train.max_new_tokens:
         print("--- sample ---")
         print(session.sample(), flush=True)
         print("--------------")

@@ -39,7 +39,7 @@ class MicrogradConfig:
     noise: float = opt(0.1, "standard deviation of the Gaussian noise added to each point")
     hidden: tuple[int, ...] = opt((16, 16), "hidden layer sizes, comma-separated, e.g. 16,16", parse=parse_ints)
     max_steps: int = like(TrainConfig, "max_steps", 100, aliases=("--steps",))  # each on the whole data set
-    lr: float = opt(1.0, "peak learning rate; it decays to a tenth of it by the end")
+    lr: float = opt(1.0, "peak learning rate", shown="1.0, decaying to a tenth of it by the end")
     l2: float = opt(1e-4, "L2 weight decay: the loss adds l2 * (sum of squared parameters)")
     seed: int = like(RuntimeConfig, "seed", 1337)  # the data and the initial weights
 
