@@ -42,7 +42,7 @@ def main() -> int:
     corpus.write_text(TEXT, encoding="utf-8")
     env = {**os.environ, "TINYGPT_CACHE": str(work / "cache"), "OMP_NUM_THREADS": "1"}
     flags = ["--data", str(corpus), "--max-steps", "20", "--eval-interval", "10", "--n-layer", "2", "--n-head", "4",
-             "--n-embd", "128", "--block-size", "64", "--batch-size", "8", "--sample-tokens", "0",
+             "--n-embd", "128", "--block-size", "64", "--batch-size", "8", "--max-new-tokens", "0",
              "--progress", "false", "--device", "cpu"]
     code, log = tinygpt("train", "--out", str(work / "reference"), *flags, env=env)
     assert code == 0, log

@@ -22,7 +22,7 @@ def run(dtype: str, args, workdir: Path) -> dict:
     out = workdir / dtype
     cmd = [sys.executable, "-m", "tinygpt", "train", "--data", args.data, "--out", str(out), "--preset", args.preset,
            "--max-steps", str(args.steps), "--eval-interval", str(args.steps), "--dtype", dtype, "--seed", "1337",
-           "--progress", "false", "--sample-tokens", "0", *(["--batch-size", str(args.batch_size)]
+           "--progress", "false", "--max-new-tokens", "0", *(["--batch-size", str(args.batch_size)]
                                                              if args.batch_size else [])]
     subprocess.run(cmd, check=True, capture_output=True)
     records = RunDir.open(out).read_metrics()

@@ -54,7 +54,7 @@ def main() -> None:
     for method in args.methods.split(","):
         session = FinetuneSession.start(args.base, {
             "data": str(data), "template": "simple", "method": method, "out": str(out / method),
-            "max_steps": args.steps, "eval_interval": 50, "progress": False, "sample_tokens": 0,
+            "max_steps": args.steps, "eval_interval": 50, "progress": False, "max_new_tokens": 0,
             "soft_prompt_init": "User:\nSpell the word: king\n\nAssistant:\nk i n g"}, force=True, log=lambda m: None)
         tr = session.trainer
         before = tr.evaluate(session.batches("val", session.cfg.runtime.seed + 2), session.cfg.train.eval_batches)

@@ -2,16 +2,18 @@
 
     python bench/soak_kill.py --trials 30            # ~10 s a trial on 2 cores
 
-Each trial starts a run in a fresh directory and SIGKILLs it: half the trials at a
-random moment of the run's wall time (start-up and data preparation included), half
-the moment a checkpoint write is under way (a temp file has appeared in the run
-directory). Some trials also kill the first resume. Then it checks that:
+Each trial starts a run in a fresh directory and SIGKILLs it, in turn: at a random moment
+of the run's wall time (start-up and data preparation included), the moment a checkpoint
+write is under way (a temp file has appeared in the run directory), or the moment one has
+just ended (its temp file gone: between a checkpoint's files, or between a checkpoint and
+what follows it). Some trials also kill the first resume. Then it checks that:
 
 - the run samples (or, killed before its first checkpoint, says so in one line);
 - it resumes (``--resume``; or, killed before config.json existed, starts again in place)
   and the resumed run's weights and trainer state equal an uninterrupted run's, bitwise;
 - no temp files remain after the resume;
-- metrics.jsonl holds each step exactly once, in order.
+- metrics.jsonl holds each step exactly once, in order, with the uninterrupted run's
+  losses and best flags (a lost evaluation line, or one written twice, fails).
 
 Not part of the test suite (it takes minutes); the counts go in the closing notes.
 """
@@ -49,9 +51,11 @@ def temp_files(run: Path) -> list[str]:
         else []
 
 
-def kill_at(proc: subprocess.Popen, run: Path, *, delay: float | None, nth_write: int | None) -> str:
+def kill_at(proc: subprocess.Popen, run: Path, *, delay: float | None, nth_write: int | None,
+            after: bool = False) -> str:
     """SIGKILL ``proc`` after ``delay`` seconds, or when its ``nth_write``-th checkpoint write
-    is seen in progress. Returns when it was killed ('write', 'time', or 'finished' first)."""
+    is seen in progress (``after``: seen ended). Returns when it was killed ('write',
+    'after write', 'time', or 'finished' first)."""
     started, writes, writing = time.perf_counter(), 0, False
     while proc.poll() is None:
         if delay is not None and time.perf_counter() - started >= delay:
@@ -62,13 +66,20 @@ def kill_at(proc: subprocess.Popen, run: Path, *, delay: float | None, nth_write
             now = bool(temp_files(run))
             if now and not writing:
                 writes += 1
-                if writes >= nth_write:
-                    proc.send_signal(signal.SIGKILL)
-                    proc.wait()
-                    return "write"
+            if writes >= nth_write and (now if not after else writing and not now):
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return "after write" if after else "write"
             writing = now
         time.sleep(0.0005)
     return "finished"
+
+
+def metrics(run: Path) -> list[dict]:
+    """metrics.jsonl's records without what depends on the clock."""
+    keep = ("step", "tokens", "loss", "train_loss", "val_loss", "best", "lr")
+    return [{k: r[k] for k in keep if k in r}
+            for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
 
 
 def load_state_tensors(path: Path) -> dict:
@@ -112,7 +123,7 @@ def main() -> int:
     env = {**os.environ, "TINYGPT_CACHE": str(work / "cache"), "OMP_NUM_THREADS": "1"}
     flags = ["--data", str(corpus), "--max-steps", str(args.steps), "--eval-interval", str(args.eval_interval),
              "--n-layer", "2", "--n-head", "4", "--n-embd", "128", "--block-size", "64", "--batch-size", "8",
-             "--sample-tokens", "0", "--progress", "false", "--device", "cpu"]
+             "--max-new-tokens", "0", "--progress", "false", "--device", "cpu"]
 
     ref = work / "reference"
     t0 = time.perf_counter()
@@ -122,22 +133,25 @@ def main() -> int:
         print(log)
         return 1
     ref_weights = (ref / "last.safetensors").read_bytes()
+    ref_metrics = metrics(ref)
     print(f"reference run: {args.steps} steps, checkpoint every {args.eval_interval}, {wall:.1f}s wall")
 
-    counts = {k: 0 for k in ("trials", "killed in a checkpoint write", "killed at a random moment",
+    counts = {k: 0 for k in ("trials", "killed in a checkpoint write", "killed just after a write",
+                             "killed at a random moment",
                              "finished before the kill", "killed before the first checkpoint",
                              "resume also killed", "samples", "resumed", "bitwise equal", "no temp files",
-                             "metrics contiguous")}
+                             "metrics exactly once, as uninterrupted")}
     failures = []
     for i in range(args.trials):
         run = work / f"trial-{i:03d}"
-        during_write = i % 2 == 0
+        mode = ("write", "after write", "time")[i % 3]
         proc = tinygpt("train", "--out", str(run), *flags, env=env)
-        when = kill_at(proc, run, delay=None if during_write else rng.uniform(0, wall * 1.1),
-                       nth_write=rng.randint(1, 3 * (args.steps // args.eval_interval)) if during_write else None)
+        nth = rng.randint(1, 3 * (args.steps // args.eval_interval))
+        when = kill_at(proc, run, delay=rng.uniform(0, wall * 1.1) if mode == "time" else None,
+                       nth_write=nth if mode != "time" else None, after=mode == "after write")
         counts["trials"] += 1
-        counts[{"write": "killed in a checkpoint write", "time": "killed at a random moment",
-                "finished": "finished before the kill"}[when]] += 1
+        counts[{"write": "killed in a checkpoint write", "after write": "killed just after a write",
+                "time": "killed at a random moment", "finished": "finished before the kill"}[when]] += 1
         problems = []
 
         has_checkpoint = (run / "trainer.pt").exists()
@@ -179,14 +193,18 @@ def main() -> int:
         else:
             problems.append(f"temp files left: {leftovers}")
         try:
-            steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+            got = metrics(run)
         except (OSError, ValueError) as e:
-            steps = [f"unreadable: {e}"]
-        if steps == list(range(1, args.steps + 1)):
-            counts["metrics contiguous"] += 1
+            got = [{"unreadable": str(e)}]
+        steps = [r.get("step") for r in got]
+        if got == ref_metrics and steps == list(range(1, args.steps + 1)):
+            counts["metrics exactly once, as uninterrupted"] += 1
         else:
-            problems.append(f"metrics steps {steps[:5]}...{steps[-3:]}")
-        print(f"trial {i + 1:3d}: killed {'in a write' if when == 'write' else when:>10}, "
+            lost = sorted(set(range(1, args.steps + 1)) - set(steps))
+            twice = sorted({s for s in steps if steps.count(s) > 1})
+            problems.append(f"metrics: lost steps {lost}, repeated {twice}" if lost or twice else
+                            "metrics differ from the uninterrupted run's")
+        print(f"trial {i + 1:3d}: killed {'in a write' if when == 'write' else when:>11}, "
               f"{'checkpoint on disk' if has_checkpoint else 'no checkpoint yet':>18}: "
               + ("ok" if not problems else "FAILED " + "; ".join(problems)), flush=True)
         if problems:

@@ -63,7 +63,7 @@ GRID = {name: flags if name == "tiny" or "--preset" in flags else ["--preset", "
 def run_one(name: str, flags: list[str], data: str, seconds: float, workdir: Path) -> dict:
     out = workdir / name
     cmd = [sys.executable, "-m", "tinygpt", "train", "--data", data, "--out", str(out), "--max-time", str(seconds),
-           "--progress", "false", "--sample-tokens", "0", *flags]
+           "--progress", "false", "--max-new-tokens", "0", *flags]
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t

@@ -111,7 +111,7 @@ def trained_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TINYGPT_CACHE", str(root / "cache"))
         assert main(["train", "--data", str(corpus), "--out", str(root / "run"), "--max-steps", "6",
-                     "--eval-interval", "3", "--sample-tokens", "0", *TINY_TRAIN]) == 0
+                     "--eval-interval", "3", "--max-new-tokens", "0", *TINY_TRAIN]) == 0
     return root / "run"
 
 

@@ -133,7 +133,7 @@ def test_train_flag(tmp_path):
     corpus = tmp_path / "r.txt"
     corpus.write_text(ROMEO)
     assert main(["train", "--data", str(corpus), "--out", str(tmp_path / "r"), "--max-steps", "2",
-                 "--diagnostics", "1", "--sample-tokens", "0", *TINY_TRAIN]) == 0
+                 "--diagnostics", "1", "--max-new-tokens", "0", *TINY_TRAIN]) == 0
     assert [r["step"] for r in RunDir(tmp_path / "r").read_diagnostics()] == [1, 2]
 
 

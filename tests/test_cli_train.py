@@ -20,7 +20,7 @@ def corpus(tmp_path):
 
 def train(corpus, out, *extra):
     return main(["train", "--data", str(corpus), "--out", str(out), "--max-steps", "6",
-                 "--eval-interval", "3", "--sample-tokens", "20", *TINY_TRAIN, *extra])
+                 "--eval-interval", "3", "--max-new-tokens", "20", *TINY_TRAIN, *extra])
 
 
 def test_train_writes_a_complete_run_and_a_sample(tmp_path, corpus, capsys):
@@ -46,7 +46,7 @@ def test_config_file_and_flags(tmp_path, corpus):
     out = tmp_path / "run"
     # The flag wins over the file; the file wins over the preset.
     assert main(["train", "--config", str(cfg), "--data", str(corpus), "--out", str(out), "--lr", "0.003",
-                 "--eval-interval", "2", "--sample-tokens", "0", *TINY_TRAIN[2:]]) == 0
+                 "--eval-interval", "2", "--max-new-tokens", "0", *TINY_TRAIN[2:]]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["n_layer"] == 2 and config["train"]["lr"] == 0.003 and config["train"]["max_steps"] == 4
     assert config["run"]["preset"] == "char-tiny" and config["runtime"]["seed"] == 5  # 'auto' on a CPU
@@ -195,7 +195,7 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_over(tmp_path, corpus,
     for name in ("trainer.pt", "model.safetensors", "last.safetensors"):
         (out / name).unlink()
     (out / "metrics.jsonl").write_text((out / "metrics.jsonl").read_text().split("\n", 1)[0] + '\n{"step": 2, "l')
-    (out / ".last.safetensors.a1b2c3.tmp").write_bytes(b"\0" * 100)
+    (out / ".tinygpt-last.safetensors.a1b2c3d4.tmp").write_bytes(b"\0" * 100)
     capsys.readouterr()
     assert train(corpus, out) == 1
     assert f"{out} holds a run that stopped before its first checkpoint; start it over with --resume {out}" \
@@ -244,7 +244,7 @@ def test_resume_from_another_directory_and_from_a_moved_corpus(tmp_path, monkeyp
     (tmp_path / "a" / "data.txt").write_text(ROMEO, encoding="utf-8")
     monkeypatch.chdir(tmp_path / "a")
     assert main(["train", "--data", "data.txt", "--out", "run", "--max-steps", "3", "--eval-interval", "3",
-                 "--sample-tokens", "0", *TINY_TRAIN]) == 0
+                 "--max-new-tokens", "0", *TINY_TRAIN]) == 0
     config = json.loads((tmp_path / "a" / "run" / "config.json").read_text())
     assert config["data"]["data"] == str(tmp_path / "a" / "data.txt")  # recorded absolute
     monkeypatch.chdir(tmp_path / "b")
@@ -349,7 +349,7 @@ def test_early_stop_ends_the_run_with_success_and_keeps_the_best(tmp_path, capsy
     out = tmp_path / "run"
     assert main(["train", "--data", str(corpus), "--out", str(out), "--max-steps", "50", "--eval-interval", "2",
                  "--lr", "1e-12", "--min-lr", "0", "--warmup-steps", "0", "--early-stop", "2",
-                 "--sample-tokens", "0", *TINY_TRAIN]) == 0
+                 "--max-new-tokens", "0", *TINY_TRAIN]) == 0
     err = capsys.readouterr().err
     assert "early stop: the validation loss has not improved for 2 evaluations" in err
     assert "continue with" not in err  # not an interruption to resume from

@@ -175,11 +175,11 @@ def test_text_fine_tune_trains_on_plain_text(base, tmp_path):
 def test_cli_finetune_and_bad_input(base, tmp_path, capsys):
     out = tmp_path / "ft"
     args = ["finetune", str(base), "--data", INSTRUCT, "--template", "simple", "--out", str(out), "--max-steps", "2",
-            "--progress", "false", "--sample-tokens", "8", "--device", "cpu", "--dtype", "fp32"]
+            "--progress", "false", "--max-new-tokens", "8", "--device", "cpu", "--dtype", "fp32"]
     assert main(args) == 0
     assert "Assistant:" in capsys.readouterr().out  # the end-of-run sample answers a held-out instruction
     assert main(["finetune", "--resume", str(out), "--max-steps", "3", "--progress", "false",
-                 "--sample-tokens", "0"]) == 0
+                 "--max-new-tokens", "0"]) == 0
     assert main(["finetune", "--resume", str(out), "--template", "alpaca"]) == 1
     assert "--template cannot change when resuming" in capsys.readouterr().err
     assert main(["train", "--resume", str(out)]) == 1

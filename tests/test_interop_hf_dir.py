@@ -92,7 +92,7 @@ def test_bad_directories_are_one_line_errors(tmp_path):
     with pytest.raises(TinyGPTError, match="holds a 'bert' model; tinygpt loads the gpt2 and llama"):
         tinygpt.load(out)
     (out / "config.json").write_text(json.dumps({**config, "n_layer": 3}))
-    with pytest.raises(TinyGPTError, match="lacks 'transformer.h.2"):
+    with pytest.raises(TinyGPTError, match="the config declares a model of [0-9,]+ parameters but the weights hold"):
         tinygpt.load(out)
     (out / "config.json").write_text(json.dumps(config))
     (out / "model.safetensors").unlink()

@@ -40,3 +40,41 @@ def test_a_killed_holder_never_leaves_the_lock_stuck(tmp_path):
     lock.acquire(path, "the run X")  # the OS dropped the dead process's lock
     assert lock.holder_pid(path) == os.getpid()
     lock.release(path)
+
+
+@pytest.mark.parametrize("make", ["symlink", "dangling", "hardlink", "fifo", "directory"])
+def test_a_lock_file_that_is_not_a_plain_file_of_ours_is_refused_and_nothing_outside_is_touched(tmp_path, make):
+    run = tmp_path / "run"
+    run.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("IMPORTANT\n")
+    path = run / ".lock"
+    if make == "symlink":
+        path.symlink_to(victim)
+    elif make == "dangling":
+        path.symlink_to(tmp_path / "absent")
+    elif make == "hardlink":
+        os.link(victim, path)
+    elif make == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+    with pytest.raises(TinyGPTError, match=rf"{path} is not a plain lock file .*remove {path} if you trust"):
+        lock.acquire(path, "the run X")
+    assert victim.read_text() == "IMPORTANT\n" and not (tmp_path / "absent").exists()
+    assert not lock.is_held(path)
+
+
+def test_the_resume_of_a_run_whose_lock_links_out_leaves_the_target_alone(tiny_run, tmp_path, capsys):
+    import shutil
+
+    from tinygpt.cli import main
+    run = tmp_path / "r"
+    shutil.copytree(tiny_run, run)
+    (run / ".lock").unlink(missing_ok=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("IMPORTANT\n")
+    (run / ".lock").symlink_to(victim)
+    assert main(["train", "--resume", str(run), "--max-steps", "1000"]) == 1
+    assert "r/.lock is a link out of the run (to " in capsys.readouterr().err  # refused before the lock is taken
+    assert victim.read_text() == "IMPORTANT\n"

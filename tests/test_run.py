@@ -145,7 +145,7 @@ def test_an_empty_folder_or_one_with_only_tinygpts_leftovers_is_free(tmp_path):
     RunDir.create(tmp_path / "empty")
     left = tmp_path / "left"
     left.mkdir()
-    for name in (".lock", ".config.json.k2j3h4.tmp", ".tmpAb12Cd"):  # a start killed before config.json
+    for name in (".lock", ".tinygpt-config.json.k2j3h4ab.tmp", ".config.json.k2j3h4ab.tmp"):  # killed before config.json
         (left / name).write_text("")
     RunDir.create(left)
     assert sorted(p.name for p in left.iterdir()) == [".lock"]  # the lock swept the temp files
@@ -166,13 +166,37 @@ def test_force_replaces_an_old_runs_files_and_keeps_others(tmp_path):
 def test_lock_sweeps_temp_files_of_killed_writes_only(tmp_path):
     make_run(tmp_path / "run")
     run = RunDir.open(tmp_path / "run")
-    leftovers = [".model.safetensors.x8f2k1.tmp", ".trainer.pt.abcdef.tmp", ".tmpQ1w2E3"]
-    for name in leftovers + [".keep.txt", "a.tmp", ".tmpTooLongName"]:
+    # Ours, and an earlier version's for a run file's name (".<name>.<8 random>.tmp").
+    leftovers = [".tinygpt-model.safetensors.x8f2k1ab.tmp", ".tinygpt-eval.json.a_b_c_d_.tmp",
+                 ".trainer.pt.abcdef12.tmp"]
+    users = [".keep.txt", "a.tmp", ".tmpTooLongName", ".draft.tmp", ".tmpABC123", ".notes.txt.abcdefgh.tmp",
+             ".tinygpt-model.safetensors.short.tmp"]
+    for name in leftovers + users:
         (run.path / name).write_text("x")
-    assert [p.name for p in ckpt.stale_temp_files(run.path)] == sorted(leftovers)
+    assert [p.name for p in ckpt.stale_temp_files(run.path, [ckpt.Path("x").name, "trainer.pt"])] == \
+        sorted(leftovers)
     run.lock()
     assert not any((run.path / name).exists() for name in leftovers)
-    assert all((run.path / name).exists() for name in (".keep.txt", "a.tmp", ".tmpTooLongName"))
+    assert all((run.path / name).read_text() == "x" for name in users)
+
+
+def test_a_new_run_never_takes_a_users_temp_like_files(tmp_path, capsys):
+    from conftest import TINY_TRAIN
+
+    from tinygpt.cli import main
+
+    corpus = tmp_path / "data.txt"
+    corpus.write_text("hello there, general kenobi\n" * 50)
+    out = tmp_path / "u"
+    out.mkdir()
+    (out / ".draft.tmp").write_text("x")
+    (out / ".tmpABC123").write_text("y")
+    flags = ["train", "--data", str(corpus), "--max-steps", "2", "--out", str(out), "--max-new-tokens", "0",
+             *TINY_TRAIN]
+    assert main(flags) == 1
+    assert "is not empty and is not a tinygpt run (it holds .draft.tmp, .tmpABC123)" in capsys.readouterr().err
+    assert main([*flags, "--force"]) == 0
+    assert (out / ".draft.tmp").read_text() == "x" and (out / ".tmpABC123").read_text() == "y"
 
 
 @pytest.mark.parametrize("text, problem", [
@@ -199,3 +223,45 @@ def test_metrics_tolerate_a_torn_last_line_and_trim_to_the_checkpoint(tmp_path):
     mtime = run.metrics_path.stat().st_mtime_ns
     run.trim_metrics(3)  # nothing to change: the file is not rewritten
     assert run.metrics_path.stat().st_mtime_ns == mtime
+
+
+def test_two_processes_appending_results_keep_every_row(tmp_path):
+    import subprocess
+    import sys
+
+    make_run(tmp_path / "run")
+    script = ("import sys; from tinygpt.run import RunDir; run = RunDir.open(sys.argv[1])\n"
+              "for i in range(60): run.append_result('eval', {'who': sys.argv[2], 'i': i})")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "run"), who]) for who in "ab"]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    rows = RunDir.open(tmp_path / "run").read_results("eval")
+    assert sorted((r["who"], r["i"]) for r in rows) == [(w, i) for w in "ab" for i in range(60)]
+
+
+def test_a_run_another_process_is_writing_is_said_to_be_so_with_its_pid(tmp_path):
+    import signal
+
+    from helpers import hold_lock
+
+    from tinygpt import lock
+
+    make_run(tmp_path / "run")
+    (tmp_path / "run" / "trainer.pt").unlink(missing_ok=True)  # as a run just started, before its first checkpoint
+    lock.release(tmp_path / "run" / ".lock")  # make_run's: another process writes it now
+    holder = hold_lock(tmp_path / "run" / ".lock")
+    try:
+        assert lock.held_by(tmp_path / "run" / ".lock") == holder.pid
+        with pytest.raises(TinyGPTError, match=f"is being written by process {holder.pid} .*wait for it to finish"):
+            RunDir.check_new(tmp_path / "run")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=60)
+    assert lock.held_by(tmp_path / "run" / ".lock") is None
+    with pytest.raises(TinyGPTError, match="stopped before its first checkpoint; start it over with --resume"):
+        RunDir.check_new(tmp_path / "run")
+
+
+def test_suggested_commands_quote_the_path_for_the_shell(tmp_path):
+    make_run(tmp_path / "my run")
+    with pytest.raises(TinyGPTError, match=f"with --resume '{tmp_path}/my run', "):
+        RunDir.check_new(tmp_path / "my run")

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 import torch
 from safetensors import safe_open
@@ -50,7 +50,9 @@ def _umask() -> int:
     return mask
 
 
-TMP_SUFFIX = ".tmp"  # atomic_write's temp files are ".<name>.<random>.tmp"; see stale_temp_files
+# atomic_write's temp files are ".tinygpt-<name>.<random>.tmp": a name no user would choose,
+# so sweeping what a killed write left (stale_temp_files) can never take a user's file.
+TMP_PREFIX, TMP_SUFFIX = ".tinygpt-", ".tmp"
 
 
 class DiskFullError(TinyGPTError):
@@ -92,7 +94,7 @@ def _full_error(path: Path, size: int | None, existed: bool) -> DiskFullError:
 
 def _open_temp(path: Path) -> tuple[Path, BinaryIO]:
     """A new temp file beside ``path`` (same filesystem, so the final rename is atomic)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     return Path(tmp), os.fdopen(fd, "wb")
 
 
@@ -175,17 +177,19 @@ def output_dir(path: str | Path, *, force: bool = False, flag: str = "--out") ->
     return path
 
 
-def stale_temp_files(directory: str | Path) -> list[Path]:
-    """Temp files a killed write left in ``directory``: ours (".<name>.<random>.tmp") and
-    those of safetensors' own writer (".tmp" + 6 characters) that tinygpt 0.1 used."""
+def stale_temp_files(directory: str | Path, names: Iterable[str] = ()) -> list[Path]:
+    """Temp files a killed write left in ``directory``: ours (".tinygpt-<name>.<random>.tmp"),
+    and those of earlier versions (".<name>.<random>.tmp") for the file ``names`` given. Nothing
+    else, however temporary its name looks: a user's ".draft.tmp" is theirs."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.iterdir() if p.is_file() and p.name.startswith(".")
-                  and (p.name.endswith(TMP_SUFFIX) or _SAFETENSORS_TMP.fullmatch(p.name)))
-
-
-_SAFETENSORS_TMP = re.compile(r"\.tmp[A-Za-z0-9]{6}")
+    random = r"\.[a-z0-9_]{8}" + re.escape(TMP_SUFFIX)  # mkstemp's 8 characters
+    ours = re.compile(re.escape(TMP_PREFIX) + r".+" + random)
+    earlier = re.compile(r"\.(" + "|".join(map(re.escape, names)) + ")" + random) if names else None
+    return sorted(p for p in directory.iterdir()
+                  if not p.is_symlink() and p.is_file()
+                  and (ours.fullmatch(p.name) or (earlier is not None and earlier.fullmatch(p.name))))
 
 
 def read_json(path: str | Path, what: str) -> Any:
@@ -282,13 +286,17 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         raise unreadable(path, e) from None
 
 
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors file; on CPU the tensors are memory-mapped (copy-on-write), not copied."""
+RUN_ADVICE = "use the run's other checkpoint (--checkpoint best|last) or train again"
+
+
+def load_weights(path: str | Path, advice: str = RUN_ADVICE) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; on CPU the tensors are memory-mapped (copy-on-write), not copied.
+    ``advice``: what the error says to do when the file is unreadable (a run's, by default)."""
     path = existing_file(path, "checkpoint")
     try:
         return load_file(str(path))
     except Exception as e:
-        raise unreadable(path, e) from None
+        raise unreadable(path, e, advice) from None
 
 
 def assign_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str | Path, *,
@@ -325,10 +333,24 @@ def assign_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], sou
         model.tie_weights()
 
 
+def check_tensors_hold(params: int, tensors: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Refuse, before anything is built, a config declaring more parameters than the weights
+    hold: a config.json saying 100000 layers would otherwise build layer after layer for
+    minutes (and gigabytes) before the weights are compared with it."""
+    held = sum(t.numel() for t in tensors.values())
+    if params > held:
+        raise TinyGPTError(f"{source}: the config declares a model of {params:,} parameters but the weights hold "
+                           f"{held:,}; the config does not match the weights (load it with the config it was "
+                           "saved with)")
+
+
 def model_from_tensors(build: Callable[[], torch.nn.Module], tensors: dict[str, torch.Tensor],
-                       source: str | Path) -> torch.nn.Module:
+                       source: str | Path, *, params: int | None = None) -> torch.nn.Module:
     """``build()`` on the meta device, given ``tensors`` as its parameters (checked by
-    :func:`assign_weights`): no random init, no copy. Derived buffers are then computed."""
+    :func:`assign_weights`): no random init, no copy. Derived buffers are then computed.
+    ``params``: the parameter count ``build()`` implies, checked against the tensors first."""
+    if params is not None:
+        check_tensors_hold(params, tensors, source)
     with torch.device("meta"):
         model = build()
     assign_weights(model, tensors, source, assign=True)
@@ -371,11 +393,33 @@ def existing_file(path: str | Path, what: str) -> Path:
     return path
 
 
+def in_directory(directory: str | Path, name: str, what: str) -> Path:
+    """``directory / name`` where ``name`` (read from a file there, e.g. a shard index) is a
+    plain file name; anything else (``../x``, ``/etc/passwd``, ``a/b``) is refused."""
+    if not isinstance(name, str) or not name or name in (".", "..") or Path(name).name != name or "\\" in name:
+        raise TinyGPTError(f"{what} names {name!r}, which is not a file of {directory}; the directory is damaged "
+                           "or was tampered with")
+    return Path(directory) / name
+
+
+def check_no_links_out(directory: str | Path, names: Iterable[str], what: str) -> None:
+    """Refuse where one of the files ``names`` in ``directory`` is a link that leads out of
+    it: reading it would read, and appending to it would write, a file elsewhere. (A Hugging
+    Face hub snapshot's files link into the same repository's blobs/ folder: that is its layout.)"""
+    root = Path(directory).resolve()
+    if root.parent.name == "snapshots":
+        root = root.parent.parent
+    for name in names:
+        path = Path(directory) / name
+        if path.is_symlink() and not path.resolve().is_relative_to(root):
+            raise TinyGPTError(f"{path} is a link out of {what} (to {os.readlink(path)}); tinygpt does not follow "
+                               "it: put the file itself there")
+
+
 def first_line(err: BaseException) -> str:
     """An exception's first line (or its type), at most 200 characters, for one-line errors."""
     return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
-def unreadable(path: Path, err: Exception) -> TinyGPTError:
-    return TinyGPTError(f"{path} is unreadable (truncated or corrupt: {first_line(err)}); "
-                        "use the run's other checkpoint (--checkpoint best|last) or train again")
+def unreadable(path: Path, err: Exception, advice: str = RUN_ADVICE) -> TinyGPTError:
+    return TinyGPTError(f"{path} is unreadable (truncated or corrupt: {first_line(err)}); {advice}")

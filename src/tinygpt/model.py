@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator, NamedTuple
 
 import torch
@@ -67,10 +67,10 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
-        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "mlp_hidden"):
+        for name in ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "vocab_size", "mlp_hidden"):
             value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise TinyGPTError(f"--{name.replace('_', '-')} must be positive, got {value}")
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise TinyGPTError(f"--{name.replace('_', '-')} must be a positive whole number, got {value!r}")
         if self.n_embd % self.n_head:
             raise TinyGPTError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
@@ -95,6 +95,16 @@ class GPTConfig:
     @property
     def head_size(self) -> int:
         return self.n_embd // self.n_head
+
+    def stored_params(self) -> int:
+        """Parameters a file of this shape holds: one- and two-layer models on the meta device say."""
+        try:
+            with torch.device("meta"):
+                one, two = (GPT(replace(self, n_layer=n)).num_params() for n in (1, 2))
+        except RuntimeError as e:  # "Storage size calculation overflowed": no file can hold it
+            raise TinyGPTError(f"a model {self.n_embd} wide with {self.vocab_size} tokens is too large to exist") from e
+        return one + (self.n_layer - 1) * (two - one) - (self.padded_vocab_size - self.vocab_size) * self.n_embd * (
+            1 if self.tie_embeddings else 2)  # no padding rows
 
     @property
     def kv_heads(self) -> int:

@@ -22,7 +22,9 @@ file that is consistent with itself. Every file goes through the atomic writer.
 Safety rules: a new run only goes into a new or empty directory (``force`` to write into
 anything else); one process at a time writes a run (:meth:`RunDir.lock`, which also
 sweeps temp files a killed write left); readers (sampling, loading) need no lock because
-every file is replaced whole.
+every file is replaced whole. Readers may add to one kind of file while a writer holds
+the run: results (eval.json), each append under the brief ``.results.lock``. No file tinygpt
+names in a run may be a link out of it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from shlex import quote
 from typing import Any, Callable
 
 import torch
@@ -55,6 +58,7 @@ ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_LAST = "adapter-last.safetensors"
 ADAPTER_CONFIG = "adapter.json"
 LOCK_FILE = ".lock"
+RESULTS_LOCK = ".results.lock"  # taken briefly by each append to a results file (eval.json)
 CHECKPOINTS = {"best": BEST_WEIGHTS, "last": LAST_WEIGHTS}
 ADAPTER_CHECKPOINTS = {"best": ADAPTER_WEIGHTS, "last": ADAPTER_LAST}
 SECTIONS = ("model", "data", "run", "train", "runtime")  # config.json's settings; each a mapping
@@ -62,6 +66,8 @@ SECTIONS = ("model", "data", "run", "train", "runtime")  # config.json's setting
 # that would otherwise describe the old run beside the new one.
 RUN_FILES = (CONFIG_FILE, TOKENIZER_CONFIG, BPE_FILE, BEST_WEIGHTS, LAST_WEIGHTS, TRAINER_STATE, METRICS_FILE,
              ADAPTER_WEIGHTS, ADAPTER_LAST, ADAPTER_CONFIG)
+# Every file tinygpt reads or writes by name in a run: none may be a link out of the run.
+NAMED_FILES = RUN_FILES + (DIAGNOSTICS_FILE, "eval.json", LOCK_FILE, RESULTS_LOCK)
 
 
 @dataclass
@@ -122,13 +128,18 @@ class RunDir:
         if force or not path.is_dir():
             return
         if (path / CONFIG_FILE).is_file() and _is_tinygpt_config(path / CONFIG_FILE):
+            if (pid := _lock.held_by(path / LOCK_FILE)) is not None:
+                raise TinyGPTError(f"{path} is being written by process {pid} (another tinygpt command, still "
+                                   "running); wait for it to finish, or choose another --out / --name")
             if not (path / TRAINER_STATE).exists():
                 raise TinyGPTError(f"{path} holds a run that stopped before its first checkpoint; start it over "
-                                   f"with --resume {path}, or pass --force to replace it with a new run")
-            raise TinyGPTError(f"{path} already holds a run; continue it with --resume {path}, choose another "
+                                   f"with --resume {quote(str(path))}, or pass --force to replace it with a new run")
+            raise TinyGPTError(f"{path} already holds a run; continue it with --resume {quote(str(path))}, choose "
+                               "another "
                                "--out / --name, or pass --force to replace it")
-        temps = set(ckpt.stale_temp_files(path))
-        others = sorted(p.name for p in path.iterdir() if p.name != LOCK_FILE and p not in temps)
+        temps = set(ckpt.stale_temp_files(path, NAMED_FILES))
+        others = sorted(p.name for p in path.iterdir()
+                        if p.name not in (LOCK_FILE, RESULTS_LOCK) and p not in temps)
         if others:
             listed = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
             raise TinyGPTError(f"--out {path} is not empty and is not a tinygpt run (it holds {listed}); choose a "
@@ -141,6 +152,7 @@ class RunDir:
         cls.check_new(path, force=force)
         Path(path).mkdir(parents=True, exist_ok=True)
         run = cls(path)
+        ckpt.check_no_links_out(path, NAMED_FILES, "the run")
         run.lock()
         cls.check_new(path, force=force)
         if force:
@@ -156,13 +168,19 @@ class RunDir:
         if not path.is_dir():
             raise TinyGPTError(f"no run directory at {path}; pass a directory made by 'tinygpt train' (see runs/)")
         ckpt.existing_file(path / CONFIG_FILE, "run config")
-        return cls(path)
+        ckpt.check_no_links_out(path, NAMED_FILES, "the run")
+        run = cls(path)
+        if "model" not in run.read_config() and not _is_tinygpt_config(path / CONFIG_FILE):
+            raise TinyGPTError(f"{path / CONFIG_FILE} is neither a tinygpt run's (no model section, no tinygpt "
+                               "version) nor a Hugging Face model's (no model_type); point at a run directory or a "
+                               "model directory")
+        return run
 
     def lock(self) -> None:
         """Become the one process writing this run (until it exits), then remove the temp
         files that writes killed part-way left behind (no write can be in flight now)."""
         _lock.acquire(self.path / LOCK_FILE, f"the run {self.path}")
-        for tmp in ckpt.stale_temp_files(self.path):
+        for tmp in ckpt.stale_temp_files(self.path, NAMED_FILES):
             tmp.unlink(missing_ok=True)
 
     def has_checkpoint(self) -> bool:
@@ -276,7 +294,7 @@ class RunDir:
         if bad is not None:
             raise TinyGPTError(f"{path} holds non-finite weights ({bad} has nan/inf): it was saved by a run that "
                                "diverged; use another checkpoint (--checkpoint best|last) or train again")
-        model = ckpt.model_from_tensors(lambda: GPT(config), tensors, path)
+        model = ckpt.model_from_tensors(lambda: GPT(config), tensors, path, params=config.stored_params())
         return model.to(device).eval(), info, path
 
     # ------------------------------------------------------------------ trainer state and other files
@@ -362,8 +380,10 @@ class RunDir:
         return kept
 
     def append_result(self, name: str, record: dict) -> None:
-        """Add ``record`` to the list of results in ``results_path(name)`` (written atomically)."""
-        ckpt.atomic_write_json(self.results_path(name), self.read_results(name) + [record])
+        """Add ``record`` to the list of results in ``results_path(name)`` (written atomically),
+        under the results lock: two evaluations appending at once both keep their rows."""
+        with _lock.briefly(self.path / RESULTS_LOCK, f"the results of {self.path}"):
+            ckpt.atomic_write_json(self.results_path(name), self.read_results(name) + [record])
 
     def pictures_dir(self, kind: str) -> Path:
         """A folder of pictures: 'plots' (training diagnostics) or 'attention' (attention maps)."""

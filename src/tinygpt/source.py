@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from shlex import quote
 
 import torch
 
@@ -51,6 +52,14 @@ def is_hub_or_hf(source: str | Path) -> bool:
     return hf_dir.is_hf_dir(source) or hf_dir.looks_like_hub_name(str(source))
 
 
+def check_vocabulary(tokenizer: Tokenizer, vocab_size: int, source: str | Path) -> None:
+    """Refuse a tokenizer with ids the model has no rows for (its text could not be read).
+    Fewer ids than rows is normal (padded checkpoints): ids past the tokenizer are never drawn."""
+    if tokenizer.vocab_size > vocab_size:
+        raise TinyGPTError(f"{source}: the tokenizer has {tokenizer.vocab_size} ids but the model only "
+                           f"{vocab_size}; they do not belong together: put the model's own tokenizer beside it")
+
+
 def open_source(source: str | Path, checkpoint: str = "best") -> Opened:
     """The model at ``source`` opened, with its tokenizer and what describes it; ``checkpoint``
     (runs only) is 'best', 'last' or a .safetensors path."""
@@ -58,11 +67,13 @@ def open_source(source: str | Path, checkpoint: str = "best") -> Opened:
         directory = Path(source) if hf_dir.is_hf_dir(source) else hf_dir.download(str(source))
         cfg, sd, raw = hf_dir.load_model_parts(directory)
         tokenizer = hf_dir.load_tokenizer(directory, raw, cfg.vocab_size)
+        check_vocabulary(tokenizer, cfg.vocab_size, directory)
         model = model_from_tensors(lambda: GPT(cfg), sd, directory)
         return Opened(model.eval(), tokenizer, {"hf": raw}, directory)
     run = RunDir.open(source)
     tokenizer = run.load_tokenizer()
     if not run.has_adapter():
+        check_vocabulary(tokenizer, run.model_config().vocab_size, run.path)
         model, info, path = run.load_model(checkpoint)
         return Opened(model, tokenizer, run.read_config(), path, info, run)
     cfg, base = run.read_adapter_config()
@@ -93,7 +104,7 @@ def base_record(source: str | Path, checkpoint: str, opened: Opened) -> dict:
     given), which checkpoint, and the content hash of its weights."""
     if opened.run is not None and opened.run.has_adapter():
         raise TinyGPTError(f"{source} is itself an adapter fine-tune; fold it into full weights first "
-                           f"(tinygpt merge {source} --out DIR) and fine-tune DIR")
+                           f"(tinygpt merge {quote(str(source))} --out DIR) and fine-tune DIR")
     where = str(Path(source).resolve()) if Path(source).exists() else str(source)
     record = {"source": where, "sha256": weights_digest(opened.model)}
     if opened.run is not None:

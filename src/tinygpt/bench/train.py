@@ -28,7 +28,15 @@ import torch.nn.functional as F
 
 from ..config import Alias, layered, like, opt
 from ..data import Batches
-from ..device import RuntimeConfig, dtype_candidates, fastest, resolve_device, resolve_dtype, seed_everything, timed
+from ..device import (
+    RuntimeConfig,
+    dtype_candidates,
+    fastest,
+    resolve_device,
+    resolve_dtype,
+    seed_everything,
+    timed,
+)
 from ..errors import TinyGPTError
 from ..model import GPT, GPTConfig
 from ..presets import get_preset, resolve_preset

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from shlex import quote
 
 from ..config import add_command, section
 from ..console import log
@@ -35,7 +36,7 @@ def run(cmd: ExportCommand) -> int:
                         dtype=cmd.runtime.dtype)
     read = f"{done.weights}" + (f" (step {done.step})" if done.step is not None else "")
     if fmt == "gguf":
-        log(f"{read} -> {out}: GGUF ({cmd.export.type}) for llama.cpp, e.g. llama-cli -m {out}")
+        log(f"{read} -> {out}: GGUF ({cmd.export.type}) for llama.cpp, e.g. llama-cli -m {quote(str(out))}")
     elif done.adapter is not None:
         log(f"{read} -> {out}: {done.architecture} base, LoRA adapter in PEFT's format in {done.adapter}; load "
             f"them with peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained("

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from shlex import quote
 
 from ..config import add_command, section
 from ..console import log
@@ -26,5 +27,5 @@ def add_parser(sub) -> None:
 def run(cmd: MergeCommand) -> int:
     src = cmd.source.model
     out = merge_run(src, cmd.output.out, checkpoint=cmd.source.checkpoint, force=cmd.output.force)
-    log(f"{src} merged -> {out}; sample with: tinygpt sample {out} --instruct --prompt \"...\"")
+    log(f"{src} merged -> {out}; sample with: tinygpt sample {quote(str(out))} --instruct --prompt \"...\"")
     return 0

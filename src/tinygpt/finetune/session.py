@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from shlex import quote
 from typing import Callable, Iterator
 
 from .. import adapters, versions
@@ -110,7 +111,7 @@ class FinetuneSession(Session):
         run = RunDir.open(path)
         saved = run.read_config()
         if "finetune" not in saved or "base" not in saved:
-            raise TinyGPTError(f"{run.path} is not a fine-tune; continue it with: tinygpt train --resume {run.path}")
+            raise TinyGPTError(f"{run.path} is not a fine-tune; continue it with: tinygpt train --resume {quote(str(run.path))}")
         run.lock()
         cfg = resumed_run_config(saved, *layers, cls=FinetuneRunConfig, fixed_on_resume=FIXED_ON_RESUME)
         opened = open_base(saved["base"], f"the base of {run.path}")
@@ -198,7 +199,7 @@ class FinetuneSession(Session):
         return self.data.has_val
 
     def resume_command(self) -> str:
-        return f"tinygpt finetune --resume {self.run.path}"
+        return f"tinygpt finetune --resume {quote(str(self.run.path))}"
 
     def sample_command(self) -> str:
         return super().sample_command() + (" --instruct" if self.data.kind == "instructions" else "")

@@ -12,11 +12,18 @@ without one, GPT-2's BPE shipped with tinygpt (offline). A hub name such as ``gp
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import torch
 
-from ..checkpoint import first_line, load_weights
+from ..checkpoint import (
+    check_no_links_out,
+    check_tensors_hold,
+    first_line,
+    in_directory,
+    load_weights,
+)
 from ..errors import TinyGPTError
 from ..model import GPTConfig
 from ..tokenizer import BPETokenizer, GPT2Tokenizer, Tokenizer
@@ -25,6 +32,7 @@ from . import hf
 CONFIG = "config.json"
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
+DAMAGED = "the model directory is damaged: download or save it again"
 PICKLE = "pytorch_model.bin"
 TOKENIZER = "tokenizer.json"
 _FAMILIES = {"gpt2": (hf.gpt2_config_from_hf, hf.gpt2_weights_from_hf, "transformer."),
@@ -70,25 +78,43 @@ def read_config(directory: Path) -> tuple[dict, str, GPTConfig]:
     except (OSError, ValueError) as e:
         raise TinyGPTError(f"{directory / CONFIG} is unreadable ({e}); point at a Hugging Face model directory") \
             from None
-    family = raw.get("model_type")
+    family = raw.get("model_type") if isinstance(raw, dict) else None
     if family not in _FAMILIES:
         raise TinyGPTError(f"{directory} holds a {family!r} model; tinygpt loads the gpt2 and llama architectures")
-    return raw, family, _FAMILIES[family][0](raw)
+    try:
+        return raw, family, _FAMILIES[family][0](raw)
+    except (TinyGPTError, TypeError, ValueError) as e:  # a value of the wrong kind: one line, not a traceback
+        raise TinyGPTError(f"{directory / CONFIG}: {first_line(e)}; the config is damaged") from None
 
 
 def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     """The HF checkpoint's tensors (safetensors memory-mapped; a .bin without unpickling code)."""
     if (directory / SAFETENSORS).is_file():
-        return load_weights(directory / SAFETENSORS)
+        return load_weights(directory / SAFETENSORS, DAMAGED)
     if (directory / SAFETENSORS_INDEX).is_file():
-        index = json.loads((directory / SAFETENSORS_INDEX).read_text(encoding="utf-8"))
+        try:
+            index = json.loads((directory / SAFETENSORS_INDEX).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise TinyGPTError(f"{directory / SAFETENSORS_INDEX} is unreadable ({first_line(e)}); the directory is "
+                               "damaged") from None
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise TinyGPTError(f"{directory / SAFETENSORS_INDEX} has no weight_map of tensor name -> shard file; the "
+                               "directory is damaged")
         out: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(index.get("weight_map", {}).values())):
-            out.update(load_weights(directory / shard))
+        for shard in sorted(set(weight_map.values()), key=str):
+            path = in_directory(directory, shard, SAFETENSORS_INDEX)
+            check_no_links_out(directory, [shard], "the model directory")
+            if not path.is_file():
+                raise TinyGPTError(f"{SAFETENSORS_INDEX} names the shard {shard}, which {directory} lacks; {DAMAGED}")
+            out.update(load_weights(path, DAMAGED))
         return out
     if (directory / PICKLE).is_file():
         try:
             return torch.load(directory / PICKLE, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:  # torch's own words advise weights_only=False: running the file's code
+            raise TinyGPTError(f"{directory / PICKLE} holds objects other than tensors, and unpickling them could "
+                               "run code: refused. Convert it to safetensors where you trust it") from None
         except Exception as e:
             raise TinyGPTError(f"{directory / PICKLE} cannot be read as plain tensors ({first_line(e)}); refusing to "
                                "unpickle it: convert it to safetensors") from None
@@ -99,8 +125,10 @@ def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
 def load_model_parts(directory: str | Path) -> tuple[GPTConfig, dict[str, torch.Tensor], dict]:
     """(our config, our state dict, the HF config) of an HF model directory."""
     directory = Path(directory)
+    check_no_links_out(directory, (CONFIG, SAFETENSORS, SAFETENSORS_INDEX, PICKLE, TOKENIZER), "the model directory")
     raw, family, cfg = read_config(directory)
     sd = read_state_dict(directory)
+    check_tensors_hold(cfg.stored_params(), sd, directory)
     prefix = _FAMILIES[family][2]
     # OpenAI's gpt2 upload (and llama.cpp-style exports) name tensors without the prefix.
     sd = {k if k.startswith(prefix) or k == "lm_head.weight" else prefix + k: v for k, v in sd.items()}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -49,7 +50,8 @@ class LambdaCallback(Callback):
 
 
 class Evaluator(Callback):
-    """Every ``every`` steps and at the end: the mean loss of each split over ``n_batches``.
+    """Every ``every`` steps and at the end: the mean loss of each split over ``n_batches``,
+    and whether the validation loss is a new best (``record["best"]``, kept in the state).
 
     ``splits`` maps a name to a function giving a fresh batch iterator, so every
     evaluation sees the same windows and successive values are comparable."""
@@ -63,15 +65,30 @@ class Evaluator(Callback):
         if trainer.at_interval(self.every):
             for name, batches in self.splits.items():
                 record[f"{name}_loss"] = trainer.evaluate(batches(), self.n_batches)
-            trainer.state.last_val = record.get("val_loss")
+                if not math.isfinite(record[f"{name}_loss"]):  # stops the run before anything is written
+                    raise trainer.diverged(f"the {name} loss became {record[f'{name}_loss']}", trainer.state.step,
+                                           trainer.state.step)
+            state, val = trainer.state, record.get("val_loss")
+            state.last_val = val
+            record["best"] = val is not None and val < state.best_val
+            if val is not None:
+                state.evals_since_best = 0 if record["best"] else state.evals_since_best + 1
+            if record["best"]:
+                state.best_val = val
 
 
 class Checkpointer(Callback):
     """At every evaluation: the latest weights, the best-by-validation weights when they
     improved, and the trainer state. On a stop request: the latest weights and state.
 
-    Nothing non-finite is ever saved: a non-finite evaluated loss or weight stops the run
-    (:class:`DivergedError`) with the previous checkpoint, the last good one, on disk."""
+    It comes last among the callbacks that write: a step's metrics and diagnostics lines are
+    on disk before the checkpoint that covers that step, so a kill between the two resumes
+    from the checkpoint before (and writes the lines again, once: resume trims what follows
+    its checkpoint), never past lines that were lost.
+
+    Nothing non-finite is ever saved: a non-finite weight (or evaluated loss, which the
+    evaluator finds) stops the run (:class:`DivergedError`) with the previous checkpoint, the
+    last good one, on disk."""
 
     def __init__(self, run: RunDir, every: int, has_val: bool):
         self.run, self.every, self.has_val = run, every, has_val
@@ -82,40 +99,32 @@ class Checkpointer(Callback):
 
     def on_step_end(self, trainer: Trainer, record: dict) -> None:
         if trainer.at_interval(self.every):
-            for key in ("train_loss", "val_loss"):
-                if key in record and not math.isfinite(record[key]):
-                    raise trainer.diverged(f"the {key.replace('_', ' ')} became {record[key]}", trainer.state.step,
-                                           trainer.state.step)
-            record["best"] = self.save(trainer, trainer.state.last_val if self.has_val else None)
+            self.save(trainer, trainer.state.last_val if self.has_val else None, improved=record.get("best", False))
 
     def on_train_end(self, trainer: Trainer, summary: dict) -> None:
         if summary["interrupted"] and trainer.state.step > self.start_step:
             self.save(trainer, None)
 
-    def save(self, trainer: Trainer, val_loss: float | None) -> bool:
-        """Write the checkpoint; returns whether ``val_loss`` is a new best."""
+    def save(self, trainer: Trainer, val_loss: float | None, *, improved: bool = False) -> None:
+        """Write the checkpoint: the best weights too where ``improved`` (the evaluator's verdict)."""
         if not trainer.weights_finite():
             raise trainer.diverged("a weight became non-finite", trainer.state.step, trainer.state.step)
         state = trainer.state
         info = CheckpointInfo(step=state.step, tokens=state.tokens, val_loss=val_loss)
-        improved = val_loss is not None and val_loss < state.best_val
-        if val_loss is not None:
-            state.evals_since_best = 0 if improved else state.evals_since_best + 1
-        if improved:
-            state.best_val = val_loss
         if improved or (not self.has_val and val_loss is None):  # no validation split: best = latest
             self.run.save_weights(trainer.model, "best", info)
         self.run.save_weights(trainer.model, "last", info)
         self.run.save_state(trainer.state_dict())
-        return improved
 
 
 class MetricsLog(Callback):
-    """Appends each step's record to a JSONL file, flushed line by line. (A resumed run's
-    file is first cut back to its checkpoint: :meth:`RunDir.trim_metrics`.)"""
+    """Appends each step's record to a JSONL file, flushed line by line, and synced to the disk
+    every ``sync_every`` steps (before the checkpoint of that step is written: see
+    :class:`Checkpointer`) and at the end. (A resumed run's file is first cut back to its
+    checkpoint: :meth:`RunDir.trim_metrics`.)"""
 
-    def __init__(self, path: Path):
-        self.path, self.file = Path(path), None
+    def __init__(self, path: Path, sync_every: int = 0):
+        self.path, self.file, self.sync_every = Path(path), None, sync_every
 
     def on_train_start(self, trainer: Trainer) -> None:
         self.file = open(self.path, "a", encoding="utf-8")
@@ -123,8 +132,14 @@ class MetricsLog(Callback):
     def on_step_end(self, trainer: Trainer, record: dict) -> None:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
+        if self.sync_every and trainer.at_interval(self.sync_every):
+            os.fsync(self.file.fileno())
 
     on_nonfinite = on_step_end  # the record that went wrong is the most useful one
+
+    def on_train_end(self, trainer: Trainer, summary: dict) -> None:
+        if self.file is not None:
+            os.fsync(self.file.fileno())  # before a stop's checkpoint
 
     def close(self) -> None:
         if self.file is not None:

@@ -28,7 +28,14 @@ import torch
 
 from ..config import flatten_values, layered, to_dict
 from ..data import DataConfig, absolute_spec
-from ..device import RuntimeConfig, cpu_has_bf16, dtype_name, fresh_seed, resolve_device, resolve_dtype
+from ..device import (
+    RuntimeConfig,
+    cpu_has_bf16,
+    dtype_name,
+    fresh_seed,
+    resolve_device,
+    resolve_dtype,
+)
 from ..errors import TinyGPTError
 from ..model import GPT, GPTConfig
 from ..presets import get_preset, resolve_preset

@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import time
 from pathlib import Path
+from shlex import quote
 from typing import Callable, Iterator
 
 from .. import versions
@@ -109,7 +110,7 @@ class Session:
         run = RunDir.open(path)
         saved = run.read_config()
         if "finetune" in saved:
-            raise TinyGPTError(f"{run.path} is a fine-tune; continue it with: tinygpt finetune --resume {run.path}")
+            raise TinyGPTError(f"{run.path} is a fine-tune; continue it with: tinygpt finetune --resume {quote(str(run.path))}")
         run.lock()
         try:
             resumed_run_config(saved)  # the recorded settings alone: a failure here is damage, not a bad flag
@@ -167,14 +168,15 @@ class Session:
         return len(self.data.val) > 0
 
     def callbacks(self) -> list[Callback]:
-        """The standard ones, in order: evaluate, checkpoint, metrics file, progress, samples, early stop."""
+        """The standard ones, in order: evaluate, metrics file, progress, health probe, samples,
+        early stop, and the checkpoint last (after every line describing the step is written)."""
         t, seed = self.cfg.train, self.cfg.runtime.seed
         has_val = self.has_val()
         splits = {"train": lambda: self.batches("train", seed + 1)}
         if has_val:
             splits["val"] = lambda: self.batches("val", seed + 2)
         out: list[Callback] = [Evaluator(splits, t.eval_interval, t.eval_batches),
-                               Checkpointer(self.run, t.eval_interval, has_val), MetricsLog(self.run.metrics_path)]
+                               MetricsLog(self.run.metrics_path, sync_every=t.eval_interval)]
         write = print
         if t.progress:
             bar = ProgressBar()
@@ -187,7 +189,7 @@ class Session:
             out.append(PeriodicSampler(t.sample_interval, self.sample, write))
         if t.early_stop and has_val:
             out.append(EarlyStop(t.early_stop))
-        return out
+        return out + [Checkpointer(self.run, t.eval_interval, has_val)]
 
     def fit(self, *extra: Callback) -> dict:
         """Train to the budget (or a stop request); the standard callbacks, then ``extra``.
@@ -204,11 +206,11 @@ class Session:
 
     def resume_command(self) -> str:
         """The command line that continues this run."""
-        return f"tinygpt train --resume {self.run.path}"
+        return f"tinygpt train --resume {quote(str(self.run.path))}"
 
     def sample_command(self) -> str:
         """The command line that samples this run's weights (a prompt to add)."""
-        return f"tinygpt sample {self.run.path}"
+        return f"tinygpt sample {quote(str(self.run.path))}"
 
     def _after_divergence(self, e: DivergedError) -> str:
         """What went wrong and the way on that can work from what is on disk."""
