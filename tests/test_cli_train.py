@@ -355,3 +355,13 @@ def test_early_stop_ends_the_run_with_success_and_keeps_the_best(tmp_path, capsy
     assert "continue with" not in err  # not an interruption to resume from
     run = RunDir(out)
     assert run.checkpoint_info("last").step == 6 and run.checkpoint_info("best").step == 2
+
+
+def test_a_run_that_ends_still_warming_up_says_so(tiny_corpus, tmp_path, capsys):
+    assert main(["train", "--data", str(tiny_corpus), "--out", str(tmp_path / "r"), "--max-steps", "2",
+                 "--warmup-steps", "50", "--max-new-tokens", "0", *TINY_TRAIN]) == 0
+    err = capsys.readouterr().err
+    assert "notice: the run ended at step 2, still warming up (50 steps): the learning rate never reached" in err
+    assert main(["train", "--data", str(tiny_corpus), "--out", str(tmp_path / "s"), "--max-steps", "2",
+                 "--warmup-steps", "2", "--max-new-tokens", "0", *TINY_TRAIN]) == 0
+    assert "warming up" not in capsys.readouterr().err

@@ -11,6 +11,7 @@ that on a commit whose numbers are known good).
 """
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -110,10 +111,27 @@ def test_a_v0_1_run_directory_resumes_and_samples_as_it_did(tmp_path, capsys, mo
     want, exact = reference("run_v0_1")
     if exact:
         assert got == want
-    else:
-        assert close(got["resume_losses"], want["resume_losses"])
-        assert got["sample_stdout"].splitlines()[0::2] == want["sample_stdout"].splitlines()[0::2]  # headers
-        assert all(line.startswith("ROMEO:") for line in got["sample_stdout"].splitlines()[1::2])
+    # On a CPU without a record the samples may differ in any character, and may hold newlines:
+    # what holds on every CPU (checked here too) is the losses within tolerance and the samples'
+    # layout: two samples, each the prompt and 30 characters, and the greedy one.
+    assert close(got["resume_losses"], want["resume_losses"])
+    for key, n in (("sample_stdout", 2), ("greedy_stdout", 1)):
+        texts = samples(got[key])
+        assert len(texts) == len(samples(want[key])) == n
+        assert all(t.startswith("ROMEO:") and len(t) == len("ROMEO:") + 30 for t in texts), texts
+
+
+def samples(stdout: str) -> list[str]:
+    """The texts ``tinygpt sample`` printed: after each '--- sample k ---' header, or the whole
+    output for one sample; each text ends with one newline, dropped here."""
+    parts = re.split(r"^--- sample \d+ ---\n", stdout, flags=re.M)
+    return [p[:-1] for p in (parts[1:] if len(parts) > 1 else parts)]
+
+
+def test_the_fallback_reads_samples_that_hold_newlines():
+    printed = "--- sample 1 ---\nROMEO:\nab\n--- sample 2 ---\nROMEO: cd\n\n"
+    assert samples(printed) == ["ROMEO:\nab", "ROMEO: cd\n"]
+    assert samples("ROMEO: x\n") == ["ROMEO: x"]
 
 
 if __name__ == "__main__" and "--record" in sys.argv:

@@ -217,6 +217,31 @@ def test_a_nonfinite_gradient_stops_before_the_step(data):
 # ---------------------------------------------------------------------------- budget and schedule
 
 
+def test_warmup_ends_at_a_tenth_of_a_time_or_token_budget_however_few_steps_that_is(data):
+    # A busy machine: 5 steps took 10 of the 100 seconds. Warmup's 100 steps must not hold
+    # the rate down for the whole run: it is done at 10% of the budget.
+    slow = make_trainer(data, max_steps=None, max_time=100, warmup_steps=100, lr=1e-2, min_lr=0.0)
+    slow.state.step, slow.state.elapsed = 5, 10.0
+    assert slow.lr() == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * 0.1)))
+    slow.state.elapsed = 5.0  # half way to the tenth: half the rate (more than 6 steps of 100 would give)
+    assert slow.lr() == pytest.approx(0.5e-2) and slow.in_warmup()
+    tokens = make_trainer(data, max_steps=None, max_tokens=10_000, warmup_steps=100, lr=1e-2)
+    tokens.state.step, tokens.state.tokens = 5, 1_000
+    assert tokens.lr() == pytest.approx(tokens.cfg.final_lr + 0.5 * (1e-2 - tokens.cfg.final_lr)
+                                        * (1 + math.cos(math.pi * 0.1))) and not tokens.in_warmup()
+    steps = make_trainer(data, max_steps=1000, warmup_steps=100, lr=1e-2)  # a step budget: the steps say
+    steps.state.step, steps.state.elapsed = 5, 500.0
+    assert steps.lr() == pytest.approx(1e-2 * 6 / 100)
+
+
+def test_the_time_budget_keeps_room_for_the_slowest_step_with_its_callbacks(data):
+    trainer = make_trainer(data, max_steps=None, max_time=10)
+    trainer.state.elapsed = 8.5
+    assert not trainer.done()
+    trainer._reserve = 2.0  # an evaluation and checkpoint took 2 s: the last one must fit
+    assert trainer.done()
+
+
 def test_schedule_follows_steps(data):
     trainer = make_trainer(data, max_steps=10, warmup_steps=2, min_lr=0.0, lr=1e-2, schedule="linear")
     lrs = []

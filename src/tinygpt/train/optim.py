@@ -77,7 +77,7 @@ class Optimizers:
 
 
 def lr_at(step: int, progress: float, *, lr: float, min_lr: float, warmup_steps: int, schedule: str,
-          decay_fraction: float = 0.2) -> float:
+          decay_fraction: float = 0.2, warmup_floor: float = 0.0) -> float:
     """Learning rate for optimizer step ``step`` (0-based) at run ``progress`` in [0, 1].
 
     Linear warmup over the first ``warmup_steps`` steps, then ``schedule`` decays from
@@ -86,9 +86,12 @@ def lr_at(step: int, progress: float, *, lr: float, min_lr: float, warmup_steps:
     "wsd" (warmup-stable-decay) holds ``lr`` and decays linearly over the last
     ``decay_fraction`` of the run: resumed with a larger budget before its decay, a run
     simply goes on at full rate, so it can be extended ("overnight, then some more").
+    ``warmup_floor``: how far warmup is by another measure (the trainer's share of a time or
+    token budget); warmup ends at whichever comes first.
     """
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
+    if step < warmup_steps and warmup_floor < 1:
+        # (lr * (step + 1) / warmup_steps, not lr * ramp: the same bits as ever for a step budget)
+        return max(lr * (step + 1) / warmup_steps, lr * warmup_floor)
     p = min(max(progress, 0.0), 1.0)
     if schedule == "constant":
         return lr

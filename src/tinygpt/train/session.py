@@ -270,6 +270,10 @@ def fit_and_report(session: Session, *, resumed: bool, log: Callable[[str], None
         return 128 + summary["signal"]
     if summary["interrupted"]:
         log(summary["interrupted"])  # a stop that is not a signal: --early-stop
+    if trainer.in_warmup():
+        log(f"notice: the run ended at step {summary['step']}, still warming up ({trainer.cfg.warmup_steps} steps): "
+            "the learning rate never reached its peak, so the model has barely learned; give it a larger budget "
+            f"(raise {session.budget_flags}) or fewer --warmup-steps")
     if session.cfg.train.max_new_tokens:
         print("--- sample ---")
         print(session.sample(), flush=True)

@@ -33,6 +33,8 @@ from .optim import lr_at, make_optimizer
 from .state import TrainState, capture_rng, restore_rng
 
 
+WARMUP_SHARE = 0.1  # of a time or token budget: warmup ends there at the latest
+
 class DivergedError(TinyGPTError):
     """Training produced a non-finite loss, gradient or weight. Nothing from then on was
     stepped or saved. ``weights_step`` is the step whose weights produced the bad value:
@@ -68,6 +70,7 @@ class Trainer:
         self.state = TrainState()
         self._stop: str | None = None
         self._signal: int | None = None  # the signal that asked for the stop, if one did
+        self._reserve = 0.0  # seconds: the slowest step with its callbacks, kept free at a time budget's end
 
     # ------------------------------------------------------------------ state
 
@@ -115,9 +118,11 @@ class Trainer:
 
     def done(self) -> bool:
         t, s = self.cfg, self.state
+        # The time budget holds the final evaluation and checkpoint too: stop when the slowest
+        # step-with-callbacks seen so far would no longer fit in what is left.
         return ((t.max_steps is not None and s.step >= t.max_steps)
                 or (t.max_tokens is not None and s.tokens >= t.max_tokens)
-                or (t.time_limit is not None and s.elapsed >= t.time_limit))
+                or (t.time_limit is not None and s.elapsed + self._reserve >= t.time_limit))
 
     def at_interval(self, every: int) -> bool:
         """Whether this step is one of every ``every``, or the last of the run."""
@@ -125,8 +130,22 @@ class Trainer:
 
     def lr(self) -> float:
         t = self.cfg
-        return lr_at(self.state.step, self.progress(), lr=t.lr, min_lr=t.final_lr,
-                     warmup_steps=t.warmup_steps, schedule=t.schedule, decay_fraction=t.decay_fraction)
+        return lr_at(self.state.step, self.progress(), lr=t.lr, min_lr=t.final_lr, warmup_steps=t.warmup_steps,
+                     schedule=t.schedule, decay_fraction=t.decay_fraction, warmup_floor=self._warmup_floor())
+
+    def _warmup_floor(self) -> float:
+        """How far warmup is by the budget: with a time or token budget it also ends at
+        WARMUP_SHARE of it, so a slow or busy machine that gets through 77 steps in its 5
+        minutes does not spend them all warming up."""
+        t, s = self.cfg, self.state
+        used = max(s.tokens / t.max_tokens if t.max_tokens else 0.0, s.elapsed / t.time_limit if t.time_limit else 0.0)
+        return used / WARMUP_SHARE
+
+    def in_warmup(self) -> bool:
+        """Whether the learning rate has yet to reach its peak (a run that ends so is told)."""
+        t = self.cfg
+        return self.state.step < t.warmup_steps and max((self.state.step + 1) / t.warmup_steps,
+                                                        self._warmup_floor()) < 1
 
     # ------------------------------------------------------------------ steps
 
@@ -234,6 +253,7 @@ class Trainer:
                     # Callbacks (evaluation, saving) count towards the time budget, not the step's tokens/s.
                     t_last = time.perf_counter()
                     s.elapsed += t_last - now
+                    self._reserve = max(self._reserve, t_last - now)
                 summary = self.summary()
                 for cb in callbacks:
                     cb.on_train_end(self, summary)
