@@ -55,14 +55,15 @@ def run(cmd: SampleCommand) -> int:
         if not prompts:
             raise TinyGPTError(f"--prompts-file {cmd.prompt.prompts_file} has no prompts; write one per line")
     lm = load(cmd.source.model, checkpoint=cmd.source.checkpoint, device=cmd.runtime.device, dtype=cmd.runtime.dtype)
-    generation = cmd.generation
+    generation, layout = cmd.generation, ""
     if cmd.prompt.instruct:
-        template = ins.run_template(lm.config, cmd.layout.template)
+        template = ins.run_template(lm.config, cmd.layout.template, lm.tokenizer)
         prompts = [ins.prompt_text(template, p, system=cmd.layout.system) for p in prompts]
         generation = replace(generation, {"stop": generation.stop + ins.stop_strings(template, lm.tokenizer)})
+        layout = f" | {template} template"
     log(f"{lm.checkpoint}" + (f": step {lm.step}" if lm.step is not None else "")
         + (f", val loss {lm.val_loss:.4f}" if lm.val_loss is not None else "")
-        + f" | {lm.model.num_params() / 1e6:.2f}M parameters on {lm.device}")
+        + f" | {lm.model.num_params() / 1e6:.2f}M parameters on {lm.device}{layout}")
     echoes = []
     for prompt in prompts:
         ids, cropped = lm.encode_prompt(prompt)
