@@ -109,6 +109,9 @@ def test_stop_strings_cut_the_text_and_greedy_ignores_the_seed(trained_run, caps
     assert sample(trained_run, "--prompt", "ROMEO:", "--max-new-tokens", "30", "--greedy", "--stop", stop,
                   "--seed", "1") == 0
     assert capsys.readouterr().out == f"ROMEO:{cut}\n"
+    escaped = "".join(f"\\u{ord(c):04x}" for c in stop)  # as a shell passes --stop "\u0020..."
+    assert sample(trained_run, "--prompt", "ROMEO:", "--max-new-tokens", "30", "--greedy", "--stop", escaped) == 0
+    assert capsys.readouterr().out == f"ROMEO:{cut}\n"
     assert lm.generate("ROMEO:", 30, greedy=True, seed=5) == lm.generate("ROMEO:", 30, temperature=0, seed=6)
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 
-from ..config import add_command, replace, section
+from ..config import add_command, section
 from ..console import log
 from ..data import instruct as ins
 from ..device import RuntimeConfig
@@ -33,7 +34,8 @@ def add_parser(sub) -> None:
 def run(cmd: ChatCommand) -> int:
     lm = load(cmd.source.model, checkpoint=cmd.source.checkpoint, device=cmd.runtime.device, dtype=cmd.runtime.dtype)
     template = ins.run_template(lm.config, cmd.layout.template, lm.tokenizer)  # refused now, not at the first turn
-    generation = replace(cmd.generation, {"stop": cmd.generation.stop + ins.stop_strings(template, lm.tokenizer)})
+    generation = dataclasses.replace(cmd.generation,
+                                     stop=cmd.generation.stop + ins.stop_strings(template, lm.tokenizer))
     opening = [{"role": "system", "content": cmd.layout.system}] if cmd.layout.system else []
     messages = list(opening)
     log(f"{lm.checkpoint} | {template} template | /reset starts over, an empty line ends")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import add_command, opt, replace, section
+from ..config import add_command, opt, section
 from ..console import log
 from ..data import instruct as ins
 from ..device import RuntimeConfig
@@ -59,7 +60,7 @@ def run(cmd: SampleCommand) -> int:
     if cmd.prompt.instruct:
         template = ins.run_template(lm.config, cmd.layout.template, lm.tokenizer)
         prompts = [ins.prompt_text(template, p, system=cmd.layout.system) for p in prompts]
-        generation = replace(generation, {"stop": generation.stop + ins.stop_strings(template, lm.tokenizer)})
+        generation = dataclasses.replace(generation, stop=generation.stop + ins.stop_strings(template, lm.tokenizer))
         layout = f" | {template} template"
     log(f"{lm.checkpoint}" + (f": step {lm.step}" if lm.step is not None else "")
         + (f", val loss {lm.val_loss:.4f}" if lm.val_loss is not None else "")
