@@ -346,13 +346,14 @@ def from_dict(cls: type, values: dict, *, strict: bool = True) -> Any:
     return _build(cls, flatten_values(cls, values, strict=strict))
 
 
-def layered(cls: type, *layers: dict) -> Any:
+def layered(cls: type, *layers: dict, leave: tuple[str, ...] = ()) -> Any:
     """Build ``cls`` from flat or nested dicts, each laid over the ones before it
-    (e.g. preset, then config file, then command-line flags)."""
+    (e.g. preset, then config file, then command-line flags). The sections named in
+    ``leave`` keep their defaults (their values are still read, so a bad one is refused)."""
     leaves: dict[tuple[str, ...], Any] = {}
     for layer in layers:
         leaves.update(flatten_values(cls, layer))
-    return _build(cls, leaves)
+    return _build(cls, {path: v for path, v in leaves.items() if path[0] not in leave})
 
 
 def replace(cfg: Any, values: dict) -> Any:
