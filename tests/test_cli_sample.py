@@ -34,9 +34,18 @@ def test_the_command_line_and_the_api_give_the_same_text(trained_run, capsys):
     assert printed == [f"ROMEO:{t}\n" for t in texts] and len(set(texts)) == 3
 
 
-def test_sample_errors(tiny_run, tmp_path, capsys):
+def test_sample_errors(tiny_run, tmp_path, capsys, monkeypatch):
     assert sample(tmp_path / "nope") == 1
     assert "no run directory" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert sample("runs/nope") == 1  # a typo beside runs/, not the hub's owner/name
+    assert "no run directory at runs/nope" in capsys.readouterr().err
+    assert sample(tiny_run, "--checkpoint", "best2") == 1
+    assert "no checkpoint 'best2': give best, last or the path of a .safetensors file" in capsys.readouterr().err
+    (tmp_path / "p.txt").write_text("ROMEO:")
+    assert sample(tiny_run, "--prompt", "hi", "--prompt-file", "p.txt") == 1
+    assert "--prompt and --prompt-file each give the prompt; keep one of them" in capsys.readouterr().err
     assert sample(tiny_run, "--prompt", "Zé") == 1
     assert "characters the char tokenizer does not know: 'Z', 'é'" in capsys.readouterr().err
     assert sample(tiny_run, "--top-p", "2") == 1

@@ -5,24 +5,14 @@ from __future__ import annotations
 import dataclasses
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from ..config import add_command, opt, section
+from ..config import add_command, section
 from ..console import log
 from ..data import instruct as ins
 from ..device import RuntimeConfig
-from ..errors import TinyGPTError
 from ..generation import GenerationConfig, load
+from ..generation.prompts import PromptOptions
 from ..source import ModelSource
-
-
-@dataclass
-class PromptOptions:
-    prompt: str = opt("", "text to continue (default: start of a document)")
-    prompt_file: str | None = opt(None, "read the prompt from this file instead")
-    prompts_file: str | None = opt(None, "a file of prompts, one per line, generated as one batch")
-    instruct: bool = opt(False, "the prompt is an instruction: lay it out in the fine-tune's prompt template "
-                                "(--template, --system) and print the response, which ends at the end-of-text token")
 
 
 @dataclass
@@ -40,21 +30,8 @@ def add_parser(sub) -> None:
                             "'tinygpt finetune', a Hugging Face model directory or a hub name.")
 
 
-def _read(path: str, flag: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise TinyGPTError(f"cannot read {flag} {path}: {e}; give a UTF-8 text file") from None
-
-
 def run(cmd: SampleCommand) -> int:
-    prompts = [cmd.prompt.prompt]
-    if cmd.prompt.prompt_file:
-        prompts = [_read(cmd.prompt.prompt_file, "--prompt-file")]
-    if cmd.prompt.prompts_file:
-        prompts = [line for line in _read(cmd.prompt.prompts_file, "--prompts-file").splitlines() if line.strip()]
-        if not prompts:
-            raise TinyGPTError(f"--prompts-file {cmd.prompt.prompts_file} has no prompts; write one per line")
+    prompts = cmd.prompt.prompts()
     lm = load(cmd.source.model, checkpoint=cmd.source.checkpoint, device=cmd.runtime.device, dtype=cmd.runtime.dtype)
     generation, layout = cmd.generation, ""
     if cmd.prompt.instruct:
