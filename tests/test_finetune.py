@@ -226,7 +226,8 @@ def test_chat_on_a_plain_text_fine_tune_takes_a_template_its_vocabulary_writes(b
     monkeypatch.setattr(tinygpt.generation.TinyGPT, "generate", lambda self, prompt, **kw: [""])
     assert main(["chat", str(tmp_path / "ft"), "--max-new-tokens", "8"]) == 0
     err = capsys.readouterr().err
-    assert "| simple template |" in err and "does not know: '#'" in err and "the message is dropped" in err and "the reply is empty" in err
+    assert "| simple template |" in err and "does not know: '#'" in err and "the message is dropped" in err
+    assert "the reply is empty" in err
 
 
 def test_instructions_to_a_model_that_can_write_no_template_are_refused_at_start(tiny_run, capsys, monkeypatch):
