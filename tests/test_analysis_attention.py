@@ -203,3 +203,10 @@ def test_an_untrained_preset_is_seeded_and_auto_is_this_devices_preset():
     b, _ = titled_model(None, preset=resolve_preset("auto", "cpu"), untrained=True, seed=3, text="abc")
     assert name == f"preset {resolve_preset('auto', 'cpu')} (untrained, seed 3)"
     assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
+
+
+def test_compare_draws_beside_the_first_run_not_in_the_working_directory(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["attention", "--compare", str(tiny_run), str(tiny_run), "--text", "to be"]) == 0
+    assert (tiny_run / "attention" / "compare_L0_H0.png").stat().st_size > 1000
+    assert not (tmp_path / "attention").exists()

@@ -29,3 +29,17 @@ def test_bench_generate_checks_its_options():
                          (dict(max_new_tokens=0), "--max-new-tokens must be at least 1")):
         with pytest.raises(TinyGPTError, match=message):
             GenerateBench(**bad)
+
+
+def test_an_engine_not_installed_is_skipped_saying_so(capsys, monkeypatch):
+    from tinygpt.bench import generate
+
+    monkeypatch.setitem(generate.NEEDS, "llama.cpp", ("no_such_module_here", "pip install llama-cpp-python gguf"))
+    tiny = ["bench", "generate", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--max-new-tokens", "2",
+            "--prompt-tokens", "4", "--rounds", "1", "--batch-sizes", "1"]
+    assert main([*tiny, "--engines", "tinygpt,llama.cpp"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("skipped llama.cpp: no_such_module_here is not installed (pip install llama-cpp-python")
+    assert "tinygpt fp32" in out and "llama.cpp f32" not in out
+    assert main([*tiny, "--engines", "llama.cpp"]) == 1  # nothing left to measure: not an empty table
+    assert "none of the engines asked for (llama.cpp) is installed" in capsys.readouterr().err

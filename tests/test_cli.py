@@ -161,3 +161,19 @@ def test_threads_are_applied_as_a_command_starts(tiny_run, capsys):
         torch.set_num_threads(before)
     assert main(["sample", str(tiny_run), "--threads", "0"]) == 1
     assert "--threads must be at least 1" in capsys.readouterr().err
+
+
+def test_version_is_the_package_version(capsys):
+    import tinygpt
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out == f"tinygpt {tinygpt.__version__}\n"
+
+
+def test_the_data_help_names_every_built_in_corpus():
+    from tinygpt.data.corpora import BUILTIN_CORPORA
+
+    helps = {a.help for name in ("train", "eval", "makemore") for a in ALL[name]._actions
+             if "--data" in a.option_strings}
+    assert helps and all(all(corpus in h for corpus in BUILTIN_CORPORA) for h in helps)

@@ -34,9 +34,18 @@ def test_the_command_line_and_the_api_give_the_same_text(trained_run, capsys):
     assert printed == [f"ROMEO:{t}\n" for t in texts] and len(set(texts)) == 3
 
 
-def test_sample_errors(tiny_run, tmp_path, capsys):
+def test_sample_errors(tiny_run, tmp_path, capsys, monkeypatch):
     assert sample(tmp_path / "nope") == 1
     assert "no run directory" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert sample("runs/nope") == 1  # a typo beside runs/, not the hub's owner/name
+    assert "no run directory at runs/nope" in capsys.readouterr().err
+    assert sample(tiny_run, "--checkpoint", "best2") == 1
+    assert "no checkpoint 'best2': give best, last or the path of a .safetensors file" in capsys.readouterr().err
+    (tmp_path / "p.txt").write_text("ROMEO:")
+    assert sample(tiny_run, "--prompt", "hi", "--prompt-file", "p.txt") == 1
+    assert "--prompt and --prompt-file each give the prompt; keep one of them" in capsys.readouterr().err
     assert sample(tiny_run, "--prompt", "Zé") == 1
     assert "characters the char tokenizer does not know: 'Z', 'é'" in capsys.readouterr().err
     assert sample(tiny_run, "--top-p", "2") == 1
@@ -108,6 +117,9 @@ def test_stop_strings_cut_the_text_and_greedy_ignores_the_seed(trained_run, caps
     assert "".join(lm.stream("ROMEO:", 30, greedy=True, stop=[stop])) == cut
     assert sample(trained_run, "--prompt", "ROMEO:", "--max-new-tokens", "30", "--greedy", "--stop", stop,
                   "--seed", "1") == 0
+    assert capsys.readouterr().out == f"ROMEO:{cut}\n"
+    escaped = "".join(f"\\u{ord(c):04x}" for c in stop)  # as a shell passes --stop "\u0020..."
+    assert sample(trained_run, "--prompt", "ROMEO:", "--max-new-tokens", "30", "--greedy", "--stop", escaped) == 0
     assert capsys.readouterr().out == f"ROMEO:{cut}\n"
     assert lm.generate("ROMEO:", 30, greedy=True, seed=5) == lm.generate("ROMEO:", 30, temperature=0, seed=6)
 

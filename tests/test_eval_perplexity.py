@@ -94,6 +94,7 @@ def test_eval_command_table_and_eval_json(tiny_run, tmp_path, capsys):
                  "--json", str(tmp_path / "e.json")]) == 0
     out = capsys.readouterr().out
     assert "bits/byte" in out and len(out.strip().splitlines()) == 3
+    assert len(str(twin)) > 40 and f"\n{twin} " in out  # the whole name, not its last 40 characters
     rows = json.loads((tmp_path / "e.json").read_text())["perplexity"]
     assert rows[0]["tokens"] == rows[1]["tokens"] == len(text.read_text()) - 1
     assert rows[0]["loss"] == rows[1]["loss"]  # the same weights

@@ -21,6 +21,15 @@ def test_which_scores_read_a_text():
     assert not questions.scores_text and not questions.needs_text  # only questions: no text read
     assert EvalOptions(choices="q.jsonl", generate=3).needs_text
     assert EvalOptions(choices="q.jsonl", data="t.txt").scores_text  # a text given is scored
+    generate = EvalOptions(generate=5)
+    assert not generate.scores_text and generate.needs_text  # only what was asked: no bits per byte first
+    assert not EvalOptions(generate=5, data="t.txt").scores_text  # its --data is where the prompts come from
+
+
+def test_generate_alone_runs_only_the_generation(tiny_run):
+    opts = EvalOptions(generate=2, prompt_tokens=4, max_new_tokens=3)
+    tables, text, _ = evaluate_models([str(tiny_run)], opts, device="cpu")
+    assert tables["perplexity"] == [] and len(tables["generate"]) == 1 and text
 
 
 def test_the_text_is_data_else_the_first_models_validation_split(trained_run, tmp_path):

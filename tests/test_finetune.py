@@ -1,6 +1,7 @@
 """Fine-tuning end to end: every method on a tiny char run and the instruction fixture,
 exact resume, the base's record, merge, export, sample --instruct, and bad input."""
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,14 @@ def test_lora_run_loads_unmerged_and_merges_to_the_same_logits(base, tmp_path, c
     assert adapters.attached(merged.model) is None
     x = torch.tensor([CharTokenizer(CHARS).encode("User:\nName a color.\n\nAssistant:\n")])
     torch.testing.assert_close(merged.model(x).logits, lm.model(x).logits, atol=1e-5, rtol=0)
+    # The merged run keeps the fine-tune's template (simple: this vocabulary has no '#' for alpaca).
+    capsys.readouterr()
+    instruct = ["--instruct", "--prompt", "Name a color.", "--max-new-tokens", "8", "--seed", "3"]
+    assert main(["sample", str(tmp_path / "merged"), *instruct]) == 0
+    out, err = capsys.readouterr()
+    assert "| simple template" in err
+    assert main(["sample", str(tmp_path / "ft"), *instruct]) == 0
+    assert capsys.readouterr().out == out
     # Export: the base as a transformers model, the adapter in PEFT's format beside it.
     assert main(["export", str(tmp_path / "ft"), "--to", "hf", str(tmp_path / "hf")]) == 0
     assert (tmp_path / "hf" / "config.json").is_file()
@@ -203,6 +212,35 @@ def test_a_hugging_face_directory_is_a_base(base, tmp_path):
     x = torch.tensor([CharTokenizer(CHARS).encode("User:\nName a color.\n\nAssistant:\n")])
     a, b = tinygpt.load(tmp_path / "from_hf"), tinygpt.load(tmp_path / "from_run")
     torch.testing.assert_close(a.model(x).logits, b.model(x).logits, atol=1e-5, rtol=0)
+
+
+def test_chat_on_a_plain_text_fine_tune_takes_a_template_its_vocabulary_writes(base, tmp_path, capsys, monkeypatch):
+    import io
+
+    text = tmp_path / "notes.txt"
+    text.write_text("the cat sat on the mat. " * 200, encoding="utf-8")
+    finetune(base, tmp_path / "ft", "lora", data=str(text))  # records the default template, alpaca, unused
+    capsys.readouterr()
+    # An unwritable message is dropped with a notice; an empty reply is said to be one.
+    monkeypatch.setattr("sys.stdin", io.StringIO("Name a color #.\nName a color.\n\n"))
+    monkeypatch.setattr(tinygpt.generation.TinyGPT, "generate", lambda self, prompt, **kw: [""])
+    assert main(["chat", str(tmp_path / "ft"), "--max-new-tokens", "8"]) == 0
+    err = capsys.readouterr().err
+    assert "| simple template |" in err and "does not know: '#'" in err and "the message is dropped" in err
+    assert "the reply is empty" in err
+
+
+def test_instructions_to_a_model_that_can_write_no_template_are_refused_at_start(tiny_run, capsys, monkeypatch):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\n\n"))
+    for command in (["chat", str(tiny_run)], ["sample", str(tiny_run), "--instruct", "--prompt", "hello"]):
+        assert main(command) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and "alpaca's own text has" in err and "--template simple needs" in err
+    assert main(["chat", str(tiny_run), "--template", "alpaca"]) == 1
+    assert "--template alpaca's own text has" in capsys.readouterr().err
+    assert sys.stdin.read() == "hello\n\n"  # nothing was read: refused before the first turn
 
 
 def test_chat_answers_turn_by_turn_from_the_whole_conversation(base, tmp_path, capsys, monkeypatch):

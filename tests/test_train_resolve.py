@@ -104,6 +104,21 @@ def test_layers_lay_over_the_preset_and_auto_is_resolved():
     assert baby.model.n_embd == 384 and baby.train.batch_size == 64 and baby.train.lr == 1e-3
 
 
+def test_shape_flags_are_checked_with_the_named_preset_under_them(text, tmp_path):
+    flags = {"preset": "char-nano", "n_embd": 64, "device": "cpu", "dtype": "fp32", "max_steps": 5}
+    cfg = resolve_new_run(flags, vocab_size=40, **QUIET)  # char-nano's 4 heads, not the defaults' 6
+    assert (cfg.model.n_embd, cfg.model.n_head, cfg.model.n_layer) == (64, 4, 4)
+    tiny = {k: v for k, v in TINY.items() if k != "n_head"}
+    session = Session.start({**tiny, "preset": "char-nano", "n_embd": 64, "data": str(text),
+                             "out": str(tmp_path / "run")}, **QUIET)
+    assert session.cfg.model.n_head == 4
+    from tinygpt.train.resolve import given_settings
+
+    assert given_settings({"n_embd": 64}).model.n_embd == 384  # under auto: checked once the preset is chosen
+    with pytest.raises(TinyGPTError, match=r"n_embd \(65\) must be divisible by n_head \(4\)"):
+        given_settings({**flags, "n_embd": 65})  # a named preset's: before the data is read
+
+
 def test_no_seed_draws_one():
     a, b = (resolve_new_run({"seed": "none", "device": "cpu", "dtype": "fp32", "max_steps": 5}, vocab_size=40,
                             **QUIET) for _ in range(2))

@@ -2,7 +2,7 @@
 
     import tinygpt
     lm = tinygpt.load("runs/my-run")          # model + tokenizer from a run directory
-    print(lm.generate("ROMEO:", max_new_tokens=200)[0])
+    print(lm.generate("Romeo.\\n", max_new_tokens=200)[0])
 """
 
 __version__ = "0.1.0"

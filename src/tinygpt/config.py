@@ -20,6 +20,7 @@ Precedence is dataclass default < preset < config file < command-line flag.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -166,6 +167,27 @@ def parse_names(text: str | list | tuple) -> tuple[str, ...]:
     """``"a,b"`` (or ``["a", "b"]``) -> ``("a", "b")``."""
     parts = text if isinstance(text, (list, tuple)) else str(text).split(",")
     return tuple(str(p).strip() for p in parts if str(p).strip())
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|.)", re.DOTALL)
+
+
+def unescape(text: str) -> str:
+    """Backslash escapes read as a shell cannot type them: ``\\n``, ``\\t``, ``\\r``, ``\\\\``,
+    ``\\xhh`` and ``\\uXXXX``; any other backslash stays as it is (as in Python)."""
+    def one(m: re.Match) -> str:
+        code = m.group(1)
+        if code[0] in "xu" and len(code) > 1:
+            return chr(int(code[1:], 16))
+        return _ESCAPES.get(code, m.group(0))
+    return _ESCAPE.sub(one, text)
+
+
+def parse_escaped(text: str | list | tuple | None) -> list[str]:
+    """One text or a list of them (None: none), each with its escapes read (:func:`unescape`)."""
+    texts = [] if text is None else text if isinstance(text, (list, tuple)) else [text]
+    return [unescape(str(t)) for t in texts]
 
 
 def _parse_bool(text: str) -> bool:
@@ -324,18 +346,30 @@ def from_dict(cls: type, values: dict, *, strict: bool = True) -> Any:
     return _build(cls, flatten_values(cls, values, strict=strict))
 
 
-def layered(cls: type, *layers: dict) -> Any:
+def layered(cls: type, *layers: dict, leave: tuple[str, ...] = ()) -> Any:
     """Build ``cls`` from flat or nested dicts, each laid over the ones before it
-    (e.g. preset, then config file, then command-line flags)."""
+    (e.g. preset, then config file, then command-line flags). The sections named in
+    ``leave`` keep their defaults (their values are still read, so a bad one is refused)."""
     leaves: dict[tuple[str, ...], Any] = {}
     for layer in layers:
         leaves.update(flatten_values(cls, layer))
-    return _build(cls, leaves)
+    return _build(cls, {path: v for path, v in leaves.items() if path[0] not in leave})
 
 
 def replace(cfg: Any, values: dict) -> Any:
     """A copy of ``cfg`` with flat or nested ``values`` laid on top, validated again."""
-    return layered(type(cfg), to_dict(cfg), values)
+    cls = type(cfg)
+    # The copy's own values are already typed: parsed again, an escape already read would be
+    # read twice ('\\\\n' -> '\\n' -> a newline).
+    leaves = {leaf.path: copy.deepcopy(_value_at(cfg, leaf.path)) for leaf in iter_fields(cls)}
+    leaves.update(flatten_values(cls, values))
+    return _build(cls, leaves)
+
+
+def _value_at(cfg: Any, path: tuple[str, ...]) -> Any:
+    for name in path:
+        cfg = getattr(cfg, name)
+    return cfg
 
 
 # ---------------------------------------------------------------------------- files and CLI

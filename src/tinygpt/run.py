@@ -242,6 +242,8 @@ class RunDir:
         """'best', 'last' or a path to a .safetensors file. With no best yet, 'best' means 'last'.
         A parameter-efficient fine-tune's weights are its adapter's."""
         if which not in CHECKPOINTS:
+            if not str(which).endswith(".safetensors") and not Path(which).is_file():  # a typo such as best2
+                raise TinyGPTError(f"no checkpoint {which!r}: give best, last or the path of a .safetensors file")
             return Path(which)
         names = ADAPTER_CHECKPOINTS if self.has_adapter() else CHECKPOINTS
         path = self.path / names[which]

@@ -49,7 +49,12 @@ class Opened:
 
 
 def is_hub_or_hf(source: str | Path) -> bool:
-    return hf_dir.is_hf_dir(source) or hf_dir.looks_like_hub_name(str(source))
+    """Whether ``source`` is a Hugging Face directory or a hub name. A name whose folder is
+    here (``runs/nope`` beside runs/) is a local path mistyped, not ``owner/name``: it is
+    opened as a run, whose error says there is no such directory."""
+    parent = Path(str(source)).parent
+    local = parent != Path(".") and parent.exists()
+    return hf_dir.is_hf_dir(source) or (hf_dir.looks_like_hub_name(str(source)) and not local)
 
 
 def check_vocabulary(tokenizer: Tokenizer, vocab_size: int, source: str | Path) -> None:

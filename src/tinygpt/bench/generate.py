@@ -11,6 +11,7 @@ each token must read and a measured read bandwidth of this machine.
 
 from __future__ import annotations
 
+import importlib.util
 import statistics
 import tempfile
 import time
@@ -31,6 +32,9 @@ Engine = Callable[[torch.Tensor, int], int]  # (prompts (B, T), new tokens) -> t
 
 
 ENGINES = ("tinygpt", "transformers", "llama.cpp")
+# What an engine needs beyond tinygpt, and how to get it: without it the engine is skipped, saying so.
+NEEDS = {"transformers": ("transformers", "pip install transformers"),
+         "llama.cpp": ("llama_cpp", "pip install llama-cpp-python gguf")}
 
 
 @dataclass
@@ -45,8 +49,8 @@ class GenerateBench:
     batch_sizes: tuple[int, ...] = opt((1, 8), "batch sizes, comma-separated", parse=parse_ints,
                                        aliases=("--batches",))
     rounds: int = opt(3, "rounds alternating between the contenders (each figure is the median or best of them)")
-    engines: tuple[str, ...] = opt(ENGINES, f"engines to compare, comma-separated ({', '.join(ENGINES)})",
-                                   parse=parse_names)
+    engines: tuple[str, ...] = opt(ENGINES, f"engines to compare, comma-separated ({', '.join(ENGINES)}); one "
+                                            "that is not installed is skipped, saying so", parse=parse_names)
 
     def __post_init__(self) -> None:
         self.batch_sizes, self.engines = parse_ints(self.batch_sizes), parse_names(self.engines)
@@ -165,7 +169,14 @@ def read_bandwidth() -> float:
 
 
 def run(b: GenerateBench, log: Callable[[str], None] = print) -> list[tuple[str, int, float]]:
-    """Each engine's tokens/s per batch size (median over rounds), printed as a table with ratios."""
+    """Each engine's tokens/s per batch size (median over rounds), printed as a table with ratios.
+    An engine that is not installed is skipped with a line saying how to install it; none left is an error."""
+    missing = [e for e in b.engines if e in NEEDS and importlib.util.find_spec(NEEDS[e][0]) is None]
+    for e in missing:
+        log(f"skipped {e}: {NEEDS[e][0]} is not installed ({NEEDS[e][1]})")
+    if len(missing) == len(b.engines):
+        raise TinyGPTError(f"none of the engines asked for ({', '.join(b.engines)}) is installed; install one, "
+                           "or add tinygpt to --engines")
     model = _model(b)
     engines: dict[str, Engine] = {}
     with tempfile.TemporaryDirectory() as tmp:

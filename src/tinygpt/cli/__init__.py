@@ -13,6 +13,7 @@ import argparse
 import signal
 import sys
 
+from .. import __version__
 from ..errors import TinyGPTError
 
 
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     parser = argparse.ArgumentParser(prog="tinygpt", description="Train, run and study small GPT language models.")
+    parser.add_argument("--version", action="version", version=f"tinygpt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     for command in (train, finetune, merge, sample, chat, eval, harness, export, bench, attention, plot, diagnose,
                     learn, makemore):

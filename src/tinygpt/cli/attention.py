@@ -12,6 +12,7 @@ from ..config import add_command, section
 from ..console import log
 from ..device import RuntimeConfig
 from ..options import OutputOptions
+from ..run import RunDir
 from ..source import ModelSource
 
 
@@ -21,7 +22,8 @@ class AttentionCommand:
     source: ModelSource = section(ModelSource, only=("checkpoint",))
     runtime: RuntimeConfig = section(RuntimeConfig, dtype="fp32", seed=0)  # the same untrained weights each time
     output: OutputOptions = section(OutputOptions, only=("out", "json", "show"),
-                                    shown={"out": "MODEL/attention for a run, else ./attention"})
+                                    shown={"out": "MODEL/attention for a run (--compare: the first run's), else "
+                                                     "./attention"})
 
 
 def add_parser(sub) -> None:
@@ -42,7 +44,8 @@ def run(cmd: AttentionCommand) -> int:
         for m in o.compare:
             lm, name = titled_model(m, **loading)
             atts.append(attention.capture(lm, o.text, name))
-        path = attention.compare(*atts, pictures.folder("attention", cmd.output.out), o.layer or 0, o.head or 0)
+        beside = next((m for m in o.compare if RunDir.is_run(m)), None)  # the first run's folder, not ./attention
+        path = attention.compare(*atts, pictures.folder("attention", cmd.output.out, beside), o.layer or 0, o.head or 0)
         log(f"wrote {path}")
         if cmd.output.show:
             pictures.show(path)

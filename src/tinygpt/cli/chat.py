@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 
-from ..config import add_command, replace, section
+from ..config import add_command, section
 from ..console import log
 from ..data import instruct as ins
 from ..device import RuntimeConfig
+from ..errors import TinyGPTError
 from ..generation import GenerationConfig, load
 from ..source import ModelSource
 
@@ -31,8 +33,9 @@ def add_parser(sub) -> None:
 
 def run(cmd: ChatCommand) -> int:
     lm = load(cmd.source.model, checkpoint=cmd.source.checkpoint, device=cmd.runtime.device, dtype=cmd.runtime.dtype)
-    template = ins.run_template(lm.config, cmd.layout.template)
-    generation = replace(cmd.generation, {"stop": cmd.generation.stop + ins.stop_strings(template, lm.tokenizer)})
+    template = ins.run_template(lm.config, cmd.layout.template, lm.tokenizer)  # refused now, not at the first turn
+    generation = dataclasses.replace(cmd.generation,
+                                     stop=cmd.generation.stop + ins.stop_strings(template, lm.tokenizer))
     opening = [{"role": "system", "content": cmd.layout.system}] if cmd.layout.system else []
     messages = list(opening)
     log(f"{lm.checkpoint} | {template} template | /reset starts over, an empty line ends")
@@ -48,6 +51,11 @@ def run(cmd: ChatCommand) -> int:
         if text == "/reset":
             messages = list(opening)
             continue
+        try:
+            lm.tokenizer.encode(text)
+        except TinyGPTError as err:  # one unwritable message is not the end of the conversation
+            log(f"notice: {err}; the message is dropped, the conversation goes on")
+            continue
         messages.append({"role": "user", "content": text})
         prompt = ins.chat_prompt(template, messages, lm.tokenizer)
         if lm.encode_prompt(prompt)[1]:  # cropped to the context
@@ -57,6 +65,9 @@ def run(cmd: ChatCommand) -> int:
                             else cmd.runtime.seed + turn, on_text=lambda i, piece: _write(piece))[0]
         sys.stdout.write("\n")
         sys.stdout.flush()
+        if not reply:
+            log("notice: the reply is empty: the model ended its response at once; ask again, or /reset to "
+                "start over")
         messages.append({"role": "assistant", "content": reply})
         turn += 1
 

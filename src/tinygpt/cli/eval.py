@@ -51,26 +51,34 @@ def run(cmd: EvalCommand) -> int:
     return 0
 
 
+def _width(rows: list[dict]) -> int:
+    # Names are shown whole (a path cut at its start reads as another one), the column as wide as the longest.
+    return max(len("model"), *(len(r["model"]) for r in rows))
+
+
 def print_perplexity(rows: list[dict]) -> None:
-    print(f"{'model':40} {'tokenizer':>9} {'tokens':>10} {'loss':>8} {'ppl':>9} {'bits/byte':>10} {'s':>7}")
+    w = _width(rows)
+    print(f"{'model':{w}} {'tokenizer':>9} {'tokens':>10} {'loss':>8} {'ppl':>9} {'bits/byte':>10} {'s':>7}")
     for r in rows:
-        print(f"{r['model'][-40:]:40} {r['tokenizer']:>9} {r['tokens']:10,d} {r['loss']:8.4f} {r['perplexity']:9.3f} "
+        print(f"{r['model']:{w}} {r['tokenizer']:>9} {r['tokens']:10,d} {r['loss']:8.4f} {r['perplexity']:9.3f} "
               f"{r['bits_per_byte']:10.4f} {r['seconds']:7.1f}")
     if len({r["tokenizer"] for r in rows}) > 1:
         print("models with different tokenizers compare only in bits per byte (loss and perplexity are per token)")
 
 
 def print_choices(rows: list[dict]) -> None:
-    print(f"{'model':40} {'protocol':>8} {'questions':>9} {'acc':>7} {'acc_norm':>8} {'acc_token':>9} {'s':>7}")
+    w = _width(rows)
+    print(f"{'model':{w}} {'protocol':>8} {'questions':>9} {'acc':>7} {'acc_norm':>8} {'acc_token':>9} {'s':>7}")
     for r in rows:
-        print(f"{r['model'][-40:]:40} {r['protocol']:>8} {r['questions']:9,d} {100 * r['acc']:7.2f} "
+        print(f"{r['model']:{w}} {r['protocol']:>8} {r['questions']:9,d} {100 * r['acc']:7.2f} "
               f"{100 * r['acc_norm']:8.2f} {100 * r['acc_token']:9.2f} {r['seconds']:7.1f}")
     print("acc: largest summed log-likelihood; acc_norm: per character of the ending (lm-evaluation-harness's "
           "acc_norm); acc_token: per token (what llm.c and build-nanogpt call acc_norm)")
 
 
 def print_generation(rows: list[dict]) -> None:
-    print(f"{'model':40} {'prompts':>7} {'BLEU':>6} {'ROUGE-1':>7} {'ROUGE-2':>7} {'ROUGE-L':>7} {'s':>7}")
+    w = _width(rows)
+    print(f"{'model':{w}} {'prompts':>7} {'BLEU':>6} {'ROUGE-1':>7} {'ROUGE-2':>7} {'ROUGE-L':>7} {'s':>7}")
     for r in rows:
-        print(f"{r['model'][-40:]:40} {r['generate']:7d} {r['bleu']:6.2f} {r['rouge1']:7.2f} {r['rouge2']:7.2f} "
+        print(f"{r['model']:{w}} {r['generate']:7d} {r['bleu']:6.2f} {r['rouge1']:7.2f} {r['rouge2']:7.2f} "
               f"{r['rougeL']:7.2f} {r['seconds']:7.1f}")

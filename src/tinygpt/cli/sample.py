@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from ..config import add_command, opt, replace, section
+from ..config import add_command, section
 from ..console import log
 from ..data import instruct as ins
 from ..device import RuntimeConfig
-from ..errors import TinyGPTError
 from ..generation import GenerationConfig, load
+from ..generation.prompts import PromptOptions
 from ..source import ModelSource
-
-
-@dataclass
-class PromptOptions:
-    prompt: str = opt("", "text to continue (default: start of a document)")
-    prompt_file: str | None = opt(None, "read the prompt from this file instead")
-    prompts_file: str | None = opt(None, "a file of prompts, one per line, generated as one batch")
-    instruct: bool = opt(False, "the prompt is an instruction: lay it out in the fine-tune's prompt template "
-                                "(--template, --system) and print the response, which ends at the end-of-text token")
 
 
 @dataclass
@@ -39,30 +30,18 @@ def add_parser(sub) -> None:
                             "'tinygpt finetune', a Hugging Face model directory or a hub name.")
 
 
-def _read(path: str, flag: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise TinyGPTError(f"cannot read {flag} {path}: {e}; give a UTF-8 text file") from None
-
-
 def run(cmd: SampleCommand) -> int:
-    prompts = [cmd.prompt.prompt]
-    if cmd.prompt.prompt_file:
-        prompts = [_read(cmd.prompt.prompt_file, "--prompt-file")]
-    if cmd.prompt.prompts_file:
-        prompts = [line for line in _read(cmd.prompt.prompts_file, "--prompts-file").splitlines() if line.strip()]
-        if not prompts:
-            raise TinyGPTError(f"--prompts-file {cmd.prompt.prompts_file} has no prompts; write one per line")
+    prompts = cmd.prompt.prompts()
     lm = load(cmd.source.model, checkpoint=cmd.source.checkpoint, device=cmd.runtime.device, dtype=cmd.runtime.dtype)
-    generation = cmd.generation
+    generation, layout = cmd.generation, ""
     if cmd.prompt.instruct:
-        template = ins.run_template(lm.config, cmd.layout.template)
+        template = ins.run_template(lm.config, cmd.layout.template, lm.tokenizer)
         prompts = [ins.prompt_text(template, p, system=cmd.layout.system) for p in prompts]
-        generation = replace(generation, {"stop": generation.stop + ins.stop_strings(template, lm.tokenizer)})
+        generation = dataclasses.replace(generation, stop=generation.stop + ins.stop_strings(template, lm.tokenizer))
+        layout = f" | {template} template"
     log(f"{lm.checkpoint}" + (f": step {lm.step}" if lm.step is not None else "")
         + (f", val loss {lm.val_loss:.4f}" if lm.val_loss is not None else "")
-        + f" | {lm.model.num_params() / 1e6:.2f}M parameters on {lm.device}")
+        + f" | {lm.model.num_params() / 1e6:.2f}M parameters on {lm.device}{layout}")
     echoes = []
     for prompt in prompts:
         ids, cropped = lm.encode_prompt(prompt)

@@ -33,8 +33,9 @@ def check_encoding(encoding: str) -> str:
 def resolve_files(spec: str, encoding: str | None = None, log: Callable[[str], None] | None = None) -> list[Path]:
     """The text files named by ``spec``: a built-in corpus, a file, a folder (recursive) or a glob.
 
-    Folders skip hidden files and hidden folders (``.git`` and the like). ``encoding``,
-    when given, is checked first so a typo fails before anything is read or downloaded.
+    Folders skip hidden files and hidden folders (``.git`` and the like); folders and globs
+    skip files that are not text (a picture among the books), naming them in one ``log`` line.
+    ``encoding``, when given, is checked first so a typo fails before anything is read or downloaded.
     """
     if encoding is not None:
         check_encoding(encoding)
@@ -51,10 +52,26 @@ def resolve_files(spec: str, encoding: str | None = None, log: Callable[[str], N
         files = sorted(found, key=lambda p: p.relative_to(path).as_posix())
     else:
         files = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True) if os.path.isfile(p))
+    skipped = [f for f in files if not looks_like_text(f, encoding or "utf-8")]
+    if skipped:
+        files = [f for f in files if f not in skipped]
+        if log is not None:
+            names = [_display(f) for f in skipped]
+            more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+            log(f"data: skipped {len(names)} file(s) that are not text: {', '.join(names[:5])}{more}")
     if not files:
         raise TinyGPTError(f"no text found at {spec!r}: give a file, a folder, a glob like 'books/*.txt', "
                            f"or a built-in corpus ({', '.join(BUILTIN_CORPORA)})")
     return files
+
+
+def looks_like_text(path: Path, encoding: str = "utf-8") -> bool:
+    """Whether ``path`` may be text: no NUL byte in its first 8 KB (git's test; pictures, archives and
+    other binaries have them early). UTF-16 and UTF-32 text has NULs, so in those encodings all may be."""
+    if codecs.lookup(encoding).name.startswith(("utf-16", "utf-32")):
+        return True
+    with open_binary(path) as handle:
+        return b"\0" not in handle.read(8192)
 
 
 def absolute_spec(spec: str) -> str:

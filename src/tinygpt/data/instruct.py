@@ -298,14 +298,55 @@ def render(template: str | Template, example: Example) -> list[tuple[str, bool]]
 class InstructOptions:
     """How instructions are laid out for a model: declared once for ``sample --instruct`` and ``chat``."""
     template: str | None = opt(None, "the prompt template instructions are laid out in", choices=tuple(TEMPLATES),
-                               shown="the one the model was fine-tuned with, else alpaca")
+                               shown="the one the model was fine-tuned with, else alpaca (simple where a char "
+                                     "vocabulary cannot write alpaca)")
     system: str | None = opt(None, "a system message that opens the conversation")
 
 
-def run_template(run_config: dict, given: str | None = None) -> str:
+def recorded_template(run_config: dict) -> str | None:
+    """The template a model's fine-tune laid its instruction data out in (``run_config``: its
+    config.json; a merged run keeps its fine-tune's record under ``merged``), or None: not
+    fine-tuned, or fine-tuned on plain text, where the recorded default was never used."""
+    record = run_config.get("finetune") or (run_config.get("merged") or {}).get("finetune") or {}
+    data = (run_config.get("data") or {}).get("data")
+    if data is not None and not is_instruction_data(data):
+        return None
+    return record.get("template")
+
+
+def unwritable(template: str | Template, tokenizer: Tokenizer) -> list[str]:
+    """The characters of the template's own text and of a response's end that ``tokenizer``
+    cannot encode, in order of appearance (only a char tokenizer lacks any)."""
+    if tokenizer.kind != "char":
+        return []
+    known = set(getattr(tokenizer, "chars", ()))
+    return [c for c in dict.fromkeys(get_template(template).own_text() + END_WITHOUT_EOT) if c not in known]
+
+
+def run_template(run_config: dict, given: str | None = None, tokenizer: Tokenizer | None = None) -> str:
     """The template to lay instructions out in for a model: ``given``, else the one its
-    fine-tune was trained with (``run_config``: its config.json), else the default."""
-    return given or run_config.get("finetune", {}).get("template") or DEFAULT_TEMPLATE
+    fine-tune was trained with (``run_config``: its config.json), else the default.
+
+    With ``tokenizer``, the template must be one it can write: with nothing given or recorded
+    the first of the default and the others it can write is taken; otherwise a char
+    vocabulary without the template's own characters is refused here, before the user types."""
+    chosen = given or recorded_template(run_config)
+    if tokenizer is None:
+        return chosen or DEFAULT_TEMPLATE
+    if chosen is None:
+        chosen = next((t for t in (DEFAULT_TEMPLATE, *TEMPLATES) if not unwritable(t, tokenizer)), DEFAULT_TEMPLATE)
+    missing = unwritable(chosen, tokenizer)
+    if not missing:
+        return chosen
+    whose = "--template" if given else "the fine-tune's template" if recorded_template(run_config) \
+        else "the default template"
+    problem = f"{whose} {chosen}'s own text has {some_chars(missing)} that this model's char vocabulary lacks"
+    simple = unwritable("simple", tokenizer)
+    if not simple:
+        raise TinyGPTError(f"{problem}; use --template simple (its own text is only letters, ':' and newlines)")
+    also = "" if chosen == "simple" else f" (and --template simple needs {some_chars(simple)})"
+    raise TinyGPTError(f"{problem}{also}; instructions need a model whose vocabulary can write a template, "
+                       "e.g. one fine-tuned from a base with a BPE tokenizer such as gpt2")
 
 
 def response_end(tokenizer: Tokenizer) -> str:
@@ -395,7 +436,7 @@ def _check_characters(examples: Sequence[Example], template: Template, tokenizer
             missing = set(text) - known
             if missing:
                 found.update(dict.fromkeys(sorted(missing, key=text.index)))
-    own = [c for c in dict.fromkeys(template.own_text() + END_WITHOUT_EOT) if c not in known]
+    own = unwritable(template, tokenizer)
     if not found and not own:
         return
     problems, fixes = [], []

@@ -33,8 +33,8 @@ class EvalOptions:
     protocol: str = opt("harness", "how questions become tokens: lm-evaluation-harness's or llm.c's script",
                         choices=choice.PROTOCOLS)
     limit: int | None = opt(None, "only the first N questions", metavar="N")
-    generate: int | None = opt(None, "continue N held-out prompts greedily and score them with BLEU and ROUGE",
-                               metavar="N")
+    generate: int | None = opt(None, "continue N held-out prompts greedily and score them with BLEU and ROUGE "
+                                     "(instead of bits per byte)", metavar="N")
     prompt_tokens: int | None = opt(None, "prompt length in tokens", metavar="N",
                                     shown="half the context, less where the new tokens would not fit")
     max_new_tokens: int | None = like(GenerationConfig, "max_new_tokens", None, aliases=("--new-tokens",),
@@ -49,8 +49,9 @@ class EvalOptions:
 
     @property
     def scores_text(self) -> bool:
-        """Bits per byte, unless only questions were asked for."""
-        return self.data is not None or self.choices is None
+        """Bits per byte: asked for by default, or by a --data beside --choices; not with
+        --generate, whose --data is where its prompts come from."""
+        return self.generate is None and (self.data is not None or self.choices is None)
 
     @property
     def needs_text(self) -> bool:

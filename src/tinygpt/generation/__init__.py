@@ -3,8 +3,8 @@ join and leave between steps), beam search, streaming with stop strings, and ``l
 
     from tinygpt.generation import load
     lm = load("runs/my-run")
-    print(lm.generate("ROMEO:", max_new_tokens=200, seed=0, min_p=0.05, stop=["\n\n"])[0])
-    for piece in lm.stream("JULIET:", 100):
+    print(lm.generate("Romeo.\n", max_new_tokens=200, seed=0, min_p=0.05, stop=["\n\n"])[0])
+    for piece in lm.stream("Juliet.\n", 100):
         print(piece, end="", flush=True)
 """
 

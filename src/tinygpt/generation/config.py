@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from ..config import check_choices, opt
+from ..config import check_choices, opt, parse_escaped
 from ..errors import TinyGPTError
 from . import processors as P
 from .sampling import Sampling
@@ -27,7 +27,8 @@ class GenerationConfig:
     beams: int = opt(1, "beam search with this many beams (1: off); returns the --num-samples best")
     length_penalty: float = opt(1.0, "beam search: score = log-probability / length ** this (>1 favours longer)")
     early_stopping: bool = opt(False, "beam search: stop once --beams hypotheses have ended")
-    stop: list[str] = opt([], "stop when this text appears (it is not included)")
+    stop: list[str] = opt([], "stop when this text appears (it is not included); \\n, \\t, \\r, \\\\, \\xhh and "
+                              "\\uXXXX in it are read as escapes", parse=parse_escaped)
     stop_at_eot: bool = opt(True, "stop a sample at the tokenizer's end-of-text token, if it has one")
     num_samples: int = opt(1, "how many samples to draw (of each prompt, where there is one)")
     past_context: str = opt("exact", "past the context length: exact (re-read the last block each token, "

@@ -80,10 +80,21 @@ def _plain(value: Any) -> Any:
     return to_dict(value) if dataclasses.is_dataclass(value) else value
 
 
+def given_settings(*layers: dict) -> RunConfig:
+    """The settings as given, before 'auto' is resolved: what decides the preset (the device,
+    the budget) and the run's data and directory. The model's shape is checked with the named
+    preset under the flags (char-nano's 4 heads divide --n-embd 64; the defaults' 6 do not);
+    under 'auto' it is left at its defaults until the preset is chosen."""
+    named = layered(RunConfig, *layers, leave=("model",))
+    if named.run.preset == "auto":
+        return named
+    return layered(RunConfig, get_preset(named.run.preset).layer(), *layers)
+
+
 def resolve_new_run(*layers: dict, vocab_size: int, log: Callable[[str], None] = print) -> ResolvedRun:
     """A new training run from settings ``layers`` (defaults < the preset < each layer in
     turn), for data whose tokenizer has ``vocab_size`` tokens."""
-    given = layered(RunConfig, *layers)
+    given = given_settings(*layers)
     device = resolve_device(given.runtime.device)
     preset = choose_preset(given, device, vocab_size, log)
     settings = layered(RunConfig, get_preset(preset).layer(), *layers,

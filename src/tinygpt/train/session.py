@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 
 from .. import versions
 from ..checkpoint import DiskFullError
-from ..config import from_dict, layered
+from ..config import from_dict
 from ..data import Batch, Batches, DataConfig, TokenData, absolute_spec, prepare_data
 from ..device import seed_everything
 from ..errors import TinyGPTError
@@ -36,10 +36,11 @@ from .callbacks import (
     PeriodicSampler,
     ProgressBar,
 )
-from .config import RunConfig, SessionOptions
+from .config import SessionOptions
 from .health import HealthProbe
 from .resolve import (
     ResolvedRun,
+    given_settings,
     named_run_dir,
     resolve_new_run,
     resolve_run,
@@ -89,7 +90,7 @@ class Session:
 
         The run directory must be new or empty unless ``force`` (then a run's files there
         are replaced). It is locked for the life of the process."""
-        given = layered(RunConfig, *layers)
+        given = given_settings(*layers)
         named = named_run_dir(given.run)
         if named is not None:  # checked before the data is prepared, which can take a while
             RunDir.check_new(named, force=force)
