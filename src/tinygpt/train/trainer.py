@@ -32,8 +32,8 @@ from .distributed import DistContext
 from .optim import lr_at, make_optimizer
 from .state import TrainState, capture_rng, restore_rng
 
-
 WARMUP_SHARE = 0.1  # of a time or token budget: warmup ends there at the latest
+
 
 class DivergedError(TinyGPTError):
     """Training produced a non-finite loss, gradient or weight. Nothing from then on was
