@@ -68,7 +68,7 @@ def download(name: str) -> Path:
         return Path(snapshot_download(name, allow_patterns=patterns))
     except Exception as e:  # offline, unknown repo, gated repo: the hub's own words, in one line
         raise TinyGPTError(f"cannot get {name!r} from the Hugging Face hub ({first_line(e)}); check the name and the "
-                           "network, or pass a local directory") from None
+                           f"network, or pass a local directory (there is no directory {name} here)") from None
 
 
 def read_config(directory: Path) -> tuple[dict, str, GPTConfig]:
