@@ -123,7 +123,10 @@ def main() -> int:
     env = {**os.environ, "TINYGPT_CACHE": str(work / "cache"), "OMP_NUM_THREADS": "1"}
     flags = ["--data", str(corpus), "--max-steps", str(args.steps), "--eval-interval", str(args.eval_interval),
              "--n-layer", "2", "--n-head", "4", "--n-embd", "128", "--block-size", "64", "--batch-size", "8",
-             "--max-new-tokens", "0", "--progress", "false", "--device", "cpu"]
+             "--max-new-tokens", "0", "--progress", "false", "--device", "cpu",
+             # Pinned: --dtype auto times bf16 against fp32 when a run starts, and on a busy
+             # machine two fresh runs may choose differently (a resume keeps its run's choice).
+             "--dtype", "fp32"]
 
     ref = work / "reference"
     t0 = time.perf_counter()
