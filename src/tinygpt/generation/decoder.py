@@ -103,6 +103,7 @@ class Decoder:
         self._handles = 0
         self._open: ExitStack | None = None
         self._chains: dict[tuple, list[P.LogitsProcessor]] = {}
+        self._grouping: dict[tuple, list[int]] | None = None  # _groups(), until rows join or leave
 
     # ------------------------------------------------------------------ open and close
 
@@ -140,6 +141,7 @@ class Decoder:
             generator = torch.Generator(device=self.device).manual_seed(settings.seed)
         self._handles += 1
         self.rows.append(_Row(self._handles, settings, generator))
+        self._grouping = None
         self.history.extend([list(prompt)])
         return self._handles
 
@@ -160,6 +162,7 @@ class Decoder:
 
     def _keep(self, index: list[int], rows: list[_Row] | None = None) -> None:
         self.rows = rows if rows is not None else [self.rows[j] for j in index]
+        self._grouping = None
         self.history.select(index)
         if self.cache is not None and index:
             at = torch.tensor(index, device=self.device)
@@ -200,18 +203,18 @@ class Decoder:
         """Next-token logits (B, V) in fp32 of the active rows, in batch order."""
         if self._open is None:
             raise RuntimeError("use a Decoder inside `with`: it holds the model in eval mode while open")
-        out: dict[int, torch.Tensor] = {}
+        parts: list[tuple[list[int], torch.Tensor]] = []  # (batch positions, their logits)
         tokens = self.history.rows
         windowed = [j for j, t in enumerate(tokens) if not self.use_cache or (not self.fast and len(t) > self.block)]
         fresh = [j for j, r in enumerate(self.rows) if not r.read and j not in windowed]
         stepped = [j for j, r in enumerate(self.rows) if r.read and j not in windowed]
         if windowed:  # read again from scratch: the last block, no cache
             ids, pos = _left_pad([tokens[j][-self.block:] for j in windowed], self.device)
-            out.update(zip(windowed, self._forward(ids, pos, None)))
+            parts.append((windowed, self._forward(ids, pos, None)))
         if fresh or stepped:
             self._reserve(len(self.rows))
         if stepped:
-            out.update(self._step(stepped))
+            parts += self._step(stepped)
         if fresh:  # rows join at the end of the batch: read their prompts into their cache rows
             start = fresh[0]
             for j in fresh:
@@ -220,14 +223,20 @@ class Decoder:
             ids, pos = _left_pad([tokens[j][-self.block:] for j in fresh], self.device)
             view = self.cache.rows(start, start + len(fresh))
             view.length = 0
-            out.update(zip(fresh, self._forward(ids, pos, view)))
-        return torch.stack([out[j] for j in range(len(self.rows))])
+            parts.append((fresh, self._forward(ids, pos, view)))
+        if len(parts) == 1 and len(parts[0][0]) == len(self.rows):
+            return parts[0][1]  # the usual step: every row in one forward, in batch order (no copy)
+        out = torch.empty(len(self.rows), parts[0][1].shape[-1], device=parts[0][1].device)
+        for index, logits in parts:
+            out[index] = logits
+        return out
 
-    def _step(self, stepped: list[int]) -> dict[int, torch.Tensor]:
+    def _step(self, stepped: list[int]) -> list[tuple[list[int], torch.Tensor]]:
         """One cached step of rows ``stepped`` (batch positions, each read before): their last
-        token at its position. A row whose position would pass the context (fast mode,
-        learned positions) is first re-read from its last half block, which gives its logits."""
-        tokens, out = self.history.rows, {}
+        token at its position; (batch positions, logits) parts. A row whose position would
+        pass the context (fast mode, learned positions) is first re-read from its last half
+        block, which gives its logits."""
+        tokens, out = self.history.rows, []
         n = stepped[-1] + 1
         ids, pos = [0] * n, [-1] * n  # rows not stepped here are pads: they write the spare slot, and nothing reads it
         for j in stepped:
@@ -238,10 +247,11 @@ class Decoder:
                 r.shift = len(tokens[j]) - keep
                 view = self.cache.rows(j, j + 1)
                 view.length = 0
-                out[j] = self._forward(torch.tensor([tokens[j][-keep:]], device=self.device), None, view)[0]
+                out.append(([j], self._forward(torch.tensor([tokens[j][-keep:]], device=self.device), None, view)))
                 continue
             ids[j], pos[j] = tokens[j][-1], p
-        live = [j for j in stepped if j not in out]
+        reread = {j for index, _ in out for j in index}
+        live = [j for j in stepped if j not in reread]
         if live:
             view = self.cache.rows(0, n)
             x = torch.tensor(ids, device=self.device)[:, None]
@@ -251,7 +261,7 @@ class Decoder:
             else:
                 view.length = 0
                 logits = self._forward(x, torch.tensor(pos, device=self.device)[:, None], view)
-            out.update((j, logits[j]) for j in live)
+            out.append((live, logits if live == list(range(n)) else logits[live]))
         return out
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
@@ -297,11 +307,12 @@ class Decoder:
         return new
 
     def _groups(self) -> dict[tuple, list[int]]:
-        """Batch positions of the rows sharing each rule."""
-        groups: dict[tuple, list[int]] = {}
-        for j, r in enumerate(self.rows):
-            groups.setdefault(r.settings.rule(), []).append(j)
-        return groups
+        """Batch positions of the rows sharing each rule (kept until the rows change)."""
+        if self._grouping is None:
+            self._grouping = {}
+            for j, r in enumerate(self.rows):
+                self._grouping.setdefault(r.settings.rule(), []).append(j)
+        return self._grouping
 
     def _chain(self, rule: tuple) -> list[P.LogitsProcessor]:
         if rule not in self._chains:
