@@ -8,7 +8,7 @@ import torch
 from conftest import ROMEO, TINY_TRAIN
 from safetensors.torch import load_file
 
-from tinygpt.analysis import health
+from tinygpt.analysis import health, health_pictures
 from tinygpt.cli import main
 from tinygpt.data import Batch
 from tinygpt.errors import TinyGPTError
@@ -47,6 +47,9 @@ def test_probing_during_training_changes_nothing_and_records_one_step_update_rat
     assert probed == plain  # eval-mode probes draw no random numbers and leave no gradients
     records = session.run.read_diagnostics()
     assert [r["step"] for r in records] == [2, 4, 6]
+    lrs = {r["step"]: r["lr"] for r in session.run.read_metrics()}
+    assert [(r["lr"], r["peak_lr"]) for r in records] == [(lrs[s], SETTINGS["lr"]) for s in (2, 4, 6)]
+    assert [r["warmup"] for r in records] == [True, True, True]  # warmup is 100 steps, or a tenth of the budget
     for r in records:
         step = r["step"]
         for w in r["weights"]:
@@ -84,14 +87,16 @@ def test_the_judge_names_problems_and_their_fixes():
                "out_std": 1.0, "attn_entropy": 0.5}
     result = {"layers": [healthy, {**healthy, "layer": 1, "dead": 0.4, "out_std": 80.0}],
               "weights": [{"name": "w", "grad_std": 0.1, "grad_to_weight": 0.5}]}
-    recorded = [{"step": 10, "weights": [{"name": "w", "update_to_weight": -1.2},
+    hi = health.UPDATE_RANGES["adamw"][1]
+    recorded = [{"step": 10, "weights": [{"name": "w", "update_to_weight": hi + 0.2},
                                           {"name": "v", "update_to_weight": -5.0}]}]
     problems = health.judge(result, recorded)
     assert any("layer 1: 40% of the MLP's hidden units are dead" in p and "lower the learning rate" in p
                for p in problems)
     assert any("layer 1" in p and "exploding" in p for p in problems)
     assert any(p.startswith("w: gradients larger than the weights") for p in problems)
-    assert any(p.startswith("w: updates are 10^-1.2") and "lower the learning rate" in p for p in problems)
+    assert any(p.startswith(f"w: updates are 10^{hi + 0.2:.1f}") and "lower the learning rate" in p
+               for p in problems)
     assert any(p.startswith("v: updates are 10^-5.0") and "raise the learning rate" in p for p in problems)
     assert not any("layer 0" in p for p in problems)
     assert health.judge({"layers": [healthy], "weights": []}) == []
@@ -158,3 +163,94 @@ def test_diagnose_options_are_checked_where_they_enter():
     for bad in (dict(batches=0), dict(batch_size=0)):
         with pytest.raises(TinyGPTError, match="--batches and --batch-size must be at least 1"):
             health.DiagnoseOptions(**bad)
+
+
+def test_update_ratios_are_judged_against_the_range_of_the_optimizer_that_made_them():
+    (_, adamw_hi), (_, muon_hi) = health.UPDATE_RANGES["adamw"], health.UPDATE_RANGES["muon"]
+    assert adamw_hi < muon_hi  # measured: Muon's orthogonalised steps move a matrix more at one rate
+    u = (adamw_hi + muon_hi) / 2
+    result = {"layers": [], "weights": []}
+    recorded = [{"step": 4, "weights": [{"name": "h.0.w", "update_to_weight": u, "optimizer": "muon"},
+                                         {"name": "wte", "update_to_weight": u, "optimizer": "adamw"},
+                                         {"name": "h.1.w", "update_to_weight": u},    # recorded before rows said
+                                         {"name": "h.2.w", "update_to_weight": u}]}]
+    problems = health.judge(result, recorded, by={"h.1.w": "muon"})
+    flagged = sorted(p.split(":")[0] for p in problems)
+    assert flagged == ["h.2.w", "wte"]  # h.2.w: no word on its optimizer anywhere, so AdamW's range
+    assert all("healthy under AdamW" in p and "lower the learning rate" in p for p in problems)
+    assert health.judge(result, [{"step": 4, "weights": [{"name": "h.0.w", "update_to_weight": muon_hi + 0.1,
+                                                          "optimizer": "muon"}]}]) != []
+
+
+def test_a_ratio_taken_at_a_decayed_rate_is_judged_at_the_peak_rate():
+    lo, _ = health.UPDATE_RANGES["muon"]
+    row = {"name": "h.0.w", "update_to_weight": lo - 0.5, "optimizer": "muon"}
+    result = {"layers": [], "weights": []}
+    late = {"step": 90, "lr": 6e-4, "peak_lr": 6e-3, "weights": [row]}  # cosine's end: a tenth of the peak
+    assert health.latest_updates([late])["h.0.w"] == pytest.approx((lo - 0.5, lo + 0.5, "muon"))
+    assert health.judge(result, [late]) == []
+    slow = {**late, "lr": 6e-3}
+    assert health.judge(result, [slow]) == [
+        f"h.0.w: updates are 10^{lo - 0.5:.1f} of the weights per step, healthy under Muon: 10^{lo:g} to 10^-1: "
+        "raise the learning rate"]
+    warming = {**slow, "lr": 6e-4, "warmup": True}  # weights still near their init: not judged
+    assert health.judge(result, [warming]) == []
+    old = {"step": 90, "weights": [row]}  # recorded before probes kept their rate: judged as it is, and said why
+    assert health.judge(result, [old])[0].endswith("(or the schedule has decayed it: expected at the end of a run)")
+
+
+def test_probes_record_which_optimizer_updated_each_matrix(tmp_path):
+    session, _, _ = train(tmp_path, "muon", diagnostics=3, optimizer="muon")
+    rows = session.run.read_diagnostics()[-1]["weights"]
+    assert {w["name"]: w["optimizer"] for w in rows} == {
+        w["name"]: "muon" if w["name"].startswith("transformer.h.") else "adamw" for w in rows}
+    muon = {id(p) for p in session.trainer.optimizer.optimizers["muon"].param_groups[0]["params"]}
+    assert {n for n, p in session.trainer.model.named_parameters() if id(p) in muon} == \
+        {w["name"] for w in rows if w["optimizer"] == "muon"}
+
+
+def _legend(ax) -> list[str]:
+    legend = ax.get_legend()
+    return [] if legend is None else [t.get_text() for t in legend.get_texts()]
+
+
+def test_pictures_mark_the_flat_region_left_of_minus_3_and_healthy_ranges_with_labels(tmp_path):
+    from tinygpt.generation import load
+
+    session, _, _ = train(tmp_path, "run", diagnostics=2, optimizer="muon")
+    d = health.diagnose_model(load(session.run.path, device="cpu"), "run", session.run.path,
+                              health.DiagnoseOptions(batches=1))
+    figs = health_pictures.figures(d.name, d.result, d.recorded)
+    assert list(figs) == ["activations", "gradients", "ratios", "over_training"]
+
+    ax = figs["activations"].axes[0]
+    band = [p for p in ax.patches if "flat region" in p.get_label()]
+    assert len(band) == 1
+    (x0, _), (x1, _) = band[0].get_path().get_extents(band[0].get_patch_transform()).get_points()
+    assert x1 == pytest.approx(-3) and x0 < -3 and ax.get_xlim()[0] <= x0
+
+    ax = figs["ratios"].axes[0]
+    labels = _legend(ax)
+    assert any(t.startswith("healthy one-step update under Muon") for t in labels)
+    assert any(t.startswith("healthy one-step update under AdamW") for t in labels)
+    assert any(t.startswith("gradient as large as the weight") for t in labels)
+    for line in ax.get_lines():  # every plotted series in the legend has points to show
+        if not line.get_label().startswith("_") and len(line.get_xdata()) > 1:
+            assert not all(math.isnan(y) for y in line.get_ydata())
+
+    a, b, c = figs["over_training"].axes
+    assert any(t.startswith("healthy under Muon") for t in _legend(a))
+    assert any(t.startswith("healthy under AdamW") for t in _legend(a))
+    assert "10%: too many dead" in _legend(b)
+    xs = [tuple(line.get_xdata()) for line in b.get_lines() if line.get_label().startswith("layer")]
+    assert len(xs) == 2 and len(set(xs)) == 2  # layers side by side, none hidden under another
+    assert c.get_ylim() == (0, 1.02)
+    figs["over_training"].canvas.draw()
+    assert all(ax.yaxis.get_offset_text().get_text() == "" for ax in (a, b, c))
+
+
+def test_the_ratios_picture_shows_no_empty_series_without_recorded_updates():
+    weights = [{"name": n, "grad_to_weight": -1.5, "grad_std": 0.1, "w_std": 0.02, "update_to_weight": None}
+               for n in ("transformer.wte.weight", "transformer.wpe.weight")]  # no blocks: no gradients page
+    ax = health_pictures.figures("m", {"layers": [], "weights": weights})["ratios"].axes[0]
+    assert _legend(ax) == ["gradient as large as the weight: above, too large", "log10 std(grad) / std(weight)"]

@@ -19,7 +19,6 @@ from ..errors import TinyGPTError
 from ..run import RunDir
 
 X_AXES = {"step": "step", "tokens": "tokens", "time": "elapsed"}  # x-axis name -> record key
-STYLES = [("o", "-"), ("s", "--"), ("D", ":"), ("^", "-.")]  # marker, line: one per text a run was scored on
 
 
 @dataclass
@@ -150,6 +149,8 @@ def figure(runs: list[Curves], *, smoothing: float = 0.9, log_y: bool = False, l
     them, full width, bits per byte by step when a run has such a series (else no such row)."""
     from matplotlib.figure import Figure
 
+    from . import pictures
+
     scored = any(run.bits_per_byte for run in runs)
     fig = Figure(figsize=(16, 12 if scored else 8.5), dpi=100, layout="constrained")
     grid = fig.add_gridspec(3 if scored else 2, 3, height_ratios=(1, 1, 0.8) if scored else None)
@@ -164,6 +165,8 @@ def figure(runs: list[Curves], *, smoothing: float = 0.9, log_y: bool = False, l
                 ax.plot(run.evals[key], run.evals["val_loss"], "o--", color=c, markersize=4, linewidth=1,
                         label=f"{run.name} val")
         ax.set_xlabel({"step": "step", "tokens": "tokens", "time": "wall time (s)"}[axis])
+        if axis == "tokens" and not log_x:
+            pictures.count_ticks(ax, "x")
         ax.set_ylabel("loss (nats per token)")
         ax.set_title(f"loss by {axis}" + (f" (train smoothed, EMA {smoothing})" if smoothing else ""), fontsize=10)
     for ax, (key, label) in zip(axes[1], (("lr", "learning rate"), ("tok_per_s", "tokens/s"),
@@ -176,19 +179,22 @@ def figure(runs: list[Curves], *, smoothing: float = 0.9, log_y: bool = False, l
         ax.set_title(label, fontsize=10)
         if key == "grad_norm" and log_y:
             ax.set_yscale("log")
+            pictures.plain_log_ticks(ax, "y")
     for ax in axes.flat:
         ax.grid(True, alpha=0.3)
         if log_x:
             ax.set_xscale("log")
+            pictures.plain_log_ticks(ax, "x")
     for ax in axes[0]:
         if log_y:
             ax.set_yscale("log")
+            pictures.plain_log_ticks(ax, "y")
     axes[0][0].legend(fontsize=8)
     if scored:
         ax = fig.add_subplot(grid[2, :])
         for c, run in zip(colours, runs):
             for i, (text, (steps, bpb)) in enumerate(run.bits_per_byte.items()):
-                marker, line = STYLES[i % len(STYLES)]
+                marker, line = pictures.STYLES[i % len(pictures.STYLES)]  # one per text a run was scored on
                 ax.plot(steps, bpb, marker=marker, linestyle=line, color=c, markersize=5, linewidth=1.2,
                         label=f"{run.name}: {text}")
         ax.set_xlabel("step (of the checkpoint scored)")
@@ -197,6 +203,9 @@ def figure(runs: list[Curves], *, smoothing: float = 0.9, log_y: bool = False, l
         ax.grid(True, alpha=0.3)
         ax.set_xscale("log" if log_x else "linear")
         ax.set_yscale("log" if log_y else "linear")
+        for axis, on in (("x", log_x), ("y", log_y)):
+            if on:
+                pictures.plain_log_ticks(ax, axis)
         (low, high), (first, last) = ax.get_xlim(), axes[0][0].get_xlim()
         ax.set_xlim(min(low, first), max(high, last))  # the steps of training above, so scores sit where they were
         ax.legend(fontsize=8)

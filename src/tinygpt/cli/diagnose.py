@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from ..analysis import health
+from ..analysis import health, health_pictures
 from ..analysis.source import titled_model
 from ..checkpoint import atomic_write_text
 from ..config import add_command, section
@@ -41,7 +41,7 @@ def run(cmd: DiagnoseCommand) -> int:
                             dtype=cmd.runtime.dtype)
     d = health.diagnose_model(lm, name, model, cmd.probe, log=log)
     print(health.format_report(d.name, d.result, d.problems, d.recorded))
-    paths = health.draw(d.name, d.result, pictures.folder("plots", cmd.output.out, model), d.recorded)
+    paths = health_pictures.draw(d.name, d.result, pictures.folder("plots", cmd.output.out, model), d.recorded)
     for p in paths:
         log(f"wrote {p}")
     if cmd.output.json:

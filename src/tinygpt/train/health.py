@@ -17,7 +17,8 @@ random draws, so a probed run trains exactly like an unprobed one):
   at one key; 1: at all keys alike);
 - per weight matrix: weight std, gradient mean and std, log10 of the gradient-to-weight
   ratio std(grad) / std(w), and, given the weights one optimizer step earlier, log10 of
-  the update-to-weight ratio std(w_now - w_before) / std(w_before) (about -3 is healthy).
+  the update-to-weight ratio std(w_now - w_before) / std(w_before), with the optimizer
+  that made the update (its healthy range depends on it: see analysis/health.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..data import Batch
 from ..device import autocast
 from ..model import GPT, record_attention
 from .callbacks import Callback
+from .optim import updated_by
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -156,10 +158,16 @@ class HealthProbe(Callback):
         if self.before is not None and step % self.every == 0:
             result = probe(trainer.model, self.batch, trainer.device, trainer.dtype)
             ratios = update_ratios(self.before, {n: p.detach() for n, p in weight_matrices(trainer.model).items()})
+            by = updated_by(trainer.model, trainer.cfg.optimizer)
             for row in result["weights"]:
                 row["update_to_weight"] = ratios[row["name"]]
+                row["optimizer"] = by[row["name"]]  # the healthy ratio depends on it
+            # The step's learning rate and the peak: an update ratio scales with the rate, so
+            # one taken late in a decayed schedule is judged at the peak rate it stands for
+            # (one taken in warmup, while the weights are still near their init, is not judged).
             with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": step, **result}) + "\n")
+                f.write(json.dumps({"step": step, "lr": record.get("lr"), "peak_lr": trainer.cfg.lr,
+                                    "warmup": trainer.in_warmup(), **result}) + "\n")
         self.before = self._snapshot(trainer)
 
     def _snapshot(self, trainer: Trainer) -> dict[str, torch.Tensor] | None:

@@ -20,7 +20,8 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas
     scaled to AdamW's RMS so that the same learning rate and weight decay apply; the
     embeddings, the head, biases and gains stay on AdamW."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # tied weights appear once
-    hidden = [p for n, p in named if kind == "muon" and p.dim() == 2 and ".h." in f".{n}"]
+    by = updated_by(model, kind)
+    hidden = [p for n, p in named if by[n] == "muon"]
     taken = {id(p) for p in hidden}
     rest = [p for _, p in named if id(p) not in taken]
     adamw = _adamw([{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
@@ -31,6 +32,14 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas
         raise ValueError(f"unknown optimizer {kind!r}")
     muon = torch.optim.Muon(hidden, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
     return Optimizers(adamw=adamw, muon=muon)
+
+
+def updated_by(model: torch.nn.Module, kind: str) -> dict[str, str]:
+    """Which optimizer ``make_optimizer(..., kind=kind)`` gives each parameter: "muon" for
+    the blocks' weight matrices under Muon, else "adamw". (Training health is judged per
+    optimizer: Muon's orthogonalised steps move a matrix more than AdamW's at one rate.)"""
+    return {n: "muon" if kind == "muon" and p.dim() == 2 and ".h." in f".{n}" else "adamw"
+            for n, p in model.named_parameters()}
 
 
 def _adamw(groups: list[dict], lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.AdamW:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ...analysis import pictures
-from ...analysis.health import hist_line
+from ...analysis.health_pictures import hist_line
 from ...train.health import histogram
 
 SATURATED = 0.97  # tanh'(x) = 1 - tanh(x)^2 < 0.06 beyond this
