@@ -45,6 +45,7 @@ GRAD_TOO_LARGE = 0.0        # log10 grad / weight above 0: gradients larger than
 # raise the ratio here, the weights grow with them (the loss and divergence checks catch
 # those); the upper ends are half a decade past any run that trained.
 UPDATE_RANGES = {"adamw": (-2.3, -1.2), "muon": (-2.4, -1.0)}
+OPTIMIZER_NAMES = {"adamw": "AdamW", "muon": "Muon"}
 
 
 @dataclass
@@ -185,9 +186,6 @@ def judge(result: dict, recorded: list[dict] | None = None, by: dict[str, str] |
                        + ("" if "lr" in recorded[-1] else " (or the schedule has decayed it: expected at the end "
                                                            "of a run)"))
     return out
-
-
-OPTIMIZER_NAMES = {"adamw": "AdamW", "muon": "Muon"}
 
 
 def latest_updates(recorded: list[dict] | None,
