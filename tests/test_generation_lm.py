@@ -233,3 +233,22 @@ def test_half_precision_inference_holds_its_weights_in_that_dtype(tmp_path):
         a, b = exact.model(idx).logits, half.model(idx).logits.float()
     assert (a - b).abs().max() < 0.05 * a.abs().max()
     assert len(half.generate("ab", 12, greedy=True)[0]) == 12
+
+
+def test_ids_past_a_narrower_tokenizer_are_never_drawn():
+    """A model with more rows than its tokenizer has ids (a padded checkpoint): those rows
+    are never sampled, whatever their logits, with plain sampling and with beams."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**{**TINY_MODEL, "vocab_size": len(CHARS) + 12})).eval()
+
+    def padded_rows_lead(module, args, out):  # the rows past the tokenizer, the likeliest by far
+        out = out.clone()
+        out[..., len(CHARS):] = out.max() + 20
+        return out
+
+    model.lm_head.register_forward_hook(padded_rows_lead)
+    lm = TinyGPT(model, CharTokenizer(CHARS))
+    text, = lm.generate([[1, 2, 3]], max_new_tokens=40, temperature=2.0, seed=0)
+    assert len(text) == 40 and set(text) <= set(CHARS)
+    beams, = lm.generate([[1, 2, 3]], max_new_tokens=10, beams=3)
+    assert len(beams) == 10 and set(beams) <= set(CHARS)
