@@ -1,5 +1,6 @@
 """Shared fixtures: every test gets a private cache directory and runs on CPU."""
 
+import os
 import shutil
 
 import pytest
@@ -11,10 +12,17 @@ from helpers import MODERN, TINY_MODEL
 def _one_thread():
     # Test models are tiny: extra intra-op threads only add overhead, and on a busy
     # machine spinning threads make each forward many times slower.
-    before = torch.get_num_threads()
+    # OMP_NUM_THREADS says the count is chosen: commands do not measure the free cores, and
+    # the tinygpt processes tests start compute on one thread too.
+    before, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
     yield
     torch.set_num_threads(before)
+    if env is None:
+        del os.environ["OMP_NUM_THREADS"]
+    else:
+        os.environ["OMP_NUM_THREADS"] = env
 
 
 @pytest.fixture(autouse=True)

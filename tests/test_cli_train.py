@@ -34,7 +34,7 @@ def test_train_writes_a_complete_run_and_a_sample(tmp_path, corpus, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["n_layer"] == 1 and config["train"]["max_steps"] == 6
     assert config["run"]["preset"] == "char-tiny" and config["train"]["lr"] == 6e-3  # the preset's own lr
-    assert config["runtime"] == {"device": "cpu", "dtype": "fp32", "seed": 1337, "threads": None}
+    assert config["runtime"] == {"device": "cpu", "dtype": "fp32", "seed": 1337, "threads": 1}  # the count it computed with
     assert config["tokenizer"]["kind"] == "char" and config["versions"]["torch"]
     sample = captured.out.split("--- sample ---\n")[1].split("\n--------------")[0]
     assert len(sample) == 20 and set(sample) <= set(ROMEO)

@@ -97,7 +97,7 @@ def test_a_fine_tune_is_resolved_once_and_one_recorded_before_the_run_section_re
     assert (len(devices), len(measured), len(seeds)) == (1, 1, 1) and session.cfg.dtype == torch.bfloat16
     config = json.loads((out / "config.json").read_text())
     assert {k: config[k] for k in session.cfg.RECORDED} == session.cfg.record()
-    assert config["runtime"] == {"device": "cpu", "dtype": "bf16", "seed": session.cfg.seed, "threads": None}
+    assert config["runtime"] == {"device": "cpu", "dtype": "bf16", "seed": session.cfg.seed, "threads": 1}
     assert config["train"]["lr"] == 1e-3 and config["base"]["source"] == str(base.resolve())
     # As an earlier tinygpt wrote it: out and name (and an unused preset) under train.
     config["train"].update(config.pop("run"), preset="auto")

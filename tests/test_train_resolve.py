@@ -58,7 +58,8 @@ def test_a_run_is_resolved_once_and_config_json_is_what_was_resolved(tmp_path, t
     assert set(config) == {"model", "data", "run", "train", "runtime", "tokenizer", "data_key", "versions"}
     assert {k: config[k] for k in cfg.RECORDED} == cfg.record()
     assert config["run"] == {"preset": cfg.preset, "out": str(tmp_path / "run"), "name": "run"}
-    assert config["runtime"] == {"device": "cpu", "dtype": "bf16", "seed": cfg.seed, "threads": None} and isinstance(cfg.seed, int)
+    assert config["runtime"] == {"device": "cpu", "dtype": "bf16", "seed": cfg.seed, "threads": 1}  # as computed
+    assert isinstance(cfg.seed, int)
     assert config["model"]["vocab_size"] == session.data.tokenizer.vocab_size
     assert config["data"]["data"] == str(text) and config["train"]["lr"] == 6e-3  # the preset's lr
     # The rules' values are derived, not recorded: a resume derives them again from what it has.
@@ -67,7 +68,12 @@ def test_a_run_is_resolved_once_and_config_json_is_what_was_resolved(tmp_path, t
 
     session.fit(LambdaCallback(lambda trainer, record: record["step"] == 2 and trainer.request_stop("test")))
     devices.clear(), measured.clear(), named.clear(), timed.clear(), seeds.clear()
-    resumed = Session.resume(tmp_path / "run", {"max_steps": 3}, **QUIET)  # the record is the resolution
+    torch.set_num_threads(2)  # a resume computes with its run's thread count, whatever the process had
+    try:
+        resumed = Session.resume(tmp_path / "run", {"max_steps": 3}, **QUIET)  # the record is the resolution
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(1)
     assert (len(devices), len(measured), len(named), len(timed), len(seeds)) == (1, 0, 0, 0, 0)
     assert (resumed.cfg.dtype, resumed.cfg.seed, resumed.cfg.preset) == (torch.bfloat16, cfg.seed, cfg.preset)
 

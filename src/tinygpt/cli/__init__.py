@@ -54,11 +54,12 @@ def main(argv: list[str] | None = None) -> int:
 
             return harness.run(argv[1:])
         args = build_parser().parse_args(argv)
-        if getattr(args, "threads", None) is not None:  # first, so that whatever is measured runs with them
+        if hasattr(args, "threads"):  # first, so that whatever is measured runs with them
             from ..config import from_dict
+            from ..console import log
             from ..device import RuntimeConfig, use_threads
 
-            use_threads(from_dict(RuntimeConfig, {"threads": args.threads}).threads)
+            use_threads(from_dict(RuntimeConfig, {"threads": args.threads}).threads, log=log)
         return args.func(args)
     except TinyGPTError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -9,7 +9,7 @@ it, the trainer runs it and config.json records it; nothing after it decides aga
     run.preset, run.device, run.dtype, run.path, run.train.time_limit
 
 config.json records the settings with every choice that depends on the machine or on chance
-made concrete (preset 'auto', dtype 'auto', seed none), so a resume, which starts from the
+made concrete (preset 'auto', dtype 'auto', seed none, threads none), so a resume, which starts from the
 record, makes none of them again. Values that follow from the settings by a rule (the
 default time budget, min_lr = lr/10, micro-batches per step; see TrainConfig) are derived,
 not recorded: a resume that changes --lr or gives a new budget derives them from that.
@@ -35,6 +35,7 @@ from ..device import (
     fresh_seed,
     resolve_device,
     resolve_dtype,
+    use_threads,
 )
 from ..errors import TinyGPTError
 from ..model import GPT, GPTConfig
@@ -114,6 +115,10 @@ def resolve_run(settings: Any, *, path: str | Path, model: GPTConfig | None = No
     ``more``: sections of ``kind`` beyond a training run's (a fine-tune's base)."""
     model = settings.model if model is None else model
     device = resolve_device(settings.runtime.device) if device is None else device
+    # The thread count is recorded like the dtype: a float sum splits differently over 1 or 2
+    # threads, so a resume computes with its run's count to continue bitwise (a new run
+    # takes the count the command started with: one per core other processes left free).
+    threads = use_threads(settings.runtime.threads or torch.get_num_threads())
     dtype = training_dtype(settings.runtime.dtype, device, settings.train.batch_size,
                            measure_on or (lambda: fresh_model(model)), log)
     path = Path(path)
@@ -122,7 +127,8 @@ def resolve_run(settings: Any, *, path: str | Path, model: GPTConfig | None = No
         model=model,
         data=dataclasses.replace(settings.data, data=absolute_spec(settings.data.data)),
         run=dataclasses.replace(settings.run, name=path.name),
-        runtime=dataclasses.replace(settings.runtime, dtype=dtype_name(dtype), seed=draw_seed(settings.runtime.seed)),
+        runtime=dataclasses.replace(settings.runtime, dtype=dtype_name(dtype), seed=draw_seed(settings.runtime.seed),
+                                    threads=threads),
     )
     return kind(**sections, **more, device=device, dtype=dtype, path=path)
 
