@@ -53,3 +53,26 @@ def test_the_reference_is_gpt2_shaped():
     ours, ref = GPT(cfg), ReferenceGPT(cfg)
     assert ref.wte.weight is ref.lm_head.weight
     assert sum(p.numel() for p in ref.parameters()) == ours.num_params()
+
+
+def test_contention_times_the_work_on_every_core_and_on_the_free_ones(monkeypatch):
+    from tinygpt.bench import busy
+
+    monkeypatch.setattr(busy, "ALL_CORES", 4)
+    monkeypatch.setattr(busy, "free_cores", lambda window: (3, 1.2))
+    before, said = torch.get_num_threads(), []
+    rows = busy.contention(lambda: 100.0 * torch.get_num_threads(), (0,), "things/s", said.append)
+    assert rows == [{"busy": 0, "load": 1.2, "every core": (4, 400.0), "free cores": (3, 300.0)}]
+    assert torch.get_num_threads() == before  # left as it was
+    assert said[-1].split() == ["0", "1.2", "400", "(4)", "1.00x", "300", "(3)", "1.33x"]
+
+
+def test_busy_processes_run_for_the_block_only(monkeypatch):
+    from tinygpt.bench import busy
+
+    started = []
+    real = busy.subprocess.Popen
+    monkeypatch.setattr(busy.subprocess, "Popen", lambda *a, **k: started.append(real(*a, **k)) or started[-1])
+    with busy.busy_processes(2):
+        assert len(started) == 2 and all(p.poll() is None for p in started)
+    assert all(p.poll() is not None for p in started)

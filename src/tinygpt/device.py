@@ -30,7 +30,9 @@ class RuntimeConfig:
     dtype: str = opt("auto", "number format (auto: on a CPU the faster of fp32 and bf16, measured; bf16 on GPUs "
                              "that have it, else fp16)", choices=DTYPES)
     seed: int | None = opt(None, "seed of this command's randomness (none: fresh randomness)")
-    threads: int | None = opt(None, "CPU threads PyTorch computes with (none: PyTorch's default, one per core)")
+    threads: int | None = opt(None, "CPU threads PyTorch computes with (none: one per core that other processes "
+                                    "leave free, measured as the command starts; a training run records its count "
+                                    "and a resume keeps it)")
 
     def __post_init__(self) -> None:
         check_choices(self)

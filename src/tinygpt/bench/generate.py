@@ -27,6 +27,7 @@ from ..errors import TinyGPTError
 from ..eval.suite import EvalOptions
 from ..generation import GenerationConfig
 from ..model import GPT, GPTConfig
+from .busy import BusyOptions, contention
 
 Engine = Callable[[torch.Tensor, int], int]  # (prompts (B, T), new tokens) -> tokens generated
 
@@ -49,6 +50,7 @@ class GenerateBench:
     batch_sizes: tuple[int, ...] = opt((1, 8), "batch sizes, comma-separated", parse=parse_ints,
                                        aliases=("--batches",))
     rounds: int = opt(3, "rounds alternating between the contenders (each figure is the median or best of them)")
+    busy: tuple[int, ...] = like(BusyOptions, "busy")
     engines: tuple[str, ...] = opt(ENGINES, f"engines to compare, comma-separated ({', '.join(ENGINES)}); one "
                                             "that is not installed is skipped, saying so", parse=parse_names)
 
@@ -171,6 +173,8 @@ def read_bandwidth() -> float:
 def run(b: GenerateBench, log: Callable[[str], None] = print) -> list[tuple[str, int, float]]:
     """Each engine's tokens/s per batch size (median over rounds), printed as a table with ratios.
     An engine that is not installed is skipped with a line saying how to install it; none left is an error."""
+    if b.busy:
+        return _contention(b, log)
     missing = [e for e in b.engines if e in NEEDS and importlib.util.find_spec(NEEDS[e][0]) is None]
     for e in missing:
         log(f"skipped {e}: {NEEDS[e][0]} is not installed ({NEEDS[e][1]})")
@@ -206,6 +210,23 @@ def run(b: GenerateBench, log: Callable[[str], None] = print) -> list[tuple[str,
     rows = [(name, batch, statistics.median(v)) for (name, batch), v in results.items()]
     _report(b, model, rows, log)
     return rows
+
+
+def _contention(b: GenerateBench, log: Callable[[str], None]) -> list:
+    model, batch = _model(b), b.batch_sizes[0]
+    decode = _tinygpt(model, torch.float32)
+    prompts = torch.randint(0, b.vocab_size, (batch, b.prompt_tokens), generator=torch.Generator().manual_seed(0))
+
+    def work() -> float:
+        t = time.perf_counter()
+        n = decode(prompts, b.max_new_tokens)
+        return n / (time.perf_counter() - t)
+
+    log(f"greedy decoding, fp32, batch {batch}, prompt {b.prompt_tokens}, {b.max_new_tokens} new tokens, "
+        f"{model.num_params() / 1e6:.0f}M parameters")
+    rows = contention(work, parse_ints(b.busy), "decoding tokens/s", log)
+    return [(f"tinygpt fp32, {r['busy']} busy, {policy}", batch, r[policy][1]) for r in rows
+            for policy in ("every core", "free cores")]
 
 
 def _report(b: GenerateBench, model: GPT, rows: list[tuple[str, int, float]], log: Callable[[str], None]) -> None:

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import Alias, layered, like, opt
+from ..config import Alias, layered, like, opt, parse_ints
 from ..data import Batches
 from ..device import (
     RuntimeConfig,
@@ -41,6 +41,7 @@ from ..errors import TinyGPTError
 from ..model import GPT, GPTConfig
 from ..presets import get_preset, resolve_preset
 from ..train.config import RunSection, TrainConfig
+from .busy import BusyOptions, contention
 from .generate import GenerateBench
 
 VOCAB = 65  # a character vocabulary the size of Shakespeare's
@@ -66,6 +67,7 @@ class TrainBench:
     loop_steps: int = opt(12, "steps of a real tinygpt train run, to measure what the loop around a step costs "
                               "(0: skip it)")
     compile: bool = like(TrainConfig, "compile")
+    busy: tuple[int, ...] = like(BusyOptions, "busy")
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "steps", "rounds", "warmup"):
@@ -274,6 +276,16 @@ def _trainer(b: TrainBench, dtype: str, tokens: np.ndarray):
 def run(b: TrainBench, log: Callable[[str], None] = print) -> dict:
     device = resolve_device(b.device)
     tokens = _tokens()
+    if b.busy:
+        trainer = _trainer(b, b.dtypes[0], tokens)
+        tokens_per_step = b.batch_size * trainer.model.config.block_size
+        for _ in range(b.warmup):
+            trainer.train_step()
+        log(f"{b.resolved_preset} training step, {b.dtypes[0]}, batch {b.batch_size}")
+        rows = contention(lambda: b.steps * tokens_per_step / sum(timed(trainer.train_step, device)
+                                                                    for _ in range(b.steps)),
+                          parse_ints(b.busy), f"training tokens/s over {b.steps} steps", log)
+        return {"preset": b.resolved_preset, "dtype": b.dtypes[0], "contention": rows}
 
     def tinygpt(name: str):
         trainer = _trainer(b, name, tokens)

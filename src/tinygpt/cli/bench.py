@@ -18,7 +18,7 @@ from ..options import OutputOptions
 @dataclass
 class BenchGenerateCommand:
     bench: GenerateBench = section(GenerateBench, only=("n_layer", "n_head", "n_embd", "prompt_tokens",
-                                                        "max_new_tokens", "batch_sizes", "rounds", "engines"))
+                                                        "max_new_tokens", "batch_sizes", "rounds", "engines", "busy"))
     runtime: RuntimeConfig = section(RuntimeConfig, only=("threads",))
 
 
