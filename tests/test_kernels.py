@@ -26,6 +26,30 @@ def test_one_row_half_precision_products_take_the_matrix_vector_route_with_the_s
     assert x.grad is not None
 
 
+@pytest.mark.parametrize("mv_faster", [True, False])
+def test_the_one_row_route_is_the_one_measured_faster_once_per_shape(monkeypatch, mv_faster):
+    from tinygpt import kernels
+
+    monkeypatch.setattr(kernels, "_MV_PAYS", {})
+    calls = {"mv": 0, "linear": 0}
+    real_mv, real_linear = torch.mv, F.linear
+    monkeypatch.setattr(kernels.torch, "mv", lambda *a: calls.__setitem__("mv", calls["mv"] + 1) or real_mv(*a))
+    monkeypatch.setattr(kernels.F, "linear",
+                        lambda *a: calls.__setitem__("linear", calls["linear"] + 1) or real_linear(*a))
+    # A fake clock, read before and after each timed run, mv's first: the faster one takes 1, the other 3.
+    fast, slow = [0.0, 1.0, 0.0, 3.0], [0.0, 3.0, 0.0, 1.0]
+    clock = iter((fast if mv_faster else slow) * 5)
+    monkeypatch.setattr(kernels.time, "perf_counter", lambda: next(clock))
+    layer = kernels.Linear(64, 96).to(torch.bfloat16)
+    with torch.no_grad():
+        assert kernels.mv_pays(layer.weight) is mv_faster
+        assert kernels._MV_PAYS == {(torch.bfloat16, (96, 64)): mv_faster}
+        calls.update(mv=0, linear=0)
+        layer(torch.randn(1, 1, 64).to(torch.bfloat16))  # measured already: no timing (the fake clock is spent)
+        layer(torch.randn(1, 64).to(torch.bfloat16))
+    assert calls == ({"mv": 2, "linear": 0} if mv_faster else {"mv": 0, "linear": 2})
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_packed_weights_compute_linear_and_are_never_used_stale(dtype):
     from tinygpt.kernels import Linear, packed_weights

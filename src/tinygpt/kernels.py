@@ -8,6 +8,7 @@ pays (batched decoding, how long a generation runs) is the decoder's business
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -23,8 +24,11 @@ class Linear(nn.Linear):
     whole matrix, so decoding speed is the speed of reading weights. Two routes beat
     PyTorch's ``linear`` there (GPT-2 small, 2 AVX-512 cores, measured in the decode loop):
 
-    - One row of half-precision weights: ``linear`` reaches about half the bandwidth of
-      the matrix-vector kernel, so it takes ``mv`` (a 15.5 ms step became 12.1 ms of mv).
+    - One row of half-precision weights: on a 2-core AMX Xeon ``linear`` reached about half
+      the bandwidth of the matrix-vector kernel (a 15.5 ms step became 12.1 ms of mv), on an
+      AVX-512 Xeon 1.5-1.9x less (bf16: 21-27 against 35-43 GB/s); on an AMD EPYC ``mv``
+      was the slower (18 against 29-31 GB/s). So the route is measured, once per process
+      for each weight shape and dtype, on the weight itself (:func:`mv_pays`).
     - Several rows (batched decoding): oneDNN's prepacked (blocked) weights, the layout
       ``torch.compile``'s CPU freezing uses, run a batch-8 step in 35.5 instead of 59.7 ms
       (fp32) and 19.5 instead of 25 ms (bf16). :func:`packed_weights` makes them; one
@@ -54,7 +58,7 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == self.weight.dtype:
             if x.numel() == x.shape[-1]:
-                if x.dtype in (torch.bfloat16, torch.float16):
+                if x.dtype in (torch.bfloat16, torch.float16) and mv_pays(self.weight):
                     y = torch.mv(self.weight, x.reshape(-1))
                     if self.bias is not None:
                         y = y + self.bias
@@ -64,6 +68,32 @@ class Linear(nn.Linear):
                 if w is self.weight and version == w._version:  # a changed weight falls back to linear
                     return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
+
+
+_MV_PAYS: dict[tuple[torch.dtype, tuple[int, ...]], bool] = {}  # (dtype, weight shape) -> measured
+
+
+def mv_pays(w: torch.Tensor) -> bool:
+    """Whether ``torch.mv`` multiplies one vector by ``w`` clearly faster than ``F.linear``
+    on this machine: timed the first time a (dtype, shape) is seen, alternating the two,
+    best of 5 each; mv must win by 5% (so a tie keeps PyTorch's own route). Both read the
+    same bytes and were bitwise equal where measured; the choice is only speed."""
+    key = (w.dtype, tuple(w.shape))
+    if key not in _MV_PAYS:
+        x = torch.ones(w.shape[1], dtype=w.dtype) / w.shape[1]
+        repeat = range(max(1, 4_000_000 // w.numel()))  # about 8 MB read per timing: long enough to time
+        times = {"mv": float("inf"), "linear": float("inf")}
+        runs = {"mv": lambda: [torch.mv(w, x) for _ in repeat],
+                "linear": lambda: [F.linear(x[None], w) for _ in repeat]}
+        for f in runs.values():
+            f()
+        for _ in range(5):
+            for name, f in runs.items():
+                t = time.perf_counter()
+                f()
+                times[name] = min(times[name], time.perf_counter() - t)
+        _MV_PAYS[key] = times["mv"] < 0.95 * times["linear"]
+    return _MV_PAYS[key]
 
 
 @contextmanager
