@@ -43,3 +43,15 @@ def test_an_engine_not_installed_is_skipped_saying_so(capsys, monkeypatch):
     assert "tinygpt fp32" in out and "llama.cpp f32" not in out
     assert main([*tiny, "--engines", "llama.cpp"]) == 1  # nothing left to measure: not an empty table
     assert "none of the engines asked for (llama.cpp) is installed" in capsys.readouterr().err
+
+
+def test_llama_cpp_defaults_are_tried_in_a_child_process_that_may_crash(monkeypatch, tmp_path):
+    from tinygpt.bench import generate
+
+    monkeypatch.setattr(generate, "_TRY_DEFAULTS", "import sys; assert sys.argv[1:] == ['m.gguf', '3']")
+    assert generate._defaults_work("m.gguf", 3) == (True, "exit 0")
+    monkeypatch.setattr(generate, "_TRY_DEFAULTS", "import os; os.abort()")  # a kernel that takes the process down
+    works, why = generate._defaults_work(tmp_path / "m.gguf", 2)
+    assert not works and why.startswith("exit -6")
+    p = generate._no_repack(type("Params", (), {"use_extra_bufts": True})())
+    assert p.use_extra_bufts is False

@@ -104,3 +104,17 @@ def test_threads_are_set_once_and_none_leaves_the_default():
         torch.set_num_threads(before)
     with pytest.raises(TinyGPTError, match="--threads must be at least 1"):
         RuntimeConfig(threads=0)
+
+
+def test_the_cpu_is_named_with_its_cores_and_vector_features():
+    import os
+
+    from tinygpt.device import cpu_name
+
+    name = cpu_name()
+    assert f"({len(os.sched_getaffinity(0))} cores" in name
+    info = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), None)
+    if flags is not None:  # the OS lists the CPU's features: the name says the ones that decide kernel speed
+        assert ("AVX-512" in name) == ("avx512f" in flags)
+        assert ("no AMX" in name) == ("amx_tile" not in flags) and ("AMX" in name)

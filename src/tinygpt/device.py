@@ -143,6 +143,32 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 @functools.cache
+@functools.cache
+def cpu_name() -> str:
+    """This CPU as a benchmark table names it: its model, the cores this process may use,
+    and the vector features that decide kernel speed (what the OS reports; on a VM the
+    host may differ)."""
+    model, flags = "", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not model:
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        import platform
+
+        model = platform.processor() or platform.machine()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    features = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"),
+                                        ("amx_tile", "AMX")) if flag in flags]
+    if flags and "amx_tile" not in flags:
+        features.append("no AMX")
+    return f"{model or 'unknown CPU'} ({cores} cores" + (f"; {', '.join(features)})" if features else ")")
+
+
 def cpu_has_bf16() -> bool:
     """Whether this PyTorch can run bf16 on this CPU at all (oneDNN's check); whether it
     is *fast* is measured (:func:`fastest`): without AVX512-BF16/AMX it is emulated, and

@@ -25,10 +25,11 @@ class Linear(nn.Linear):
     PyTorch's ``linear`` there (GPT-2 small, 2 AVX-512 cores, measured in the decode loop):
 
     - One row of half-precision weights: on a 2-core AMX Xeon ``linear`` reached about half
-      the bandwidth of the matrix-vector kernel (a 15.5 ms step became 12.1 ms of mv), on an
-      AVX-512 Xeon 1.5-1.9x less (bf16: 21-27 against 35-43 GB/s); on an AMD EPYC ``mv``
-      was the slower (18 against 29-31 GB/s). So the route is measured, once per process
-      for each weight shape and dtype, on the weight itself (:func:`mv_pays`).
+      the bandwidth of the matrix-vector kernel (a 15.5 ms step became 12.1 ms of mv; on
+      another, bf16 GPT-2 shapes read at 21-27 GB/s by linear and 35-43 by mv, bitwise
+      equal); on an AMD EPYC ``mv`` was the slower (18 against 29-31 GB/s). So the route
+      is measured, once per process for each weight shape and dtype, on the weight itself
+      (:func:`mv_pays`).
     - Several rows (batched decoding): oneDNN's prepacked (blocked) weights, the layout
       ``torch.compile``'s CPU freezing uses, run a batch-8 step in 35.5 instead of 59.7 ms
       (fp32) and 19.5 instead of 25 ms (bf16). :func:`packed_weights` makes them; one

@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import torch
 
 from ..config import opt, parse_ints
-from ..device import ALL_CORES, free_cores
+from ..device import ALL_CORES, cpu_name, free_cores
 
 SPIN = "while True: pass"  # one core's worth of another program's work
 
@@ -65,7 +65,7 @@ def contention(work: Callable[[], float], busy: tuple[int, ...], unit: str,
         torch.set_num_threads(before)
     # Alone, both policies run the same threads: the faster of the two is the yardstick.
     alone = next((max(r["every core"][1], r["free cores"][1]) for r in rows if r["busy"] == 0), None)
-    log(f"beside busy processes ({ALL_CORES} cores here; each busy process spins on a core), {unit}:")
+    log(f"beside busy processes, each spinning on a core; {cpu_name()}; {unit}:")
     log(f"{'busy':>5} {'measured':>9}  {'every core (threads)':>22} {'slowdown':>9}  {'free cores (threads)':>22} "
         f"{'slowdown':>9}")
     for r in rows:

@@ -23,6 +23,7 @@ import torch
 
 from ..checkpoint import weight_tensors
 from ..config import like, opt, parse_ints, parse_names
+from ..device import cpu_name
 from ..errors import TinyGPTError
 from ..eval.suite import EvalOptions
 from ..generation import GenerationConfig
@@ -112,7 +113,35 @@ def _transformers(model: GPT, dtype: torch.dtype) -> Engine | None:
     return run
 
 
-def _llama_cpp(model: GPT, kind: str, directory: Path) -> Engine | None:
+# Loads a GGUF with llama.cpp's defaults and decodes a few tokens, in a child process: a
+# build whose kernels crash on this CPU (one AMX build did in its repacked q8_0 kernels)
+# takes the process down, so it is tried where that loses nothing.
+_TRY_DEFAULTS = """
+import sys, llama_cpp
+llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=64, n_threads=int(sys.argv[2]), verbose=False)
+for i, _ in enumerate(llm.generate([1, 2, 3, 4], temp=0.0, top_k=1)):
+    if i == 3:
+        break
+"""
+
+
+def _defaults_work(path: Path, threads: int) -> tuple[bool, str]:
+    """Whether llama.cpp runs ``path`` at its defaults here, and if not how it failed."""
+    import subprocess
+    import sys
+
+    try:
+        done = subprocess.run([sys.executable, "-c", _TRY_DEFAULTS, str(path), str(threads)], capture_output=True,
+                              text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        return False, "no answer in 10 minutes"
+    last = (done.stderr.strip().splitlines() or [""])[-1][:120]
+    return done.returncode == 0, f"exit {done.returncode}" + (f": {last}" if last else "")
+
+
+def _llama_cpp(model: GPT, kind: str, directory: Path) -> tuple[Engine, str] | None:
+    """llama.cpp on tinygpt's GGUF export of ``model`` as ``kind``, at llama.cpp's defaults
+    (repacked CPU weight buffers included) unless they crash here, and the settings used."""
     try:
         import llama_cpp
     except ImportError:
@@ -122,16 +151,19 @@ def _llama_cpp(model: GPT, kind: str, directory: Path) -> Engine | None:
 
     path = directory / f"model-{kind}.gguf"
     gguf_file.export(model.config, weight_tensors(model), GPT2Tokenizer(), path, dtype=kind, force=True)
+    threads = torch.get_num_threads()
+    works, why = _defaults_work(path, threads)
     low = llama_cpp.llama_cpp  # the ctypes layer, where Llama() gets its default model parameters
     params = low.llama_model_default_params
-    # llama.cpp built for this machine (AMX) crashes in its repacked q8_0 kernels, even on
-    # its own quantizations; the plain CPU buffers work for every type.
-    low.llama_model_default_params = lambda: _no_repack(params())
+    if not works:  # only this precision, only here: the plain CPU buffers
+        low.llama_model_default_params = lambda: _no_repack(params())
     try:
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=model.config.block_size, n_threads=torch.get_num_threads(),
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=model.config.block_size, n_threads=threads,
                               n_batch=512, verbose=False)
     finally:
         low.llama_model_default_params = params
+    said = (f"llama.cpp's defaults, {threads} threads" if works else
+            f"repacked CPU weight buffers off (at the defaults it failed here: {why}), {threads} threads")
 
     def run(prompts: torch.Tensor, n: int) -> int:
         if prompts.shape[0] != 1:
@@ -143,7 +175,7 @@ def _llama_cpp(model: GPT, kind: str, directory: Path) -> Engine | None:
                 break
         return count
 
-    return run
+    return run, said
 
 
 def _no_repack(p):
@@ -183,6 +215,7 @@ def run(b: GenerateBench, log: Callable[[str], None] = print) -> list[tuple[str,
                            "or add tinygpt to --engines")
     model = _model(b)
     engines: dict[str, Engine] = {}
+    settings: dict[str, str] = {}  # engine -> the settings it ran with, where they are not the obvious ones
     with tempfile.TemporaryDirectory() as tmp:
         if "tinygpt" in b.engines:
             engines["tinygpt fp32"] = _tinygpt(model, torch.float32)
@@ -193,8 +226,8 @@ def run(b: GenerateBench, log: Callable[[str], None] = print) -> list[tuple[str,
                     engines[f"transformers {name}"] = e
         if "llama.cpp" in b.engines:
             for kind in ("f32", "f16", "q8_0"):
-                if (e := _llama_cpp(model, kind, Path(tmp))) is not None:
-                    engines[f"llama.cpp {kind}"] = e
+                if (made := _llama_cpp(model, kind, Path(tmp))) is not None:
+                    engines[f"llama.cpp {kind}"], settings[f"llama.cpp {kind}"] = made
         g = torch.Generator().manual_seed(0)
         results: dict[tuple[str, int], list[float]] = {}
         for batch in b.batch_sizes:
@@ -209,6 +242,8 @@ def run(b: GenerateBench, log: Callable[[str], None] = print) -> list[tuple[str,
                         results.setdefault((name, batch), []).append(n / (time.perf_counter() - t))
     rows = [(name, batch, statistics.median(v)) for (name, batch), v in results.items()]
     _report(b, model, rows, log)
+    for name, said in settings.items():
+        log(f"{name}: {said}")
     return rows
 
 
@@ -234,7 +269,7 @@ def _report(b: GenerateBench, model: GPT, rows: list[tuple[str, int, float]], lo
     names = list(dict.fromkeys(n for n, _, _ in rows))
     log(f"greedy decoding, prompt {b.prompt_tokens}, {b.max_new_tokens} new tokens, "
         f"{model.num_params() / 1e6:.0f}M-parameter GPT-2-shaped model, {torch.get_num_threads()} threads; "
-        f"tokens/s, median of {b.rounds} rounds")
+        f"tokens/s, median of {b.rounds} rounds; {cpu_name()}")
     log(f"{'engine':<20}" + "".join(f"{'batch ' + str(bs):>12}" for bs in b.batch_sizes))
     for n in names:
         log(f"{n:<20}" + "".join(f"{speed[(n, bs)]:>12.1f}" if (n, bs) in speed else f"{'-':>12}"

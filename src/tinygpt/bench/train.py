@@ -30,6 +30,7 @@ from ..config import Alias, layered, like, opt, parse_ints
 from ..data import Batches
 from ..device import (
     RuntimeConfig,
+    cpu_name,
     dtype_candidates,
     fastest,
     resolve_device,
@@ -339,7 +340,8 @@ def run(b: TrainBench, log: Callable[[str], None] = print) -> dict:
 def _print(r: dict, log: Callable[[str], None]) -> None:
     b = r["bench"]
     log(f"{r['preset']}: {r['params'] / 1e6:.2f}M parameters, batch {b['batch_size']} = {r['tokens_per_step']} "
-        f"tokens/step, {r['flops_per_token'] / 1e6:.1f} MFLOP/token, device {r['device']}, {r['threads']} threads")
+        f"tokens/step, {r['flops_per_token'] / 1e6:.1f} MFLOP/token, device {r['device']}, {r['threads']} threads"
+        + (f", {cpu_name()}" if r["device"] == "cpu" else ""))
     log("matmul peak at this model's shapes: " + ", ".join(
         f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in r["matmul_peak_flops"].items()))
     log(f"{'engine':<18}{'tokens/s':>10}{'step ms':>10}{'MFU':>8}{'train MB':>10}")
