@@ -213,18 +213,19 @@ def run(b: GenerateBench, log: Callable[[str], None] = print) -> list[tuple[str,
     if len(missing) == len(b.engines):
         raise TinyGPTError(f"none of the engines asked for ({', '.join(b.engines)}) is installed; install one, "
                            "or add tinygpt to --engines")
+    wanted = [e for e in b.engines if e not in missing]
     model = _model(b)
     engines: dict[str, Engine] = {}
     settings: dict[str, str] = {}  # engine -> the settings it ran with, where they are not the obvious ones
     with tempfile.TemporaryDirectory() as tmp:
-        if "tinygpt" in b.engines:
+        if "tinygpt" in wanted:
             engines["tinygpt fp32"] = _tinygpt(model, torch.float32)
             engines["tinygpt bf16"] = _tinygpt(model, torch.bfloat16)
-        if "transformers" in b.engines:
+        if "transformers" in wanted:
             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
                 if (e := _transformers(model, dtype)) is not None:
                     engines[f"transformers {name}"] = e
-        if "llama.cpp" in b.engines:
+        if "llama.cpp" in wanted:
             for kind in ("f32", "f16", "q8_0"):
                 if (made := _llama_cpp(model, kind, Path(tmp))) is not None:
                     engines[f"llama.cpp {kind}"], settings[f"llama.cpp {kind}"] = made
