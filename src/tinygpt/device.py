@@ -143,7 +143,6 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 @functools.cache
-@functools.cache
 def cpu_name() -> str:
     """This CPU as a benchmark table names it: its model, the cores this process may use,
     and the vector features that decide kernel speed (what the OS reports; on a VM the
@@ -169,6 +168,7 @@ def cpu_name() -> str:
     return f"{model or 'unknown CPU'} ({cores} cores" + (f"; {', '.join(features)})" if features else ")")
 
 
+@functools.cache
 def cpu_has_bf16() -> bool:
     """Whether this PyTorch can run bf16 on this CPU at all (oneDNN's check); whether it
     is *fast* is measured (:func:`fastest`): without AVX512-BF16/AMX it is emulated, and

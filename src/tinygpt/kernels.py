@@ -8,13 +8,14 @@ pays (batched decoding, how long a generation runs) is the decoder's business
 
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 from typing import Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .device import fastest
 
 
 class Linear(nn.Linear):
@@ -83,16 +84,8 @@ def mv_pays(w: torch.Tensor) -> bool:
     if key not in _MV_PAYS:
         x = torch.ones(w.shape[1], dtype=w.dtype) / w.shape[1]
         repeat = range(max(1, 4_000_000 // w.numel()))  # about 8 MB read per timing: long enough to time
-        times = {"mv": float("inf"), "linear": float("inf")}
-        runs = {"mv": lambda: [torch.mv(w, x) for _ in repeat],
-                "linear": lambda: [F.linear(x[None], w) for _ in repeat]}
-        for f in runs.values():
-            f()
-        for _ in range(5):
-            for name, f in runs.items():
-                t = time.perf_counter()
-                f()
-                times[name] = min(times[name], time.perf_counter() - t)
+        _, times = fastest({"mv": lambda: [torch.mv(w, x) for _ in repeat],
+                            "linear": lambda: [F.linear(x[None], w) for _ in repeat]}, w.device, reps=5)
         _MV_PAYS[key] = times["mv"] < 0.95 * times["linear"]
     return _MV_PAYS[key]
 
