@@ -175,7 +175,7 @@ def judge(result: dict, recorded: list[dict] | None = None, by: dict[str, str] |
             out.append(f"{w['name']}: no gradient at all (dead or disconnected)")
     judged = {} if recorded and recorded[-1].get("warmup") else latest_updates(recorded, by)
     for name, (u, at_peak, kind) in judged.items():
-        lo, hi = UPDATE_RANGES.get(kind, UPDATE_RANGES["adamw"])
+        lo, hi = update_range(kind)
         said = f"updates are 10^{u:.1f} of the weights per step" + (
             f" (10^{at_peak:.1f} at the peak rate)" if abs(at_peak - u) >= 0.05 else "")
         healthy = f"healthy under {OPTIMIZER_NAMES.get(kind, kind)}: 10^{lo:g} to 10^{hi:g}"
@@ -186,6 +186,12 @@ def judge(result: dict, recorded: list[dict] | None = None, by: dict[str, str] |
                        + ("" if "lr" in recorded[-1] else " (or the schedule has decayed it: expected at the end "
                                                            "of a run)"))
     return out
+
+
+def update_range(kind: str) -> tuple[float, float]:
+    """The healthy (low, high) log10 one-step update ratio under optimizer ``kind`` (AdamW's
+    for one not measured)."""
+    return UPDATE_RANGES.get(kind, UPDATE_RANGES["adamw"])
 
 
 def latest_updates(recorded: list[dict] | None,

@@ -15,10 +15,10 @@ from .health import (
     DEAD_TOO_MANY,
     GRAD_TOO_LARGE,
     OPTIMIZER_NAMES,
-    UPDATE_RANGES,
     latest_updates,
     optimizers,
     to_peak,
+    update_range,
 )
 
 
@@ -45,10 +45,10 @@ def figures(name: str, result: dict, recorded: list[dict] | None = None) -> dict
     gradients = _gradients(name, result)
     if gradients is not None:
         out["gradients"] = gradients
-    out["ratios"] = _ratios(name, result, recorded)
+    by = {w["name"]: w.get("optimizer", "adamw") for w in result["weights"]}  # for rows that name none
+    out["ratios"] = _ratios(name, result, recorded, by)
     if recorded:
-        out["over_training"] = _over_training(name, recorded, {w["name"]: w.get("optimizer", "adamw")
-                                                               for w in result["weights"]})
+        out["over_training"] = _over_training(name, recorded, by)
     return out
 
 
@@ -60,7 +60,7 @@ def _activations(name: str, result: dict):
     fig = Figure(figsize=(10, 5), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     for layer in result["layers"]:
-        marker, line = STYLES[layer["layer"] % len(STYLES)]
+        _, line = STYLES[layer["layer"] % len(STYLES)]
         hist_line(ax, layer["pre_hist"], f"layer {layer['layer']}: mean {layer['pre_mean']:+.2f}, "
                                           f"std {layer['pre_std']:.2f}, flat {layer['flat']:.1%}", linestyle=line)
     left, right = ax.get_xlim()
@@ -108,7 +108,7 @@ def _optimizer_colour(kind: str) -> str:
     return {"adamw": "tab:green", "muon": "tab:purple"}.get(kind, "tab:grey")
 
 
-def _ratios(name: str, result: dict, recorded: list[dict] | None):
+def _ratios(name: str, result: dict, recorded: list[dict] | None, by: dict[str, str]):
     """Per weight matrix: the gradient-to-weight ratio (too large above 0), the last
     recorded one-step update ratio on the bar of its optimizer's healthy range, and the
     ratio between two checkpoints when ``--previous`` gave one (many steps: not judged)."""
@@ -122,10 +122,10 @@ def _ratios(name: str, result: dict, recorded: list[dict] | None):
                label="gradient as large as the weight: above, too large")
     ax.plot(xs, [np.nan if w["grad_to_weight"] is None else w["grad_to_weight"] for w in weights], "o",
             color="tab:blue", label="log10 std(grad) / std(weight)")
-    one_step = latest_updates(recorded, {w["name"]: w.get("optimizer", "adamw") for w in weights})
+    one_step = latest_updates(recorded, by)
     if one_step:
         for kind in sorted({k for *_, k in one_step.values()}):
-            lo, hi = UPDATE_RANGES.get(kind, UPDATE_RANGES["adamw"])
+            lo, hi = update_range(kind)
             at = [x for x, w in zip(xs, weights) if one_step.get(w["name"], (0, 0, None))[2] == kind]
             ax.bar(at, hi - lo, bottom=lo, width=0.7, color=_optimizer_colour(kind), alpha=0.18,
                    label=f"healthy one-step update under {OPTIMIZER_NAMES.get(kind, kind)} "
@@ -165,7 +165,7 @@ def _over_training(name: str, recorded: list[dict], by: dict[str, str]):
         else:
             a.plot(steps, ys, color="grey", alpha=0.3, linewidth=0.8)
     for kind in kinds:
-        lo, hi = UPDATE_RANGES.get(kind, UPDATE_RANGES["adamw"])
+        lo, hi = update_range(kind)
         a.axhspan(lo, hi, color=_optimizer_colour(kind), alpha=0.12, linewidth=0,
                   label=f"healthy under {OPTIMIZER_NAMES.get(kind, kind)} (10^{lo:g} to 10^{hi:g})")
     warm = [r["step"] for r in recorded if r.get("warmup")]
