@@ -50,6 +50,12 @@ GRID = {
     "mn-rmsnorm": ["--preset", "char-tiny", "--norm", "rmsnorm"],
     "mn-all": ["--preset", "char-tiny", "--qk-norm", "true", "--tie-embeddings", "false", "--pos-emb", "rope",
                "--norm", "rmsnorm"],
+    # The ones that needed model code (round two of issue 23), on the same base.
+    "mn-relu2": ["--preset", "char-tiny", "--mlp", "relu2"],
+    "mn-zero-init": ["--preset", "char-tiny", "--init-proj", "zero"],
+    "mn-softcap": ["--preset", "char-tiny", "--logit-softcap", "15"],
+    "mn-unet": ["--preset", "char-tiny", "--unet-skips", "true"],
+    "mn-value-embeds": ["--preset", "char-tiny", "--value-embeds", "true"],
     "tiny-muon-wsd-lr1e-2": ["--optimizer", "muon", "--schedule", "wsd", "--lr", "1e-2"],
     "tiny-muon-b16": ["--optimizer", "muon", "--batch-size", "16"],
     "mid-192": ["--n-embd", "192", "--n-head", "3"],

@@ -219,6 +219,9 @@ def test_unsupported_llama_configs_raise(change, names):
     ("gpt2", dict(n_kv_head=2), "n_kv_head"),
     ("llama", dict(pos_emb="learned"), "pos_emb"), ("llama", dict(norm="layernorm"), "norm"),
     ("llama", dict(mlp="gelu"), "mlp"), ("llama", dict(qk_norm=True), "qk_norm"),
+    *[(family, {field: value}, field) for family in ("gpt2", "llama") for field, value in
+      [("logit_softcap", 15.0), ("unet_skips", True), ("value_embeds", True)]],
+    ("gpt2", dict(mlp="relu2"), "mlp"),
 ])
 def test_exporting_a_model_of_the_wrong_shape_raises(family, change, field):
     _, _, _, weights_from_hf, config_to_hf, weights_to_hf = FAMILIES[family]

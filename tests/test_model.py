@@ -189,6 +189,9 @@ def test_init_of_modern_norms_and_tying():
     (dict(dropout=1.0), ["--dropout"]),
     (dict(dropout=-0.1), ["--dropout"]),
     (dict(dropout=float("nan")), ["--dropout"]),
+    (dict(logit_softcap=0.0), ["--logit-softcap"]),
+    (dict(logit_softcap=-15.0), ["--logit-softcap"]),
+    (dict(init_proj="small"), ["--init-proj", "small"]),
 ])
 def test_config_validation(kwargs, names):
     with pytest.raises(TinyGPTError) as err:
@@ -197,6 +200,118 @@ def test_config_validation(kwargs, names):
     assert "\n" not in msg
     for name in names:
         assert name.lower() in msg.lower(), (name, msg)
+
+
+# ---------------------------------------------------------------------------- modded-nanogpt's switches
+
+MN_ALL = dict(mlp="relu2", logit_softcap=15.0, unet_skips=True, value_embeds=True, init_proj="zero")
+
+
+def _twins(**switches):
+    """A model with ``switches`` and one without them, holding the same shared weights."""
+    torch.manual_seed(0)
+    on = GPT(GPTConfig(**{**TINY_MODEL, "n_layer": 5, **switches})).eval()
+    off = GPT(GPTConfig(**{**TINY_MODEL, "n_layer": 5})).eval()
+    off.load_state_dict({k: v for k, v in on.state_dict().items() if k in off.state_dict()})
+    return on, off
+
+
+def test_relu2_mlp_is_the_square_of_relu():
+    on, _ = _twins(mlp="relu2")
+    mlp, x = on.transformer.h[0].mlp, torch.randn(2, 3, 32)
+    assert torch.equal(mlp(x), mlp.c_proj(F.relu(mlp.c_fc(x)) ** 2))
+
+
+def test_zero_init_projections_start_every_block_as_the_identity_and_still_learn():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY_MODEL, init_proj="zero"))
+    projections = [p for n, p in model.named_parameters() if n.endswith("c_proj.weight")]
+    assert len(projections) == 2 * TINY_MODEL["n_layer"] and all(torch.count_nonzero(p) == 0 for p in projections)
+    idx = random_ids((2, 8))
+    t = model.transformer
+    x = t.wte(idx) + t.wpe(torch.arange(8))
+    assert torch.allclose(model(idx).logits, model.lm_head(t.ln_f(x))[..., :50], atol=1e-6)
+    model(idx, idx).loss.backward()
+    assert all(torch.count_nonzero(p.grad) > 0 for p in projections)  # the first step moves them
+    assert torch.count_nonzero(t.h[0].attn.c_attn.weight.grad) == 0  # until then nothing reaches c_attn ...
+    assert t.h[0].attn.c_attn.weight.std() > 0.01  # ... which keeps its usual init
+
+
+def test_logit_softcap_squashes_the_logits_with_tanh():
+    on, off = _twins(logit_softcap=2.0)
+    idx = random_ids((2, 8))
+    with torch.no_grad():  # logits large enough to reach the cap (the head is tied: scale the final norm)
+        for model in (on, off):
+            model.transformer.ln_f.weight.mul_(8)
+    raw, capped = off(idx).logits, on(idx).logits
+    assert torch.allclose(capped, 2.0 * torch.tanh(raw / 2.0), atol=1e-5)
+    assert capped.abs().max() <= 2.0 < raw.abs().max()
+
+
+@pytest.mark.parametrize("switch", ["unet_skips", "value_embeds"])
+def test_a_new_path_at_zero_weight_leaves_the_model_unchanged(switch):
+    on, off = _twins(**{switch: True})
+    idx = random_ids((2, 8))
+    assert not torch.allclose(on(idx).logits, off(idx).logits, atol=1e-4)  # skips start at 1, embeddings random
+    with torch.no_grad():
+        for n, p in on.named_parameters():
+            if n.startswith(("skip_weights", "value_embeds")):
+                p.zero_()
+    assert torch.equal(on(idx).logits, off(idx).logits)
+
+
+def test_unet_skips_join_each_block_of_the_first_half_to_its_mirror():
+    on, _ = _twins(unet_skips=True)  # 5 blocks: 0 -> 4, 1 -> 3, block 2 has no partner
+    assert on.skip_weights.shape == (2,)
+    seen = []
+    hooks = [b.register_forward_pre_hook(lambda m, args, i=i: seen.append((i, args[0].clone())))
+             for i, b in enumerate(on.transformer.h)]
+    outs = []
+    hooks += [b.register_forward_hook(lambda m, args, out: outs.append(out.clone())) for b in on.transformer.h]
+    with torch.no_grad():
+        on.skip_weights.copy_(torch.tensor([0.5, -2.0]))
+        on(random_ids((1, 6)))
+    for h in hooks:
+        h.remove()
+    inputs = [x for _, x in seen]
+    assert torch.equal(inputs[2], outs[1])
+    assert torch.allclose(inputs[3], outs[2] - 2.0 * outs[1], atol=1e-6)
+    assert torch.allclose(inputs[4], outs[3] + 0.5 * outs[0], atol=1e-6)
+
+
+def test_value_embeddings_need_token_ids_and_stay_off_muon():
+    from tinygpt.train.optim import updated_by
+    on, _ = _twins(value_embeds=True)
+    assert [tuple(e.weight.shape) for e in on.value_embeds] == [(50, 32)] * 5  # not padded: a lookup
+    with pytest.raises(TinyGPTError, match="value-embeds"):
+        on(torch.randn(1, 4, 32))
+    by = updated_by(on, "muon")
+    assert {by[f"value_embeds.{i}.weight"] for i in range(5)} == {"adamw"}
+    assert by["transformer.h.0.attn.c_attn.weight"] == "muon"
+
+
+def test_every_switch_together_decodes_with_the_cache_as_it_computes_whole():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**{**TINY_MODEL, "n_layer": 5, "pos_emb": "rope", **MN_ALL})).eval()
+    with torch.no_grad():  # zero-init projections would hide every block; give them weights
+        for n, p in model.named_parameters():
+            if n.endswith("c_proj.weight"):
+                p.normal_(0, 0.02)
+    idx = random_ids((2, 12))
+    cache = KVCache(model.config, 2)
+    with torch.no_grad():
+        full = model(idx).logits
+        steps = torch.cat([model(idx[:, :5], cache=cache).logits] +
+                          [model(idx[:, t:t + 1], cache=cache).logits for t in range(5, 12)], dim=1)
+    assert (steps - full).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("switches", [dict(unet_skips=True), dict(value_embeds=True), MN_ALL])
+def test_stored_params_counts_the_new_weights(switches):
+    cfg = GPTConfig(**{**TINY_MODEL, "n_layer": 5, **switches})
+    model = GPT(cfg)
+    padding = (cfg.padded_vocab_size - cfg.vocab_size) * cfg.n_embd
+    assert cfg.stored_params() == model.num_params() - padding
 
 
 def test_odd_head_size_is_fine_without_rope():
@@ -417,7 +532,7 @@ def test_model_py_is_the_model_alone():
     import tinygpt.model
 
     source = open(tinygpt.model.__file__, encoding="utf-8").read()
-    assert len(source.splitlines()) <= 420
+    assert len(source.splitlines()) <= 470  # 420 before modded-nanogpt's five switches
     imported, names = set(), set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom):

@@ -3,7 +3,8 @@
 Defaults reproduce GPT-2 (pre-LN blocks, LayerNorm with bias, learned absolute positions,
 4x GELU MLP, tied embeddings, N(0, 0.02) init with residual projections scaled by
 1/sqrt(2 * n_layer)). RoPE, RMSNorm, SwiGLU, bias-free linears, an untied head, QK-norm and
-grouped-query attention can each be switched on by itself. Parameter names follow the GPT-2
+grouped-query attention can each be switched on by itself, as can modded-nanogpt's ReLU-squared
+MLP, zero-initialised projections, logit soft-capping, U-net skips and value embeddings. Parameter names follow the GPT-2
 checkpoint (``transformer.wte``, ``h.0.attn.c_attn``, ``ln_f`` ...): conversion is a renaming.
 
 The forward contract: ``model(idx, targets, input_pos=, loss_mask=, cache=)``. Each token
@@ -49,7 +50,8 @@ class GPTConfig:
     bias: bool = opt(True, "bias in linear layers and LayerNorm (GPT-2: true)")
     norm: str = opt("layernorm", "normalisation layer", choices=("layernorm", "rmsnorm"))
     pos_emb: str = opt("learned", "position encoding: learned absolute (GPT-2) or rotary", choices=("learned", "rope"))
-    mlp: str = opt("gelu", "feed-forward block: GELU 4x (GPT-2) or SwiGLU", choices=("gelu", "swiglu"))
+    mlp: str = opt("gelu", "feed-forward block: GELU 4x (GPT-2), SwiGLU (Llama) or ReLU-squared 4x (modded-nanogpt)",
+                   choices=("gelu", "swiglu", "relu2"))
     # Exact GELU is the default for new models: PyTorch's CPU kernel for the tanh form took
     # 2.3 vs 0.9 ms forward on char-nano's (32, 128, 512) activations (2-core Xeon), and the
     # two forms differ by at most 4.7e-4. GPT-2 checkpoints keep the tanh form they were trained with.
@@ -60,6 +62,16 @@ class GPTConfig:
     qk_norm: bool = opt(False, "RMS-normalise queries and keys per head before attention")
     rope_theta: float = opt(10000.0, "RoPE base frequency")
     norm_eps: float = opt(1e-5, "epsilon of the normalisation layers")
+    # modded-nanogpt's architecture changes, each off by default (GPT-2 has none of them).
+    init_proj: str = opt("scaled", "initial residual projections: N(0, 0.02/sqrt(2*n_layer)) (GPT-2) or zero, "
+                                   "so that each block starts as the identity (modded-nanogpt)",
+                         choices=("scaled", "zero"))
+    logit_softcap: float | None = opt(None, "squash the logits smoothly into (-c, c) with c*tanh(logits/c) "
+                                            "(Gemma 2, modded-nanogpt: 15-30); default none")
+    unet_skips: bool = opt(False, "add each of the first half's block outputs to the input of its mirror block in "
+                                  "the second half, with a learned weight (modded-nanogpt's U-net skips)")
+    value_embeds: bool = opt(False, "a token embedding per block added to its attention values "
+                                    "(modded-nanogpt's value embeddings)")
     # Derived, never set directly: the embedding/head row count, padded to a multiple of
     # 64 because matmuls with such shapes are markedly faster on GPUs.
     padded_vocab_size: int | None = field(init=False)
@@ -81,6 +93,8 @@ class GPTConfig:
         if self.pos_emb == "rope" and self.head_size % 2:
             raise TinyGPTError(f"RoPE needs an even head size, but n_embd/n_head = {self.head_size}; "
                                "change --n-embd or --n-head")
+        if self.logit_softcap is not None and not self.logit_softcap > 0:
+            raise TinyGPTError(f"--logit-softcap must be positive (15-30 is usual), got {self.logit_softcap}")
         if not 0.0 <= self.dropout < 1.0:
             raise TinyGPTError(f"--dropout must be in [0, 1), got {self.dropout}")
         self.padded_vocab_size = None if self.vocab_size is None else -(-self.vocab_size // 64) * 64
@@ -99,12 +113,12 @@ class GPTConfig:
     def stored_params(self) -> int:
         """Parameters a file of this shape holds: one- and two-layer models on the meta device say."""
         try:
-            with torch.device("meta"):
-                one, two = (GPT(replace(self, n_layer=n)).num_params() for n in (1, 2))
+            with torch.device("meta"):  # the U-net's skip weights (one per pair of blocks) are added below
+                one, two = (GPT(replace(self, n_layer=n, unet_skips=False)).num_params() for n in (1, 2))
         except RuntimeError as e:  # "Storage size calculation overflowed": no file can hold it
             raise TinyGPTError(f"a model {self.n_embd} wide with {self.vocab_size} tokens is too large to exist") from e
-        return one + (self.n_layer - 1) * (two - one) - (self.padded_vocab_size - self.vocab_size) * self.n_embd * (
-            1 if self.tie_embeddings else 2)  # no padding rows
+        return (one + (self.n_layer - 1) * (two - one) + (self.n_layer // 2 if self.unet_skips else 0)
+                - (self.padded_vocab_size - self.vocab_size) * self.n_embd * (1 if self.tie_embeddings else 2))
 
     @property
     def kv_heads(self) -> int:
@@ -193,9 +207,11 @@ class CausalSelfAttention(nn.Module):
             self.q_norm = self.k_norm = None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, plan: Plan,
-                kv: LayerKV | None) -> torch.Tensor:
+                kv: LayerKV | None, ve: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split([C, self.kv_width, self.kv_width], dim=2)
+        if ve is not None:  # the block's value embedding of each token: (B, T, n_kv * hs)
+            v = v + ve
         # (B, T, C) -> (B, nh, T, hs); keys and values (B, n_kv, T, hs)
         q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)
         k = k.view(B, T, self.kv_heads, self.head_size).transpose(1, 2)
@@ -218,7 +234,7 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.swiglu = config.mlp == "swiglu"
+        self.swiglu, self.relu2 = config.mlp == "swiglu", config.mlp == "relu2"
         self.gelu_approximate = "tanh" if config.gelu == "tanh" else "none"  # torch's name for exact
         # SwiGLU packs gate and up projections into one matmul: (C) -> (2H).
         width = 2 * config.hidden_size if self.swiglu else config.hidden_size
@@ -232,6 +248,8 @@ class MLP(nn.Module):
         if self.swiglu:
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
+        elif self.relu2:
+            h = F.relu(h).square()
         else:
             h = F.gelu(h, approximate=self.gelu_approximate)
         h = self.c_proj(h)
@@ -246,8 +264,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope, plan: Plan, kv: LayerKV | None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), rope, plan, kv)
+    def forward(self, x, rope, plan: Plan, kv: LayerKV | None, ve: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, plan, kv, ve)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -279,6 +297,14 @@ class GPT(nn.Module):
             self.rotary = None
         else:
             self.rotary = RotaryEmbedding(config.head_size, config.block_size, config.rope_theta)
+        if config.value_embeds:  # (V) -> (n_kv * hs) per block; top-level, so embeddings stay on AdamW under Muon.
+            # Not padded: a lookup gains nothing from a round row count.
+            self.value_embeds = nn.ModuleList(nn.Embedding(config.vocab_size, config.kv_heads * config.head_size)
+                                              for _ in range(config.n_layer))
+        else:
+            self.value_embeds = None
+        # Block i < n_layer//2 hands its output to block n_layer-1-i, which adds it, weighted, to its input.
+        self.skip_weights = nn.Parameter(torch.ones(config.n_layer // 2)) if config.unet_skips else None
         self.lm_head = Linear(config.n_embd, config.padded_vocab_size, bias=False)
         self.tie_weights()
         if not any(p.is_meta for p in self.parameters()):  # a meta model gets its weights assigned later
@@ -298,7 +324,9 @@ class GPT(nn.Module):
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
             std = 0.02
-            if getattr(module, "residual_scaled", False):
+            if getattr(module, "residual_scaled", False) and self.config.init_proj == "zero":
+                std = 0.0  # each block's residual contribution starts at zero: the network begins as the embeddings
+            elif getattr(module, "residual_scaled", False):
                 # Each block adds two residual contributions; scaling keeps the stream's
                 # variance from growing with depth (GPT-2 paper, section 2.3).
                 std = 0.02 / math.sqrt(2 * self.config.n_layer)
@@ -314,10 +342,13 @@ class GPT(nn.Module):
         return self.rotary.max_len if self.rotary is not None else self.transformer.wpe.num_embeddings
 
     def num_params(self, non_embedding: bool = False) -> int:
-        """Parameter count (tied weights once); ``non_embedding`` drops the position table."""
+        """Parameter count (tied weights once); ``non_embedding`` drops the lookup-only tables
+        (positions, value embeddings), which cost no multiply-adds."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding and "wpe" in self.transformer:
             n -= self.transformer.wpe.weight.numel()
+        if non_embedding and self.value_embeds is not None:
+            n -= sum(p.numel() for p in self.value_embeds.parameters())
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
@@ -347,12 +378,25 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(pos)
         if self.training:
             x = self.transformer.drop(x)
+        if self.value_embeds is not None and idx.is_floating_point():
+            raise TinyGPTError("a model with value embeddings needs token ids, not input vectors (soft prompts); "
+                               "train prompts on a model without --value-embeds")
+        n, half = len(self.transformer.h), len(self.skip_weights) if self.skip_weights is not None else 0
+        skips = []  # the outputs of blocks 0 .. half-1, (B, T, C) each
         for i, block in enumerate(self.transformer.h):
-            x = block(x, rope, plan, cache.layers[i] if cache is not None else None)
+            if i >= n - half:  # block i mirrors block n-1-i of the first half
+                x = x + self.skip_weights[n - 1 - i] * skips[n - 1 - i]
+            ve = self.value_embeds[i](idx) if self.value_embeds is not None else None  # (B, T, n_kv * hs)
+            x = block(x, rope, plan, cache.layers[i] if cache is not None else None, ve)
+            if i < half:
+                skips.append(x)
         x = self.transformer.ln_f(x)
         # The head computes all padded rows (the fast matmul shape); the padding columns
         # are dropped so that they take no part in the softmax, the loss or sampling.
         logits = self.lm_head(x)[..., :self.config.vocab_size]  # (B, T, vocab_size)
+        if self.config.logit_softcap is not None:
+            cap = self.config.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
         if targets is None:
             return GPTOutput(logits)
         if loss_mask is not None:

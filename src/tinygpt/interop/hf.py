@@ -49,9 +49,10 @@ _LLAMA_BLOCK = {
 }
 
 # The architecture switches each format fixes: field -> required value.
-_GPT2_SHAPE = {"pos_emb": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True, "qk_norm": False,
-               "n_kv_head": None}
-_LLAMA_SHAPE = {"pos_emb": "rope", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": False}
+# (init_proj is only how training starts: any value converts.)
+_NEITHER = {"qk_norm": False, "logit_softcap": None, "unet_skips": False, "value_embeds": False}
+_GPT2_SHAPE = {"pos_emb": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True, "n_kv_head": None, **_NEITHER}
+_LLAMA_SHAPE = {"pos_emb": "rope", "norm": "rmsnorm", "mlp": "swiglu", **_NEITHER}
 
 # GPT-2's activation names -> our gelu form (gelu_new and gelu_pytorch_tanh are both tanh).
 _GPT2_GELU = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact"}
