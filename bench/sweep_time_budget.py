@@ -7,7 +7,8 @@
 Each candidate is a whole ``tinygpt train`` run (the real loop: data, evaluation,
 checkpoints) with ``--max-time``; its last validation loss (the loss on the held-out
 tail of the corpus, nats per token) is what the candidate scores. Runs go one after
-another, never side by side, so each has the machine to itself; results are appended to
+another, never side by side, so each has the machine to itself (and computes on every core:
+a momentary load as one starts must not halve its threads); results are appended to
 ``--out`` as they finish, so a long sweep can be stopped and read at any time.
 """
 
@@ -19,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tinygpt.device import ALL_CORES
 from tinygpt.run import RunDir
 
 # name -> tinygpt train flags. Shapes keep a head size of 64 where they can: at these
@@ -81,7 +83,7 @@ GRID = {name: flags if name == "tiny" or "--preset" in flags else ["--preset", "
 def run_one(name: str, flags: list[str], data: str, seconds: float, workdir: Path) -> dict:
     out = workdir / name
     cmd = [sys.executable, "-m", "tinygpt", "train", "--data", data, "--out", str(out), "--max-time", str(seconds),
-           "--progress", "false", "--max-new-tokens", "0", *flags]
+           "--progress", "false", "--max-new-tokens", "0", "--threads", str(ALL_CORES), *flags]
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t
@@ -94,7 +96,8 @@ def run_one(name: str, flags: list[str], data: str, seconds: float, workdir: Pat
     last = records[-1]
     return {"name": name, "flags": flags, "val_loss": evals[-1]["val_loss"], "train_loss": evals[-1].get("train_loss"),
             "steps": last["step"], "tokens": last["tokens"], "wall_s": round(wall, 1),
-            "dtype": config["runtime"]["dtype"], "model": config["model"], "lr": config["train"]["lr"],
+            "dtype": config["runtime"]["dtype"], "threads": config["runtime"]["threads"], "model": config["model"],
+            "lr": config["train"]["lr"],
             "batch_size": config["train"]["batch_size"]}
 
 

@@ -4,8 +4,9 @@ Defaults reproduce GPT-2 (pre-LN blocks, LayerNorm with bias, learned absolute p
 4x GELU MLP, tied embeddings, N(0, 0.02) init with residual projections scaled by
 1/sqrt(2 * n_layer)). RoPE, RMSNorm, SwiGLU, bias-free linears, an untied head, QK-norm and
 grouped-query attention can each be switched on by itself, as can modded-nanogpt's ReLU-squared
-MLP, zero-initialised projections, logit soft-capping, U-net skips and value embeddings. Parameter names follow the GPT-2
-checkpoint (``transformer.wte``, ``h.0.attn.c_attn``, ``ln_f`` ...): conversion is a renaming.
+MLP, zero-initialised projections, logit soft-capping, U-net skips and value embeddings.
+Parameter names follow the GPT-2 checkpoint (``transformer.wte``, ``h.0.attn.c_attn``, ``ln_f``
+...): conversion is a renaming.
 
 The forward contract: ``model(idx, targets, input_pos=, loss_mask=, cache=)``. Each token
 has a position, shared (T,) or per row (B, T); negative marks padding (never cached or
