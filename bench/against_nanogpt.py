@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 import re
 import shutil
@@ -74,9 +75,11 @@ def scratch_nanogpt(checkout: Path, work: Path, text: str) -> Path:
     return root
 
 
-def run_timed(cmd: list[str], cwd: Path | None = None) -> tuple[float, str]:
+def run_timed(cmd: list[str], cwd: Path | None = None, env: str | None = None) -> tuple[float, str]:
+    """(wall seconds, stdout) of ``cmd``; ``env``: a src/ folder put first on PYTHONPATH."""
+    environ = {**os.environ, "PYTHONPATH": os.pathsep.join([env, os.environ.get("PYTHONPATH", "")])} if env else None
     t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=environ)
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... failed: {(proc.stderr or proc.stdout).strip()[-800:]}")
@@ -182,23 +185,27 @@ def speed(args, work: Path) -> dict:
     # in both runs alike): nothing that changes a training step.
     nano = ["config/train_shakespeare_char.py", "--device=cpu", "--batch_size=16", "--eval_interval=100000",
             "--eval_iters=1", "--log_interval=100000"]
+    engines = {"nanoGPT": None, "tinygpt": (None, "--max-new-tokens")}
+    if args.old:  # another checkout's tinygpt (its src/), from before --max-new-tokens was the flag's name
+        engines[f"tinygpt at {args.old_name}"] = (str(Path(args.old).expanduser().resolve()), "--sample-tokens")
     rows = []
     for rep in range(args.reps):
-        for engine in ("nanoGPT", "tinygpt"):
+        for engine, tiny in engines.items():
             walls = []
             for steps in (short, long):
-                if engine == "nanoGPT":
+                if tiny is None:
                     walls.append(run_nanogpt(root, [*nano, f"--max_iters={steps}"], f"speed{steps}")[0])
-                else:
-                    walls.append(run_timed([sys.executable, "-m", "tinygpt", "train", "--data", args.data, "--preset",
-                                            "baby", "--batch-size", "16", "--max-steps", str(steps), "--out",
-                                            str(work / f"tg{rep}-{steps}"), "--progress", "false",
-                                            "--max-new-tokens", "0", *args.flags])[0])
+                    continue
+                src, no_sample = tiny
+                out = work / f"{engine.replace(' ', '-')}-{rep}-{steps}"
+                walls.append(run_timed([sys.executable, "-m", "tinygpt", "train", "--data", args.data, "--preset",
+                                        "baby", "--batch-size", "16", "--max-steps", str(steps), "--out", str(out),
+                                        "--progress", "false", no_sample, "0", *args.flags], env=src)[0])
             per_step = (walls[1] - walls[0]) / (long - short)
             rows.append({"engine": engine, "rep": rep, "s_per_step": per_step,
                          "tokens_per_s": tokens_per_step / per_step})
             print(json.dumps(rows[-1]), flush=True)
-    return {"what": "speed", "steps": [short, long], "rows": rows}
+    return {"what": "speed", "steps": [short, long], "rows": rows, "old": args.old_name if args.old else None}
 
 
 def main() -> None:
@@ -210,6 +217,8 @@ def main() -> None:
     ap.add_argument("--engines", default="nanogpt,tinygpt", help="loss: which to run")
     ap.add_argument("--steps", type=lambda s: [int(n) for n in s.split(",")], default=[10, 40],
                     help="speed: the short and the long run's steps")
+    ap.add_argument("--old", help="speed: also time the tinygpt of this src/ folder (an older checkout)")
+    ap.add_argument("--old-name", default="the older commit", help="speed: what to call it")
     ap.add_argument("--reps", type=int, default=2, help="speed: alternating repetitions")
     ap.add_argument("--flags", nargs=argparse.REMAINDER, default=[], help="more tinygpt train flags, last")
     ap.add_argument("--out", help="append the result to this JSON file")

@@ -58,6 +58,9 @@ GRID = {
     "mn-softcap": ["--preset", "char-tiny", "--logit-softcap", "15"],
     "mn-unet": ["--preset", "char-tiny", "--unet-skips", "true"],
     "mn-value-embeds": ["--preset", "char-tiny", "--value-embeds", "true"],
+    # torch.compile: the first run fills inductor's on-disk cache, the second reuses it.
+    "mn-compile": ["--preset", "char-tiny", "--compile", "true"],
+    "mn-compile-warm": ["--preset", "char-tiny", "--compile", "true"],
     "tiny-muon-wsd-lr1e-2": ["--optimizer", "muon", "--schedule", "wsd", "--lr", "1e-2"],
     "tiny-muon-b16": ["--optimizer", "muon", "--batch-size", "16"],
     "mid-192": ["--n-embd", "192", "--n-head", "3"],

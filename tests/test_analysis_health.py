@@ -82,6 +82,25 @@ def test_probe_statistics_equal_a_direct_computation():
     assert w["grad_to_weight"] == pytest.approx(math.log10(g.std() / weight.std()), abs=1e-6)
 
 
+def test_relu2_is_flat_below_zero_in_the_probe_the_judge_and_the_picture():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=20, mlp="relu2"))
+    x = torch.randint(20, (3, 8))
+    pre = []
+    h = model.transformer.h[0].mlp.c_fc.register_forward_hook(lambda m, a, o: pre.append(o.detach()))
+    got = probe(model, Batch(x, torch.roll(x, -1, 1)), torch.device("cpu"), torch.float32, histograms=True)
+    h.remove()
+    assert (got["activation"], got["flat_below"]) == ("ReLU²", 0.0)
+    assert got["layers"][0]["flat"] == pytest.approx((pre[0] < 0).float().mean().item())
+    dead = {**got, "layers": [{**got["layers"][0], "dead": 0.5}]}
+    assert "in ReLU²'s flat region" in health.judge(dead)[0]
+    ax = health_pictures.figures("m", got)["activations"].axes[0]
+    (band,) = [p for p in ax.patches if "flat region" in p.get_label()]
+    assert band.get_label() == "ReLU²'s flat region (x < 0)"
+    (_, _), (x1, _) = band.get_path().get_extents(band.get_patch_transform()).get_points()
+    assert x1 == pytest.approx(0)
+
+
 def test_the_judge_names_problems_and_their_fixes():
     healthy = {"layer": 0, "pre_mean": 0.0, "pre_std": 1.0, "flat": 0.3, "dead": 0.0, "out_mean": 0.0,
                "out_std": 1.0, "attn_entropy": 0.5}
@@ -247,6 +266,14 @@ def test_pictures_mark_the_flat_region_left_of_minus_3_and_healthy_ranges_with_l
     assert c.get_ylim() == (0, 1.02)
     figs["over_training"].canvas.draw()
     assert all(ax.yaxis.get_offset_text().get_text() == "" for ax in (a, b, c))
+
+    # Only the first probe in warmup: its band still has a width, up to halfway to the next probe.
+    first_only = [dict(r, warmup=i == 0) for i, r in enumerate(d.recorded)]
+    a = health_pictures.figures(d.name, d.result, first_only)["over_training"].axes[0]
+    (band,) = [p for p in a.patches if p.get_label().startswith("warmup")]
+    (x0, _), (x1, _) = band.get_path().get_extents(band.get_patch_transform()).get_points()
+    steps = [r["step"] for r in d.recorded]
+    assert len(steps) >= 2 and x0 == steps[0] and x1 == pytest.approx((steps[0] + steps[1]) / 2)
 
 
 def test_the_ratios_picture_shows_no_empty_series_without_recorded_updates():

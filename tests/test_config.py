@@ -19,6 +19,7 @@ from tinygpt.config import (
     opt,
     parse_count,
     parse_duration,
+    parse_ints,
     replace,
     section,
     sections_of,
@@ -49,6 +50,13 @@ def test_parse_duration_rejects(text):
                                      ("20_000", 20_000), (None, None), (7, 7)])
 def test_parse_count(text, n):
     assert parse_count(text) == n
+
+
+def test_parse_ints_names_the_whole_value_and_the_form():
+    assert parse_ints("0,1, 2") == (0, 1, 2) and parse_ints([1, 8]) == (1, 8)
+    with pytest.raises(ValueError) as err:
+        parse_ints("0,x")
+    assert str(err.value) == "not whole numbers: '0,x' (use e.g. 1,8 or 0,1,2)"
 
 
 def test_round_trip_through_json_is_exact():

@@ -160,7 +160,10 @@ def parse_count(text: str | int | None) -> int | None:
 def parse_ints(text: str | list | tuple) -> tuple[int, ...]:
     """``"1,8"`` (or ``[1, 8]``) -> ``(1, 8)``."""
     parts = text if isinstance(text, (list, tuple)) else str(text).split(",")
-    return tuple(int(p) for p in parts if str(p).strip())
+    try:
+        return tuple(int(p) for p in parts if str(p).strip())
+    except (TypeError, ValueError):  # int()'s own message would quote only the bad part
+        raise ValueError(f"not whole numbers: {text!r} (use e.g. 1,8 or 0,1,2)") from None
 
 
 def parse_names(text: str | list | tuple) -> tuple[str, ...]:

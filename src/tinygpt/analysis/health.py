@@ -143,7 +143,8 @@ def diagnose(lm: TinyGPT, batches: list, previous: dict[str, torch.Tensor] | Non
         ratios = update_ratios({n: previous[n] for n in now}, now)
         for row in weights:
             row["update_to_weight"] = ratios[row["name"]]
-    return {"loss": float(np.mean([r["loss"] for r in results])), "layers": layers, "weights": weights}
+    return {"loss": float(np.mean([r["loss"] for r in results])), "layers": layers, "weights": weights,
+            "activation": first["activation"], "flat_below": first["flat_below"]}
 
 
 def judge(result: dict, recorded: list[dict] | None = None, by: dict[str, str] | None = None) -> list[str]:
@@ -154,7 +155,8 @@ def judge(result: dict, recorded: list[dict] | None = None, by: dict[str, str] |
     for layer in result["layers"]:
         i = layer["layer"]
         if layer["dead"] > DEAD_TOO_MANY:
-            out.append(f"layer {i}: {layer['dead']:.0%} of the MLP's hidden units are dead (in GELU's flat region "
+            out.append(f"layer {i}: {layer['dead']:.0%} of the MLP's hidden units are dead (in "
+                       f"{result.get('activation', 'GELU')}'s flat region "
                        "for 99% of tokens, so they learn nothing): lower the learning rate, or check the init "
                        "scale of mlp.c_fc")
         if layer["pre_std"] < DEAD_STD:

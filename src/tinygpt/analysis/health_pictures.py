@@ -65,12 +65,12 @@ def _activations(name: str, result: dict):
                                           f"std {layer['pre_std']:.2f}, flat {layer['flat']:.1%}", linestyle=line)
     left, right = ax.get_xlim()
     # The band lies left of the threshold, and is shown even when no value reaches it.
-    left = min(left, FLAT_BELOW - 0.15 * max(right - FLAT_BELOW, 1.0))
-    right = max(right, FLAT_BELOW + 1.0)
-    ax.axvspan(left, FLAT_BELOW, color="grey", alpha=0.2, linewidth=0,
-               label=f"GELU's flat region (x < {FLAT_BELOW:g})")
+    flat, activation = result.get("flat_below", FLAT_BELOW), result.get("activation", "GELU")
+    left = min(left, flat - 0.15 * max(right - flat, 1.0))
+    right = max(right, flat + 1.0)
+    ax.axvspan(left, flat, color="grey", alpha=0.2, linewidth=0, label=f"{activation}'s flat region (x < {flat:g})")
     ax.set_xlim(left, right)
-    ax.set_xlabel("MLP pre-activation (input of GELU)")
+    ax.set_xlabel(f"MLP pre-activation (input of {activation})")
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
     ax.set_title(f"{name}: forward activations per layer", fontsize=11)
@@ -169,8 +169,10 @@ def _over_training(name: str, recorded: list[dict], by: dict[str, str]):
         a.axhspan(lo, hi, color=_optimizer_colour(kind), alpha=0.12, linewidth=0,
                   label=f"healthy under {OPTIMIZER_NAMES.get(kind, kind)} (10^{lo:g} to 10^{hi:g})")
     warm = [r["step"] for r in recorded if r.get("warmup")]
-    if warm:
-        a.axvspan(min(steps), max(warm), color="grey", alpha=0.1, linewidth=0, label="warmup: not judged")
+    if warm:  # to halfway to the first probe after warmup: one probe in warmup still gets a band
+        after = [s for s in steps if s > max(warm)]
+        end = (max(warm) + after[0]) / 2 if after else max(warm) + 0.02 * (max(steps) - min(steps) or 1)
+        a.axvspan(min(steps), end, color="grey", alpha=0.1, linewidth=0, label="warmup: not judged")
     scaled = any(to_peak(r) for r in recorded)
     a.set_title("log10 update / weight per step" + (", at the peak rate" if scaled else "")
                 + " (grey: other matrices)", fontsize=10)

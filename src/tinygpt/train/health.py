@@ -8,9 +8,9 @@ same numbers from a checkpoint, judges them and draws them.
 What is measured on one probe batch (forward and backward in eval mode: no dropout, no
 random draws, so a probed run trains exactly like an unprobed one):
 
-- per block, the MLP's pre-activation (the input of GELU / SiLU): mean, std, the fraction
-  in the activation's flat region (x < -3, where GELU's output and gradient are within
-  1.2% of zero) and the fraction of dead hidden units, flat for >= 99% of the tokens (the
+- per block, the MLP's pre-activation (the input of GELU / SiLU / ReLU²): mean, std, the
+  fraction in the activation's flat region (x < -3, where GELU's output and gradient are
+  within 1.2% of zero; x < 0 for ReLU²) and the fraction of dead hidden units, flat for >= 99% of the tokens (the
   analogue of a saturated tanh: GELU is flat on one side only, so half of the inputs
   there is normal, sparse activation; a unit that is never on learns nothing), the block's output (residual
   stream) mean and std, and the attention's mean normalised entropy (0: each query looks
@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from .trainer import Trainer
 
 FLAT_BELOW = -3.0  # GELU(x) and GELU'(x) are within 1.2% of 0 below this
+# Each MLP's activation and where it is flat: --mlp -> (name, pre-activations below this pass
+# (almost) nothing). SwiGLU's gate is read like GELU; ReLU-squared is exactly 0 below 0.
+FLAT_REGION = {"gelu": ("GELU", FLAT_BELOW), "swiglu": ("SiLU", FLAT_BELOW), "relu2": ("ReLU²", 0.0)}
 DEAD_SHARE = 0.99  # a hidden unit flat for this share of the probe's tokens is dead: it passes (almost) nothing
 HIST_BINS = 80
 
@@ -66,6 +69,7 @@ def probe(model: GPT, batch: Batch, device: torch.device, dtype: torch.dtype, *,
     is left in the mode it was in. With ``histograms``, value histograms (counts, edges)
     of each pre-activation and each weight's gradient come too."""
     was_training = model.training
+    activation, flat_below = FLAT_REGION[model.config.mlp]
     saved_grads = {n: p.grad for n, p in model.named_parameters()}
     model.eval()
     pre: dict[int, torch.Tensor] = {}
@@ -87,7 +91,7 @@ def probe(model: GPT, batch: Batch, device: torch.device, dtype: torch.dtype, *,
             if model.config.mlp == "swiglu":
                 x = x[..., :x.shape[-1] // 2]  # the gate half goes through SiLU
             y = out[i].float()
-            flat = (x < FLAT_BELOW).flatten(0, -2).float()  # (tokens, hidden units)
+            flat = (x < flat_below).flatten(0, -2).float()  # (tokens, hidden units)
             layer = {"layer": i, "pre_mean": float(x.mean()), "pre_std": float(x.std()),
                      "flat": float(flat.mean()), "dead": float((flat.mean(0) >= DEAD_SHARE).float().mean()),
                      "out_mean": float(y.mean()),
@@ -103,7 +107,8 @@ def probe(model: GPT, batch: Batch, device: torch.device, dtype: torch.dtype, *,
             if histograms:
                 row["grad_hist"] = histogram(g)
             weights.append(row)
-        return {"loss": loss.item(), "layers": layers, "weights": weights}
+        return {"loss": loss.item(), "layers": layers, "weights": weights, "activation": activation,
+                "flat_below": flat_below}
     finally:
         for h in hooks:
             h.remove()
