@@ -22,21 +22,20 @@ class Linear(nn.Linear):
     """``nn.Linear`` with the CPU inference routes of decoding.
 
     Generating a token multiplies each weight matrix by one vector per row, a read of the
-    whole matrix, so decoding speed is the speed of reading weights. Two routes beat
-    PyTorch's ``linear`` there (GPT-2 small, 2 AVX-512 cores, measured in the decode loop):
+    whole matrix, so decoding speed is the speed of reading weights. PyTorch's ``linear``
+    is not the fastest reader everywhere, and which route is differs between CPUs:
 
-    - One row of half-precision weights: on a 2-core AMX Xeon ``linear`` reached about half
-      the bandwidth of the matrix-vector kernel (a 15.5 ms step became 12.1 ms of mv; on
-      another, bf16 GPT-2 shapes read at 21-27 GB/s by linear and 35-43 by mv, bitwise
-      equal); on an AMD EPYC ``mv`` was the slower (18 against 29-31 GB/s). So the route
-      is measured, once per process for each weight shape and dtype, on the weight itself
-      (:func:`mv_pays`).
-    - Several rows (batched decoding): oneDNN's prepacked (blocked) weights, the layout
-      ``torch.compile``'s CPU freezing uses, run a batch-8 step in 35.5 instead of 59.7 ms
-      (fp32) and 19.5 instead of 25 ms (bf16). :func:`packed_weights` makes them; one
-      row keeps the plain routes, which were as fast or faster (fp32: 23 vs 27 ms).
+    - One row: ``linear``, ``torch.mv`` or oneDNN's prepacked (blocked) weight, whichever
+      reads this weight fastest here (:func:`one_row_route`, measured once per process for
+      each shape and dtype). GPT-2 small's shapes, GB/s of weights read
+      (bench/one_row_routes.py): on a 2-core AMX Xeon bf16 mv 35-43 against linear 21-27;
+      on a 2-core AMD EPYC (AVX-512, no AMX) packed 18-27 against linear and mv 12-17 in
+      fp32, and packed 16-25 against linear 12-17 and mv 9-15 in bf16.
+    - Several rows (batched decoding): the packed weights, which run a batch-8 step in
+      35.5 instead of 59.7 ms (fp32) and 19.5 instead of 25 ms (bf16) on the Xeon.
 
-    Same parameters, same math; training (gradients on) pays one test per call."""
+    :func:`packed_weights` makes the packed copies (the decoder holds them while it
+    decodes). Same parameters, same math; training (gradients on) pays one test per call."""
 
     _packed: tuple[torch.Tensor, int, torch.Tensor] | None = None  # (weight, its _version, oneDNN copy)
 
@@ -46,10 +45,8 @@ class Linear(nn.Linear):
         w = self.weight
         if self._packed is not None and self._packed[0] is w and self._packed[1] == w._version:
             return True
-        try:
-            # The batch-size hint picks oneDNN's layout; 8 measured best for 2 to 64 rows.
-            packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), 8)
-        except (AttributeError, RuntimeError):
+        packed = _packed_copy(w.detach())
+        if packed is None:
             return False
         self._packed = (w, w._version, packed)
         return True
@@ -59,35 +56,65 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == self.weight.dtype:
-            if x.numel() == x.shape[-1]:
-                if x.dtype in (torch.bfloat16, torch.float16) and mv_pays(self.weight):
-                    y = torch.mv(self.weight, x.reshape(-1))
-                    if self.bias is not None:
-                        y = y + self.bias
-                    return y.view(*x.shape[:-1], -1)
-            elif self._packed is not None:
+            route = one_row_route(self.weight) if x.numel() == x.shape[-1] else "packed"
+            if route == "mv":
+                y = torch.mv(self.weight, x.reshape(-1))
+                if self.bias is not None:
+                    y = y + self.bias
+                return y.view(*x.shape[:-1], -1)
+            if route == "packed" and self._packed is not None:
                 w, version, packed = self._packed
                 if w is self.weight and version == w._version:  # a changed weight falls back to linear
                     return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
 
 
-_MV_PAYS: dict[tuple[torch.dtype, tuple[int, ...]], bool] = {}  # (dtype, weight shape) -> measured
+def _packed_copy(w: torch.Tensor) -> torch.Tensor | None:
+    try:
+        # The batch-size hint picks oneDNN's layout; 8 measured best for 1 to 64 rows.
+        return torch.ops.mkldnn._reorder_linear_weight(w, 8)
+    except (AttributeError, RuntimeError):
+        return None
 
 
-def mv_pays(w: torch.Tensor) -> bool:
-    """Whether ``torch.mv`` multiplies one vector by ``w`` clearly faster than ``F.linear``
-    on this machine: timed the first time a (dtype, shape) is seen, alternating the two,
-    best of 5 each; mv must win by 5% (so a tie keeps PyTorch's own route). Both read the
-    same bytes and were bitwise equal where measured; the choice is only speed."""
+_ONE_ROW: dict[tuple[torch.dtype, tuple[int, ...]], str] = {}  # (dtype, weight shape) -> measured route
+# How a route is timed: over up to 32 distinct copies of the weight adding up to 48 MB, more
+# than a 2-core CPU's caches hold, because a decode step streams a large model's weights
+# from memory (one matrix read again and again would sit in cache); a small matrix's copies
+# stay in cache, as a small model's whole weights do. At least 8 MB is read per timing.
+COPY_BYTES, MAX_COPIES, READ_BYTES = 48 * 2**20, 32, 8 * 2**20
+
+
+def one_row_route(w: torch.Tensor) -> str:
+    """The route that multiplies one vector by ``w`` fastest on this machine: "linear"
+    (PyTorch's own), "mv" or "packed" (used while :func:`packed_weights` holds a copy).
+    Timed the first time a (dtype, shape) is seen, alternating the routes, best of 5 (see
+    ``COPY_BYTES``). A route must beat linear by 5%, so a tie keeps PyTorch's. All read the
+    same bytes and agree to rounding (mv and linear were bitwise equal where measured)."""
     key = (w.dtype, tuple(w.shape))
-    if key not in _MV_PAYS:
-        x = torch.ones(w.shape[1], dtype=w.dtype) / w.shape[1]
-        repeat = range(max(1, 4_000_000 // w.numel()))  # about 8 MB read per timing: long enough to time
-        _, times = fastest({"mv": lambda: [torch.mv(w, x) for _ in repeat],
-                            "linear": lambda: [F.linear(x[None], w) for _ in repeat]}, w.device, reps=5)
-        _MV_PAYS[key] = times["mv"] < 0.95 * times["linear"]
-    return _MV_PAYS[key]
+    if key not in _ONE_ROW:
+        nbytes = w.numel() * w.element_size()
+        n = min(MAX_COPIES, max(1, COPY_BYTES // nbytes))
+        with torch.no_grad():
+            copies = [w.detach().clone() for _ in range(n)]
+            reads = copies * max(1, -(-READ_BYTES // (n * nbytes)))
+            x = torch.ones(w.shape[1], dtype=w.dtype) / w.shape[1]
+            options = {"linear": lambda: [F.linear(x[None], c) for c in reads],
+                       "mv": lambda: [torch.mv(c, x) for c in reads]}
+            packed = [_packed_copy(c) for c in copies] if w.device.type == "cpu" else [None]
+            if all(p is not None for p in packed):
+                packed_reads = packed * (len(reads) // n)
+                options["packed"] = lambda: [torch.ops.mkldnn._linear_pointwise(x[None], p, None, "none", [], "")
+                                             for p in packed_reads]
+            _, times = fastest(options, w.device, reps=5)
+        best = min(times, key=times.get)
+        _ONE_ROW[key] = best if times[best] < 0.95 * times["linear"] else "linear"
+    return _ONE_ROW[key]
+
+
+def packs_one_row(model: nn.Module) -> bool:
+    """Whether any of ``model``'s linear layers reads one row fastest from a packed copy here."""
+    return any(one_row_route(m.weight) == "packed" for m in model.modules() if isinstance(m, Linear))
 
 
 @contextmanager

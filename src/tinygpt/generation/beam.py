@@ -46,7 +46,7 @@ def beam_search(model: GPT, prompt: Sequence[int], max_new_tokens: int, *, beams
     finished: list[tuple[float, list[int]]] = []      # (normalised score, new tokens), best first
     improvable = True
     with Decoder(model, device=device, dtype=dtype, autocast=autocast, processors=processors, rows=beams,
-                 pack=worth_packing(beams, max_new_tokens, device)) as decoder:
+                 pack=worth_packing(model, beams, max_new_tokens, device)) as decoder:
         # The beams stop themselves; each row's own rule adds nothing to the processors.
         decoder.add(prompt, Sampling(greedy=True, max_new_tokens=max_new_tokens))
         logits = decoder.logits()

@@ -33,9 +33,10 @@ Every row decides this by itself, so a batched row gives what it gives alone.
 The compute dtype is given, never read from the weights (an int8 model's weights are not
 its compute dtype): with ``autocast`` the forwards run under autocast to it (fp32 weights
 computing in bf16, as the trainer's model does); without, the weights already hold it.
-The cache stores keys and values in it. On CPU, a decoder of several rows may run on
-oneDNN-packed weights (``pack``, see tinygpt.kernels), which costs about as much as 10-30
-decode steps and a second copy of the weights while the decoder is open:
+The cache stores keys and values in it. On CPU, a decoder may run on oneDNN-packed
+weights (``pack``, see tinygpt.kernels): several rows, and one row where this CPU reads
+some weight fastest packed. Packing costs about as much as 10-30 decode steps and a second
+copy of the weights while the decoder is open:
 :func:`worth_packing` is the rule. Use a decoder inside ``with``: eval mode (and packed
 weights) hold while it is open, and the model's own mode comes back after.
 """
@@ -50,7 +51,7 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 
 from ..device import autocast as autocast_to
-from ..kernels import packed_weights
+from ..kernels import packed_weights, packs_one_row
 from ..kvcache import KVCache
 from ..model import GPT
 from . import processors as P
@@ -60,9 +61,13 @@ PACK_MIN_TOKENS = 32  # batched generations shorter than this do not pay for pac
 PAST_CONTEXT = ("exact", "fast")
 
 
-def worth_packing(rows: int, max_new_tokens: int, device: torch.device) -> bool:
-    """Whether a generation of ``rows`` rows and ``max_new_tokens`` tokens should decode on packed weights."""
-    return rows > 1 and device.type == "cpu" and max_new_tokens >= PACK_MIN_TOKENS
+def worth_packing(model: GPT, rows: int, max_new_tokens: int, device: torch.device) -> bool:
+    """Whether a generation of ``rows`` rows and ``max_new_tokens`` tokens should decode on
+    packed weights: several rows always do on a CPU; one row where some weight reads
+    fastest packed on this CPU (measured: :func:`tinygpt.kernels.one_row_route`)."""
+    if device.type != "cpu" or max_new_tokens < PACK_MIN_TOKENS:
+        return False
+    return rows > 1 or packs_one_row(model)
 
 
 class Token(NamedTuple):
@@ -359,7 +364,7 @@ def decode(model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
     gens = list(generator) if isinstance(generator, (list, tuple)) else [generator] * len(prompts)
     rule = Sampling(greedy=greedy, max_new_tokens=max_new_tokens, stop_ids=tuple(stop_ids))
     with Decoder(model, device=device, dtype=dtype, past_context=past_context, use_cache=use_cache,
-                 pack=worth_packing(len(prompts), max_new_tokens, device), processors=processors,
+                 pack=worth_packing(model, len(prompts), max_new_tokens, device), processors=processors,
                  rows=len(prompts)) as decoder:
         index = {decoder.add(p, rule, g): i for i, (p, g) in enumerate(zip(prompts, gens))}
         while decoder.active:

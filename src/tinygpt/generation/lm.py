@@ -110,7 +110,7 @@ class TinyGPT:
             base = fresh_seed() if seed is None else seed
             with Decoder(self.model, device=self.device, dtype=self.dtype, autocast=self.autocast,
                          past_context=cfg.past_context, processors=limit, rows=len(rows),
-                         pack=worth_packing(len(rows), cfg.max_new_tokens, self.device)) as decoder:
+                         pack=worth_packing(self.model, len(rows), cfg.max_new_tokens, self.device)) as decoder:
                 index = {decoder.add(row, cfg.sampling(base + i % n, stop_ids)): i for i, row in enumerate(rows)}
                 while decoder.active:
                     for t in decoder.step():
