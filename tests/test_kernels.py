@@ -1,6 +1,8 @@
 """The kernels behind Linear: each one-row route (linear, mv, packed) and oneDNN-packed
 weights give linear's results; the one-row route is the one measured fastest here."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,7 +18,7 @@ def test_every_one_row_route_gives_linears_result(monkeypatch, dtype, route):
 
     torch.manual_seed(0)
     layer = kernels.Linear(64, 96).to(dtype)
-    monkeypatch.setitem(kernels._ONE_ROW, (dtype, (96, 64)), route)
+    monkeypatch.setitem(kernels._ROUTE, (dtype, (96, 64)), route)
     rows = torch.randn(3, 1, 64).to(dtype)
     with torch.no_grad(), kernels.packed_weights(layer) as packed:
         assert packed or route != "packed"
@@ -35,11 +37,14 @@ def test_every_one_row_route_gives_linears_result(monkeypatch, dtype, route):
     ("packed", {"linear": 3.0, "mv": 3.0, "packed": 1.0}, "packed"),
     ("linear", {"linear": 1.0, "mv": 3.0, "packed": 2.0}, "linear"),
     ("mv", {"linear": 1.0, "mv": 0.97, "packed": 2.0}, "linear"),  # within 5%: PyTorch's own route stays
+    ("packed", {"linear": 1.0, "mv": 1.0, "packed": 0.85}, "linear"),  # packed rounds differently: 20% or stay
+    ("packed", {"linear": 1.0, "mv": 0.9, "packed": 0.85}, "mv"),
 ])
 def test_the_one_row_route_is_the_one_measured_fastest_once_per_shape(monkeypatch, fastest_route, times, chosen):
     from tinygpt import kernels
 
-    monkeypatch.setattr(kernels, "_ONE_ROW", {})
+    monkeypatch.setattr(kernels, "_ROUTE", {})
+    monkeypatch.setattr(kernels, "_SAVED", None)
     timed = []
 
     def fake_fastest(options, device, reps):
@@ -54,7 +59,7 @@ def test_the_one_row_route_is_the_one_measured_fastest_once_per_shape(monkeypatc
     layer = kernels.Linear(64, 96).to(torch.bfloat16)
     with torch.no_grad():
         assert kernels.one_row_route(layer.weight) == chosen
-        assert kernels._ONE_ROW == {(torch.bfloat16, (96, 64)): chosen} and timed == [["linear", "mv", "packed"]]
+        assert kernels._ROUTE == {(torch.bfloat16, (96, 64)): chosen} and timed == [["linear", "mv", "packed"]]
         monkeypatch.setattr(kernels.torch, "mv", lambda *a: calls.__setitem__("mv", calls["mv"] + 1) or real_mv(*a))
         monkeypatch.setattr(kernels.F, "linear",
                             lambda *a: calls.__setitem__("linear", calls["linear"] + 1) or real_linear(*a))
@@ -69,6 +74,33 @@ def test_the_one_row_route_is_the_one_measured_fastest_once_per_shape(monkeypatc
                      "linear": {"mv": 0, "linear": 3, "packed": 0}}[chosen]
 
 
+def test_a_route_is_timed_once_per_machine_and_kept_on_disk(monkeypatch, tmp_path):
+    from tinygpt import kernels
+
+    monkeypatch.setenv("TINYGPT_CACHE", str(tmp_path))
+    timings = []
+    monkeypatch.setattr(kernels, "fastest", lambda options, device, reps: timings.append(1) or
+                        ("mv", {"linear": 2.0, "mv": 1.0, "packed": 3.0}))
+    w = torch.randn(96, 64)
+
+    def new_process():
+        monkeypatch.setattr(kernels, "_ROUTE", {})
+        monkeypatch.setattr(kernels, "_SAVED", None)
+
+    new_process()
+    assert kernels.one_row_route(w) == "mv" and timings == [1]
+    saved = json.loads((tmp_path / kernels.ROUTES_FILE).read_text())
+    assert saved == {kernels.route_name(torch.float32, (96, 64)): "mv"}
+    assert "torch " + torch.__version__ in next(iter(saved))  # per CPU and PyTorch
+    new_process()
+    assert kernels.one_row_route(w) == "mv" and timings == [1]  # read back, not timed again
+    for bad in ("{not json", '["mv"]', json.dumps({kernels.route_name(torch.float32, (96, 64)): "fastest"})):
+        (tmp_path / kernels.ROUTES_FILE).write_text(bad)
+        new_process()
+        timings.clear()
+        assert kernels.one_row_route(w) == "mv" and timings == [1]  # damaged or unknown: timed again
+
+
 def test_one_row_decoding_packs_only_where_a_weight_reads_fastest_packed(monkeypatch):
     from tinygpt import kernels
     from tinygpt.generation.decoder import PACK_MIN_TOKENS, worth_packing
@@ -78,8 +110,8 @@ def test_one_row_decoding_packs_only_where_a_weight_reads_fastest_packed(monkeyp
     shapes = {tuple(m.weight.shape) for m in model.modules() if isinstance(m, kernels.Linear)}
     cpu = torch.device("cpu")
     for packed_shape in (None, *shapes):
-        monkeypatch.setattr(kernels, "_ONE_ROW", {(torch.float32, s): "packed" if s == packed_shape else "mv"
-                                                  for s in shapes})
+        monkeypatch.setattr(kernels, "_ROUTE", {(torch.float32, s): "packed" if s == packed_shape else "mv"
+                                                for s in shapes})
         assert worth_packing(model, 1, PACK_MIN_TOKENS, cpu) is (packed_shape is not None)
         assert worth_packing(model, 4, PACK_MIN_TOKENS, cpu)  # several rows always pack on a CPU
         assert not worth_packing(model, 1, PACK_MIN_TOKENS - 1, cpu)  # too short to pay for the copies
@@ -91,7 +123,7 @@ def test_packed_weights_compute_linear_and_are_never_used_stale(monkeypatch, dty
     from tinygpt import kernels
     from tinygpt.kernels import Linear, packed_weights
 
-    monkeypatch.setattr(kernels, "_ONE_ROW", {})
+    monkeypatch.setattr(kernels, "_ROUTE", {})
 
     torch.manual_seed(0)
     layer = Linear(64, 96).to(dtype)
@@ -111,7 +143,7 @@ def test_packed_weights_compute_linear_and_are_never_used_stale(monkeypatch, dty
             layer.weight.data.zero_()
             assert torch.equal(layer(rows), packed)
             # ...while one row takes the route measured for it: here the plain one.
-            kernels._ONE_ROW[(dtype, (96, 64))] = "linear"
+            kernels._ROUTE[(dtype, (96, 64))] = "linear"
             assert torch.equal(layer(one)[0, 0], layer.bias)
             # ...and a change that counts makes the copy stale: linear again.
             layer.weight.add_(1.0)

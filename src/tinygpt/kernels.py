@@ -8,6 +8,7 @@ pays (batched decoding, how long a generation runs) is the decoder's business
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -15,7 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .device import fastest
+from .checkpoint import atomic_write_json
+from .config import cache_dir
+from .device import cpu_name, fastest
 
 
 class Linear(nn.Linear):
@@ -77,39 +80,80 @@ def _packed_copy(w: torch.Tensor) -> torch.Tensor | None:
         return None
 
 
-_ONE_ROW: dict[tuple[torch.dtype, tuple[int, ...]], str] = {}  # (dtype, weight shape) -> measured route
 # How a route is timed: over up to 32 distinct copies of the weight adding up to 48 MB, more
 # than a 2-core CPU's caches hold, because a decode step streams a large model's weights
 # from memory (one matrix read again and again would sit in cache); a small matrix's copies
 # stay in cache, as a small model's whole weights do. At least 8 MB is read per timing.
 COPY_BYTES, MAX_COPIES, READ_BYTES = 48 * 2**20, 32, 8 * 2**20
+# How much faster than linear a route must be to be taken. mv gives linear's bits, so 5%
+# will do; packed weights round differently (within 1e-5 in fp32), so they must win by so
+# much (EPYC: 1.3-2x) that timing noise does not flip the choice.
+WIN_BY = {"linear": 1.0, "mv": 0.95, "packed": 0.8}
+# Each choice is kept on disk, per CPU and PyTorch, so that every later run on this machine
+# takes the same routes (the same bits for a seeded generation) without timing them again.
+ROUTES_FILE = "kernel_routes.json"
+_ROUTE: dict[tuple[torch.dtype, tuple[int, ...]], str] = {}  # (dtype, shape) -> route, in this process
+_SAVED: dict[str, str] | None = None  # the file's choices, read at first use
 
 
 def one_row_route(w: torch.Tensor) -> str:
     """The route that multiplies one vector by ``w`` fastest on this machine: "linear"
     (PyTorch's own), "mv" or "packed" (used while :func:`packed_weights` holds a copy).
-    Timed the first time a (dtype, shape) is seen, alternating the routes, best of 5 (see
-    ``COPY_BYTES``). A route must beat linear by 5%, so a tie keeps PyTorch's. All read the
-    same bytes and agree to rounding (mv and linear were bitwise equal where measured)."""
+    Timed once per machine for each (dtype, shape), alternating the routes, best of 5 (see
+    ``COPY_BYTES``); a route must beat linear by ``WIN_BY``, so a tie keeps PyTorch's. All
+    read the same bytes and agree to rounding (mv and linear were bitwise equal where measured)."""
     key = (w.dtype, tuple(w.shape))
-    if key not in _ONE_ROW:
-        nbytes = w.numel() * w.element_size()
-        n = min(MAX_COPIES, max(1, COPY_BYTES // nbytes))
-        with torch.no_grad():
-            copies = [w.detach().clone() for _ in range(n)]
-            reads = copies * max(1, -(-READ_BYTES // (n * nbytes)))
-            x = torch.ones(w.shape[1], dtype=w.dtype) / w.shape[1]
-            options = {"linear": lambda: [F.linear(x[None], c) for c in reads],
-                       "mv": lambda: [torch.mv(c, x) for c in reads]}
-            packed = [_packed_copy(c) for c in copies] if w.device.type == "cpu" else [None]
-            if all(p is not None for p in packed):
-                packed_reads = packed * (len(reads) // n)
-                options["packed"] = lambda: [torch.ops.mkldnn._linear_pointwise(x[None], p, None, "none", [], "")
-                                             for p in packed_reads]
-            _, times = fastest(options, w.device, reps=5)
-        best = min(times, key=times.get)
-        _ONE_ROW[key] = best if times[best] < 0.95 * times["linear"] else "linear"
-    return _ONE_ROW[key]
+    route = _ROUTE.get(key)
+    if route is None:
+        saved, name = _saved_routes(), route_name(w.dtype, w.shape)
+        route = saved.get(name)
+        if route is None:
+            route = saved[name] = _measure(w)
+            _save(saved)
+        _ROUTE[key] = route
+    return route
+
+
+def route_name(dtype: torch.dtype, shape: tuple[int, ...]) -> str:
+    return f"{cpu_name()} | torch {torch.__version__} | {str(dtype).removeprefix('torch.')} | {tuple(shape)}"
+
+
+def _measure(w: torch.Tensor) -> str:
+    nbytes = w.numel() * w.element_size()
+    n = min(MAX_COPIES, max(1, COPY_BYTES // nbytes))
+    with torch.no_grad():
+        copies = [w.detach().clone() for _ in range(n)]
+        reads = copies * max(1, -(-READ_BYTES // (n * nbytes)))
+        x = torch.ones(w.shape[1], dtype=w.dtype) / w.shape[1]
+        options = {"linear": lambda: [F.linear(x[None], c) for c in reads],
+                   "mv": lambda: [torch.mv(c, x) for c in reads]}
+        packed = [_packed_copy(c) for c in copies] if w.device.type == "cpu" else [None]
+        if all(p is not None for p in packed):
+            packed_reads = packed * (len(reads) // n)
+            options["packed"] = lambda: [torch.ops.mkldnn._linear_pointwise(x[None], p, None, "none", [], "")
+                                         for p in packed_reads]
+        _, times = fastest(options, w.device, reps=5)
+    wins = [r for r in times if times[r] < WIN_BY[r] * times["linear"]]
+    return min(wins, key=times.get) if wins else "linear"
+
+
+def _saved_routes() -> dict[str, str]:
+    global _SAVED
+    if _SAVED is None:
+        try:
+            loaded = json.loads((cache_dir() / ROUTES_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # none yet, or unreadable: measure again
+            loaded = {}
+        _SAVED = {k: v for k, v in loaded.items() if v in WIN_BY} if isinstance(loaded, dict) else {}
+    return _SAVED
+
+
+def _save(routes: dict[str, str]) -> None:
+    try:
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cache_dir() / ROUTES_FILE, routes)
+    except OSError:  # a read-only cache only means timing again next time
+        pass
 
 
 def packs_one_row(model: nn.Module) -> bool:
