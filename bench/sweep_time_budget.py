@@ -58,6 +58,10 @@ GRID = {
     "mn-softcap": ["--preset", "char-tiny", "--logit-softcap", "15"],
     "mn-unet": ["--preset", "char-tiny", "--unet-skips", "true"],
     "mn-value-embeds": ["--preset", "char-tiny", "--value-embeds", "true"],
+    # The same at an equal number of steps (the schedule laid over 700 steps, no time limit):
+    # free of the machine's speed, which moved 5-minute runs of one shape by 8% in steps.
+    "steps-base": ["--preset", "char-tiny", "--max-steps", "700", "--max-time", "1h"],
+    "steps-value-embeds": ["--preset", "char-tiny", "--value-embeds", "true", "--max-steps", "700", "--max-time", "1h"],
     # torch.compile: the first run fills inductor's on-disk cache, the second reuses it.
     "mn-compile": ["--preset", "char-tiny", "--compile", "true"],
     "mn-compile-warm": ["--preset", "char-tiny", "--compile", "true"],
@@ -100,7 +104,7 @@ def run_one(name: str, flags: list[str], data: str, seconds: float, workdir: Pat
     return {"name": name, "flags": flags, "val_loss": evals[-1]["val_loss"], "train_loss": evals[-1].get("train_loss"),
             "steps": last["step"], "tokens": last["tokens"], "wall_s": round(wall, 1),
             "dtype": config["runtime"]["dtype"], "threads": config["runtime"]["threads"], "model": config["model"],
-            "lr": config["train"]["lr"],
+            "lr": config["train"]["lr"], "evals": [[r["step"], r["val_loss"]] for r in evals],
             "batch_size": config["train"]["batch_size"]}
 
 
