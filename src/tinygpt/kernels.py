@@ -108,7 +108,9 @@ def one_row_route(w: torch.Tensor) -> str:
         saved, name = _saved_routes(), route_name(w.dtype, w.shape)
         route = saved.get(name)
         if route is None:
-            route = saved[name] = _measure(w)
+            gbs = route_speeds(w)
+            wins = [r for r in gbs if gbs["linear"] < WIN_BY[r] * gbs[r]]
+            route = saved[name] = max(wins, key=gbs.get) if wins else "linear"
             _save(saved)
         _ROUTE[key] = route
     return route
@@ -118,7 +120,9 @@ def route_name(dtype: torch.dtype, shape: tuple[int, ...]) -> str:
     return f"{cpu_name()} | torch {torch.__version__} | {str(dtype).removeprefix('torch.')} | {tuple(shape)}"
 
 
-def _measure(w: torch.Tensor) -> str:
+def route_speeds(w: torch.Tensor) -> dict[str, float]:
+    """GB/s of weights each one-row route reads ``w`` at here (see ``COPY_BYTES``): linear,
+    mv, and packed where oneDNN can pack this dtype."""
     nbytes = w.numel() * w.element_size()
     n = min(MAX_COPIES, max(1, COPY_BYTES // nbytes))
     with torch.no_grad():
@@ -133,8 +137,7 @@ def _measure(w: torch.Tensor) -> str:
             options["packed"] = lambda: [torch.ops.mkldnn._linear_pointwise(x[None], p, None, "none", [], "")
                                          for p in packed_reads]
         _, times = fastest(options, w.device, reps=5)
-    wins = [r for r in times if times[r] < WIN_BY[r] * times["linear"]]
-    return min(wins, key=times.get) if wins else "linear"
+    return {r: len(reads) * nbytes / t / 1e9 for r, t in times.items()}
 
 
 def _saved_routes() -> dict[str, str]:
