@@ -20,7 +20,9 @@ the whole held-out tail, in non-overlapping windows of its own context.
 one's command line: nanoGPT's train.py at its defaults for a CPU (``--compile`` as it is,
 turned off only if it fails) against ``tinygpt train --preset baby``. The time per step is
 the difference between a long and a short run over the steps between them, which takes out
-start-up, data loading, compilation and the evaluations both runs share.
+start-up, data loading, compilation and the evaluations both runs share; one untimed short
+run of each engine goes first, so that no timed run compiles from a cold cache (nanoGPT
+compiles by default: a cold first run made its short run slower than its long one).
 """
 
 from __future__ import annotations
@@ -189,10 +191,10 @@ def speed(args, work: Path) -> dict:
     if args.old:  # another checkout's tinygpt (its src/), from before --max-new-tokens was the flag's name
         engines[f"tinygpt at {args.old_name}"] = (str(Path(args.old).expanduser().resolve()), "--sample-tokens")
     rows = []
-    for rep in range(args.reps):
+    for rep in range(-1, args.reps):  # rep -1, untimed: fills torch.compile's and the data caches for all
         for engine, tiny in engines.items():
             walls = []
-            for steps in (short, long):
+            for steps in (short, long) if rep >= 0 else (short,):
                 if tiny is None:
                     walls.append(run_nanogpt(root, [*nano, f"--max_iters={steps}"], f"speed{steps}")[0])
                     continue
@@ -201,6 +203,8 @@ def speed(args, work: Path) -> dict:
                 walls.append(run_timed([sys.executable, "-m", "tinygpt", "train", "--data", args.data, "--preset",
                                         "baby", "--batch-size", "16", "--max-steps", str(steps), "--out", str(out),
                                         "--progress", "false", no_sample, "0", *args.flags], env=src)[0])
+            if rep < 0:
+                continue
             per_step = (walls[1] - walls[0]) / (long - short)
             rows.append({"engine": engine, "rep": rep, "s_per_step": per_step,
                          "tokens_per_s": tokens_per_step / per_step})
