@@ -74,6 +74,19 @@ def test_the_one_row_route_is_the_one_measured_fastest_once_per_shape(monkeypatc
                      "linear": {"mv": 0, "linear": 3, "packed": 0}}[chosen]
 
 
+@pytest.mark.parametrize("route", ["mv", "packed"])
+def test_under_autocast_one_row_computes_in_the_autocast_dtype_as_linear_does(monkeypatch, route):
+    from tinygpt import kernels
+
+    torch.manual_seed(0)
+    layer = kernels.Linear(64, 96)  # fp32 weights, as the trainer's model has
+    monkeypatch.setitem(kernels._ROUTE, (torch.float32, (96, 64)), route)
+    x = torch.randn(1, 1, 64)
+    with torch.no_grad(), kernels.packed_weights(layer), torch.autocast("cpu", torch.bfloat16):
+        y = layer(x)
+        assert y.dtype == torch.bfloat16 and torch.equal(y, F.linear(x, layer.weight, layer.bias))
+
+
 def test_a_route_is_timed_once_per_machine_and_kept_on_disk(monkeypatch, tmp_path):
     from tinygpt import kernels
 
