@@ -246,7 +246,9 @@ def test_the_compute_dtype_is_the_one_given(tiny_model):
     keys and values, and the logits are exactly those of the model's own forward under autocast."""
     model = randomize_(tiny_model, seed=15, scale=0.3, embedding_scale=0.1)
     prompt = random_ids((1, 5), seed=7)[0].tolist()
-    with Decoder(model, device=CPU, dtype=torch.bfloat16, autocast=True) as decoder:
+    with Decoder(model, device=CPU, dtype=torch.bfloat16, autocast=True, pack=True) as decoder:
+        # Under autocast Linear takes no packed route, so the decoder makes no packed copies.
+        assert all(m._packed is None for m in model.modules() if hasattr(m, "_packed"))
         decoder.add(prompt, Sampling(greedy=True))
         logits = decoder.logits()
         assert decoder.cache.layers[0].k.dtype == torch.bfloat16

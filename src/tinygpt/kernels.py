@@ -29,8 +29,8 @@ class Linear(nn.Linear):
     is not the fastest reader everywhere, and which route is differs between CPUs:
 
     - One row: ``linear``, ``torch.mv`` or oneDNN's prepacked (blocked) weight, whichever
-      reads this weight fastest here (:func:`one_row_route`, measured once per process for
-      each shape and dtype). GPT-2 small's shapes, GB/s of weights read
+      reads this weight fastest here (:func:`one_row_route`, measured once per machine for
+      each shape and dtype, and kept on disk). GPT-2 small's shapes, GB/s of weights read
       (bench/one_row_routes.py): on a 2-core AMX Xeon bf16 mv 35-43 against linear 21-27;
       on a 2-core AMD EPYC (AVX-512, no AMX) packed 18-27 against linear and mv 12-17 in
       fp32, and packed 16-25 against linear 12-17 and mv 9-15 in bf16.

@@ -117,7 +117,7 @@ class Decoder:
         was_training = self.model.training
         self.model.eval()
         stack.callback(self.model.train, was_training)
-        if self.pack:
+        if self.pack and not self.autocast:  # under autocast Linear takes no packed route: no copies to make
             stack.enter_context(packed_weights(self.model))
         self._open = stack
         return self

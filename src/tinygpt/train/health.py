@@ -10,11 +10,11 @@ random draws, so a probed run trains exactly like an unprobed one):
 
 - per block, the MLP's pre-activation (the input of GELU / SiLU / ReLU²): mean, std, the
   fraction in the activation's flat region (x < -3, where GELU's output and gradient are
-  within 1.2% of zero; x < 0 for ReLU²) and the fraction of dead hidden units, flat for >= 99% of the tokens (the
-  analogue of a saturated tanh: GELU is flat on one side only, so half of the inputs
-  there is normal, sparse activation; a unit that is never on learns nothing), the block's output (residual
-  stream) mean and std, and the attention's mean normalised entropy (0: each query looks
-  at one key; 1: at all keys alike);
+  within 1.2% of zero; x < 0 for ReLU²) and the fraction of dead hidden units, flat for
+  >= 99% of the tokens (the analogue of a saturated tanh: GELU is flat on one side only, so
+  half of the inputs there is normal, sparse activation; a unit that is never on learns
+  nothing), the block's output (residual stream) mean and std, and the attention's mean
+  normalised entropy (0: each query looks at one key; 1: at all keys alike);
 - per weight matrix: weight std, gradient mean and std, log10 of the gradient-to-weight
   ratio std(grad) / std(w), and, given the weights one optimizer step earlier, log10 of
   the update-to-weight ratio std(w_now - w_before) / std(w_before), with the optimizer
