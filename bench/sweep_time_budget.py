@@ -58,10 +58,17 @@ GRID = {
     "mn-softcap": ["--preset", "char-tiny", "--logit-softcap", "15"],
     "mn-unet": ["--preset", "char-tiny", "--unet-skips", "true"],
     "mn-value-embeds": ["--preset", "char-tiny", "--value-embeds", "true"],
+    # Batch and window warmup (tinygpt.train.curriculum): a quarter, then half of the batch
+    # or window over the first 30% of the budget.
+    "mn-batch-warmup": ["--preset", "char-tiny", "--batch-warmup", "0.3"],
+    "mn-window-warmup": ["--preset", "char-tiny", "--window-warmup", "0.3"],
     # The same at an equal number of steps (the schedule laid over 700 steps, no time limit):
     # free of the machine's speed, which moved 5-minute runs of one shape by 8% in steps.
     "steps-base": ["--preset", "char-tiny", "--max-steps", "700", "--max-time", "1h"],
     "steps-value-embeds": ["--preset", "char-tiny", "--value-embeds", "true", "--max-steps", "700", "--max-time", "1h"],
+    **{f"steps-{name}": ["--preset", "char-tiny", *flags, "--max-steps", "700", "--max-time", "1h"]
+       for name, flags in {"qknorm": ["--qk-norm", "true"], "untied": ["--tie-embeddings", "false"],
+                           "rope": ["--pos-emb", "rope"], "rmsnorm": ["--norm", "rmsnorm"]}.items()},
     # torch.compile: the first run fills inductor's on-disk cache, the second reuses it.
     "mn-compile": ["--preset", "char-tiny", "--compile", "true"],
     "mn-compile-warm": ["--preset", "char-tiny", "--compile", "true"],

@@ -38,6 +38,19 @@ def test_bench_train_measures_only_a_named_dtype_and_reads_the_old_flags(tmp_pat
     assert report["bench"]["dtype"] == "fp32" and report["bench"]["reference"] is False
 
 
+def test_bench_train_reports_what_activation_checkpointing_saves_and_costs(tmp_path, capsys):
+    out_json = tmp_path / "bench.json"
+    assert main(["bench", "train", "--preset", "char-tiny", "--batch-size", "2", "--steps", "1", "--rounds", "1",
+                 "--warmup", "1", "--loop-steps", "0", "--dtype", "fp32", "--no-reference",
+                 "--activation-checkpointing", "1", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    plain, recomputed = json.loads(out_json.read_text())["results"]
+    assert (plain["name"], recomputed["name"]) == ("tinygpt fp32", "recompute fp32")
+    # Counted from the tensors themselves: what every block's saved activations weigh, less its input.
+    assert 0 < recomputed["peak_mem_mb"] < plain["peak_mem_mb"]
+    assert "activation checkpointing (every 1 block(s)): " in out and "MB less at the step's peak" in out
+
+
 def test_the_peak_is_measured_over_every_linear_product_of_a_training_step():
     cfg = GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=50)
     shapes = matmul_shapes(cfg, tokens=32)

@@ -65,14 +65,14 @@ def fit(session, stop_at=None):
     return losses, session.fit(LambdaCallback(on_step))
 
 
-def make_trainer(data, *, batches=None, **train):
+def make_trainer(data, *, batches=None, dist=None, **train):
     """A bare Trainer (no callbacks) on the tiny model, without dropout."""
     cfg = from_dict(TrainConfig, {k: v for k, v in {**TRAIN, **train}.items() if k not in ("device", "dtype")})
     seed_everything(0)
     model = GPT(GPTConfig(**{**MODEL, "dropout": 0.0}, vocab_size=data.tokenizer.vocab_size))
     batches = batches or Batches(data.train, cfg.batch_size, MODEL["block_size"], seed=0)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[train.get("dtype", "fp32")]
-    return Trainer(model, cfg, batches, device=torch.device("cpu"), dtype=dtype)
+    return Trainer(model, cfg, batches, device=torch.device("cpu"), dtype=dtype, dist=dist)
 
 
 # ---------------------------------------------------------------------------- resume and checkpoints
@@ -82,6 +82,7 @@ def make_trainer(data, *, batches=None, **train):
     ("random", None, 5, {}),        # stop between evaluations
     ("sequential", 128, 8, {}),     # stop right at an evaluation, with 2 accumulated micro-batches
     ("random", None, 6, {"optimizer": "muon", "schedule": "wsd"}),  # two optimizers' states
+    ("random", None, 5, {"batch_warmup": 0.5, "window_warmup": 0.5}),  # stopped inside both warmups
 ])
 def test_resume_is_bitwise_identical(tmp_path, corpus, sampling, tokens_per_step, stop_at, extra):
     kw = dict(sampling=sampling, tokens_per_step=tokens_per_step, **extra)
@@ -331,6 +332,22 @@ def test_accumulating_unequal_micro_batches_equals_one_big_batch(data):
     assert (model.transformer.wte.weight.grad - g_one[key]).abs().max() > 1e-4
 
 
+def test_batch_and_window_warmup_shapes_and_tokens(data):
+    # max_steps 12, warmup 3: progress is (step - 3) / 9 from step 3 on; half of it warms up
+    # (4.5 steps past step 3): a quarter until progress 0.25, a half until 0.5, then whole.
+    trainer = make_trainer(data, batch_warmup=0.5, window_warmup=0.5, batch_size=8)
+    shapes, tokens = [], []
+    trainer.model.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
+    for _ in range(12):
+        before = trainer.state.tokens
+        trainer.train_step()
+        tokens.append(trainer.state.tokens - before)
+    quarter, half, whole = (2 * 4, 16 // 4), (4 * 2, 16 // 2), (8, 16)
+    assert shapes == [quarter] * 6 + [half] * 2 + [whole] * 4
+    assert tokens == [2 * 16] * 6 + [4 * 16] * 2 + [8 * 16] * 4  # the batch shrinks, the window keeps tokens
+    assert trainer.state.tokens == sum(tokens)
+
+
 def test_trainer_takes_any_iterator_of_batches(data):
     batches = (Batch(b.x, b.y, torch.rand(b.y.shape, generator=torch.Generator().manual_seed(i)) > 0.5)
                for i, b in enumerate(Batches(data.train, 4, 16, seed=0)))
@@ -365,8 +382,8 @@ class CountingDist(DistContext):
 
 @pytest.mark.parametrize("rank", [0, 1])
 def test_distributed_seam(data, tmp_path, rank):
-    trainer = make_trainer(data, max_steps=1, tokens_per_step=128)
-    trainer.dist = CountingDist(rank)
+    trainer = make_trainer(data, max_steps=1, tokens_per_step=256, dist=CountingDist(rank))  # 4 micro-batches
+    assert trainer.grad_accum == 2 and trainer.tokens_per_step == 256  # two on each rank; the step is global
     wrote = []
 
     class Writer(Callback):  # main_process_only by default
@@ -374,9 +391,13 @@ def test_distributed_seam(data, tmp_path, rank):
             wrote.append(record["step"])
 
     splits = {"val": lambda: Batches(data.val, 4, 16, seed=1)}
-    trainer.callbacks = [Evaluator(splits, every=1, n_batches=1), Writer(), MetricsLog(tmp_path / "m.jsonl")]
+    trainer.callbacks = [Evaluator(splits, every=1, n_batches=2), Writer(), MetricsLog(tmp_path / "m.jsonl")]
     trainer.fit()
-    assert trainer.dist.calls == [("sum", 128), ("sync", False), ("sync", True)]  # no all-reduce until the last
+    calls = trainer.dist.calls
+    assert calls[:3] == [("sum", 128), ("sync", False), ("sync", True)]  # no all-reduce until the last
+    assert [kind for kind, x in calls[3:]] == ["sum"] * 3 and all(torch.is_tensor(x) for _, x in calls[3:])
+    # The step's loss is the sum of the ranks' shares: here twice this rank's.
+    assert trainer.state.step == 1 and math.isfinite(calls[3][1].item())
     assert trainer.state.last_val is not None  # every rank evaluates
     assert wrote == ([1] if rank == 0 else []) and (tmp_path / "m.jsonl").exists() == (rank == 0)
 

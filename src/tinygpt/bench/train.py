@@ -46,6 +46,7 @@ from .busy import BusyOptions, contention
 from .generate import GenerateBench
 
 VOCAB = 65  # a character vocabulary the size of Shakespeare's
+RECOMPUTED = "recompute"  # the engine name's prefix for the activation-checkpointed step
 
 
 def _several_as_auto(dtypes: str) -> str:
@@ -68,9 +69,14 @@ class TrainBench:
     loop_steps: int = opt(12, "steps of a real tinygpt train run, to measure what the loop around a step costs "
                               "(0: skip it)")
     compile: bool = like(TrainConfig, "compile")
+    activation_checkpointing: int = opt(0, "also time the first dtype's step recomputing every Nth block's "
+                                           "activations (tinygpt train --activation-checkpointing N): the "
+                                           "memory it saves and the time it costs (0: skip it)", metavar="N")
     busy: tuple[int, ...] = like(BusyOptions, "busy")
 
     def __post_init__(self) -> None:
+        if self.activation_checkpointing < 0:
+            raise TinyGPTError(f"--activation-checkpointing must be 0 or more, got {self.activation_checkpointing}")
         for name in ("batch_size", "steps", "rounds", "warmup"):
             if getattr(self, name) < 1:
                 raise TinyGPTError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -264,10 +270,11 @@ def _loop_vs_bare(b: TrainBench, dtype: str, directory: Path) -> tuple[float, fl
     return loop, float(np.median(times[b.warmup + 1:])), in_run
 
 
-def _trainer(b: TrainBench, dtype: str, tokens: np.ndarray):
+def _trainer(b: TrainBench, dtype: str, tokens: np.ndarray, recompute: int = 0):
     from ..train import Trainer
 
     cfg = _config(b, dtype)
+    cfg.train.activation_checkpointing = recompute
     device = resolve_device(b.device)
     seed_everything(0)
     batches = Batches(tokens, b.batch_size, cfg.model.block_size, seed=0)
@@ -288,12 +295,14 @@ def run(b: TrainBench, log: Callable[[str], None] = print) -> dict:
                           parse_ints(b.busy), f"training tokens/s over {b.steps} steps", log)
         return {"preset": b.resolved_preset, "dtype": b.dtypes[0], "contention": rows}
 
-    def tinygpt(name: str):
-        trainer = _trainer(b, name, tokens)
+    def tinygpt(name: str, recompute: int = 0):
+        trainer = _trainer(b, name, tokens, recompute)
         return trainer.train_step, trainer.model, trainer.optimizer
 
     builders: dict[str, Callable[[], tuple]] = {f"tinygpt {name}": (lambda name=name: tinygpt(name))
                                                 for name in b.dtypes}
+    if b.activation_checkpointing:
+        builders[f"{RECOMPUTED} {b.dtypes[0]}"] = lambda: tinygpt(b.dtypes[0], b.activation_checkpointing)
     model_cfg = _config(b, b.dtypes[0]).model
     if b.reference:
         def reference() -> tuple:
@@ -354,6 +363,13 @@ def _print(r: dict, log: Callable[[str], None]) -> None:
         for name, v in speed.items():
             if name != "reference fp32":
                 log(f"{name} / reference fp32 = {v / speed['reference fp32']:.2f}")
+    for x in r["results"]:
+        if x["name"].startswith(RECOMPUTED):
+            plain = next(y for y in r["results"] if y["name"] == "tinygpt " + x["name"].split()[-1])
+            log(f"activation checkpointing (every {b['activation_checkpointing']} block(s)): "
+                f"{plain['peak_mem_mb'] - x['peak_mem_mb']:,.0f} MB less at the step's peak "
+                f"({x['peak_mem_mb'] / plain['peak_mem_mb'] - 1:+.0%}), "
+                f"{plain['tokens_per_s'] / x['tokens_per_s'] - 1:+.0%} time per step")
     for dtype, (loop, bare, in_run) in r["train_loop_step_s"].items():
         log(f"tinygpt train ({dtype}): {loop * 1e3:.0f} ms per step, callbacks included; {in_run:+.1%} over its "
             f"own train_step; bare train_step run the same way {bare * 1e3:.0f} ms ({loop / bare - 1:+.1%})")

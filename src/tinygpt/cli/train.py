@@ -7,6 +7,8 @@ from dataclasses import field, make_dataclass
 from ..config import add_command, sections_of
 from ..console import log
 from ..train import RunConfig, Session, SessionOptions, fit_and_report
+from ..train.distributed import launch, launched_by_torchrun
+from . import ARGV
 
 # The run's own sections (model, data, run, train, runtime), less the vocabulary size that the
 # tokenizer decides; the flags given reach the library as a layer over the preset and --config.
@@ -22,5 +24,7 @@ def add_parser(sub) -> None:
 
 
 def run(cmd, given: dict) -> int:
+    if cmd.session.nproc > 1 and not launched_by_torchrun():
+        return launch(cmd.session.nproc, ARGV)
     session = Session.from_options(cmd.session, given, log=log)
     return fit_and_report(session, resumed=bool(cmd.session.resume), log=log)

@@ -48,6 +48,13 @@ class SessionOptions:
                                    "(model/data/run/train/runtime/finetune); flags win", metavar="FILE")
     resume: str | None = opt(None, "continue the run in this directory exactly where it stopped", metavar="RUN")
     force: bool = like(OutputOptions, "force")
+    nproc: int = opt(1, "train on N processes on this machine (data parallel; starts torchrun for you: one "
+                        "process per GPU, or CPU processes with gloo). Several machines: run torchrun itself, "
+                        "see the README", metavar="N")
+
+    def __post_init__(self) -> None:
+        if self.nproc < 1:
+            raise TinyGPTError(f"--nproc must be at least 1, got {self.nproc}")
 
     def layers(self, given: dict) -> tuple[dict, ...]:
         """The settings layers under the recorded or preset ones: the --config file, then the flags given."""
@@ -63,6 +70,10 @@ class TrainConfig:
     batch_size: int = opt(32, "sequences per micro-batch")
     tokens_per_step: int | None = opt(None, "tokens per optimizer step; micro-batches are accumulated to reach it "
                                       "(default: one micro-batch)", parse=parse_count)
+    batch_warmup: float = opt(0.0, "train on a quarter, then half of each batch over this fraction of the budget, "
+                                   "then on all of it (0: off)")
+    window_warmup: float = opt(0.0, "train on windows a quarter, then half of --block-size long over this fraction "
+                                    "of the budget, then whole; the tokens per step stay the same (0: off)")
     lr: float = opt(1e-3, "peak learning rate", shown="each preset's own, see tinygpt.presets")
     min_lr: float | None = opt(None, "learning rate at the end of the schedule (default lr/10)")
     warmup_steps: int = opt(100, "linear warmup steps")
@@ -84,6 +95,9 @@ class TrainConfig:
                               "the run's diagnostics.jsonl, for tinygpt diagnose (0: off)")
     sample_interval: int = opt(0, "print a sample every N steps (0: only at the end)")
     max_new_tokens: int = like(GenerationConfig, "max_new_tokens", 200, aliases=("--sample-tokens",))  # 0: none
+    activation_checkpointing: int = opt(0, "recompute every Nth block's activations in the backward instead of "
+                                           "keeping them (1: every block, 0: off): less memory, about a third "
+                                           "more time per recomputed block", metavar="N")
     compile: bool = opt(False, "torch.compile the model (slow start, faster steps on GPUs)")
     progress: bool = opt(True, "show a progress bar (a line every 10 s when stderr is not a terminal)")
     # Derived from the options above here and nowhere else (not recorded: a resume that
@@ -95,13 +109,17 @@ class TrainConfig:
         check_choices(self)
         at_least = {"batch_size": 1, "eval_interval": 1, "eval_batches": 1, "max_steps": 1, "max_tokens": 1,
                     "tokens_per_step": 1, "warmup_steps": 0, "sample_interval": 0, "max_new_tokens": 0,
-                    "diagnostics": 0, "early_stop": 0}
+                    "diagnostics": 0, "early_stop": 0,
+                    "activation_checkpointing": 0}
         for name, lowest in at_least.items():
             v = getattr(self, name)
             if v is not None and v < lowest:
                 raise TinyGPTError(f"--{name.replace('_', '-')} must be at least {lowest}, got {v}")
         if self.max_time is not None and self.max_time <= 0:
             raise TinyGPTError(f"--max-time must be positive, got {self.max_time}")
+        for name in ("batch_warmup", "window_warmup"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise TinyGPTError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
         if not 0 < self.decay_fraction <= 1:
             raise TinyGPTError(f"--decay-fraction must be in (0, 1], got {self.decay_fraction}")
         if self.lr <= 0 or (self.min_lr is not None and not 0 <= self.min_lr <= self.lr):

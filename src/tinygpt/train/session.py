@@ -12,6 +12,7 @@ and checked before anything is written to disk.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from .. import versions
 from ..checkpoint import DiskFullError
 from ..config import from_dict
 from ..data import Batch, Batches, DataConfig, TokenData, absolute_spec, prepare_data
-from ..device import seed_everything
+from ..device import resolve_device, seed_everything
 from ..errors import TinyGPTError
 from ..generation import GenerationConfig, TinyGPT
 from ..model import GPT
@@ -37,6 +38,7 @@ from .callbacks import (
     ProgressBar,
 )
 from .config import SessionOptions
+from .distributed import DistContext, init_distributed, launched_by_torchrun
 from .health import HealthProbe
 from .resolve import (
     ResolvedRun,
@@ -47,6 +49,18 @@ from .resolve import (
     resumed_run_config,
 )
 from .trainer import DivergedError, Trainer
+
+
+def shared_step(cfg: ResolvedRun, micro_batches: int) -> ResolvedRun:
+    """``cfg`` with its tokens per step made explicit when torchrun started this process and
+    none was given: ``micro_batches`` of the batch size (a new run: one on each rank; a
+    resumed one: the one its steps had). Recorded in config.json, so the run keeps its steps
+    when it resumes on another number of processes."""
+    t = cfg.train
+    if t.tokens_per_step is not None or not launched_by_torchrun():
+        return cfg
+    tokens = micro_batches * t.batch_size * cfg.model.block_size
+    return dataclasses.replace(cfg, train=dataclasses.replace(t, tokens_per_step=tokens))
 
 
 def run_data(path: str | Path, log: Callable[[str], None] = print) -> TokenData:
@@ -72,6 +86,10 @@ class Session:
     def __init__(self, cfg: ResolvedRun, run: RunDir, data: TokenData, trainer: Trainer):
         self.cfg, self.run, self.data, self.trainer = cfg, run, data, trainer
 
+    @property
+    def dist(self) -> DistContext:
+        return self.trainer.dist
+
     @classmethod
     def from_options(cls, options: SessionOptions, given: dict, *,
                      log: Callable[[str], None] = print) -> "Session":
@@ -89,14 +107,25 @@ class Session:
         """A new run from settings layers (e.g. a config file's, then command-line flags).
 
         The run directory must be new or empty unless ``force`` (then a run's files there
-        are replaced). It is locked for the life of the process."""
+        are replaced). It is locked for the life of the process.
+
+        Under torchrun, rank 0 does all of that (and alone measures what is measured); the
+        other ranks then build the same run from the config.json it wrote."""
         given = given_settings(*layers)
+        dist, _ = init_distributed(resolve_device(given.runtime.device))
+        if not dist.is_main:
+            return cls._follow(dist)
+        return cls._lead(dist, lambda: cls._start(given, layers, force, dist, log))
+
+    @classmethod
+    def _start(cls, given, layers: tuple[dict, ...], force: bool, dist: DistContext,
+               log: Callable[[str], None]) -> "Session":
         named = named_run_dir(given.run)
         if named is not None:  # checked before the data is prepared, which can take a while
             RunDir.check_new(named, force=force)
         data = prepare_data(given.data, log=log)
-        cfg = resolve_new_run(*layers, vocab_size=data.tokenizer.vocab_size, log=log)
-        session = cls._build(cfg, data, RunDir(cfg.path))  # checks everything before anything is written
+        cfg = shared_step(resolve_new_run(*layers, vocab_size=data.tokenizer.vocab_size, log=log), dist.world_size)
+        session = cls._build(cfg, data, RunDir(cfg.path), dist)  # checks everything before anything is written
         session.run = RunDir.create(cfg.path, force=force)
         # config.json first: from then on the directory is a run, and one killed before its
         # first checkpoint resumes from step 0 (see resume).
@@ -108,6 +137,15 @@ class Session:
     def resume(cls, path: str | Path, *layers: dict, log: Callable[[str], None] = print) -> "Session":
         """Continue the run at ``path`` exactly where its last checkpoint left it (a run
         stopped before its first checkpoint starts over, with its recorded settings)."""
+        saved = RunDir.open(path).read_config()
+        dist, _ = init_distributed(resolve_device(saved.get("runtime", {}).get("device", "auto")))
+        if not dist.is_main:
+            return cls._follow(dist)
+        return cls._lead(dist, lambda: cls._resume(path, layers, dist, log))
+
+    @classmethod
+    def _resume(cls, path: str | Path, layers: tuple[dict, ...], dist: DistContext,
+                log: Callable[[str], None]) -> "Session":
         run = RunDir.open(path)
         saved = run.read_config()
         if "finetune" in saved:
@@ -131,7 +169,7 @@ class Session:
         if settings.model.vocab_size != data.tokenizer.vocab_size:
             raise TinyGPTError(f"{run.path} has a {settings.model.vocab_size}-token model but the data's tokenizer "
                                f"has {data.tokenizer.vocab_size}; the run directory is inconsistent")
-        session = cls._build(resolve_run(settings, path=run.path, log=log), data, run)
+        session = cls._build(shared_step(resolve_run(settings, path=run.path, log=log), 1), data, run, dist)
         if run.has_checkpoint():
             session.trainer.load_state_dict(run.load_state(), source=str(run.state_path))
         else:
@@ -144,7 +182,36 @@ class Session:
         return session
 
     @classmethod
-    def _build(cls, cfg: ResolvedRun, data: TokenData, run: RunDir) -> "Session":
+    def _lead(cls, dist: DistContext, make: Callable[[], "Session"]) -> "Session":
+        """Rank 0's side: ``make()`` the session, then tell the other ranks where the run is,
+        or that it failed (they would otherwise wait for it until the timeout)."""
+        try:
+            session = make()
+        except BaseException as e:
+            dist.broadcast({"error": str(e) or type(e).__name__})
+            raise
+        dist.broadcast({"path": str(session.run.path)})
+        return session
+
+    @classmethod
+    def _follow(cls, dist: DistContext) -> "Session":
+        """Another rank's side: the run rank 0 started or resumed, built from its config.json
+        (every measured choice already made), its data from the cache rank 0 filled, and its
+        last checkpoint. It never locks or writes the directory."""
+        word = dist.broadcast(None)
+        if "error" in word:
+            raise SystemExit(1)  # rank 0 says what went wrong, once
+        run = RunDir.open(word["path"])
+        settings = resumed_run_config(run.read_config())
+        quiet = lambda _: None  # noqa: E731 -- rank 0 tells the user
+        data = prepare_data(settings.data, log=quiet)
+        session = cls._build(resolve_run(settings, path=run.path, log=quiet), data, run, dist)
+        if run.has_checkpoint():
+            session.trainer.load_state_dict(run.load_state(), source=str(run.state_path))
+        return session
+
+    @classmethod
+    def _build(cls, cfg: ResolvedRun, data: TokenData, run: RunDir, dist: DistContext | None = None) -> "Session":
         T = cfg.model.block_size
         # Batch windows first: a corpus too short for one block fails here, before any work.
         batches = Batches(data.train, cfg.train.batch_size, T, mode=cfg.data.sampling, seed=cfg.seed, split="train")
@@ -152,7 +219,7 @@ class Session:
             Batches(data.val, 1, T, split="val")
         seed_everything(cfg.seed)  # the model's init is the first draw from the seeded generators
         model = GPT(cfg.model).to(cfg.device)
-        return cls(cfg, run, data, Trainer(model, cfg.train, batches, device=cfg.device, dtype=cfg.dtype))
+        return cls(cfg, run, data, Trainer(model, cfg.train, batches, device=cfg.device, dtype=cfg.dtype, dist=dist))
 
     def _write_config(self) -> None:
         self.run.write_config({
@@ -249,11 +316,18 @@ def fit_and_report(session: Session, *, resumed: bool, log: Callable[[str], None
     ``tinygpt train`` and ``tinygpt finetune`` do with a session. Returns the exit status:
     128 + the signal after Ctrl+C / SIGTERM (the shell's convention: 130, 143)."""
     run_dir, trainer = session.run.path, session.trainer
+    if not session.dist.is_main:  # rank 0 tells the user; the others train and end with it
+        if trainer.done():
+            return 0
+        summary = session.fit()
+        return 128 + summary["signal"] if summary["signal"] else 0
     if resumed:
         s = trainer.state
         log(f"resuming {run_dir} at step {s.step} ({s.tokens:,} tokens, {s.elapsed:.0f}s trained)")
     for line in session.describe():
         log(line)
+    if session.dist.world_size > 1:
+        log(f"data parallel: {session.dist.world_size} processes, {trainer.grad_accum} micro-batch(es) each per step")
     if trainer.done():
         log(f"{run_dir} already used its budget at step {trainer.state.step}; raise {session.budget_flags} to "
             "train further")

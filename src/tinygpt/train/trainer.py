@@ -28,7 +28,8 @@ from ..errors import TinyGPTError
 from ..model import GPT
 from .callbacks import Callback
 from .config import TrainConfig
-from .distributed import DistContext
+from .curriculum import shape_batch, stage_divisor
+from .distributed import DistContext, RankShare
 from .optim import lr_at, make_optimizer
 from .state import TrainState, capture_rng, restore_rng
 
@@ -53,24 +54,47 @@ class DivergedError(TinyGPTError):
 class Trainer:
     def __init__(self, model: GPT, cfg: TrainConfig, batches: Iterator[Batch], *, device: torch.device,
                  dtype: torch.dtype, callbacks: Sequence[Callback] = (), dist: DistContext | None = None):
-        self.model, self.cfg, self.batches = model, cfg, batches
+        self.model, self.cfg = model, cfg
         self.device, self.dtype = device, dtype
         self.callbacks = list(callbacks)
-        self.dist = dist or DistContext()
+        self.dist = dist = dist or DistContext()
+        # ``batches`` is the global stream; a rank trains on its share of each step's micro-batches.
+        self.batches = RankShare(batches, dist.rank, dist.world_size) if dist.world_size > 1 else batches
         configure_backends(device)
-        self.forward = self.dist.wrap(torch.compile(model) if cfg.compile else model)
+        self.recomputed = model.recompute_blocks(cfg.activation_checkpointing)
+        self.local_forward = torch.compile(model) if cfg.compile else model  # evaluation: no gradients to sync
+        self._forward: torch.nn.Module | None = None  # wrapped at the first step: see forward
+        # Each rank draws its own dropout masks, from the run's seed, the step and the rank, so a
+        # resumed run draws what it would have (the seed is the one the model was built from).
+        self._seed = torch.initial_seed()
         self.optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device,
                                         cfg.optimizer)
         # Loss scaling keeps fp16 gradients from underflowing; bf16/fp32 have the range.
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
-        # The config derives the budget, the final lr and the accumulation; the loop only follows them.
-        self.grad_accum = cfg.micro_batches(model.config.block_size)
-        self.tokens_per_step = cfg.step_tokens(model.config.block_size)
+        # The config derives the budget, the final lr and the accumulation; the loop only follows
+        # them. The micro-batches of a step are shared out among the ranks.
+        T, accum = model.config.block_size, cfg.micro_batches(model.config.block_size)
+        if accum % dist.world_size:
+            even = -(-accum // dist.world_size) * dist.world_size * cfg.batch_size * T
+            raise TinyGPTError(f"a step of {accum} micro-batch(es) of {cfg.batch_size}x{T} tokens cannot be shared "
+                               f"evenly by {dist.world_size} processes; use --tokens-per-step {even}")
+        self.grad_accum = accum // dist.world_size  # micro-batches per rank
+        self.tokens_per_step = cfg.step_tokens(T)  # all ranks together, at the full shape
+        self.step_tokens = self.tokens_per_step  # the last step's, smaller during a batch warmup
         self.state = TrainState()
         self._stop: str | None = None
         self._signal: int | None = None  # the signal that asked for the stop, if one did
         self._reserve = 0.0  # seconds: the slowest step with its callbacks, kept free at a time budget's end
+
+    @property
+    def forward(self) -> torch.nn.Module:
+        """What a training step runs through: the model as the distributed context wraps it
+        (DDP). Wrapped on first use, not when built: DDP's constructor is a collective, and
+        rank 0 builds its trainer before the other ranks know where the run is."""
+        if self._forward is None:
+            self._forward = self.dist.wrap(self.local_forward)
+        return self._forward
 
     # ------------------------------------------------------------------ state
 
@@ -152,10 +176,14 @@ class Trainer:
     def train_step(self) -> dict:
         """One optimizer step over ``grad_accum`` micro-batches."""
         self.model.train()
+        t, progress = self.cfg, self.progress()
         lr = self.lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        micro = [next(self.batches) for _ in range(self.grad_accum)]
+        cut_batch, cut_window = stage_divisor(progress, t.batch_warmup), stage_divisor(progress, t.window_warmup)
+        if self.dist.world_size > 1:
+            torch.manual_seed(self._seed + self.state.step * self.dist.world_size + self.dist.rank)
+        micro = [shape_batch(next(self.batches), cut_batch, cut_window) for _ in range(self.grad_accum)]
         # The step's loss is the mean over every real target in it (all micro-batches, all
         # ranks): each micro-batch's summed loss is divided by that one count, so batches
         # holding fewer real tokens weigh less, exactly as they would in one big batch.
@@ -169,8 +197,10 @@ class Trainer:
             with self.dist.gradient_sync(self.forward, sync=i == len(micro) - 1):
                 with autocast(self.device, self.dtype):
                     loss = self.forward(b.x, b.y, loss_mask=b.loss_mask, input_pos=b.input_pos).loss_sum / n_targets
-                self.scaler.scale(loss).backward()
+                scale = self.dist.gradient_scale  # DDP averages over ranks; the step's gradient is their sum
+                self.scaler.scale(loss * scale if scale != 1 else loss).backward()
             total += loss.detach()
+        total = self.dist.sum_across_ranks(total)  # the step's loss: every rank's share of it
         # The gradient norm is measured even without clipping (an infinite max_norm clips
         # nothing): with the loss it decides, before the optimizer moves, whether the step
         # is sound. fp16's loss scaler handles its own overflowed gradients by skipping.
@@ -188,7 +218,8 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
-        self.state.tokens += self.tokens_per_step
+        self.step_tokens = self.tokens_per_step * max(1, t.batch_size // cut_batch) // t.batch_size
+        self.state.tokens += self.step_tokens
         return info
 
     def diverged(self, what: str, step: int, weights_step: int, record: dict | None = None) -> DivergedError:
@@ -208,17 +239,21 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, batches: Iterator[Batch], n_batches: int) -> float:
-        """Mean loss over every real target of the next ``n_batches`` batches."""
+        """Mean loss over every real target of the next ``n_batches`` batches (rank r of N
+        evaluates batches r, r + N, ...; the sums are added up across ranks)."""
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         count = torch.zeros((), device=self.device, dtype=torch.long)
-        for _ in range(n_batches):
-            b = next(batches).to(self.device)
+        for i in range(n_batches):
+            b = next(batches)
+            if i % self.dist.world_size != self.dist.rank:
+                continue
+            b = b.to(self.device)
             with autocast(self.device, self.dtype):
-                out = self.forward(b.x, b.y, loss_mask=b.loss_mask, input_pos=b.input_pos)
+                out = self.local_forward(b.x, b.y, loss_mask=b.loss_mask, input_pos=b.input_pos)
             loss_sum += out.loss_sum.float()
             count += out.n_targets
-        return (loss_sum / count).item()
+        return (self.dist.sum_across_ranks(loss_sum) / self.dist.sum_across_ranks(count)).item()
 
     # ------------------------------------------------------------------ loop
 
@@ -234,15 +269,17 @@ class Trainer:
                 cb.on_train_start(self)
             with self._stop_signals():
                 t_last = time.perf_counter()
-                while not self.done() and self._stop is None:
+                while self._go_on():
                     record: dict = {}
                     try:
                         info = self.train_step()
                         now = time.perf_counter()
                         dt, s = now - t_last, self.state
                         s.elapsed += dt
+                        # The callbacks ask done() (evaluate and save at the last step): one answer on all ranks.
+                        s.elapsed, self._reserve = self.dist.max_across_ranks([s.elapsed, self._reserve])
                         record = {"step": s.step, "tokens": s.tokens, "elapsed": round(s.elapsed, 3), **info,
-                                  "tok_per_s": self.tokens_per_step / dt}
+                                  "tok_per_s": self.step_tokens / dt}
                         for cb in callbacks:  # the evaluator or checkpointer may find a non-finite value
                             cb.on_step_end(self, record)
                     except DivergedError as e:
@@ -257,10 +294,24 @@ class Trainer:
                 summary = self.summary()
                 for cb in callbacks:
                     cb.on_train_end(self, summary)
+                # No rank ends before rank 0 has saved: torchrun stops the others when one ends
+                # with a signal's status, and that would land in the middle of the save.
+                self.dist.barrier()
         finally:
             for cb in callbacks:
                 cb.close()
         return summary
+
+    def _go_on(self) -> bool:
+        """Whether to take another step: no budget used up and no stop asked for, on any rank
+        (all ranks decide together, so they stop at the same step)."""
+        s = self.state
+        stop, signum, s.elapsed, self._reserve = self.dist.max_across_ranks(
+            [self._stop is not None, self._signal or 0, s.elapsed, self._reserve])
+        if stop and self._stop is None:  # another rank was asked
+            self._signal = int(signum) or None
+            self._stop = signal.Signals(self._signal).name if self._signal else "stopped on another process"
+        return not (self.done() or stop)
 
     def summary(self) -> dict:
         s = self.state
@@ -302,4 +353,6 @@ class Trainer:
                 f"{self.model.num_params() / 1e6:.2f}M parameters | device {self.device} {dtype_name(self.dtype)}"
                 f"{' compiled' if t.compile else ''}{' | Muon' if t.optimizer == 'muon' else ''} | "
                 f"{self.tokens_per_step} tokens/step "
-                f"(batch {t.batch_size} x {c.block_size} x {self.grad_accum} accumulation)")
+                f"(batch {t.batch_size} x {c.block_size} x {self.grad_accum} accumulation)"
+                + "".join(f" | {what} warmup over {f:.0%} of the budget" for what, f in
+                          (("batch", t.batch_warmup), ("window", t.window_warmup)) if f))

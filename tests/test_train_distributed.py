@@ -1,0 +1,200 @@
+"""Data-parallel training under torchrun (gloo on the CPU): the same steps on 1 and 2
+processes, resume across world sizes, agreed stops, the run's lock, and the pieces of the
+seam (the rank's share of a stream, the shared step) in one process."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tinygpt.data import Batches
+from tinygpt.errors import TinyGPTError
+from tinygpt.run import RunDir
+from tinygpt.train.distributed import DistContext, RankShare, launch
+
+TEXT = "".join(f"{i} To be, or not to be, that is the question: whether 'tis nobler.\n" for i in range(300))
+FLAGS = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "16", "--batch-size", "4",
+         "--dropout", "0", "--eval-batches", "2", "--progress", "false", "--max-new-tokens", "0",
+         "--device", "cpu", "--dtype", "fp32", "--threads", "1", "--optimizer", "adamw",
+         "--schedule", "constant", "--warmup-steps", "0", "--tokens-per-step", "128"]  # 2 micro-batches of 4x16
+LIMIT = 120  # seconds any torchrun here may take; a hang fails the test instead of the suite
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+def train(nproc: int, *args, wait: bool = True):
+    """``tinygpt train *args`` on ``nproc`` processes (torchrun's launcher for 2)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    head = [sys.executable, "-m", "tinygpt"] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "tinygpt"]
+    cmd = [*head, "train", *args]
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=LIMIT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def losses(run: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in RunDir.open(run).read_metrics() if "loss" in r}
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(RunDir.open(run).weights_path("last"))
+
+
+def assert_same_run(a: Path, b: Path):
+    la, lb = losses(a), losses(b)
+    assert la.keys() == lb.keys()
+    for step in la:
+        assert la[step] == pytest.approx(lb[step], abs=1e-5), step
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_two_processes_take_the_steps_of_one_with_twice_the_accumulation(tmp_path, corpus):
+    common = ["--data", str(corpus), *FLAGS, "--max-steps", "6", "--eval-interval", "3"]
+    one = train(1, *common, "--out", str(tmp_path / "one"))
+    two = train(2, *common, "--out", str(tmp_path / "two"))
+    assert "data parallel" not in one.stderr + one.stdout
+    assert "data parallel: 2 processes, 1 micro-batch(es) each per step" in two.stderr + two.stdout
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    evals = [r for r in RunDir.open(tmp_path / "two").read_metrics() if "val_loss" in r]
+    assert [r["step"] for r in evals] == [3, 6]  # one metrics file, written once per step by rank 0
+    assert RunDir.open(tmp_path / "two").read_config()["train"]["tokens_per_step"] == 128
+
+
+@pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
+def test_a_run_resumes_on_another_number_of_processes(tmp_path, corpus, first, then):
+    common = ["--data", str(corpus), *FLAGS, "--eval-interval", "3"]
+    train(1, *common, "--max-steps", "6", "--out", str(tmp_path / "whole"))
+    train(first, *common, "--max-steps", "3", "--out", str(tmp_path / "split"))
+    train(then, "--resume", str(tmp_path / "split"), "--max-steps", "6")
+    assert_same_run(tmp_path / "whole", tmp_path / "split")
+
+
+def test_a_new_run_on_two_processes_takes_one_micro_batch_on_each_by_default(tmp_path, corpus):
+    flags = [f for f in FLAGS if f not in ("--tokens-per-step", "128")]
+    train(2, "--data", str(corpus), *flags, "--max-steps", "2", "--out", str(tmp_path / "run"))
+    run = RunDir.open(tmp_path / "run")
+    assert run.read_config()["train"]["tokens_per_step"] == 2 * 4 * 16  # recorded: a resume keeps the steps
+    assert run.checkpoint_info("last").tokens == 2 * 2 * 4 * 16
+
+
+def test_a_time_budget_ends_both_ranks_at_one_step(tmp_path, corpus):
+    proc = train(2, "--data", str(corpus), *FLAGS, "--max-time", "3", "--eval-interval", "1000",
+                 "--out", str(tmp_path / "run"))
+    run = RunDir.open(tmp_path / "run")
+    last = run.checkpoint_info("last").step
+    assert last > 0 and max(losses(tmp_path / "run")) == last
+    assert "done: step" in proc.stderr + proc.stdout
+
+
+def _children(pid: int) -> list[int]:
+    kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(k) for k in kids]
+
+
+def _ranks(launcher: int) -> dict[int, int]:
+    """rank -> pid of the workers torchrun started (its children with a RANK)."""
+    out = {}
+    for pid in _children(launcher):
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        rank = [e.split(b"=", 1)[1] for e in env if e.startswith(b"RANK=")]
+        if rank:
+            out[int(rank[0])] = pid
+    return out
+
+
+def _wait_for(condition, proc, what: str):
+    deadline = time.monotonic() + LIMIT
+    while not condition():
+        assert proc.poll() is None, f"ended before {what}: {proc.communicate()[1][-2000:]}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the ranks' processes through Linux's /proc")
+def test_the_lock_is_rank_zeros_and_sigterm_to_one_rank_stops_both_at_one_step(tmp_path, corpus):
+    out = tmp_path / "run"
+    first = train(2, "--data", str(corpus), *FLAGS, "--max-steps", "100000", "--eval-interval", "1000",
+                  "--out", str(out), wait=False)
+    try:
+        metrics = out / "metrics.jsonl"
+        _wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 3, first, "three steps")
+        # A second torchrun on the run: its rank 0 is refused the lock and says so once; its other rank is quiet.
+        second = train(2, "--resume", str(out), wait=False)
+        _, err = second.communicate(timeout=LIMIT)
+        assert second.returncode != 0
+        errors = [line for line in err.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and "is in use by" in errors[0], err[-2000:]
+
+        workers = _ranks(first.pid)
+        assert sorted(workers) == [0, 1]
+        os.kill(workers[1], signal.SIGTERM)
+        _, err = first.communicate(timeout=LIMIT)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    run = RunDir.open(out)
+    last = run.checkpoint_info("last").step
+    assert max(losses(out)) == last  # the checkpoint holds the last step any rank took
+    assert run.load_state()["step"] == last
+    # It resumes on one process and goes on from there.
+    train(1, "--resume", str(out), "--max-steps", str(last + 1))
+    assert max(losses(out)) == last + 1
+
+
+def test_a_rank_takes_every_nth_micro_batch_of_the_global_stream():
+    tokens = torch.arange(5000).numpy() % 50
+    whole = Batches(tokens, 2, 8, seed=3)
+    expected = [next(whole).x for _ in range(6)]
+    for rank in (0, 1):
+        share = RankShare(Batches(tokens, 2, 8, seed=3), rank, 2)
+        got = [next(share).x for _ in range(3)]
+        assert all(torch.equal(g, e) for g, e in zip(got, expected[rank::2]))
+        # The saved position is the whole stream's, at the end of a step: the same on every rank.
+        assert torch.equal(share.state_dict()["rng"], whole.state_dict()["rng"])
+
+
+def test_the_single_process_context_is_the_identity():
+    ctx = DistContext()
+    assert ctx.is_main and ctx.gradient_scale == 1 and ctx.sum_across_ranks(7) == 7
+    assert ctx.max_across_ranks([True, 0, 2.5]) == [1.0, 0.0, 2.5] and ctx.broadcast("x") == "x"
+
+
+def test_launch_drops_nproc_and_starts_torchrun(monkeypatch):
+    seen = []
+
+    class Done:
+        returncode = 7
+
+    monkeypatch.setattr(subprocess, "run", lambda cmd: seen.append(cmd) or Done())
+    assert launch(2, ["train", "--nproc", "2", "--max-steps", "5", "--nproc=2"]) == 7
+    assert seen[0][1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "tinygpt",
+                           "train", "--max-steps", "5"]
+
+
+def test_steps_that_cannot_be_shared_evenly_are_refused(corpus):
+    from tinygpt.config import from_dict
+    from tinygpt.model import GPT, GPTConfig
+    from tinygpt.train import TrainConfig, Trainer
+
+    cfg = from_dict(TrainConfig, {"batch_size": 4, "tokens_per_step": 192})  # 3 micro-batches of 4x16
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=50))
+    with pytest.raises(TinyGPTError, match="cannot be shared evenly by 2 processes; use --tokens-per-step 256"):
+        Trainer(model, cfg, iter([]), device=torch.device("cpu"), dtype=torch.float32,
+                dist=DistContext(rank=0, world_size=2))
