@@ -89,3 +89,13 @@ def test_busy_processes_run_for_the_block_only(monkeypatch):
     with busy.busy_processes(2):
         assert len(started) == 2 and all(p.poll() is None for p in started)
     assert all(p.poll() is not None for p in started)
+
+
+def test_bench_train_times_one_and_several_data_parallel_processes(tmp_path, capsys):
+    out_json = tmp_path / "bench.json"
+    assert main(["bench", "train", "--preset", "char-nano", "--batch-size", "2", "--rounds", "1", "--warmup", "1",
+                 "--loop-steps", "3", "--dtype", "fp32", "--data-parallel", "2", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    rows = json.loads(out_json.read_text())["data_parallel"]
+    assert [r["processes"] for r in rows] == [1, 2] and all(r["tokens_per_s"] > 0 for r in rows)
+    assert "512 tokens per step (2 micro-batches of 2)" in out and "speed-up" in out

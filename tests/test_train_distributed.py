@@ -65,25 +65,64 @@ def assert_same_run(a: Path, b: Path):
         torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=1e-5, msg=name)
 
 
-def test_two_processes_take_the_steps_of_one_with_twice_the_accumulation(tmp_path, corpus):
-    common = ["--data", str(corpus), *FLAGS, "--max-steps", "6", "--eval-interval", "3"]
-    one = train(1, *common, "--out", str(tmp_path / "one"))
-    two = train(2, *common, "--out", str(tmp_path / "two"))
-    assert "data parallel" not in one.stderr + one.stdout
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory):
+    """6 steps on one process: what every split or shared run below must reproduce."""
+    tmp = tmp_path_factory.mktemp("whole")
+    (tmp / "text.txt").write_text(TEXT, encoding="utf-8")
+    train(1, "--data", str(tmp / "text.txt"), *FLAGS, "--max-steps", "6", "--eval-interval", "3",
+          "--out", str(tmp / "run"))
+    return tmp / "run"
+
+
+def test_two_processes_take_the_steps_of_one_with_twice_the_accumulation(tmp_path, corpus, whole_run):
+    two = train(2, "--data", str(corpus), *FLAGS, "--max-steps", "6", "--eval-interval", "3",
+                "--out", str(tmp_path / "two"))
     assert "data parallel: 2 processes, 1 micro-batch(es) each per step" in two.stderr + two.stdout
-    assert_same_run(tmp_path / "one", tmp_path / "two")
+    assert_same_run(whole_run, tmp_path / "two")
     evals = [r for r in RunDir.open(tmp_path / "two").read_metrics() if "val_loss" in r]
     assert [r["step"] for r in evals] == [3, 6]  # one metrics file, written once per step by rank 0
     assert RunDir.open(tmp_path / "two").read_config()["train"]["tokens_per_step"] == 128
 
 
-@pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
-def test_a_run_resumes_on_another_number_of_processes(tmp_path, corpus, first, then):
-    common = ["--data", str(corpus), *FLAGS, "--eval-interval", "3"]
-    train(1, *common, "--max-steps", "6", "--out", str(tmp_path / "whole"))
-    train(first, *common, "--max-steps", "3", "--out", str(tmp_path / "split"))
-    train(then, "--resume", str(tmp_path / "split"), "--max-steps", "6")
-    assert_same_run(tmp_path / "whole", tmp_path / "split")
+@pytest.mark.parametrize("first, then", [
+    (["2"], ["1"]),                              # DDP, resumed on one process
+    (["2", "--shard", "true"], ["1"]),           # FSDP2: whole weights and optimizer state gathered, then unsharded
+    (["1"], ["2", "--shard", "true"]),           # and the other way: each rank takes its slice of the whole state
+])
+def test_a_run_resumes_on_another_number_of_processes(tmp_path, corpus, whole_run, first, then):
+    split = tmp_path / "split"
+    train(int(first[0]), "--data", str(corpus), *FLAGS, *first[1:], "--max-steps", "3", "--eval-interval", "3",
+          "--out", str(split))
+    if "--shard" in first:  # the saved weights are the whole model's: one process scores what rank 0 measured
+        run = RunDir.open(split)
+        val = next(r["val_loss"] for r in run.read_metrics() if r["step"] == 3 and "val_loss" in r)
+        assert evaluate_saved(split) == pytest.approx(val, abs=1e-6)
+    train(int(then[0]), "--resume", str(split), *then[1:], "--max-steps", "6")
+    assert_same_run(whole_run, split)
+
+
+def evaluate_saved(run_path: Path) -> float:
+    """The validation loss of the run's last weights, loaded into a one-process model, on the
+    batches the run's evaluator draws (seed + 2, --eval-batches 2)."""
+    from tinygpt.checkpoint import assign_weights
+    from tinygpt.config import from_dict
+    from tinygpt.data import DataConfig, prepare_data
+    from tinygpt.model import GPT, GPTConfig
+
+    run = RunDir.open(run_path)
+    config = run.read_config()
+    model = GPT(from_dict(GPTConfig, config["model"])).eval()
+    assign_weights(model, weights(run_path), "last")
+    data = prepare_data(from_dict(DataConfig, config["data"]), log=lambda _: None)
+    batches = Batches(data.val, 4, 16, seed=config["runtime"]["seed"] + 2, split="val")
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for _ in range(2):
+            b = next(batches)
+            out = model(b.x, b.y)
+            total, count = total + out.loss_sum.item(), count + int(out.n_targets)
+    return total / count
 
 
 def test_a_new_run_on_two_processes_takes_one_micro_batch_on_each_by_default(tmp_path, corpus):
@@ -198,3 +237,14 @@ def test_steps_that_cannot_be_shared_evenly_are_refused(corpus):
     with pytest.raises(TinyGPTError, match="cannot be shared evenly by 2 processes; use --tokens-per-step 256"):
         Trainer(model, cfg, iter([]), device=torch.device("cpu"), dtype=torch.float32,
                 dist=DistContext(rank=0, world_size=2))
+
+
+def test_train_nproc_starts_itself_again_under_torchrun(monkeypatch, tmp_path):
+    import tinygpt.cli.train as train_command
+    from tinygpt.cli import main
+
+    seen = []
+    monkeypatch.setattr(train_command, "launch", lambda n, argv: seen.append((n, list(argv))) or 0)
+    args = ["train", "--nproc", "2", "--max-steps", "3", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    assert seen == [(2, args)] and not (tmp_path / "run").exists()  # the children do the run

@@ -3,6 +3,7 @@ that stdout carries only the text a command produces (a sample, a table, a path)
 
 import sys
 
+ARGV: list[str] = []  # the command line the CLI runs (set by cli.main), for a command that restarts itself
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)

@@ -28,7 +28,6 @@ from typing import Iterator, NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from . import kvcache
 from .config import check_choices, opt
@@ -265,7 +264,6 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config)
         self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
-        self.recompute = False  # activation checkpointing, set by GPT.recompute_blocks
 
     def forward(self, x, rope, plan: Plan, kv: LayerKV | None, ve: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), rope, plan, kv, ve)
@@ -354,16 +352,6 @@ class GPT(nn.Module):
             n -= sum(p.numel() for p in self.value_embeds.parameters())
         return n
 
-    def recompute_blocks(self, every: int) -> list[int]:
-        """Activation checkpointing: every ``every``-th block (1: all, 0: none) keeps only
-        its input during a training forward and is recomputed inside the backward, trading
-        about one more forward of it for the memory of its activations (attention and MLP
-        intermediates, several times the residual stream). Returns the blocks that do."""
-        chosen = [i for i in range(len(self.transformer.h)) if every and i % every == 0]
-        for i, block in enumerate(self.transformer.h):
-            block.recompute = i in chosen
-        return chosen
-
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (forward + backward): 6N plus attention's score matmuls."""
         T = seq_len or self.config.block_size
@@ -400,13 +388,7 @@ class GPT(nn.Module):
             if i >= n - half:  # block i mirrors block n-1-i of the first half
                 x = x + self.skip_weights[n - 1 - i] * skips[n - 1 - i]
             ve = self.value_embeds[i](idx) if self.value_embeds is not None else None  # (B, T, n_kv * hs)
-            kv = cache.layers[i] if cache is not None else None
-            if block.recompute and self.training and torch.is_grad_enabled():
-                # Non-reentrant checkpointing replays the block with the same random state
-                # (dropout draws the same mask), so losses and gradients are unchanged.
-                x = checkpoint(block, x, rope, plan, kv, ve, use_reentrant=False)
-            else:
-                x = block(x, rope, plan, kv, ve)
+            x = block(x, rope, plan, cache.layers[i] if cache is not None else None, ve)
             if i < half:
                 skips.append(x)
         x = self.transformer.ln_f(x)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from ..config import Alias, layered, like, opt, parse_ints
 from ..data import Batches
 from ..device import (
+    ALL_CORES,
     RuntimeConfig,
     cpu_name,
     dtype_candidates,
@@ -69,10 +70,12 @@ class TrainBench:
     loop_steps: int = opt(12, "steps of a real tinygpt train run, to measure what the loop around a step costs "
                               "(0: skip it)")
     compile: bool = like(TrainConfig, "compile")
-    activation_checkpointing: int = opt(0, "also time the first dtype's step recomputing every Nth block's "
-                                           "activations (tinygpt train --activation-checkpointing N): the "
-                                           "memory it saves and the time it costs (0: skip it)", metavar="N")
+    # Timed beside the step without it: the memory it saves and the time it costs.
+    activation_checkpointing: int = like(TrainConfig, "activation_checkpointing")
     busy: tuple[int, ...] = like(BusyOptions, "busy")
+    data_parallel: int = opt(1, "instead, time tinygpt train on 1 and on N data-parallel processes (torchrun, "
+                                "the cores shared out among them) at the same global batch, in alternating rounds",
+                             metavar="N")
 
     def __post_init__(self) -> None:
         if self.activation_checkpointing < 0:
@@ -80,6 +83,8 @@ class TrainBench:
         for name in ("batch_size", "steps", "rounds", "warmup"):
             if getattr(self, name) < 1:
                 raise TinyGPTError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.data_parallel < 1:
+            raise TinyGPTError(f"--data-parallel must be at least 1, got {self.data_parallel}")
         if self.loop_steps < 0:
             raise TinyGPTError(f"--loop-steps must be 0 or more, got {self.loop_steps}")
 
@@ -270,6 +275,55 @@ def _loop_vs_bare(b: TrainBench, dtype: str, directory: Path) -> tuple[float, fl
     return loop, float(np.median(times[b.warmup + 1:])), in_run
 
 
+def data_parallel(b: TrainBench, log: Callable[[str], None] = print) -> dict:
+    """Training tokens/s of ``tinygpt train`` on one process and on ``b.data_parallel`` (torchrun,
+    gloo or NCCL), the same global step on both (``b.data_parallel`` micro-batches of
+    ``b.batch_size``, accumulated on the one process), in alternating rounds; each side's
+    median step after the warm-up steps, from its metrics.jsonl."""
+    import os
+    import subprocess
+    import sys
+
+    device = resolve_device(b.device)
+    block = get_preset(b.resolved_preset).model["block_size"]
+    step_tokens = b.data_parallel * b.batch_size * block
+    steps = max(b.loop_steps, b.warmup + 3)
+    cpu = device.type == "cpu"
+    speeds: dict[int, list[float]] = {1: [], b.data_parallel: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        text = Path(tmp) / "text.txt"
+        rng = np.random.default_rng(1)
+        text.write_text("".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz ABCDEFGHIJ.,;:!?'\n"), 400_000)))
+        for r in range(b.rounds):
+            for n in speeds:
+                threads = max(1, ALL_CORES // n) if cpu else 1
+                head = [sys.executable, "-m", "tinygpt"] if n == 1 else [
+                    sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", "-m",
+                    "tinygpt"]
+                out = Path(tmp) / f"run-{n}-{r}"
+                cmd = [*head, "train", "--data", str(text), "--preset", b.resolved_preset, "--out", str(out),
+                       "--batch-size", str(b.batch_size), "--tokens-per-step", str(step_tokens),
+                       "--max-steps", str(steps), "--eval-interval", str(10**6), "--max-new-tokens", "0",
+                       "--progress", "false", "--device", b.device, "--dtype", b.dtypes[0],
+                       "--compile", str(b.compile).lower(), "--threads", str(threads)]
+                proc = subprocess.run(cmd, capture_output=True, text=True,
+                                      env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+                if proc.returncode != 0:
+                    raise TinyGPTError(f"the {n}-process run failed: {proc.stderr.strip().splitlines()[-1:]}")
+                records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+                speeds[n].append(statistics.median(r["tok_per_s"] for r in records if "loss" in r
+                                                   and r["step"] > b.warmup))
+    rows = [{"processes": n, "threads_each": max(1, ALL_CORES // n) if cpu else 1,
+             "tokens_per_s": statistics.median(v), "rounds": v} for n, v in speeds.items()]
+    log(f"{b.resolved_preset}, {b.dtypes[0]}, {step_tokens} tokens per step ({b.data_parallel} micro-batches of "
+        f"{b.batch_size}), device {device}" + (f", {cpu_name()}" if cpu else "") + ": tinygpt train tokens/s")
+    log(f"{'processes':>9} {'threads each':>13} {'tokens/s':>10} {'speed-up':>9}")
+    for row in rows:
+        log(f"{row['processes']:>9} {row['threads_each']:>13} {row['tokens_per_s']:>10,.0f} "
+            f"{row['tokens_per_s'] / rows[0]['tokens_per_s']:>8.2f}x")
+    return {"preset": b.resolved_preset, "dtype": b.dtypes[0], "data_parallel": rows}
+
+
 def _trainer(b: TrainBench, dtype: str, tokens: np.ndarray, recompute: int = 0):
     from ..train import Trainer
 
@@ -284,6 +338,8 @@ def _trainer(b: TrainBench, dtype: str, tokens: np.ndarray, recompute: int = 0):
 def run(b: TrainBench, log: Callable[[str], None] = print) -> dict:
     device = resolve_device(b.device)
     tokens = _tokens()
+    if b.data_parallel > 1:
+        return data_parallel(b, log)
     if b.busy:
         trainer = _trainer(b, b.dtypes[0], tokens)
         tokens_per_step = b.batch_size * trainer.model.config.block_size

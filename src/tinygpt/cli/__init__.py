@@ -46,12 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-ARGV: list[str] = []  # the command line main() runs, for a command that starts itself again (train --nproc)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    ARGV[:] = argv
+    from ..console import ARGV
+
+    ARGV[:] = argv  # for a command that starts itself again (train --nproc)
     try:
         if argv[:1] == ["lm-eval"]:
             from . import harness

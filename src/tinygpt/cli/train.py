@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import field, make_dataclass
 
 from ..config import add_command, sections_of
-from ..console import log
+from ..console import ARGV, log
 from ..train import RunConfig, Session, SessionOptions, fit_and_report
 from ..train.distributed import launch, launched_by_torchrun
-from . import ARGV
 
 # The run's own sections (model, data, run, train, runtime), less the vocabulary size that the
 # tokenizer decides; the flags given reach the library as a layer over the preset and --config.

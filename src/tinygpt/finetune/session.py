@@ -36,6 +36,7 @@ from ..train import (
     resumed_run_config,
     run_dir,
 )
+from ..train.distributed import launched_by_torchrun
 from ..train.resolve import draw_seed
 from .config import DEFAULT_EPOCHS, METHOD_LR, FinetuneRun, FinetuneRunConfig
 from .data import FinetuneData, prepare
@@ -63,6 +64,8 @@ class FinetuneSession(Session):
                      log: Callable[[str], None] = print) -> "FinetuneSession":
         """What ``tinygpt finetune`` opens: the fine-tune ``options.resume`` names, continued
         (it keeps its own base), or a new fine-tune of ``base``."""
+        if options.nproc > 1 or launched_by_torchrun():
+            raise TinyGPTError("fine-tuning runs on one process for now; start it without --nproc or torchrun")
         layers = options.layers(given)
         if options.resume:
             if base:

@@ -90,31 +90,41 @@ class Checkpointer(Callback):
     evaluator finds) stops the run (:class:`DivergedError`) with the previous checkpoint, the
     last good one, on disk."""
 
-    def __init__(self, run: RunDir, every: int, has_val: bool):
+    def __init__(self, run: RunDir, every: int, has_val: bool, every_rank: bool = False):
         self.run, self.every, self.has_val = run, every, has_val
         self.start_step = 0
+        # A sharded model's whole weights are gathered from every rank; rank 0 alone writes them.
+        self.main_process_only = not every_rank
 
     def on_train_start(self, trainer: Trainer) -> None:
-        self.start_step = trainer.state.step
+        self.start_step = self.saved_step = trainer.state.step
 
     def on_step_end(self, trainer: Trainer, record: dict) -> None:
         if trainer.at_interval(self.every):
             self.save(trainer, trainer.state.last_val if self.has_val else None, improved=record.get("best", False))
 
     def on_train_end(self, trainer: Trainer, summary: dict) -> None:
-        if summary["interrupted"] and trainer.state.step > self.start_step:
+        # A stop request, or a time budget whose last step's callbacks took it past the end
+        # after that step was judged not the last: the steps since the last save are saved.
+        if trainer.state.step > self.saved_step:
             self.save(trainer, None)
 
     def save(self, trainer: Trainer, val_loss: float | None, *, improved: bool = False) -> None:
         """Write the checkpoint: the best weights too where ``improved`` (the evaluator's verdict)."""
-        if not trainer.weights_finite():
+        self.saved_step = trainer.state.step
+        model, whole_state = trainer.model, None
+        if trainer.sharded:  # every rank gathers; rank 0 writes
+            model, whole_state = trainer.gather_whole(), trainer.state_dict()
+            if model is None:
+                return
+        if not trainer.weights_finite(model):
             raise trainer.diverged("a weight became non-finite", trainer.state.step, trainer.state.step)
         state = trainer.state
         info = CheckpointInfo(step=state.step, tokens=state.tokens, val_loss=val_loss)
         if improved or (not self.has_val and val_loss is None):  # no validation split: best = latest
-            self.run.save_weights(trainer.model, "best", info)
-        self.run.save_weights(trainer.model, "last", info)
-        self.run.save_state(trainer.state_dict())
+            self.run.save_weights(model, "best", info)
+        self.run.save_weights(model, "last", info)
+        self.run.save_state(whole_state or trainer.state_dict())
 
 
 class MetricsLog(Callback):

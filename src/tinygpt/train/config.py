@@ -98,6 +98,9 @@ class TrainConfig:
     activation_checkpointing: int = opt(0, "recompute every Nth block's activations in the backward instead of "
                                            "keeping them (1: every block, 0: off): less memory, about a third "
                                            "more time per recomputed block", metavar="N")
+    shard: bool = opt(False, "on several processes, shard the weights, gradients and AdamW state across them "
+                             "(FSDP2) instead of keeping a whole copy on each (DDP): for models that do not fit "
+                             "one device")
     compile: bool = opt(False, "torch.compile the model (slow start, faster steps on GPUs)")
     progress: bool = opt(True, "show a progress bar (a line every 10 s when stderr is not a terminal)")
     # Derived from the options above here and nowhere else (not recorded: a resume that

@@ -96,6 +96,9 @@ class ProcessGroup(DistContext):
                                        broadcast_buffers=False)
 
     def gradient_sync(self, module: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+        if hasattr(module, "set_requires_gradient_sync"):  # FSDP2: reduce-scatter on the last micro-batch only
+            module.set_requires_gradient_sync(sync)
+            return contextlib.nullcontext()
         return contextlib.nullcontext() if sync else module.no_sync()
 
     def sum_across_ranks(self, x):
@@ -128,6 +131,16 @@ class ProcessGroup(DistContext):
 
 def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def join(device: str) -> DistContext:
+    """This process's context: ``DistContext()`` unless torchrun started it; then the
+    process group joined for the device ``device`` names (see :func:`init_distributed`)."""
+    if not launched_by_torchrun():
+        return DistContext()
+    from ..device import resolve_device
+
+    return init_distributed(resolve_device(device))[0]
 
 
 def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:

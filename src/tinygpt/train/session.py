@@ -19,11 +19,13 @@ from pathlib import Path
 from shlex import quote
 from typing import Callable, Iterator
 
+import torch
+
 from .. import versions
 from ..checkpoint import DiskFullError
 from ..config import from_dict
 from ..data import Batch, Batches, DataConfig, TokenData, absolute_spec, prepare_data
-from ..device import resolve_device, seed_everything
+from ..device import seed_everything
 from ..errors import TinyGPTError
 from ..generation import GenerationConfig, TinyGPT
 from ..model import GPT
@@ -38,7 +40,7 @@ from .callbacks import (
     ProgressBar,
 )
 from .config import SessionOptions
-from .distributed import DistContext, init_distributed, launched_by_torchrun
+from .distributed import DistContext, join, launched_by_torchrun
 from .health import HealthProbe
 from .resolve import (
     ResolvedRun,
@@ -112,7 +114,7 @@ class Session:
         Under torchrun, rank 0 does all of that (and alone measures what is measured); the
         other ranks then build the same run from the config.json it wrote."""
         given = given_settings(*layers)
-        dist, _ = init_distributed(resolve_device(given.runtime.device))
+        dist = join(given.runtime.device)
         if not dist.is_main:
             return cls._follow(dist)
         return cls._lead(dist, lambda: cls._start(given, layers, force, dist, log))
@@ -138,7 +140,7 @@ class Session:
         """Continue the run at ``path`` exactly where its last checkpoint left it (a run
         stopped before its first checkpoint starts over, with its recorded settings)."""
         saved = RunDir.open(path).read_config()
-        dist, _ = init_distributed(resolve_device(saved.get("runtime", {}).get("device", "auto")))
+        dist = join(saved.get("runtime", {}).get("device", "auto"))
         if not dist.is_main:
             return cls._follow(dist)
         return cls._lead(dist, lambda: cls._resume(path, layers, dist, log))
@@ -213,6 +215,11 @@ class Session:
     @classmethod
     def _build(cls, cfg: ResolvedRun, data: TokenData, run: RunDir, dist: DistContext | None = None) -> "Session":
         T = cfg.model.block_size
+        if cfg.train.shard and (dist or DistContext()).world_size > 1 and (cfg.train.diagnostics
+                                                                         or cfg.train.sample_interval):
+            # Both run the model on rank 0 alone, which a sharded model cannot: its forward gathers from every rank.
+            raise TinyGPTError("--shard does not go with --diagnostics or --sample-interval yet; turn them off "
+                               "(the sample at the end is drawn from the saved weights)")
         # Batch windows first: a corpus too short for one block fails here, before any work.
         batches = Batches(data.train, cfg.train.batch_size, T, mode=cfg.data.sampling, seed=cfg.seed, split="train")
         if len(data.val):
@@ -257,7 +264,7 @@ class Session:
             out.append(PeriodicSampler(t.sample_interval, self.sample, write))
         if t.early_stop and has_val:
             out.append(EarlyStop(t.early_stop))
-        return out + [Checkpointer(self.run, t.eval_interval, has_val)]
+        return out + [Checkpointer(self.run, t.eval_interval, has_val, every_rank=self.trainer.sharded)]
 
     def fit(self, *extra: Callback) -> dict:
         """Train to the budget (or a stop request); the standard callbacks, then ``extra``.
@@ -299,7 +306,11 @@ class Session:
     def sample(self, max_new_tokens: int | None = None) -> str:
         """A sample of the current weights from a document start, drawn exactly as
         ``tinygpt.load(run).generate("", max_new_tokens, seed=<the run's seed>)`` draws it."""
-        lm = TinyGPT(self.trainer.model, self.data.tokenizer, self.trainer.device, self.trainer.dtype, autocast=True)
+        # A sharded model samples from its whole weights as last saved (every run saves at its end).
+        model, device = self.trainer.model, self.trainer.device
+        if self.trainer.sharded:
+            model, device = self.trainer.whole, torch.device("cpu")
+        lm = TinyGPT(model, self.data.tokenizer, device, self.trainer.dtype, autocast=True)
         n = self.cfg.train.max_new_tokens if max_new_tokens is None else max_new_tokens
         return lm.generate("", config=GenerationConfig(max_new_tokens=n), seed=self.cfg.runtime.seed)[0]
 
@@ -349,7 +360,7 @@ def fit_and_report(session: Session, *, resumed: bool, log: Callable[[str], None
         log(f"notice: the run ended at step {summary['step']}, still warming up ({trainer.cfg.warmup_steps} steps): "
             "the learning rate never reached its peak, so the model has barely learned; give it a larger budget "
             f"(raise {session.budget_flags}) or fewer --warmup-steps")
-    if session.cfg.train.max_new_tokens:
+    if session.cfg.train.max_new_tokens and not (trainer.sharded and trainer.whole is None):
         print("--- sample ---")
         print(session.sample(), flush=True)
         print("--------------")

@@ -31,6 +31,8 @@ from .config import TrainConfig
 from .curriculum import shape_batch, stage_divisor
 from .distributed import DistContext, RankShare
 from .optim import lr_at, make_optimizer
+from .recompute import recompute_blocks
+from .sharding import full_optimizer_state, full_weights, load_full_state, shard_model
 from .state import TrainState, capture_rng, restore_rng
 
 WARMUP_SHARE = 0.1  # of a time or token budget: warmup ends there at the latest
@@ -61,9 +63,19 @@ class Trainer:
         # ``batches`` is the global stream; a rank trains on its share of each step's micro-batches.
         self.batches = RankShare(batches, dist.rank, dist.world_size) if dist.world_size > 1 else batches
         configure_backends(device)
-        self.recomputed = model.recompute_blocks(cfg.activation_checkpointing)
+        self.recomputed = recompute_blocks(model, cfg.activation_checkpointing)
+        # One process has nothing to shard across: a sharded run resumed on one trains whole.
+        self.sharded = cfg.shard and dist.world_size > 1
+        if self.sharded:  # before the optimizer: it must hold the sharded parameters
+            if cfg.optimizer != "adamw":
+                raise TinyGPTError("--shard trains with AdamW only (Muon orthogonalises whole matrices, which "
+                                   "sharding splits); add --optimizer adamw")
+            shard_model(model, dtype, dist.world_size)
         self.local_forward = torch.compile(model) if cfg.compile else model  # evaluation: no gradients to sync
-        self._forward: torch.nn.Module | None = None  # wrapped at the first step: see forward
+        # Wrapped at the first step (see forward); a sharded model is its own wrapper.
+        self._forward: torch.nn.Module | None = self.local_forward if self.sharded else None
+        self.whole: GPT | None = None  # a sharded run's whole weights on rank 0, as last gathered (gather_whole)
+        self._pending: tuple[dict, dict] | None = None  # a sharded run's loaded state, until training starts
         # Each rank draws its own dropout masks, from the run's seed, the step and the rank, so a
         # resumed run draws what it would have (the seed is the one the model was built from).
         self._seed = torch.initial_seed()
@@ -98,22 +110,45 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
 
+    def gather_whole(self) -> GPT | None:
+        """A sharded run's whole weights in a plain model on rank 0's CPU (None on the other
+        ranks), for saving and sampling. A collective: every rank calls it at the same step."""
+        weights = full_weights(self.model)
+        if not self.dist.is_main:
+            return None
+        if self.whole is None:
+            self.whole = GPT(self.model.config)
+        self.whole.load_state_dict(weights)
+        return self.whole
+
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: weights, optimizer, scaler, data position,
-        the loop's counters and every random generator."""
+        the loop's counters and every random generator. (Sharded: whole, on rank 0, after
+        :meth:`gather_whole`; a collective.)"""
+        if self.sharded:
+            optimizer = full_optimizer_state(self.model, self.optimizer)
+            weights = state_tensors(self.whole) if self.dist.is_main else {}
+        else:
+            optimizer, weights = self.optimizer.state_dict(), state_tensors(self.model)
         return {
             **self.state.state_dict(),
-            "model": state_tensors(self.model),  # a fine-tune's adapter alone: the base is not trained
-            "optimizer": self.optimizer.state_dict(),
+            "model": weights,  # a fine-tune's adapter alone: the base is not trained
+            "optimizer": optimizer,
             "scaler": self.scaler.state_dict(),
             "batches": self.batches.state_dict() if hasattr(self.batches, "state_dict") else None,
             "rng": capture_rng(),
         }
 
     def load_state_dict(self, state: dict, source: str = "the trainer state") -> None:
-        load_state_tensors(self.model, state.get("model", {}), source)
+        if not self.sharded:
+            load_state_tensors(self.model, state.get("model", {}), source)
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
+            if self.sharded:
+                # Every rank read the whole state; each takes its slice when training starts
+                # (a collective, and rank 0 resumes before the others know where the run is).
+                self._pending = (state["model"], state["optimizer"])
+            else:
+                self.optimizer.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
             if state["batches"] is not None and hasattr(self.batches, "load_state_dict"):
                 self.batches.load_state_dict(state["batches"])
@@ -207,6 +242,8 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                    self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf)
+        if hasattr(grad_norm, "full_tensor"):  # sharded: a DTensor of the ranks' partial norms
+            grad_norm = grad_norm.full_tensor()
         loss_value, norm_value = torch.stack([total, grad_norm.float()]).tolist()  # one device sync
         info = {"loss": loss_value, "lr": lr, "grad_norm": norm_value}
         if not math.isfinite(loss_value) or (not self.scaler.is_enabled() and not math.isfinite(norm_value)):
@@ -233,9 +270,10 @@ class Trainer:
             fixes["dtype"] = "bf16"  # fp16 overflows where bf16 has range to spare
         return DivergedError(f"{what} at step {step} (lr {t.lr:g})", step, weights_step, fixes, record)
 
-    def weights_finite(self) -> bool:
-        """Whether every parameter is finite (checked before weights are saved)."""
-        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+    def weights_finite(self, model: torch.nn.Module | None = None) -> bool:
+        """Whether every parameter of ``model`` (default: the one trained) is finite (checked
+        before weights are saved)."""
+        return all(bool(torch.isfinite(p).all()) for p in (model or self.model).parameters())
 
     @torch.no_grad()
     def evaluate(self, batches: Iterator[Batch], n_batches: int) -> float:
@@ -244,16 +282,21 @@ class Trainer:
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         count = torch.zeros((), device=self.device, dtype=torch.long)
+        # Each rank evaluates its share of the batches; a sharded model's forward gathers
+        # weights from every rank, so there each rank runs every batch (and the sums are whole).
+        share = 1 if self.sharded else self.dist.world_size
         for i in range(n_batches):
             b = next(batches)
-            if i % self.dist.world_size != self.dist.rank:
+            if i % share != self.dist.rank % share:
                 continue
             b = b.to(self.device)
             with autocast(self.device, self.dtype):
                 out = self.local_forward(b.x, b.y, loss_mask=b.loss_mask, input_pos=b.input_pos)
             loss_sum += out.loss_sum.float()
             count += out.n_targets
-        return (self.dist.sum_across_ranks(loss_sum) / self.dist.sum_across_ranks(count)).item()
+        if share > 1:
+            loss_sum, count = self.dist.sum_across_ranks(loss_sum), self.dist.sum_across_ranks(count)
+        return (loss_sum / count).item()
 
     # ------------------------------------------------------------------ loop
 
@@ -264,6 +307,9 @@ class Trainer:
         ``summary["interrupted"]`` set (the checkpointer saves then); a second Ctrl+C aborts."""
         self._stop, self._signal = None, None
         callbacks = [cb for cb in self.callbacks if self.dist.is_main or not cb.main_process_only]
+        if self._pending is not None:
+            load_full_state(self.model, self.optimizer, *self._pending)
+            self._pending = None
         try:
             for cb in callbacks:
                 cb.on_train_start(self)
@@ -351,8 +397,8 @@ class Trainer:
         heads = f"{c.n_head} heads" + (f" ({c.kv_heads} key/value)" if c.kv_heads != c.n_head else "")
         return (f"model: {c.n_layer} layers, {heads}, {c.n_embd} wide, context {c.block_size}, "
                 f"{self.model.num_params() / 1e6:.2f}M parameters | device {self.device} {dtype_name(self.dtype)}"
-                f"{' compiled' if t.compile else ''}{' | Muon' if t.optimizer == 'muon' else ''} | "
-                f"{self.tokens_per_step} tokens/step "
+                f"{' compiled' if t.compile else ''}{' | Muon' if t.optimizer == 'muon' else ''}"
+                f"{' | sharded (FSDP2)' if self.sharded else ''} | {self.tokens_per_step} tokens/step "
                 f"(batch {t.batch_size} x {c.block_size} x {self.grad_accum} accumulation)"
                 + "".join(f" | {what} warmup over {f:.0%} of the budget" for what, f in
                           (("batch", t.batch_warmup), ("window", t.window_warmup)) if f))
