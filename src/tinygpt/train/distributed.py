@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -91,9 +92,12 @@ class ProcessGroup(DistContext):
         from torch.nn.parallel import DistributedDataParallel
 
         device = next(model.parameters()).device
-        # The model's buffers are constants (rotary tables), not statistics: nothing to broadcast each step.
+        # The model's buffers are constants (rotary tables), not statistics: nothing to sync each
+        # step (newer PyTorch names the switch forward_sync_buffers and deprecates the old one).
+        params = inspect.signature(DistributedDataParallel).parameters
+        no_sync = {"forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": False}
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                       broadcast_buffers=False)
+                                       **no_sync)
 
     def gradient_sync(self, module: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
         if hasattr(module, "set_requires_gradient_sync"):  # FSDP2: reduce-scatter on the last micro-batch only
