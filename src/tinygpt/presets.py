@@ -45,6 +45,11 @@ _LLAMA_STYLE = dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False, ti
 # standard library (2-core AMD EPYC, bench/sweep_time_budget.py): none beat the base by more
 # than the machine's own drift; at an equal 700 steps value embeddings gained 0.003 nats on
 # both, too little to give up Hugging Face export, and compiling lost even from a warm cache.
+# The first round's switches again, on that machine and both corpora, at an equal 700 steps
+# (base 1.527 / 1.202): RoPE 1.493 / 1.197 at 1.10x the step time, QK-norm 1.533 / 1.188 at
+# 1.16x, RMSNorm 1.530 / 1.200 at 1.10x, an untied head 1.534 / 1.205. In 5-minute runs RoPE
+# won on Shakespeare (1.494 against 1.510) and lost on the stdlib (1.192 against 1.179), so it
+# stays a flag; so do the batch and window warmups (train/curriculum.py), which lost on both.
 # The ladder of char-nano / char-tiny / char-small is what train/recipe.py sizes to a budget.
 PRESETS: dict[str, Preset] = {
     "char-nano": Preset("0.8M parameters, context 128: a minute or two on a laptop CPU",
