@@ -282,7 +282,9 @@ def data_parallel(b: TrainBench, log: Callable[[str], None] = print) -> dict:
     median step after the warm-up steps, from its metrics.jsonl."""
     import os
     import subprocess
-    import sys
+
+    from ..run import RunDir
+    from ..train.distributed import tinygpt_command
 
     device = resolve_device(b.device)
     block = get_preset(b.resolved_preset).model["block_size"]
@@ -297,11 +299,9 @@ def data_parallel(b: TrainBench, log: Callable[[str], None] = print) -> dict:
         for r in range(b.rounds):
             for n in speeds:
                 threads = max(1, ALL_CORES // n) if cpu else 1
-                head = [sys.executable, "-m", "tinygpt"] if n == 1 else [
-                    sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", "-m",
-                    "tinygpt"]
                 out = Path(tmp) / f"run-{n}-{r}"
-                cmd = [*head, "train", "--data", str(text), "--preset", b.resolved_preset, "--out", str(out),
+                cmd = [*tinygpt_command(n), "train", "--data", str(text), "--preset", b.resolved_preset,
+                       "--out", str(out),
                        "--batch-size", str(b.batch_size), "--tokens-per-step", str(step_tokens),
                        "--max-steps", str(steps), "--eval-interval", str(10**6), "--max-new-tokens", "0",
                        "--progress", "false", "--device", b.device, "--dtype", b.dtypes[0],
@@ -310,7 +310,7 @@ def data_parallel(b: TrainBench, log: Callable[[str], None] = print) -> dict:
                                       env={**os.environ, "OMP_NUM_THREADS": str(threads)})
                 if proc.returncode != 0:
                     raise TinyGPTError(f"the {n}-process run failed: {proc.stderr.strip().splitlines()[-1:]}")
-                records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+                records = RunDir.open(out).read_metrics()
                 speeds[n].append(statistics.median(r["tok_per_s"] for r in records if "loss" in r
                                                    and r["step"] > b.warmup))
     rows = [{"processes": n, "threads_each": max(1, ALL_CORES // n) if cpu else 1,

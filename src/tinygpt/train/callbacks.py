@@ -92,12 +92,12 @@ class Checkpointer(Callback):
 
     def __init__(self, run: RunDir, every: int, has_val: bool, every_rank: bool = False):
         self.run, self.every, self.has_val = run, every, has_val
-        self.start_step = 0
+        self.saved_step = 0  # the step of the last checkpoint written (or resumed from)
         # A sharded model's whole weights are gathered from every rank; rank 0 alone writes them.
         self.main_process_only = not every_rank
 
     def on_train_start(self, trainer: Trainer) -> None:
-        self.start_step = self.saved_step = trainer.state.step
+        self.saved_step = trainer.state.step
 
     def on_step_end(self, trainer: Trainer, record: dict) -> None:
         if trainer.at_interval(self.every):

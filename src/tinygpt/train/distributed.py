@@ -192,12 +192,23 @@ class RankShare:
         self.batches.load_state_dict(state)
 
 
+def tinygpt_command(nproc: int) -> list[str]:
+    """The command line that starts ``tinygpt`` on ``nproc`` processes of this machine
+    (torchrun's launcher, ``--standalone``: a rendezvous on a free local port); one process
+    is plain ``python -m tinygpt``."""
+    import sys
+
+    if nproc == 1:
+        return [sys.executable, "-m", "tinygpt"]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            "-m", "tinygpt"]
+
+
 def launch(nproc: int, argv: list[str]) -> int:
     """``tinygpt <argv>`` on ``nproc`` processes of this machine, started by torchrun's own
     launcher (``--standalone``: a rendezvous on a free local port), with ``--nproc`` taken
     out; returns its exit status. Ctrl+C reaches every process (one process group)."""
     import subprocess
-    import sys
 
     rest, skip = [], False
     for arg in argv:
@@ -207,9 +218,7 @@ def launch(nproc: int, argv: list[str]) -> int:
             skip = True
         elif not arg.startswith("--nproc="):
             rest.append(arg)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "tinygpt", *rest]
     try:
-        return subprocess.run(cmd).returncode
+        return subprocess.run(tinygpt_command(nproc) + rest).returncode
     except KeyboardInterrupt:  # the children got it too and save; torchrun reports how they ended
         return 130
