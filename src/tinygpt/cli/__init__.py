@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         makemore,
         merge,
         plot,
+        prepare,
         sample,
         train,
     )
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinygpt", description="Train, run and study small GPT language models.")
     parser.add_argument("--version", action="version", version=f"tinygpt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    for command in (train, finetune, merge, sample, chat, eval, harness, export, bench, attention, plot, diagnose,
+    for command in (prepare, train, finetune, merge, sample, chat, eval, harness, export, bench, attention, plot, diagnose,
                     learn, makemore):
         command.add_parser(sub)
     return parser

@@ -26,6 +26,7 @@ from ..config import cache_dir
 from ..errors import TinyGPTError
 from ..tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 from .config import DataConfig
+from .encode import encode_files
 from .files import (
     CHUNK_BYTES,
     check_encoding,
@@ -36,7 +37,6 @@ from .files import (
 )
 
 FORMAT_VERSION = 1          # bump when the layout or meaning of a cache dir changes
-ENCODE_BATCH_CHUNKS = 16    # chunks handed to one encode_batch call (the parallelism)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -59,7 +59,12 @@ def prepare_data(cfg: DataConfig, *, tokenizer: Tokenizer | None = None,
     """Tokenize ``cfg.data`` into ``cache_dir()/data/<key>/`` (once) and map it into memory.
 
     ``tokenizer``: encode with this one (a fine-tune keeps its base's) instead of building
-    ``cfg.tokenizer``'s kind from the text."""
+    ``cfg.tokenizer``'s kind from the text. A folder ``tinygpt prepare`` wrote is read as it is
+    (see shards.py)."""
+    from .shards import is_prepared, load_prepared
+
+    if is_prepared(cfg.data):
+        return load_prepared(cfg, tokenizer, log)
     files = resolve_files(cfg.data, cfg.encoding, log)
     names = relative_names(files)
     key, n_raw = _cache_key(cfg, files, names, tokenizer)
@@ -153,7 +158,9 @@ def _build(cfg: DataConfig, files: list[Path], names: list[str], key: str, n_raw
                 "n_tokens": n_tokens, "val_start": val_start, "dtype": dtype.name,
                 "vocab_size": tokenizer.vocab_size, "tokenizer": tokenizer.to_dict(),
                 "encoding": check_encoding(cfg.encoding), "n_bytes": n_bytes}
-        train_bytes = _bytes_before(tokenizer, staging / "tokens.bin", dtype, marks, val_start)
+        tokens = np.memmap(staging / "tokens.bin", dtype=dtype, mode="r")
+        train_bytes = bytes_before(tokenizer, tokens, marks, val_start)
+        del tokens
         if train_bytes is not None:
             meta.update(train_bytes=train_bytes, val_bytes=n_bytes - train_bytes)
         tokenizer.save(staging)
@@ -174,47 +181,25 @@ def _write_tokens(files: list[Path], encoding: str, tokenizer: Tokenizer, out_pa
                   n_raw: int, log: Callable[[str], None]) -> tuple[int, int, list[tuple[int, int]]]:
     """Encode every file into ``out_path``; returns (n_tokens, utf-8 bytes of text, marks).
 
-    ``marks`` holds (tokens so far, text bytes so far) after every encoded chunk, so the
+    ``marks`` holds (tokens so far, text bytes so far) after every encoded piece, so the
     byte count of the text before any token can later be found without re-reading files.
     """
-    eot = tokenizer.eot_id
     n_tokens = n_bytes = 0
     marks: list[tuple[int, int]] = []
-    batch: list[tuple[str, bool]] = []      # (chunk text, is it the start of a new file)
     last_report = time.perf_counter()
-
     with open(out_path, "wb") as out:
-        def flush() -> None:
-            nonlocal n_tokens, n_bytes
-            encoded = tokenizer.encode_batch([text for text, _ in batch])
-            for (text, starts_file), ids in zip(batch, encoded):
-                if starts_file and eot is not None and n_tokens:
-                    np.array([eot], dtype=dtype).tofile(out)   # document separator: 1 token, 0 bytes
-                    n_tokens += 1
-                    marks.append((n_tokens, n_bytes))
-                np.asarray(ids, dtype=dtype).tofile(out)
-                n_tokens += len(ids)
-                n_bytes += len(text.encode("utf-8"))
-                marks.append((n_tokens, n_bytes))
-            batch.clear()
-
-        for path in files:
-            starts_file = True
-            for chunk in iter_chunks(path, encoding):
-                batch.append((chunk, starts_file))
-                starts_file = False
-                if len(batch) == ENCODE_BATCH_CHUNKS:
-                    flush()
-                    if time.perf_counter() - last_report > 10:  # big corpora: show it is alive
-                        last_report = time.perf_counter()
-                        log(f"data:   {n_bytes / 1e6:,.0f} of ~{n_raw / 1e6:,.0f} MB, {n_tokens:,} tokens")
-        if batch:
-            flush()
+        for piece in encode_files(files, encoding, tokenizer, dtype):
+            piece.ids.tofile(out)
+            n_tokens += len(piece.ids)
+            n_bytes += piece.n_bytes
+            marks.append((n_tokens, n_bytes))
+            if time.perf_counter() - last_report > 10:  # big corpora: show it is alive
+                last_report = time.perf_counter()
+                log(f"data:   {n_bytes / 1e6:,.0f} of ~{n_raw / 1e6:,.0f} MB, {n_tokens:,} tokens")
     return n_tokens, n_bytes, marks
 
 
-def _bytes_before(tokenizer: Tokenizer, token_file: Path, dtype: np.dtype,
-                  marks: list[tuple[int, int]], index: int) -> int | None:
+def bytes_before(tokenizer: Tokenizer, tokens, marks: list[tuple[int, int]] | np.ndarray, index: int) -> int | None:
     """UTF-8 bytes of the text encoded by tokens[:index], or None when not exactly knowable.
 
     Exact at chunk boundaries. Inside a chunk, the chunk's tokens are decoded in two
@@ -224,12 +209,12 @@ def _bytes_before(tokenizer: Tokenizer, token_file: Path, dtype: np.dtype,
     """
     if index == 0:
         return 0
-    i = bisect.bisect_left([end for end, _ in marks], index)   # the chunk holding token index - 1
-    end, bytes_end = marks[i]
-    start, bytes_start = marks[i - 1] if i else (0, 0)
+    i = bisect.bisect_left([int(end) for end, _ in marks], index)   # the chunk holding token index - 1
+    end, bytes_end = (int(v) for v in marks[i])
+    start, bytes_start = (int(v) for v in marks[i - 1]) if i else (0, 0)
     if index == end:
         return bytes_end
-    ids = np.fromfile(token_file, dtype=dtype, count=end - start, offset=start * dtype.itemsize).tolist()
+    ids = np.asarray(tokens[start:end]).tolist()
     whole, head = tokenizer.decode(ids), tokenizer.decode(ids[: index - start])
     if len(whole.encode("utf-8")) != bytes_end - bytes_start or head + tokenizer.decode(ids[index - start:]) != whole:
         return None

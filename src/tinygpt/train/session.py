@@ -80,6 +80,18 @@ def run_data(path: str | Path, log: Callable[[str], None] = print) -> TokenData:
     return prepare_data(data, tokenizer=run.load_tokenizer(), log=log)  # a fine-tune reads with its base's
 
 
+def _prepared_layer(given: DataConfig, data: TokenData) -> dict:
+    """A prepared corpus fixes its tokenizer: the settings layer that records it, after checking
+    that no other one was asked for (the default kind counts as not asked)."""
+    if "prepared" not in data.meta:
+        return {}
+    tok = data.tokenizer
+    if given.tokenizer not in (tok.kind, DataConfig.tokenizer):
+        raise TinyGPTError(f"{given.data} was prepared with the {tok.kind} tokenizer, not {given.tokenizer}; drop "
+                           f"--tokenizer, or prepare the text again with --tokenizer {given.tokenizer}")
+    return {"data": {"tokenizer": tok.kind, **({"bpe_vocab_size": tok.vocab_size} if tok.kind == "bpe" else {})}}
+
+
 class Session:
     """A run's resolved settings, data, model and trainer, and the run directory they write to."""
 
@@ -126,6 +138,7 @@ class Session:
         if named is not None:  # checked before the data is prepared, which can take a while
             RunDir.check_new(named, force=force)
         data = prepare_data(given.data, log=log)
+        layers = (*layers, _prepared_layer(given.data, data))
         cfg = shared_step(resolve_new_run(*layers, vocab_size=data.tokenizer.vocab_size, log=log), dist.world_size)
         session = cls._build(cfg, data, RunDir(cfg.path), dist)  # checks everything before anything is written
         session.run = RunDir.create(cfg.path, force=force)
