@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -100,6 +101,18 @@ def test_a_run_resumes_on_another_number_of_processes(tmp_path, corpus, whole_ru
         assert evaluate_saved(split) == pytest.approx(val, abs=1e-6)
     train(int(then[0]), "--resume", str(split), *then[1:], "--max-steps", "6")
     assert_same_run(whole_run, split)
+
+
+def test_a_streamed_dataset_trains_alike_on_two_processes_and_resumes_on_one(tmp_path, monkeypatch):
+    from test_data_stream import write_folder
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    data = ["--data", f"hf:{write_folder(tmp_path / 'ds', 'jsonl')}", "--tokenizer", "bpe", "--bpe-vocab-size", "300"]
+    train(1, *data, *FLAGS, "--max-steps", "4", "--eval-interval", "2", "--out", str(tmp_path / "whole"))
+    train(2, *data, *FLAGS, "--max-steps", "2", "--eval-interval", "2", "--out", str(tmp_path / "split"))
+    train(1, "--resume", str(tmp_path / "split"), "--max-steps", "4")
+    assert_same_run(tmp_path / "whole", tmp_path / "split")
 
 
 def evaluate_saved(run_path: Path) -> float:
@@ -201,10 +214,17 @@ def test_a_rank_takes_every_nth_micro_batch_of_the_global_stream():
     tokens = torch.arange(5000).numpy() % 50
     whole = Batches(tokens, 2, 8, seed=3)
     expected = [next(whole).x for _ in range(6)]
+    class Reads(np.ndarray):   # the token array, counting the gathers made from it
+        def __getitem__(self, index):
+            self.gathers = getattr(self, "gathers", 0) + 1
+            return np.asarray(self)[index]
+
     for rank in (0, 1):
-        share = RankShare(Batches(tokens, 2, 8, seed=3), rank, 2)
+        read = tokens.view(Reads)
+        share = RankShare(Batches(read, 2, 8, seed=3), rank, 2)
         got = [next(share).x for _ in range(3)]
         assert all(torch.equal(g, e) for g, e in zip(got, expected[rank::2]))
+        assert read.gathers == 3   # its own windows only: the other rank's are drawn, never read
         # The saved position is the whole stream's, at the end of a step: the same on every rank.
         assert torch.equal(share.state_dict()["rng"], whole.state_dict()["rng"])
 

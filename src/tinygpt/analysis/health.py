@@ -105,7 +105,11 @@ def probe_batches(lm: TinyGPT, run: RunDir | None, data: str | None, n: int, bat
     folder, glob or shakespeare) encoded with the model's tokenizer."""
     T = lm.model.config.block_size
     if data is None and run is not None:
-        tokens = run_data(run.path, log=log).train
+        td = run_data(run.path, log=log)
+        if td.stream is not None:   # a streamed run: its first windows
+            batches = td.batches("train", batch_size, T)
+            return [next(batches) for _ in range(n)]
+        tokens = td.train
     else:
         if data is None:
             raise TinyGPTError("this model has no run data to probe with; give --data FILE (or shakespeare)")

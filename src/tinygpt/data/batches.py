@@ -71,13 +71,19 @@ class Batches:
             self.position += self.block_size
         return starts
 
-    def next_batch(self) -> Batch:
-        """The next Batch: x and y are int64 CPU tensors of shape (batch_size, block_size)."""
+    def _starts(self) -> np.ndarray:
         if self.mode == "random":
             high = len(self.tokens) - self.block_size   # last start whose window (T+1) fits, plus one
-            starts = torch.randint(high, (self.batch_size,), generator=self.generator).numpy()
-        else:
-            starts = self._sequential_starts()
+            return torch.randint(high, (self.batch_size,), generator=self.generator).numpy()
+        return self._sequential_starts()
+
+    def skip(self) -> None:
+        """Move past the next batch without reading its tokens (another rank's micro-batch)."""
+        self._starts()
+
+    def next_batch(self) -> Batch:
+        """The next Batch: x and y are int64 CPU tensors of shape (batch_size, block_size)."""
+        starts = self._starts()
         windows = self.tokens[starts[:, None] + self._offsets]   # (B, T+1) uint16/uint32, one gather
         x = torch.from_numpy(np.ascontiguousarray(windows[:, :-1], dtype=np.int64))
         y = torch.from_numpy(np.ascontiguousarray(windows[:, 1:], dtype=np.int64))

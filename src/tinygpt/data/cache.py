@@ -18,13 +18,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
 from ..config import cache_dir
 from ..errors import TinyGPTError
 from ..tokenizer import Tokenizer, build_tokenizer, load_tokenizer
+from .batches import Batch, Batches
 from .config import DataConfig
 from .encode import encode_files
 from .files import (
@@ -35,6 +36,9 @@ from .files import (
     relative_names,
     resolve_files,
 )
+
+if TYPE_CHECKING:
+    from .stream import StreamSource
 
 FORMAT_VERSION = 1          # bump when the layout or meaning of a cache dir changes
 
@@ -50,8 +54,18 @@ class TokenData:
     directory: Path
     tokenizer: Tokenizer
     meta: dict
-    train: np.ndarray   # (val_start,) uint16/uint32 memmap view
+    train: np.ndarray   # (val_start,) uint16/uint32 memmap view (or a shards.TokenShards view)
     val: np.ndarray     # (n_tokens - val_start,)
+    stream: "StreamSource | None" = None   # a streamed dataset: its training windows come from here
+
+    def batches(self, split: str, batch_size: int, block_size: int, *, mode: str = "random",
+                seed: int = 0) -> Iterator[Batch]:
+        """A stream of ``split``'s batches: windows of the tokens, or of a streamed dataset's
+        documents as they are read (always in order)."""
+        if split == "train" and self.stream is not None:
+            return self.stream.batches(batch_size, block_size)
+        tokens = self.train if split == "train" else self.val
+        return Batches(tokens, batch_size, block_size, mode=mode, seed=seed, split=split)
 
 
 def prepare_data(cfg: DataConfig, *, tokenizer: Tokenizer | None = None,
@@ -62,7 +76,10 @@ def prepare_data(cfg: DataConfig, *, tokenizer: Tokenizer | None = None,
     ``cfg.tokenizer``'s kind from the text. A folder ``tinygpt prepare`` wrote is read as it is
     (see shards.py)."""
     from .shards import is_prepared, load_prepared
+    from .stream import is_stream, prepare_stream
 
+    if is_stream(cfg.data):
+        return prepare_stream(cfg, tokenizer, log)
     if is_prepared(cfg.data):
         return load_prepared(cfg, tokenizer, log)
     files = resolve_files(cfg.data, cfg.encoding, log)

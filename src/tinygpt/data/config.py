@@ -21,6 +21,7 @@ class DataConfig:
     bpe_vocab_size: int = opt(8192, "vocabulary size when training a BPE tokenizer (--tokenizer bpe)")
     val_fraction: float = opt(0.1, "fraction of tokens held out for validation (the end of the corpus)")
     encoding: str = opt("utf-8", "text encoding of the input files, e.g. latin-1")
+    text_field: str = opt("text", "the field of a streamed dataset's examples that holds the text (--data hf:...)")
     sampling: str = opt("random", "how training batches are drawn: random windows, or sequential passes",
                         choices=SAMPLING_MODES)
 

@@ -79,6 +79,10 @@ def absolute_spec(spec: str) -> str:
     so the run resumes from any working directory."""
     if spec in BUILTIN_CORPORA:
         return spec
+    if spec.startswith("hf:"):   # a streamed dataset: a hub name stays, a local folder becomes absolute
+        path, colon, rest = spec[3:].partition(":")
+        local = os.path.expanduser(path)
+        return f"hf:{os.path.abspath(local)}{colon}{rest}" if path and os.path.exists(local) else spec
     return os.path.abspath(os.path.expanduser(spec))
 
 

@@ -40,6 +40,9 @@ class FinetuneData:
 def prepare(data: DataConfig, ft: FinetuneConfig, tokenizer: Tokenizer, block_size: int, seed: int,
             log: Callable[[str], None] = print) -> FinetuneData:
     """``data.data`` in ``tokenizer``: a .jsonl is instruction data, anything else text."""
+    if data.data.startswith("hf:"):
+        raise TinyGPTError("fine-tuning reads a file, a folder or a prepared corpus, not a stream yet; write the "
+                           "dataset's text to files (or tinygpt prepare them) and give --data with those")
     if ins.is_instruction_data(data.data):
         return _instructions(data, ft, tokenizer, block_size, seed, log)
     return _text(data, tokenizer, log)

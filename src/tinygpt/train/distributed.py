@@ -171,7 +171,8 @@ def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
 class RankShare:
     """The share of a global stream of micro-batches one rank trains on: of every
     ``world_size`` consecutive micro-batches drawn, the ``rank``-th. Every rank draws the
-    whole stream from the same seed (drawing a window is cheap), so a step's micro-batches
+    whole stream from the same seed (drawing a window's start is cheap; only its own windows'
+    tokens are read where the stream can skip), so a step's micro-batches
     are the same on 1, 2 or 4 processes, and the stream's position, saved at the end of a
     step, is the same on every rank: a run resumes on any number of processes."""
 
@@ -182,8 +183,15 @@ class RankShare:
         return self
 
     def __next__(self):
-        group = [next(self.batches) for _ in range(self.world_size)]
-        return group[self.rank]
+        mine = None
+        for i in range(self.world_size):
+            if i == self.rank:
+                mine = next(self.batches)
+            elif hasattr(self.batches, "skip"):   # the draw without the read: ranks read disjoint windows
+                self.batches.skip()
+            else:
+                next(self.batches)
+        return mine
 
     def state_dict(self) -> dict:
         return self.batches.state_dict()

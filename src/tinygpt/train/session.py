@@ -234,7 +234,7 @@ class Session:
             raise TinyGPTError("--shard does not go with --diagnostics or --sample-interval yet; turn them off "
                                "(the sample at the end is drawn from the saved weights)")
         # Batch windows first: a corpus too short for one block fails here, before any work.
-        batches = Batches(data.train, cfg.train.batch_size, T, mode=cfg.data.sampling, seed=cfg.seed, split="train")
+        batches = data.batches("train", cfg.train.batch_size, T, mode=cfg.data.sampling, seed=cfg.seed)
         if len(data.val):
             Batches(data.val, 1, T, split="val")
         seed_everything(cfg.seed)  # the model's init is the first draw from the seeded generators
@@ -249,8 +249,7 @@ class Session:
 
     def batches(self, split: str, seed: int) -> Iterator[Batch]:
         """A fresh stream of ``split``'s batches (for evaluation and probes) drawn with ``seed``."""
-        tokens = self.data.train if split == "train" else self.data.val
-        return Batches(tokens, self.cfg.train.batch_size, self.cfg.model.block_size, seed=seed, split=split)
+        return self.data.batches(split, self.cfg.train.batch_size, self.cfg.model.block_size, seed=seed)
 
     def has_val(self) -> bool:
         return len(self.data.val) > 0
@@ -330,8 +329,10 @@ class Session:
     def describe(self) -> list[str]:
         """What the run is, in a few lines for the log."""
         tok = self.data.tokenizer
+        train = (f"streamed from {self.cfg.data.data}" if self.data.stream is not None
+                 else f"{len(self.data.train):,} train")
         return [f"run: {self.run.path}", self.trainer.describe(),
-                f"budget: {self.cfg.train.describe_budget()}; data: {len(self.data.train):,} train / "
+                f"budget: {self.cfg.train.describe_budget()}; data: {train} / "
                 f"{len(self.data.val):,} val tokens ({tok.kind} tokenizer, {tok.vocab_size} tokens)"]
 
 
