@@ -34,8 +34,8 @@ from .instruct import (
     stop_strings,
 )
 
-__all__ = ["absolute_spec", "Batch", "Batches", "DataConfig", "SAMPLING_MODES", "TokenData", "check_encoding", "prepare_data",
-           "read_text", "resolve_files", "token_dtype",
+__all__ = ["absolute_spec", "Batch", "Batches", "DataConfig", "SAMPLING_MODES", "TokenData", "check_encoding",
+           "prepare_data", "read_text", "resolve_files", "token_dtype",
            # instruction data
            "DEFAULT_TEMPLATE", "END_WITHOUT_EOT", "TEMPLATES", "Example", "ExampleBatches", "Template", "Turn",
            "chat_prompt", "encode_example", "encode_examples", "get_template", "is_instruction_data", "prompt_text",

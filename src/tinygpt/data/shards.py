@@ -183,7 +183,7 @@ def prepare_corpus(cfg: DataConfig, out: str | Path, *, workers: int | None = No
         # 2 cores (59 MB of text), a second process made GPT-2's encoding slower, the char one faster.
         workers = default_workers() if cfg.tokenizer == "char" else 1
     if workers < 1:
-        raise TinyGPTError(f"--workers must be at least 1, got {workers}")
+        raise TinyGPTError(f"--workers must be at least 1, got {workers}; e.g. --workers 2")
     if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
         raise TinyGPTError(f"{out} already exists and is not an empty folder; give a new --out (nothing was written)")
     files = resolve_files(cfg.data, cfg.encoding, log)

@@ -75,7 +75,8 @@ class StreamSpec:
         try:
             return datasets.load_dataset(path, self.config, split=split or self.split, streaming=True)
         except Exception as e:   # datasets raises many kinds (FileNotFound, ValueError, hub errors)
-            raise TinyGPTError(f"cannot stream {self.path!r} (config {self.config}, split {split or self.split}): "
+            where = (f"config {self.config}, " if self.config else "") + f"split {split or self.split}"
+            raise TinyGPTError(f"cannot stream {self.path!r} ({where}): "
                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}; check the name, the "
                                "split, and the network (or give a local folder as hf:./folder)") from None
 
@@ -254,6 +255,8 @@ def _build_stream_cache(cfg: Any, spec: StreamSpec, settings: dict, key: str, di
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-stream-{key[:16]}-", dir=directory.parent))
     try:
+        # Read the first example now: a wrong name, split or field fails here, before anything is stored.
+        next(_texts(spec.open(), cfg.text_field, cfg.data), None)
         if tokenizer is None:
             def sample() -> Iterator[str]:
                 total = 0
