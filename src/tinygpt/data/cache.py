@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -158,8 +159,7 @@ def _build(cfg: DataConfig, files: list[Path], names: list[str], key: str, n_raw
            directory: Path, log: Callable[[str], None], tokenizer: Tokenizer | None = None) -> None:
     """Tokenize into a temp dir beside ``directory``, then rename it into place."""
     _remove_stale_builds(directory.parent, key)
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:16]}-{os.getpid()}-", dir=directory.parent))
-    try:
+    with staged(directory, f".tmp-{key[:16]}-{os.getpid()}-") as staging:
         def texts() -> Iterator[str]:
             return (chunk for path in files for chunk in iter_chunks(path, cfg.encoding))
 
@@ -182,6 +182,15 @@ def _build(cfg: DataConfig, files: list[Path], names: list[str], key: str, n_raw
             meta.update(train_bytes=train_bytes, val_bytes=n_bytes - train_bytes)
         tokenizer.save(staging)
         (staging / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+
+@contextmanager
+def staged(directory: Path, prefix: str) -> Iterator[Path]:
+    """A temp folder beside ``directory`` to build a cache entry in: renamed into place when
+    the block ends (removed if it raises), so ``directory`` only ever appears complete."""
+    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=directory.parent))
+    try:
+        yield staging
         try:
             os.rename(staging, directory)
         except OSError:

@@ -25,8 +25,6 @@ import copy
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -38,6 +36,7 @@ from ..config import cache_dir
 from ..errors import TinyGPTError
 from ..tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 from .batches import Batch
+from .cache import TokenData, staged, token_dtype
 
 PREFIX = "hf:"
 SPLITS = ("train", "validation", "test")
@@ -224,8 +223,6 @@ class StreamBatches:
 def prepare_stream(cfg: Any, tokenizer: Tokenizer | None = None, log: Callable[[str], None] = print):
     """The TokenData of a streamed dataset: its tokenizer and validation tokens, made once into
     the cache, and the source its training windows stream from."""
-    from .cache import TokenData, token_dtype
-
     spec = StreamSpec.parse(cfg.data)
     if tokenizer is None and cfg.tokenizer == "char":
         raise TinyGPTError("the char tokenizer must see every character before training, which a stream cannot "
@@ -250,11 +247,8 @@ def prepare_stream(cfg: Any, tokenizer: Tokenizer | None = None, log: Callable[[
 
 def _build_stream_cache(cfg: Any, spec: StreamSpec, settings: dict, key: str, directory: Path,
                         tokenizer: Tokenizer | None, log: Callable[[str], None]) -> None:
-    from .cache import token_dtype
-
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-stream-{key[:16]}-", dir=directory.parent))
-    try:
+    with staged(directory, f".tmp-stream-{key[:16]}-") as staging:
         # Read the first example now: a wrong name, split or field fails here, before anything is stored.
         next(_texts(spec.open(), cfg.text_field, cfg.data), None)
         if tokenizer is None:
@@ -287,12 +281,3 @@ def _build_stream_cache(cfg: Any, spec: StreamSpec, settings: dict, key: str, di
                 "vocab_size": tokenizer.vocab_size, "tokenizer": tokenizer.to_dict(), "val_split": val_split,
                 "n_tokens": len(ids), "val_start": 0, "val_bytes": n_bytes, "train_bytes": 0}
         (staging / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        try:
-            os.rename(staging, directory)
-        except OSError:
-            if not (directory / "meta.json").is_file():
-                raise
-            shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
