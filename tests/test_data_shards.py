@@ -2,9 +2,12 @@
 that refuses damage and bad requests with one line."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_TEXTS
 from helpers import QUIET
 
 from tinygpt.cli import main
@@ -14,11 +17,22 @@ from tinygpt.errors import TinyGPTError
 from tinygpt.train import Session
 
 
-@pytest.fixture
-def prepared(tiny_corpus, tmp_path):
-    """tiny_corpus prepared with 2 worker processes into 7-token shards (many boundaries)."""
-    return prepare_corpus(DataConfig(data=str(tiny_corpus), tokenizer="gpt2"), tmp_path / "prepared",
+@pytest.fixture(scope="module")
+def _prepared_once(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    corpus = root / "corpus"
+    for name, text in TINY_TEXTS.items():
+        (corpus / name).parent.mkdir(parents=True, exist_ok=True)
+        (corpus / name).write_bytes(text.encode("utf-8"))
+    return prepare_corpus(DataConfig(data=str(corpus), tokenizer="gpt2"), root / "prepared",
                           workers=2, shard_tokens=7, progress=False, **QUIET)
+
+
+@pytest.fixture
+def prepared(_prepared_once, tmp_path):
+    """tiny_corpus's texts prepared with 2 worker processes into 7-token shards (many
+    boundaries): once for the module (worker processes take a while to start), a copy each."""
+    return Path(shutil.copytree(_prepared_once, tmp_path / "prepared"))
 
 
 def test_prepared_shards_hold_the_raw_texts_tokens_split_and_bytes(tiny_corpus, prepared):

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from tinygpt.data import Batches
 from tinygpt.errors import TinyGPTError
 from tinygpt.run import RunDir
+from tinygpt.train import Session
 from tinygpt.train.distributed import DistContext, RankShare, launch
 
 TEXT = "".join(f"{i} To be, or not to be, that is the question: whether 'tis nobler.\n" for i in range(300))
@@ -109,9 +110,15 @@ def test_a_streamed_dataset_trains_alike_on_two_processes_and_resumes_on_one(tmp
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     data = ["--data", f"hf:{write_folder(tmp_path / 'ds', 'jsonl')}", "--tokenizer", "bpe", "--bpe-vocab-size", "300"]
-    train(1, *data, *FLAGS, "--max-steps", "4", "--eval-interval", "2", "--out", str(tmp_path / "whole"))
+    # The whole run and the resume run in this process (one thread, as each rank has).
+    settings = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16, "batch_size": 4, "dropout": 0.0,
+                "eval_batches": 2, "progress": False, "max_new_tokens": 0, "device": "cpu", "dtype": "fp32",
+                "optimizer": "adamw", "schedule": "constant", "warmup_steps": 0, "tokens_per_step": 128}
+    assert len(settings) == len(FLAGS) // 2 - 1   # FLAGS less --threads, as a dict
+    Session.start({**settings, "data": data[1], "tokenizer": "bpe", "bpe_vocab_size": 300, "max_steps": 4,
+                   "eval_interval": 2, "out": str(tmp_path / "whole")}, log=lambda _: None).fit()
     train(2, *data, *FLAGS, "--max-steps", "2", "--eval-interval", "2", "--out", str(tmp_path / "split"))
-    train(1, "--resume", str(tmp_path / "split"), "--max-steps", "4")
+    Session.resume(tmp_path / "split", {"max_steps": 4}, log=lambda _: None).fit()
     assert_same_run(tmp_path / "whole", tmp_path / "split")
 
 
