@@ -35,14 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
         plot,
         prepare,
         sample,
+        serve,
         train,
     )
 
     parser = argparse.ArgumentParser(prog="tinygpt", description="Train, run and study small GPT language models.")
     parser.add_argument("--version", action="version", version=f"tinygpt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    for command in (prepare, train, finetune, merge, sample, chat, eval, harness, export, bench, attention, plot, diagnose,
-                    learn, makemore):
+    for command in (prepare, train, finetune, merge, sample, chat, serve, eval, harness, export, bench, attention,
+                    plot, diagnose, learn, makemore):
         command.add_parser(sub)
     return parser
 
