@@ -116,10 +116,10 @@ class Engine:
                     continue
                 started = time.perf_counter()
                 tokens = decoder.step()
+                if self.on_step is not None:   # first: a client that has its last token sees it counted
+                    self.on_step(len(tokens), time.perf_counter() - started)
                 for t in tokens:
                     self._deliver(decoder, t)
-                if self.on_step is not None:
-                    self.on_step(len(tokens), time.perf_counter() - started)
             for handle in list(self.active):
                 self._finish(handle, "cancelled")
             with self._wake:
