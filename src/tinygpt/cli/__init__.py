@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     # The commands import torch (seconds): they load here, inside main's handlers, so a
     # Ctrl+C during start-up ends with "aborted", not a traceback.
     from . import (
+        arena,
         attention,
         bench,
         chat,
@@ -42,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinygpt", description="Train, run and study small GPT language models.")
     parser.add_argument("--version", action="version", version=f"tinygpt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    for command in (prepare, train, finetune, merge, sample, chat, serve, eval, harness, export, bench, attention,
-                    plot, diagnose, learn, makemore):
+    for command in (prepare, train, finetune, merge, sample, chat, serve, arena, eval, harness, export, bench,
+                    attention, plot, diagnose, learn, makemore):
         command.add_parser(sub)
     return parser
 

@@ -17,15 +17,29 @@ import json
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import AsyncIterator
 
 from ..config import opt
 from ..data import instruct as ins
 from ..errors import TinyGPTError
 from ..generation.lm import TinyGPT, start_ids
+from .arena import Arena
 from .engine import Engine, QueueFull, Row
 from .metrics import Metrics
-from .protocol import ApiError, GenerationRequest, Limits, chunk, new_id, parse_request, response, usage_chunk
+from .protocol import (
+    ApiError,
+    GenerationRequest,
+    Limits,
+    chunk,
+    new_id,
+    parse_request,
+    response,
+    usage_chunk,
+)
+from .votes import Votes
+
+STATIC = Path(__file__).parent / "static"   # the pages: plain HTML, CSS and JS, no build step
 
 
 @dataclass
@@ -40,6 +54,8 @@ class ServeConfig:
     max_prompt_tokens: int | None = opt(None, "the longest prompt in tokens", shown="the model's context")
     max_body_bytes: int = opt(1 << 20, "the largest request body in bytes")
     timeout: float = opt(300.0, "seconds a request may take before it is cancelled (504)")
+    votes: str | None = opt(None, "keep the arena's blind votes in this SQLite file (created if new); without "
+                                  "it the arena is off", metavar="FILE")
 
     def __post_init__(self) -> None:
         for name in ("port", "rows", "queue_size", "max_request_tokens", "max_body_bytes"):
@@ -72,7 +88,12 @@ def create_app(models: list[ServedModel], cfg: ServeConfig = ServeConfig()):
     """The ASGI app serving ``models``; their engines start with the app and stop with it."""
     try:
         from fastapi import FastAPI, Request
-        from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+        from fastapi.responses import (
+            JSONResponse,
+            PlainTextResponse,
+            Response,
+            StreamingResponse,
+        )
     except ImportError:
         raise TinyGPTError("serving needs FastAPI and uvicorn: pip install 'tinygpt[serve]'") from None
 
@@ -127,6 +148,74 @@ def create_app(models: list[ServedModel], cfg: ServeConfig = ServeConfig()):
         except (ValueError, UnicodeDecodeError) as e:
             raise ApiError(400, f"the request body is not valid JSON ({e})") from None
 
+    from fastapi.responses import FileResponse
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/")
+    async def playground():
+        return FileResponse(STATIC / "playground.html")
+
+    limits = Limits(max_tokens=cfg.max_request_tokens, max_prompt_tokens=cfg.max_prompt_tokens)
+    arena = Arena(models, Votes(cfg.votes)) if cfg.votes else None
+
+    @app.get("/arena")
+    async def arena_page():
+        return FileResponse(STATIC / "arena.html")
+
+    @app.post("/arena/battle")
+    async def battle(request: Request):
+        authorize(request)
+        if arena is None:
+            raise ApiError(400, "the arena is off: start tinygpt serve with --votes FILE to keep votes")
+        body = await read_json(request)
+        prompt = body.get("prompt") if isinstance(body, dict) else None
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ApiError(400, "prompt must be a non-empty string", param="prompt")
+        max_tokens = parse_request({"model": "-", "prompt": "", "max_tokens": body.get("max_tokens", 128)},
+                                   chat=False, limits=limits).max_tokens
+        return await arena.battle(prompt, max_tokens, lambda m, text, sampling: answer(m, text, sampling))
+
+    @app.post("/arena/vote")
+    async def vote(request: Request):
+        authorize(request)
+        if arena is None:
+            raise ApiError(400, "the arena is off: start tinygpt serve with --votes FILE to keep votes")
+        return arena.vote(await read_json(request))
+
+    async def answer(model: ServedModel, text: str, sampling) -> str:
+        """One whole answer, through the model's engine like any request."""
+        try:
+            ids = model.lm.tokenizer.encode(text)
+        except TinyGPTError as e:
+            raise ApiError(400, str(e), param="prompt") from None
+        most = min(cfg.max_prompt_tokens or model.lm.model.config.block_size, model.lm.model.config.block_size)
+        if len(ids) > most:
+            raise ApiError(400, f"the prompt has {len(ids)} tokens; this server takes at most {most}",
+                           param="prompt", code="context_length_exceeded")
+        loop, events = asyncio.get_running_loop(), asyncio.Queue()
+        stops = tuple(ins.stop_strings(model.template, model.lm.tokenizer)) if arena.chat(model) else ()
+        row = Row(ids, sampling, stops, 0, events, loop)
+        try:
+            model.engine.submit([row])
+        except QueueFull as e:
+            raise ApiError(429, f"the server is busy ({e}); retry shortly", kind="rate_limit_error",
+                           code="queue_full", headers={"Retry-After": "1"}) from None
+        out = ""
+        try:
+            while True:
+                _, piece, finish = await asyncio.wait_for(events.get(), timeout=cfg.timeout)
+                out += piece or ""
+                if finish is not None:
+                    return out
+        except asyncio.TimeoutError:
+            raise ApiError(504, f"the answer took over {cfg.timeout:g} s", kind="timeout_error",
+                           code="timeout") from None
+        finally:
+            if row.finish_reason is None:
+                model.engine.cancel([row])
+
     @app.get("/health")
     async def health():
         return {"status": "ok", "models": list(by_name)}
@@ -148,8 +237,6 @@ def create_app(models: list[ServedModel], cfg: ServeConfig = ServeConfig()):
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         return await generate(request, chat=True)
-
-    limits = Limits(max_tokens=cfg.max_request_tokens, max_prompt_tokens=cfg.max_prompt_tokens)
 
     async def generate(request: Request, *, chat: bool):
         authorize(request)
