@@ -35,8 +35,16 @@ def corpus(tmp_path):
     return path
 
 
-def train(nproc: int, *args, wait: bool = True):
-    """``tinygpt train *args`` on ``nproc`` processes (torchrun's launcher for 2)."""
+def train(nproc: int, *args, wait: bool = True, here: bool = True):
+    """``tinygpt train *args`` on ``nproc`` processes (torchrun's launcher for 2). One process
+    runs in this one when ``here`` (the same command line, through the CLI's main): a child
+    would spend seconds importing torch again. Not for a run another process goes on with:
+    a run stays locked for the life of the process that trained it."""
+    if nproc == 1 and wait and here:
+        from tinygpt.cli import main
+
+        assert main(["train", *args]) == 0
+        return None
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     head = [sys.executable, "-m", "tinygpt"] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "tinygpt"]
@@ -95,7 +103,7 @@ def test_two_processes_take_the_steps_of_one_with_twice_the_accumulation(tmp_pat
 def test_a_run_resumes_on_another_number_of_processes(tmp_path, corpus, whole_run, first, then):
     split = tmp_path / "split"
     train(int(first[0]), "--data", str(corpus), *FLAGS, *first[1:], "--max-steps", "3", "--eval-interval", "3",
-          "--out", str(split))
+          "--out", str(split), here=False)
     if "--shard" in first:  # the saved weights are the whole model's: one process scores what rank 0 measured
         run = RunDir.open(split)
         val = next(r["val_loss"] for r in run.read_metrics() if r["step"] == 3 and "val_loss" in r)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from ..bench.generate import GenerateBench
 from ..bench.generate import run as bench_generate
+from ..bench.serve import ServeBench
+from ..bench.serve import run as bench_serve
 from ..bench.train import TrainBench
 from ..bench.train import run as bench_train
 from ..checkpoint import atomic_write_text
@@ -19,6 +21,12 @@ from ..options import OutputOptions
 class BenchGenerateCommand:
     bench: GenerateBench = section(GenerateBench, only=("n_layer", "n_head", "n_embd", "prompt_tokens",
                                                         "max_new_tokens", "batch_sizes", "rounds", "engines", "busy"))
+    runtime: RuntimeConfig = section(RuntimeConfig, only=("threads",))
+
+
+@dataclass
+class BenchServeCommand:
+    bench: ServeBench = field(default_factory=ServeBench)
     runtime: RuntimeConfig = section(RuntimeConfig, only=("threads",))
 
 
@@ -37,6 +45,12 @@ def add_parser(sub) -> None:
                             "--n-layer, --n-head, --n-embd) for each batch size, in tinygpt (fp32 and bf16 "
                             "weights), transformers and llama.cpp (on tinygpt's GGUF export), in alternating "
                             "rounds.")
+    add_command(kinds, "serve", BenchServeCommand, run_serve,
+                help="an OpenAI-compatible server under concurrent load: tinygpt's vs llama.cpp's",
+                description="Start tinygpt serve (and llama-cpp-python's server, where installed) on 127.0.0.1 with "
+                            "the same random GPT-2-shaped weights, one at a time, and load each with 1, 2, 4, 8 and "
+                            "16 concurrent streaming clients: requests/s, output tokens/s, time to first token and "
+                            "per output token (p50/p99), failures; --soak N samples the server's memory.")
     add_command(kinds, "train", BenchTrainCommand, run_train,
                 help="training tokens/s, MFU against the measured matmul peak, loop overhead, "
                      "and a plain nanoGPT-style fp32 loop of the same shape",
@@ -55,4 +69,11 @@ def run_train(cmd: BenchTrainCommand) -> int:
     report = bench_train(cmd.bench, log=print)
     if cmd.output.json:
         atomic_write_text(cmd.output.json, json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+def run_serve(cmd: BenchServeCommand) -> int:
+    from ..console import log
+
+    bench_serve(cmd.bench, log=log)
     return 0
