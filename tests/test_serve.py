@@ -336,3 +336,17 @@ def test_a_real_server_answers_the_official_openai_client(run_dir, tmp_path):
         proc.terminate()   # SIGTERM: uvicorn shuts down gracefully, then ends by the signal as it came
         assert proc.wait(30) == -signal.SIGTERM
         assert "Traceback" not in proc.stderr.read()
+
+
+def test_requests_that_begin_alike_reuse_the_prefix_and_answer_the_same(models):
+    system = {"role": "system", "content": "You answer in one short line about cats and dogs."}
+    ask = [({"model": "tiny", "messages": [system, {"role": "user", "content": q}], "max_tokens": 10,
+             "temperature": 0}) for q in ("a cat?", "a dog?")]
+    first, second, metrics = call(models, [("POST", "/v1/chat/completions", ask[0], None),
+                                           ("POST", "/v1/chat/completions", ask[1], None),
+                                           ("GET", "/metrics", None, None)], prefix_cache_mb=16)
+    alone_, = call(models, [("POST", "/v1/chat/completions", ask[1], None)], prefix_cache_mb=0)
+    assert second.json()["choices"] == alone_.json()["choices"]
+    assert 'tinygpt_prefix_cache_hits{model="tiny"} 1.0' in metrics.text
+    reused = float(metrics.text.split('tinygpt_prefix_cache_reused_tokens{model="tiny"} ')[1].split()[0])
+    assert reused >= len(system["content"])   # the template's opening and the whole system message

@@ -57,6 +57,8 @@ class ServeBench:
     rows: int = opt(16, "the tinygpt server's --rows (requests decoded together)")
     dtype: str = opt("fp32", "weights of both servers: fp32 (llama.cpp f32) or bf16 (llama.cpp f16)",
                      choices=("fp32", "bf16"))
+    prefix_tokens: int = opt(512, "then time to first token of a request whose first N tokens another request "
+                                  "just had, against one whose beginning is new: the prefix cache's gain (0: skip)")
     soak: int = opt(0, "then this many more requests at the highest concurrency, sampling the server's memory "
                        "every 100 (0: none)")
     servers: tuple[str, ...] = opt(SERVERS, f"servers to load, comma-separated ({', '.join(SERVERS)}); one that "
@@ -69,6 +71,8 @@ class ServeBench:
                                f"{', '.join(SERVERS)}")
         if not self.concurrency or min(self.concurrency) < 1:
             raise TinyGPTError("--concurrency needs one or more positive client counts such as 1,8")
+        if self.prefix_tokens < 0:
+            raise TinyGPTError(f"--prefix-tokens must be 0 or more, got {self.prefix_tokens}")
         for name in ("requests", "rows", "prompt_tokens", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise TinyGPTError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -172,6 +176,34 @@ def _wait_up(base: str, proc: subprocess.Popen, limit: float = 300) -> None:
     raise TinyGPTError(f"the server at {base} did not come up in {limit:.0f} s")
 
 
+def _prefix_gain(base: str, model: str, n: int) -> str:
+    """Time to first token of a prompt whose first ``n`` tokens were just read for another
+    request (the prefix cache's), against the same prompt's beginning read afresh; median of 3."""
+    import httpx
+
+    tok = GPT2Tokenizer()
+    ids = tok.encode(TEXT * 3)
+
+    def ttft(prompt: str) -> float:
+        started = time.perf_counter()
+        with httpx.stream("POST", f"{base}/v1/completions", timeout=600,
+                          json={"model": model, "prompt": prompt, "max_tokens": 2, "temperature": 0,
+                                "stream": True}) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    return time.perf_counter() - started
+        raise TinyGPTError("the server sent no token")
+
+    fresh, cached = [], []
+    for k in range(3):
+        prefix = tok.decode(ids[101 * k + 1: 101 * k + 1 + n])   # a beginning no request had before
+        fresh.append(ttft(prefix + " And so the first question."))
+        cached.append(ttft(prefix + " And then another one."))
+    a, c = statistics.median(fresh), statistics.median(cached)
+    return (f"prefix cache: time to first token with a {n}-token beginning read before {c * 1000:.0f} ms, "
+            f"read afresh {a * 1000:.0f} ms ({a / c:.1f}x faster)")
+
+
 def _rss(pid: int) -> float:
     """The process's resident memory in MB."""
     import psutil
@@ -193,6 +225,8 @@ def _serve(cmd: list[str], name: str, model: str, b: ServeBench, prompts: list[s
         for c in b.concurrency:
             loads.append(asyncio.run(_load(base, model, prompts, c, max(b.requests, c), b.max_new_tokens, name)))
             log(_line(loads[-1]))
+        if b.prefix_tokens and name == "tinygpt":
+            log(_prefix_gain(base, model, b.prefix_tokens))
         if b.soak:
             memory.append(_rss(proc.pid))
             for k in range(0, b.soak, 100):

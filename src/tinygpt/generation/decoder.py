@@ -30,6 +30,11 @@ Past the context (``block_size``) a row goes on in one of two ways (``past_conte
 
 Every row decides this by itself, so a batched row gives what it gives alone.
 
+With a :class:`~tinygpt.generation.prefix.PrefixStore` (``prefixes``), the decoder keeps the
+keys and values of the prompts it reads, and a new row whose prompt begins like a stored
+one copies those positions into its cache row and reads only the rest (a server's shared
+system prompt). Only prompts within the context, in a cache whose slot is the position.
+
 The compute dtype is given, never read from the weights (an int8 model's weights are not
 its compute dtype): with ``autocast`` the forwards run under autocast to it (fp32 weights
 computing in bf16, as the trainer's model does); without, the weights already hold it.
@@ -55,6 +60,7 @@ from ..kernels import packed_weights, packs_one_row
 from ..kvcache import KVCache
 from ..model import GPT
 from . import processors as P
+from .prefix import PrefixStore
 from .sampling import Generators, Sampling, choose
 
 PACK_MIN_TOKENS = 32  # batched generations shorter than this do not pay for packing
@@ -92,7 +98,8 @@ class Decoder:
 
     def __init__(self, model: GPT, *, device: torch.device | str, dtype: torch.dtype, autocast: bool = False,
                  past_context: str = "exact", use_cache: bool = True, pack: bool = False,
-                 processors: Sequence[P.LogitsProcessor] = (), rows: int = 1):
+                 processors: Sequence[P.LogitsProcessor] = (), rows: int = 1,
+                 prefixes: PrefixStore | None = None):
         if past_context not in PAST_CONTEXT:
             raise ValueError(f"past_context must be one of {PAST_CONTEXT}, got {past_context!r}")
         self.model, self.device, self.dtype = model, torch.device(device), dtype
@@ -101,6 +108,7 @@ class Decoder:
         self.rolling = self.fast and model.config.pos_emb == "rope"
         self.block = model.config.block_size
         self.processors = list(processors)  # for every row, before its own rule's
+        self.prefixes = prefixes             # prompts read before, whose beginnings new rows may reuse
         self.rows: list[_Row] = []           # active rows, in batch order = cache row order
         self.history = P.History([], model.config.vocab_size, self.device)
         self.cache: KVCache | None = None    # the pool, allocated as rows join
@@ -225,16 +233,45 @@ class Decoder:
             for j in fresh:
                 self.rows[j].shift = max(0, len(tokens[j]) - self.block) if self.fast else 0
                 self.rows[j].read = True
-            ids, pos = _left_pad([tokens[j][-self.block:] for j in fresh], self.device)
             view = self.cache.rows(start, start + len(fresh))
             view.length = 0
+            known = self._reuse(view, [tokens[j] for j in fresh])
+            ids, pos = _left_pad([tokens[j][-self.block:] for j in fresh], self.device, known)
             parts.append((fresh, self._forward(ids, pos, view)))
+            self._keep_prefixes(view, [tokens[j] for j in fresh])
         if len(parts) == 1 and len(parts[0][0]) == len(self.rows):
             return parts[0][1]  # the usual step: every row in one forward, in batch order (no copy)
         out = torch.empty(len(self.rows), parts[0][1].shape[-1], device=parts[0][1].device)
         for index, logits in parts:
             out[index] = logits
         return out
+
+    def _cacheable(self, prompt: Sequence[int]) -> bool:
+        # A prompt within the context, in a cache whose slot is its position.
+        return self.prefixes is not None and not self.rolling and len(prompt) <= self.block
+
+    def _reuse(self, view: KVCache, prompts: list[Sequence[int]]) -> list[int]:
+        """Copy each prompt's longest stored beginning into its cache row; how many tokens each got."""
+        known = []
+        for n, prompt in enumerate(prompts):
+            hit = self.prefixes.lookup(prompt) if self._cacheable(prompt) else None
+            if hit is None:
+                known.append(0)
+                continue
+            c, kv = hit
+            for layer, (k, v) in zip(view.layers, kv):
+                layer.k[n, :, :c] = k[:, :c]
+                layer.v[n, :, :c] = v[:, :c]
+            known.append(c)
+        return known
+
+    def _keep_prefixes(self, view: KVCache, prompts: list[Sequence[int]]) -> None:
+        """Store the prompts just read (their keys and values, copied out of the pool)."""
+        for n, prompt in enumerate(prompts):
+            if self._cacheable(prompt):
+                L = len(prompt)
+                self.prefixes.add(prompt, [(layer.k[n, :, :L].clone(), layer.v[n, :, :L].clone())
+                                           for layer in view.layers])
 
     def _step(self, stepped: list[int]) -> list[tuple[list[int], torch.Tensor]]:
         """One cached step of rows ``stepped`` (batch positions, each read before): their last
@@ -326,13 +363,17 @@ class Decoder:
         return self._chains[rule]
 
 
-def _left_pad(rows: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(B, T) ids and per-row positions (negative = pad), or None positions when no row is padded."""
-    T = max(len(r) for r in rows)
-    if all(len(r) == T for r in rows):
+def _left_pad(rows: Sequence[Sequence[int]], device,
+              known: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, T) ids and per-row positions (negative = pad), or None positions when no row is
+    padded. ``known[i]``: row i's first tokens already in its cache row, not read again."""
+    known = known or [0] * len(rows)
+    T = max(len(r) - k for r, k in zip(rows, known))
+    if all(len(r) == T and not k for r, k in zip(rows, known)):
         return torch.tensor([list(r) for r in rows], device=device), None
-    ids = torch.tensor([[0] * (T - len(r)) + list(r) for r in rows], device=device)
-    pos = torch.tensor([list(range(len(r) - T, len(r))) for r in rows], device=device)
+    ids = torch.tensor([[0] * (T - len(r) + k) + list(r[k:]) for r, k in zip(rows, known)], device=device)
+    pos = torch.tensor([[-1] * (T - len(r) + k) + list(range(k, len(r))) for r, k in zip(rows, known)],
+                       device=device)
     return ids, pos
 
 

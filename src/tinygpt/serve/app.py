@@ -54,6 +54,8 @@ class ServeConfig:
     max_prompt_tokens: int | None = opt(None, "the longest prompt in tokens", shown="the model's context")
     max_body_bytes: int = opt(1 << 20, "the largest request body in bytes")
     timeout: float = opt(300.0, "seconds a request may take before it is cancelled (504)")
+    prefix_cache_mb: float = opt(256.0, "memory per model for the keys and values of prompts already read, which "
+                                        "requests that begin alike reuse (0: off)", metavar="MB")
     votes: str | None = opt(None, "keep the arena's blind votes in this SQLite file (created if new); without "
                                   "it the arena is off", metavar="FILE")
 
@@ -105,7 +107,7 @@ def create_app(models: list[ServedModel], cfg: ServeConfig = ServeConfig()):
     @asynccontextmanager
     async def lifespan(app):
         for m in models:
-            m.engine = Engine(m.lm, rows=cfg.rows, queue_size=cfg.queue_size,
+            m.engine = Engine(m.lm, rows=cfg.rows, queue_size=cfg.queue_size, prefix_cache_mb=cfg.prefix_cache_mb,
                               on_step=lambda n, s, name=m.name: metrics.step(name, n, s))
         try:
             yield

@@ -22,6 +22,7 @@ from typing import Callable
 
 from ..generation.decoder import Decoder, worth_packing
 from ..generation.lm import TinyGPT
+from ..generation.prefix import PrefixStore
 from ..generation.processors import LimitVocab
 from ..generation.sampling import Sampling
 from ..generation.stream import TextStream
@@ -54,9 +55,11 @@ class Row:
 class Engine:
     """The decoding loop of one model: ``submit`` rows from the event loop, ``close`` at shutdown."""
 
-    def __init__(self, lm: TinyGPT, *, rows: int = 8, queue_size: int = 64,
+    def __init__(self, lm: TinyGPT, *, rows: int = 8, queue_size: int = 64, prefix_cache_mb: float = 0,
                  on_step: Callable[[int, float], None] | None = None):
         self.lm, self.max_rows, self.queue_size = lm, rows, queue_size
+        # Prompts' keys and values, for requests that begin alike (generation/prefix.py); None: off.
+        self.prefixes = PrefixStore(int(prefix_cache_mb * 1e6)) if prefix_cache_mb > 0 else None
         self.on_step = on_step                     # (tokens made, seconds) after every step
         self.waiting: collections.deque[Row] = collections.deque()
         self.active: dict[int, Row] = {}           # decoder row handle -> row
@@ -100,7 +103,8 @@ class Engine:
         lm = self.lm
         limit = [LimitVocab(lm.tokenizer.vocab_size)] if lm.tokenizer.vocab_size < lm.model.config.vocab_size else []
         with Decoder(lm.model, device=lm.device, dtype=lm.dtype, autocast=lm.autocast, processors=limit,
-                     rows=self.max_rows, pack=worth_packing(lm.model, self.max_rows, 1 << 20, lm.device)) as decoder:
+                     rows=self.max_rows, pack=worth_packing(lm.model, self.max_rows, 1 << 20, lm.device),
+                     prefixes=self.prefixes) as decoder:
             while True:
                 with self._wake:
                     while not self._closing and not self.waiting and not self.active:

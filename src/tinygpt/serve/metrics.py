@@ -1,6 +1,7 @@
 """The server's Prometheus metrics (``GET /metrics``), in the prometheus_client library's own
 registry and text format: requests by route and status, errors, queue depth, active rows,
-time to first token and per output token, output tokens and tokens/s, each by model."""
+time to first token and per output token, output tokens and tokens/s, prefix-cache hits and
+reused tokens, each by model."""
 
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ class Metrics:
         self.tokens = Counter("tinygpt_output_tokens", "tokens generated", ["model"], registry=r)
         self.speed = Gauge("tinygpt_tokens_per_second", "output tokens per second of the recent decode steps",
                            ["model"], registry=r)
+        self.prefix_hits = Gauge("tinygpt_prefix_cache_hits", "requests whose prompt began like one read before",
+                                 ["model"], registry=r)
+        self.prefix_tokens = Gauge("tinygpt_prefix_cache_reused_tokens", "prompt tokens not read again thanks to "
+                                   "the prefix cache", ["model"], registry=r)
         self._rate: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -59,4 +64,7 @@ class Metrics:
         for name, engine in self.engines().items():
             self.queue.labels(name).set(engine.queue_depth)
             self.active.labels(name).set(len(engine.active))
+            if engine.prefixes is not None:
+                self.prefix_hits.labels(name).set(engine.prefixes.hits)
+                self.prefix_tokens.labels(name).set(engine.prefixes.reused_tokens)
         return generate_latest(self.registry).decode()
