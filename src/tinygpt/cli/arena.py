@@ -33,7 +33,7 @@ def run_report(cmd: ArenaReportCommand) -> int:
     path = Path(cmd.votes).expanduser()
     if not path.is_file():
         raise TinyGPTError(f"no votes database at {path}; give the file tinygpt serve --votes wrote")
-    votes = Votes(path).read()
+    votes = Votes(path, named="VOTES").read()
     if not votes:
         raise TinyGPTError(f"{path} holds no votes yet; vote in the arena (/arena) first")
     rows = standings(votes)

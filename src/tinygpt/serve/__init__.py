@@ -18,8 +18,15 @@ def load_models(sources: list[str], *, checkpoint: str = "best", device: str = "
                 dtype: str = "auto") -> list[ServedModel]:
     """Each model source (run, HF directory, hub name, adapter run) loaded for serving, under
     its name: the folder's or hub id's last part (a clash is refused)."""
+    from collections import Counter
     from pathlib import Path
 
+    from ..errors import TinyGPTError
     from ..generation.lm import load
 
-    return [served(Path(str(s).rstrip("/")).name or str(s), load(s, checkpoint, device, dtype)) for s in sources]
+    names = [Path(str(s).rstrip("/")).name or str(s) for s in sources]
+    twice = [n for n, k in Counter(names).items() if k > 1]
+    if twice:   # before any model is loaded
+        raise TinyGPTError(f"two models would both be served as {twice[0]!r} (each is named after its folder or hub "
+                           "id); serve each once, or copy one into a folder named differently")
+    return [served(name, load(s, checkpoint, device, dtype)) for name, s in zip(names, sources)]

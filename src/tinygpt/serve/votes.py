@@ -53,21 +53,28 @@ class Vote:
 
 
 class Votes:
-    def __init__(self, path: str | Path):
+    """The votes file at ``path``, created if new. ``named``: how messages call it (a flag, or
+    the report's argument)."""
+
+    def __init__(self, path: str | Path, named: str = "--votes"):
         self.path = Path(path).expanduser()
         if self.path.is_dir():
-            raise TinyGPTError(f"--votes {self.path} is a folder; give a file, e.g. --votes votes.sqlite")
+            raise TinyGPTError(f"{named} {self.path} is a folder; give a file, e.g. votes.sqlite")
         if not self.path.parent.is_dir():
-            raise TinyGPTError(f"--votes {self.path}: its folder does not exist; create it or give another path")
+            raise TinyGPTError(f"{named} {self.path}: its folder does not exist; create it or give another path")
         try:
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             try:
+                tables = {t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if tables and not {"battles", "votes"} <= tables:   # someone else's database: leave it alone
+                    raise sqlite3.DatabaseError(f"it holds other tables: {', '.join(sorted(tables)[:3])}")
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(SCHEMA)
             finally:
                 db.close()
         except sqlite3.DatabaseError as e:
-            raise TinyGPTError(f"--votes {self.path} is not a tinygpt votes database ({e}); give a new file") from None
+            raise TinyGPTError(f"{named} {self.path} is not a tinygpt votes database ({e}); give the file "
+                               "tinygpt serve --votes wrote, or a new one") from None
 
     def _connect(self) -> "_Transaction":
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
