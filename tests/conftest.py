@@ -127,3 +127,18 @@ def trained_run(tmp_path_factory):
 def tiny_run(trained_run, tmp_path):
     """A private copy of the trained run, free to change or resume."""
     return shutil.copytree(trained_run, tmp_path / "run")
+
+
+@pytest.fixture(scope="session")
+def serve_run(tmp_path_factory):
+    """A tiny randomized run for the server's tests: printable characters and a 256-token
+    context, room for a chat template's own text. Read-only."""
+    import string
+
+    from helpers import make_run
+
+    from tinygpt.tokenizer import CharTokenizer
+
+    path = tmp_path_factory.mktemp("serve") / "tiny"
+    make_run(path, randomize=True, tokenizer=CharTokenizer(string.printable), block_size=256)
+    return path

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import socket
-import string
 import subprocess
 import sys
 import threading
@@ -16,27 +15,17 @@ from contextlib import asynccontextmanager
 
 import httpx
 import pytest
-from helpers import make_run
 
 from tinygpt.generation.sampling import Sampling
 from tinygpt.serve import Engine, Row, ServeConfig, create_app, load_models
 from tinygpt.serve.engine import QueueFull
-from tinygpt.tokenizer import CharTokenizer
 
 PROMPT = "the cat sat"
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("serve") / "tiny"
-    # Printable characters and a 256-token context: room for a chat template's own text.
-    make_run(path, randomize=True, tokenizer=CharTokenizer(string.printable), block_size=256)
-    return path
-
-
-@pytest.fixture(scope="module")
-def models(run_dir):
-    return load_models([str(run_dir)], device="cpu", dtype="fp32")
+def models(serve_run):
+    return load_models([str(serve_run)], device="cpu", dtype="fp32")
 
 
 @asynccontextmanager
@@ -312,11 +301,11 @@ def test_a_short_load_loses_nothing_and_each_answer_is_its_own(models, live):
     assert "tinygpt_errors_total{" not in metrics
 
 
-def test_a_real_server_answers_the_official_openai_client(run_dir, tmp_path):
+def test_a_real_server_answers_the_official_openai_client(serve_run, tmp_path):
     openai = pytest.importorskip("openai")   # a dev dependency: installed wherever the suite runs
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "tinygpt", "serve", str(run_dir), "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "tinygpt", "serve", str(serve_run), "--port", str(port),
                              "--api-key", "secret", "--device", "cpu", "--threads", "1"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

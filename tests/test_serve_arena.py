@@ -14,23 +14,10 @@ from tinygpt.serve.votes import Vote, Votes
 
 
 @pytest.fixture(scope="module")
-def models(run_dir):
+def models(serve_run):
     from tinygpt.serve import load_models
 
-    return load_models([str(run_dir)], device="cpu", dtype="fp32")
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    import string
-
-    from helpers import make_run
-
-    from tinygpt.tokenizer import CharTokenizer
-
-    path = tmp_path_factory.mktemp("arena") / "tiny"
-    make_run(path, randomize=True, tokenizer=CharTokenizer(string.printable), block_size=256)
-    return path
+    return load_models([str(serve_run)], device="cpu", dtype="fp32")
 
 
 def test_a_battle_and_its_vote_land_in_sqlite_and_names_are_revealed_only_after(models, tmp_path):

@@ -6,16 +6,13 @@ a vote lands in the SQLite file. Each page's screenshot is kept in $TINYGPT_TEST
 import os
 import shutil
 import sqlite3
-import string
 import threading
 from pathlib import Path
 
 import pytest
-from helpers import make_run
 from test_serve import free_port, wait_until_up
 
 from tinygpt.serve import ServeConfig, create_app, load_models
-from tinygpt.tokenizer import CharTokenizer
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -24,14 +21,12 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
+def site(serve_run, tmp_path_factory):
     """A server with one tiny model and an arena (votes in a fresh SQLite file): (url, votes path)."""
     import uvicorn
 
-    root = tmp_path_factory.mktemp("pages")
-    make_run(root / "tiny", randomize=True, tokenizer=CharTokenizer(string.printable), block_size=256)
-    votes = root / "votes.sqlite"
-    app = create_app(load_models([str(root / "tiny")], device="cpu", dtype="fp32"), ServeConfig(votes=str(votes)))
+    votes = tmp_path_factory.mktemp("pages") / "votes.sqlite"
+    app = create_app(load_models([str(serve_run)], device="cpu", dtype="fp32"), ServeConfig(votes=str(votes)))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
