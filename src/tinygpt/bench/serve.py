@@ -160,13 +160,13 @@ async def _load(base: str, model: str, prompts: list[str], concurrency: int, n: 
                 [f - s for s, f, _, _ in results], [(e - f) / (t - 1) for s, f, e, t in results if t > 1])
 
 
-def _wait_up(base: str, proc: subprocess.Popen, limit: float = 300) -> None:
+def _wait_up(base: str, proc: subprocess.Popen, log_path: Path, limit: float = 300) -> None:
     import httpx
 
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise TinyGPTError(f"the server exited while starting: {proc.stderr.read()[-800:]}")
+            raise TinyGPTError(f"the server exited while starting: {log_path.read_text()[-800:]}")
         try:
             if httpx.get(f"{base}/v1/models", timeout=2).status_code == 200:
                 return
@@ -216,11 +216,14 @@ def _serve(cmd: list[str], name: str, model: str, b: ServeBench, prompts: list[s
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.Popen([*cmd, "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    # The server's log goes to a file: llama.cpp's server logs every request, and a pipe that
+    # nobody reads fills up and stops it mid-answer.
+    log_path = Path(tempfile.mkstemp(prefix=f"tinygpt-bench-{name}-", suffix=".log")[1])
+    with open(log_path, "w") as err:
+        proc = subprocess.Popen([*cmd, "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=err)
     loads, memory = [], []
     try:
-        _wait_up(base, proc)
+        _wait_up(base, proc, log_path)
         asyncio.run(_load(base, model, prompts, 1, 2, b.max_new_tokens, name))   # warm-up, not counted
         for c in b.concurrency:
             loads.append(asyncio.run(_load(base, model, prompts, c, max(b.requests, c), b.max_new_tokens, name)))
@@ -243,6 +246,7 @@ def _serve(cmd: list[str], name: str, model: str, b: ServeBench, prompts: list[s
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log_path.unlink(missing_ok=True)
     return loads, memory
 
 
