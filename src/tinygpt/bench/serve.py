@@ -306,8 +306,14 @@ def run(b: ServeBench, log: Callable[[str], None] = print) -> list[Load]:
                 path = Path(tmp) / "bench.gguf"
                 gguf_file.export(model.config, tensors, tok, path, dtype="f32" if b.dtype == "fp32" else "f16",
                                  force=True)
+                # Its default interrupts the running answer when a new request arrives, which cuts
+                # every concurrent answer short; queueing them (interrupt_requests off) is its best
+                # setting for this load, and the only one changed.
+                log("llama.cpp: llama-cpp-python's server at its defaults but --interrupt_requests False "
+                    "(requests wait their turn instead of cutting the running one short)")
                 cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", "bench",
-                       "--host", "127.0.0.1", "--n_ctx", "1024", "--n_threads", str(threads)]
+                       "--host", "127.0.0.1", "--n_ctx", "1024", "--n_threads", str(threads),
+                       "--interrupt_requests", "False"]
                 loads += _serve(cmd, "llama.cpp", "bench", b, prompts, threads, log)[0]
     _summary(loads, per_token, log)
     return loads
