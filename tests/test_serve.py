@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 
 import httpx
 import pytest
@@ -231,13 +231,11 @@ def wait_until_up(port: int, proc=None, limit: float = 60.0) -> None:
     raise AssertionError("the server did not come up")
 
 
-@pytest.fixture(scope="module")
-def live(models):
-    """A real uvicorn server on 127.0.0.1 in a thread of this process (its engine is reachable
-    through ``models``); yields its port."""
+@contextmanager
+def serving(app):
+    """``app`` under a real uvicorn server on 127.0.0.1, in a thread of this process; its port."""
     import uvicorn
 
-    app = create_app(models, ServeConfig(max_request_tokens=100_000, rows=4))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -248,6 +246,13 @@ def live(models):
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def live(models):
+    """A real server for ``models`` (their engines stay reachable through them); its port."""
+    with serving(create_app(models, ServeConfig(max_request_tokens=100_000, rows=4))) as port:
+        yield port
 
 
 def test_a_client_that_leaves_mid_stream_frees_its_row(models, live, monkeypatch):

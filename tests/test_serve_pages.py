@@ -6,11 +6,10 @@ a vote lands in the SQLite file. Each page's screenshot is kept in $TINYGPT_TEST
 import os
 import shutil
 import sqlite3
-import threading
 from pathlib import Path
 
 import pytest
-from test_serve import free_port, wait_until_up
+from test_serve import serving
 
 from tinygpt.serve import ServeConfig, create_app, load_models
 
@@ -23,20 +22,10 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
 @pytest.fixture(scope="module")
 def site(serve_run, tmp_path_factory):
     """A server with one tiny model and an arena (votes in a fresh SQLite file): (url, votes path)."""
-    import uvicorn
-
     votes = tmp_path_factory.mktemp("pages") / "votes.sqlite"
     app = create_app(load_models([str(serve_run)], device="cpu", dtype="fp32"), ServeConfig(votes=str(votes)))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_until_up(port)
+    with serving(app) as port:
         yield f"http://127.0.0.1:{port}", votes
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,7 @@ from ..config import like, opt, parse_ints, parse_names
 from ..device import cpu_name
 from ..errors import TinyGPTError
 from ..model import GPT, GPTConfig
+from ..serve.app import ServeConfig
 from ..tokenizer import GPT2Tokenizer
 from .generate import GenerateBench
 
@@ -54,9 +55,9 @@ class ServeBench:
     max_new_tokens: int = like(GenerateBench, "max_new_tokens", 64)
     concurrency: tuple[int, ...] = opt((1, 2, 4, 8, 16), "client counts, comma-separated", parse=parse_ints)
     requests: int = opt(32, "requests per concurrency (at least the concurrency)")
-    rows: int = opt(16, "the tinygpt server's --rows (requests decoded together)")
-    dtype: str = opt("fp32", "weights of both servers: fp32 (llama.cpp f32) or bf16 (llama.cpp f16)",
-                     choices=("fp32", "bf16"))
+    rows: int = like(ServeConfig, "rows", 16)   # the tinygpt server's
+    weights: str = opt("fp32", "both servers' weights: fp32 (llama.cpp: f32) or bf16 (llama.cpp: f16)",
+                       choices=("fp32", "bf16"))
     prefix_tokens: int = opt(512, "then time to first token of a request whose first N tokens another request "
                                   "just had, against one whose beginning is new: the prefix cache's gain (0: skip)")
     soak: int = opt(0, "then this many more requests at the highest concurrency, sampling the server's memory "
@@ -279,10 +280,10 @@ def run(b: ServeBench, log: Callable[[str], None] = print) -> list[Load]:
     model = GPT(GPTConfig(n_layer=b.n_layer, n_head=b.n_head, n_embd=b.n_embd, block_size=1024,
                           vocab_size=tok.vocab_size)).eval()
     prompts = _prompts(b, tok)
-    dtype = torch.float32 if b.dtype == "fp32" else torch.bfloat16
+    dtype = torch.float32 if b.weights == "fp32" else torch.bfloat16
     threads = torch.get_num_threads()
     per_token = _reference(model, dtype, prompts[0], b)
-    log(f"{model.num_params() / 1e6:.0f}M-parameter GPT-2-shaped model, {b.dtype}; prompts of ~{b.prompt_tokens} "
+    log(f"{model.num_params() / 1e6:.0f}M-parameter GPT-2-shaped model, {b.weights}; prompts of ~{b.prompt_tokens} "
         f"tokens, {b.max_new_tokens} new tokens each (greedy, streamed); {threads} threads; {cpu_name()}")
     log(f"one row in this process (tinygpt sample's decoder): {per_token * 1000:.1f} ms per token")
     header = (f"{'server':<10} {'conc.':>5} {'req/s':>8} {'tokens/s':>10} {'TTFT p50':>9} {'p99':>9} "
@@ -294,7 +295,7 @@ def run(b: ServeBench, log: Callable[[str], None] = print) -> list[Load]:
         hf_dir.export(model.config, tensors, tok, served)
         log(header)
         if "tinygpt" in b.servers:
-            cmd = [sys.executable, "-m", "tinygpt", "serve", str(served), "--rows", str(b.rows), "--dtype", b.dtype,
+            cmd = [sys.executable, "-m", "tinygpt", "serve", str(served), "--rows", str(b.rows), "--dtype", b.weights,
                    "--threads", str(threads), "--max-request-tokens", str(b.max_new_tokens),
                    "--queue-size", str(max(b.concurrency) + 8)]
             loads += _serve(cmd, "tinygpt", "bench", b, prompts, threads, log)[0]
@@ -304,7 +305,7 @@ def run(b: ServeBench, log: Callable[[str], None] = print) -> list[Load]:
                     "(pip install 'llama-cpp-python[server]')")
             else:
                 path = Path(tmp) / "bench.gguf"
-                gguf_file.export(model.config, tensors, tok, path, dtype="f32" if b.dtype == "fp32" else "f16",
+                gguf_file.export(model.config, tensors, tok, path, dtype="f32" if b.weights == "fp32" else "f16",
                                  force=True)
                 # Its default interrupts the running answer when a new request arrives, which cuts
                 # every concurrent answer short; queueing them (interrupt_requests off) is its best
