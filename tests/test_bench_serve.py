@@ -13,7 +13,7 @@ def test_bench_serve_loads_a_real_server_and_reports_each_concurrency(monkeypatc
     monkeypatch.setattr(bench, "llama_server_installed", lambda: False)   # as on a machine without it
     lines = []
     loads = run(ServeBench(n_layer=1, n_head=2, n_embd=32, prompt_tokens=8, max_new_tokens=4, concurrency="1,3",
-                           requests=4, rows=2, soak=0, prefix_tokens=24), log=lines.append)
+                           requests=4, server_rows=2, soak=0, prefix_tokens=24), log=lines.append)
     assert [(x.server, x.concurrency) for x in loads] == [("tinygpt", 1), ("tinygpt", 3)]
     assert all(x.failed == 0 and x.done + x.short == 4 and x.tokens > 0 for x in loads)
     assert all(len(x.ttft) == 4 for x in loads)

@@ -36,7 +36,6 @@ from ..config import like, opt, parse_ints, parse_names
 from ..device import cpu_name
 from ..errors import TinyGPTError
 from ..model import GPT, GPTConfig
-from ..serve.app import ServeConfig
 from ..tokenizer import GPT2Tokenizer
 from .generate import GenerateBench
 
@@ -55,7 +54,7 @@ class ServeBench:
     max_new_tokens: int = like(GenerateBench, "max_new_tokens", 64)
     concurrency: tuple[int, ...] = opt((1, 2, 4, 8, 16), "client counts, comma-separated", parse=parse_ints)
     requests: int = opt(32, "requests per concurrency (at least the concurrency)")
-    rows: int = like(ServeConfig, "rows", 16)   # the tinygpt server's
+    server_rows: int = opt(16, "the tinygpt server's --rows: requests it decodes together")
     weights: str = opt("fp32", "both servers' weights: fp32 (llama.cpp: f32) or bf16 (llama.cpp: f16)",
                        choices=("fp32", "bf16"))
     prefix_tokens: int = opt(512, "then time to first token of a request whose first N tokens another request "
@@ -74,7 +73,7 @@ class ServeBench:
             raise TinyGPTError("--concurrency needs one or more positive client counts such as 1,8")
         if self.prefix_tokens < 0:
             raise TinyGPTError(f"--prefix-tokens must be 0 or more, got {self.prefix_tokens}")
-        for name in ("requests", "rows", "prompt_tokens", "max_new_tokens"):
+        for name in ("requests", "server_rows", "prompt_tokens", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise TinyGPTError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.soak < 0:
@@ -295,8 +294,8 @@ def run(b: ServeBench, log: Callable[[str], None] = print) -> list[Load]:
         hf_dir.export(model.config, tensors, tok, served)
         log(header)
         if "tinygpt" in b.servers:
-            cmd = [sys.executable, "-m", "tinygpt", "serve", str(served), "--rows", str(b.rows), "--dtype", b.weights,
-                   "--threads", str(threads), "--max-request-tokens", str(b.max_new_tokens),
+            cmd = [sys.executable, "-m", "tinygpt", "serve", str(served), "--rows", str(b.server_rows),
+                   "--dtype", b.weights, "--threads", str(threads), "--max-request-tokens", str(b.max_new_tokens),
                    "--queue-size", str(max(b.concurrency) + 8)]
             loads += _serve(cmd, "tinygpt", "bench", b, prompts, threads, log)[0]
         if "llama.cpp" in b.servers:
