@@ -188,22 +188,11 @@ def create_app(models: list[ServedModel], cfg: ServeConfig = ServeConfig()):
 
     async def answer(model: ServedModel, text: str, sampling) -> str:
         """One whole answer, through the model's engine like any request."""
-        try:
-            ids = model.lm.tokenizer.encode(text)
-        except TinyGPTError as e:
-            raise ApiError(400, str(e), param="prompt") from None
-        most = min(cfg.max_prompt_tokens or model.lm.model.config.block_size, model.lm.model.config.block_size)
-        if len(ids) > most:
-            raise ApiError(400, f"the prompt has {len(ids)} tokens; this server takes at most {most}",
-                           param="prompt", code="context_length_exceeded")
+        ids = encode(model, text, "prompt")
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         stops = tuple(ins.stop_strings(model.template, model.lm.tokenizer)) if arena.chat(model) else ()
         row = Row(ids, sampling, stops, 0, events, loop)
-        try:
-            model.engine.submit([row])
-        except QueueFull as e:
-            raise ApiError(429, f"the server is busy ({e}); retry shortly", kind="rate_limit_error",
-                           code="queue_full", headers={"Retry-After": "1"}) from None
+        submit(model, [row])
         out = ""
         try:
             while True:
@@ -251,11 +240,7 @@ def create_app(models: list[ServedModel], cfg: ServeConfig = ServeConfig()):
         stop_ids = (model.lm.tokenizer.eot_id,) if model.lm.tokenizer.eot_id is not None else ()
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         rows = [Row(ids, req.sampling(i, stop_ids), stops, i, events, loop) for i in range(req.n)]
-        try:
-            model.engine.submit(rows)
-        except QueueFull as e:
-            raise ApiError(429, f"the server is busy ({e}); retry shortly", kind="rate_limit_error",
-                           code="queue_full", headers={"Retry-After": "1"}) from None
+        submit(model, rows)
         rid = new_id("chatcmpl" if chat else "cmpl")
         deadline = time.monotonic() + cfg.timeout
         if req.stream:
@@ -299,15 +284,28 @@ def create_app(models: list[ServedModel], cfg: ServeConfig = ServeConfig()):
             stops = stops + tuple(s for s in ins.stop_strings(model.template, lm.tokenizer) if s not in stops)
         else:
             text = req.prompt
+        return encode(model, text, "messages" if chat else "prompt"), stops
+
+    def encode(model: ServedModel, text: str, param: str) -> list[int]:
+        """``text`` in the model's tokens (an empty one: a document start), within the prompt limit."""
+        lm = model.lm
         try:
             ids = lm.tokenizer.encode(text) if text else start_ids(lm.tokenizer)
         except TinyGPTError as e:
-            raise ApiError(400, str(e), param="messages" if chat else "prompt") from None
+            raise ApiError(400, str(e), param=param) from None
         most = min(cfg.max_prompt_tokens or lm.model.config.block_size, lm.model.config.block_size)
-        if len(ids) > most:
-            raise ApiError(400, f"the prompt has {len(ids)} tokens; this server takes at most {most} for "
-                           f"{model.name!r}", param="messages" if chat else "prompt", code="context_length_exceeded")
-        return ids, stops
+        if len(ids) > most:   # the model is not named: in the arena it must stay anonymous
+            raise ApiError(400, f"the prompt has {len(ids)} tokens; this server takes at most {most}",
+                           param=param, code="context_length_exceeded")
+        return ids
+
+    def submit(model: ServedModel, rows: list[Row]) -> None:
+        """Queue a request's rows on the model's engine, or refuse it: 429 when the queue is full."""
+        try:
+            model.engine.submit(rows)
+        except QueueFull as e:
+            raise ApiError(429, f"the server is busy ({e}); retry shortly", kind="rate_limit_error",
+                           code="queue_full", headers={"Retry-After": "1"}) from None
 
     async def stream(model: ServedModel, req: GenerationRequest, rid: str, rows: list[Row], events: asyncio.Queue,
                      n_prompt: int, deadline: float, chat: bool) -> AsyncIterator[str]:
