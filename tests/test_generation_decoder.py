@@ -147,7 +147,7 @@ def solo(model, prompt, settings, **kw):
     with Decoder(model, device=CPU, dtype=torch.float32, **kw) as decoder:
         decoder.add(prompt, settings)
         tokens = []
-        while decoder.active:
+        while decoder.busy:
             tokens += [t.id for t in decoder.step()]
     return tokens
 
@@ -158,7 +158,7 @@ def run(model, joins, steps=None, removals=(), **kw):
     Returns each joined row's tokens, in join order, and the pool's row count at each step."""
     with Decoder(model, device=CPU, dtype=torch.float32, **kw) as decoder:
         names, tokens, sizes, step = [], {}, [], 0
-        while step <= max(joins) or decoder.active:
+        while step <= max(joins) or decoder.busy:
             for prompt, settings in joins.get(step, []):
                 names.append(decoder.add(prompt, settings))
                 tokens[names[-1]] = []
@@ -184,6 +184,40 @@ def test_a_row_that_joins_at_step_k_gives_what_it_gives_alone(tiny_model, past_c
     assert got == [solo(model, p, s, past_context=past_context) for p, s in prompts]
     assert all(len(t) == 30 for t in got)  # 30 tokens: well past the 16-token context
     assert sizes[:8] == [1, 1, 1, 1, 2, 2, 2, 4]
+
+
+def test_long_prompts_read_in_chunks_give_what_they_give_read_at_once(tiny_model):
+    model = randomize_(tiny_model, seed=11, scale=0.3, embedding_scale=0.1)
+    greedy, sampled = Sampling(greedy=True, max_new_tokens=20), Sampling(temperature=1.3, seed=7, max_new_tokens=20)
+    ids = [random_ids((1, n), seed=n)[0].tolist() for n in (3, 13, 16, 11, 2)]
+    joins = {0: [(ids[0], greedy)], 2: [(ids[1], greedy), (ids[2], sampled)], 3: [(ids[3], sampled)],
+             5: [(ids[4], greedy)]}
+    got, sizes = run(model, joins, chunk=3)
+    prompts = [p for step in sorted(joins) for p in joins[step]]
+    assert got == [solo(model, p, s) for p, s in prompts]
+    # 3 prompt tokens a step, oldest first: the 13-token prompt is read in the 4 steps from
+    # step 2 (12 tokens; its last goes in with the batch's step 5), the 16-token one in the
+    # next 5, the 11-token one in 4 more; the short ones join at once, and no row waits.
+    assert sizes[:16] == [1, 1, 1, 1, 1, 2, 3, 3, 3, 3, 3, 4, 4, 4, 4, 5]
+
+
+def test_a_row_removed_while_its_prompt_is_read_is_gone(tiny_model):
+    model = randomize_(tiny_model, seed=12, scale=0.3, embedding_scale=0.1)
+    rule = Sampling(greedy=True, max_new_tokens=6)
+    short, long = random_ids((1, 2), seed=1)[0].tolist(), random_ids((1, 14), seed=2)[0].tolist()
+    with Decoder(model, device=CPU, dtype=torch.float32, chunk=4) as decoder:
+        a, b = decoder.add(short, rule), decoder.add(long, rule)
+        assert decoder.active == [a] and [r.done for r in decoder.reading] == [0]
+        decoder.step()
+        assert [r.done for r in decoder.reading] == [4]
+        decoder.remove(b)
+        assert not decoder.reading
+        rest = []
+        while decoder.busy:
+            rest += [t.row for t in decoder.step()]
+    assert set(rest) == {a} and len(rest) == 5
+    with pytest.raises(ValueError, match="chunk must be"):
+        Decoder(model, device=CPU, dtype=torch.float32, chunk=-1)
 
 
 def test_rows_with_different_settings_in_one_batch_each_give_their_solo_tokens(tiny_model):

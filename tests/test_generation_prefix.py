@@ -57,3 +57,40 @@ def test_the_store_keeps_to_its_budget_and_leaves_a_token_to_read():
     run(m, [SHARED, list(range(30, 50))], small, steps=1)
     assert len(small) == 1 and small.bytes == per_prompt            # the older one made room
     assert small.lookup(SHARED + [1]) is None and small.lookup(list(range(30, 50)) + [1])[0] == 20
+
+
+def test_a_long_prompt_read_in_chunks_starts_from_its_stored_beginning():
+    m = model()
+    store = PrefixStore(budget_bytes=1 << 24, min_tokens=8)
+    run(m, [SHARED + [30]], store, steps=1)
+    long = SHARED + list(range(31, 46))                 # 35 tokens: 20 stored, 14 to read, 1 in the step
+    alone = solo_tokens(m, long)
+    with Decoder(m, device="cpu", dtype=torch.float32, prefixes=store, chunk=5) as d:
+        d.add([1, 2], Sampling(greedy=True, max_new_tokens=20))   # a row decoding meanwhile
+        b = d.add(long, Sampling(greedy=True, max_new_tokens=8))
+        assert [r.done for r in d.reading] == [20]
+        steps, tokens = 0, []
+        while d.busy:
+            tokens += [t.id for t in d.step() if t.row == b]
+            steps += 1
+            if steps == 2:                              # 5 and 5 read; the last 4 in step 3
+                assert tokens == [] and d.reading[0].done == 30
+    assert tokens == alone
+    assert steps == 20                                  # the short row's budget (the long one's ends first)
+    assert (store.hits, store.reused_tokens) == (1, 20)
+    assert store.lookup(long + [1])[0] == len(long)     # the whole prompt is stored once read
+
+
+def test_with_no_row_decoding_a_long_prompt_is_read_whole():
+    m = model()
+    with Decoder(m, device="cpu", dtype=torch.float32, chunk=5) as d:
+        d.add(SHARED, Sampling(greedy=True, max_new_tokens=3))
+        assert not d.active and len(d.reading) == 1
+        assert len(d.step()) == 1 and not d.reading     # read and answered in the first step
+        assert [t.id for _ in range(2) for t in d.step()] == solo_tokens(m, SHARED, 3)[1:]
+
+
+def solo_tokens(m, prompt, steps=8):
+    with Decoder(m, device="cpu", dtype=torch.float32) as d:
+        d.add(prompt, Sampling(greedy=True, max_new_tokens=steps))
+        return [t.id for _ in range(steps) for t in d.step()]

@@ -87,6 +87,18 @@ def test_logits_cover_the_real_vocabulary_only():
     assert out.loss is None and out.loss_sum is None and out.n_targets is None
 
 
+def test_last_gives_the_last_positions_logits_alone():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=65, logit_softcap=5.0)).eval()
+    idx = random_ids((3, 8), vocab=65)
+    with torch.no_grad():
+        whole, last = model(idx).logits, model(idx, last=True).logits
+    assert last.shape == (3, 1, 65)
+    torch.testing.assert_close(last[:, 0], whole[:, -1], rtol=0, atol=1e-6)
+    with pytest.raises(TinyGPTError, match="a loss needs them all"):
+        model(idx, idx, last=True)
+
+
 # ---------------------------------------------------------------------------- the loss
 
 

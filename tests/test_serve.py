@@ -162,10 +162,10 @@ def test_rows_that_join_at_different_steps_give_what_each_gives_alone(models):
              ("sat on", Sampling(top_p=0.9, repetition_penalty=1.3, seed=11, max_new_tokens=15)),
              ("x", Sampling(temperature=1.2, min_p=0.05, seed=5, max_new_tokens=30, presence_penalty=0.5))]
 
-    async def decode(order, join_after):
+    async def decode(order, join_after, chunk=0):
         """Run the specs ``order`` names through one engine, each joining once the one before it
-        has made ``join_after`` tokens; {spec: its text}."""
-        loop, engine = asyncio.get_running_loop(), Engine(lm, rows=4)
+        has made ``join_after`` tokens; {spec: its text}. ``chunk``: prompt tokens read per step."""
+        loop, engine = asyncio.get_running_loop(), Engine(lm, rows=4, prefill_chunk=chunk)
         queues = {i: asyncio.Queue() for i in order}
         texts, done = dict.fromkeys(order, ""), set()
 
@@ -192,6 +192,8 @@ def test_rows_that_join_at_different_steps_give_what_each_gives_alone(models):
     by_itself = {i: asyncio.run(decode([i], 0))[i] for i in range(len(specs))}
     assert asyncio.run(decode([0, 1, 2, 3], join_after=3)) == by_itself
     assert asyncio.run(decode([3, 1, 0, 2], join_after=5)) == by_itself
+    # Prompts read two tokens a step between the running rows' tokens change nothing.
+    assert asyncio.run(decode([0, 1, 2, 3], join_after=1, chunk=2)) == by_itself
     assert all(by_itself.values())
 
 

@@ -360,7 +360,7 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 input_pos: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> GPTOutput:
+                cache: KVCache | None = None, last: bool = False) -> GPTOutput:
         """idx (B, T) token ids -> logits (B, T, vocab_size); with targets (B, T), the loss.
         (idx may also be (B, T, C) input embeddings, as a soft prompt's vectors are.)
 
@@ -368,7 +368,11 @@ class GPT(nn.Module):
         Default: 0..T-1, or with ``cache`` the continuation at ``cache.length``.
         ``loss_mask`` (B, T): only targets where it is true count (as do targets equal
         to IGNORE_INDEX not); the loss is returned as mean, sum and count.
+        ``last``: logits (B, 1, vocab_size) of the last position only, what decoding reads (the
+        head over every prompt position is a fifth of GPT-2 small's prefill).
         """
+        if last and targets is not None:
+            raise TinyGPTError("last=True gives one position's logits; a loss needs them all")
         B, T = idx.shape[:2]
         pos, plan = kvcache.plan((B, T), idx.device, input_pos, cache, self.n_positions)
         x = idx if idx.is_floating_point() else self.transformer.wte(idx)  # (B, T, C)
@@ -391,6 +395,8 @@ class GPT(nn.Module):
             x = block(x, rope, plan, cache.layers[i] if cache is not None else None, ve)
             if i < half:
                 skips.append(x)
+        if last:
+            x = x[:, -1:]  # (B, 1, C)
         x = self.transformer.ln_f(x)
         # The head computes all padded rows (the fast matmul shape); the padding columns
         # are dropped so that they take no part in the softmax, the loss or sampling.

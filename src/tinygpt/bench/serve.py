@@ -25,9 +25,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -59,6 +60,9 @@ class ServeBench:
                        choices=("fp32", "bf16"))
     prefix_tokens: int = opt(512, "then time to first token of a request whose first N tokens another request "
                                   "just had, against one whose beginning is new: the prefix cache's gain (0: skip)")
+    long_prompt_tokens: int = opt(768, "then the longest pause in a running answer while another request's prompt "
+                                       "of N new tokens is read, by the tinygpt server reading prompts in chunks "
+                                       "(its default) and by one reading them at once (0: skip)")
     soak: int = opt(0, "then this many more requests at the highest concurrency, sampling the server's memory "
                        "every 100 (0: none)")
     servers: tuple[str, ...] = opt(SERVERS, f"servers to load, comma-separated ({', '.join(SERVERS)}); one that "
@@ -71,8 +75,9 @@ class ServeBench:
                                f"{', '.join(SERVERS)}")
         if not self.concurrency or min(self.concurrency) < 1:
             raise TinyGPTError("--concurrency needs one or more positive client counts such as 1,8")
-        if self.prefix_tokens < 0:
-            raise TinyGPTError(f"--prefix-tokens must be 0 or more, got {self.prefix_tokens}")
+        for name in ("prefix_tokens", "long_prompt_tokens"):
+            if getattr(self, name) < 0:
+                raise TinyGPTError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
         for name in ("requests", "server_rows", "prompt_tokens", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise TinyGPTError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -204,6 +209,64 @@ def _prefix_gain(base: str, model: str, n: int) -> str:
             f"read afresh {a * 1000:.0f} ms ({a / c:.1f}x faster)")
 
 
+def _pause(base: str, model: str, prompt: str, n: int, seed: int) -> tuple[float, float, float]:
+    """A streamed answer is under way when a request with an ``n``-token prompt (new to the
+    server) arrives: (the answer's longest gap between tokens from then until the long
+    request's first token, its median gap before, the long request's time to first token)."""
+    import httpx
+
+    tok = GPT2Tokenizer()
+    ids = tok.encode(TEXT * 4)
+    long = tok.decode(ids[seed * 13 + 5: seed * 13 + 5 + n])
+
+    async def go():
+        arrivals: list[float] = []
+        started = asyncio.Event()
+        sent_at, first_at = 0.0, 0.0
+
+        async def running(client):
+            body = {"model": model, "prompt": prompt, "max_tokens": 400, "temperature": 0, "stream": True}
+            async with client.stream("POST", f"{base}/v1/completions", json=body) as r:
+                async for line in r.aiter_lines():
+                    if line.startswith("data: {"):
+                        arrivals.append(time.perf_counter())
+                        if len(arrivals) == 16:
+                            started.set()
+                        if first_at and arrivals[-1] > first_at + 0.5:
+                            return   # well past the long prompt: enough seen
+
+        async def arriving(client):
+            nonlocal sent_at, first_at
+            await started.wait()
+            sent_at = time.perf_counter()
+            body = {"model": model, "prompt": long, "max_tokens": 1, "temperature": 0, "stream": True}
+            async with client.stream("POST", f"{base}/v1/completions", json=body) as r:
+                async for line in r.aiter_lines():
+                    if line.startswith("data: {") and not first_at:
+                        first_at = time.perf_counter()
+
+        async with httpx.AsyncClient(timeout=600) as client:
+            await asyncio.gather(running(client), arriving(client))
+        before = [b - a for a, b in zip(arrivals, arrivals[1:]) if b <= sent_at]
+        during = [b - a for a, b in zip(arrivals, arrivals[1:]) if b > sent_at and a <= first_at]
+        # (No gap at all: the answer ended before the long prompt's first token, nothing to say.)
+        return max(during, default=float("nan")), statistics.median(before), first_at - sent_at
+    return asyncio.run(go())
+
+
+def _chunk_gain(cmd: list[str], prompt: str, b: ServeBench, threads: int, log: Callable[[str], None]) -> None:
+    """``_pause`` on a server reading prompts in chunks (its default) and on one reading them at once."""
+    for how, extra in (("in chunks (its default)", []), ("at once (--prefill-chunk 0)", ["--prefill-chunk", "0"])):
+        # The running answer must outlast the long prompt's reading: a cap above its 400 tokens.
+        with _started([*cmd, "--max-request-tokens", "512", *extra], "tinygpt", threads) as (base, _):
+            _pause(base, "bench", prompt, 64, 0)   # warm-up, not counted
+            runs = [_pause(base, "bench", prompt, b.long_prompt_tokens, k + 1) for k in range(3)]
+        worst, step, ttft = (statistics.median(r[i] for r in runs) for i in range(3))
+        log(f"a {b.long_prompt_tokens}-token prompt arriving, read {how}: the running answer's longest pause "
+            f"{worst * 1000:.0f} ms (its usual {step * 1000:.0f} ms), the new request's first token after "
+            f"{ttft * 1000:.0f} ms (medians of 3)")
+
+
 def _rss(pid: int) -> float:
     """The process's resident memory in MB."""
     import psutil
@@ -211,19 +274,33 @@ def _rss(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 1e6
 
 
-def _serve(cmd: list[str], name: str, model: str, b: ServeBench, prompts: list[str], threads: int,
-           log: Callable[[str], None]) -> tuple[list[Load], list[float]]:
+@contextmanager
+def _started(cmd: list[str], name: str, threads: int) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A server process on a free loopback port, up: (its base URL, the process); stopped after."""
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     # The server's log goes to a file: llama.cpp's server logs every request, and a pipe that
     # nobody reads fills up and stops it mid-answer.
     log_path = Path(tempfile.mkstemp(prefix=f"tinygpt-bench-{name}-", suffix=".log")[1])
     with open(log_path, "w") as err:
-        proc = subprocess.Popen([*cmd, "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=err)
-    loads, memory = [], []
+        proc = subprocess.Popen([*cmd, "--port", str(port)], env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+                                stdout=subprocess.DEVNULL, stderr=err)
     try:
         _wait_up(base, proc, log_path)
+        yield base, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log_path.unlink(missing_ok=True)
+
+
+def _serve(cmd: list[str], name: str, model: str, b: ServeBench, prompts: list[str], threads: int,
+           log: Callable[[str], None]) -> tuple[list[Load], list[float]]:
+    loads, memory = [], []
+    with _started(cmd, name, threads) as (base, proc):
         asyncio.run(_load(base, model, prompts, 1, 2, b.max_new_tokens, name))   # warm-up, not counted
         for c in b.concurrency:
             loads.append(asyncio.run(_load(base, model, prompts, c, max(b.requests, c), b.max_new_tokens, name)))
@@ -240,13 +317,6 @@ def _serve(cmd: list[str], name: str, model: str, b: ServeBench, prompts: list[s
                     log(f"{name}: soak: {soak.failed} of {soak.done + soak.short + soak.failed} requests failed")
             log(f"{name}: memory over {b.soak} more requests (MB, every 100): "
                 + ", ".join(f"{m:.0f}" for m in memory))
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log_path.unlink(missing_ok=True)
     return loads, memory
 
 
@@ -298,6 +368,8 @@ def run(b: ServeBench, log: Callable[[str], None] = print) -> list[Load]:
                    "--dtype", b.weights, "--threads", str(threads), "--max-request-tokens", str(b.max_new_tokens),
                    "--queue-size", str(max(b.concurrency) + 8)]
             loads += _serve(cmd, "tinygpt", "bench", b, prompts, threads, log)[0]
+            if b.long_prompt_tokens:
+                _chunk_gain(cmd, prompts[0], b, threads, log)
         if "llama.cpp" in b.servers:
             if not llama_server_installed():
                 log("llama.cpp: skipped, llama-cpp-python's server is not installed "

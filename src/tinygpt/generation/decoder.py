@@ -35,6 +35,16 @@ keys and values of the prompts it reads, and a new row whose prompt begins like 
 one copies those positions into its cache row and reads only the rest (a server's shared
 system prompt). Only prompts within the context, in a cache whose slot is the position.
 
+With ``chunk`` > 0, a row with more than ``chunk`` tokens to read does not join the batch
+at once: each step reads at most ``chunk`` prompt tokens of such rows (first come, first
+read) into a cache of their own, next to the batch's one-token step, so the rows already
+decoding wait for one chunk per step instead of a whole long prompt (with no row decoding,
+the oldest prompt is read whole: smaller forwards cost more per token). When all but its last
+token are read, the row joins the batch like a prefix-cache hit (its keys and values copied
+into its cache row) and its first token comes from that step's forward. A chunk's keys at
+position p see the same tokens 0..p as in one long forward, so the tokens are the same; the
+sums run in a different order, so logits agree to float rounding, not bit for bit.
+
 The compute dtype is given, never read from the weights (an int8 model's weights are not
 its compute dtype): with ``autocast`` the forwards run under autocast to it (fp32 weights
 computing in bf16, as the trainer's model does); without, the weights already hold it.
@@ -93,13 +103,22 @@ class _Row:
     shift: int = 0       # its last token sits at position len(tokens) - 1 - shift (fast mode re-reads)
 
 
+@dataclass
+class _Reading:
+    """A row whose long prompt is read a chunk per step before it joins the batch."""
+    row: _Row
+    prompt: list[int]
+    cache: KVCache       # one row, the prompt's positions
+    done: int = 0        # prompt tokens read into it so far
+
+
 class Decoder:
     """The rows being decoded by one model, their KV cache and their settings (see the module notes)."""
 
     def __init__(self, model: GPT, *, device: torch.device | str, dtype: torch.dtype, autocast: bool = False,
                  past_context: str = "exact", use_cache: bool = True, pack: bool = False,
                  processors: Sequence[P.LogitsProcessor] = (), rows: int = 1,
-                 prefixes: PrefixStore | None = None):
+                 prefixes: PrefixStore | None = None, chunk: int = 0):
         if past_context not in PAST_CONTEXT:
             raise ValueError(f"past_context must be one of {PAST_CONTEXT}, got {past_context!r}")
         self.model, self.device, self.dtype = model, torch.device(device), dtype
@@ -109,6 +128,11 @@ class Decoder:
         self.block = model.config.block_size
         self.processors = list(processors)  # for every row, before its own rule's
         self.prefixes = prefixes             # prompts read before, whose beginnings new rows may reuse
+        if chunk < 0:
+            raise ValueError(f"chunk must be 0 (read a prompt at once) or a positive token count, got {chunk}")
+        self.chunk = chunk
+        self.reading: list[_Reading] = []    # rows reading their long prompts, oldest first
+        self._read: dict[int, _Reading] = {} # rows read that join at the next step: handle -> what they read
         self.rows: list[_Row] = []           # active rows, in batch order = cache row order
         self.history = P.History([], model.config.vocab_size, self.device)
         self.cache: KVCache | None = None    # the pool, allocated as rows join
@@ -138,8 +162,13 @@ class Decoder:
 
     @property
     def active(self) -> list[int]:
-        """The rows being decoded, in batch order."""
+        """The rows being decoded, in batch order (not those still reading a long prompt)."""
         return [r.handle for r in self.rows]
+
+    @property
+    def busy(self) -> bool:
+        """Whether a step has work: rows to decode, or prompts being read."""
+        return bool(self.rows or self.reading)
 
     def add(self, prompt: Sequence[int], settings: Sampling = Sampling(),
             generator: torch.Generator | None = None) -> int:
@@ -153,13 +182,32 @@ class Decoder:
         if generator is None and settings.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(settings.seed)
         self._handles += 1
-        self.rows.append(_Row(self._handles, settings, generator))
+        row = _Row(self._handles, settings, generator)
+        if self._chunked(prompt):
+            reading = _Reading(row, list(prompt), KVCache(self.model.config, 1, len(prompt), device=self.device,
+                                                          dtype=self.dtype))
+            reading.done = self._reuse(reading.cache, [prompt])[0]
+            if len(prompt) - 1 - reading.done > self.chunk:
+                self.reading.append(reading)
+                return row.handle
+            if reading.done:  # a stored beginning leaves at most one chunk: the row joins with it now
+                self._read[row.handle] = reading
+        self._join(row, prompt)
+        return row.handle
+
+    def _join(self, row: _Row, prompt: Sequence[int]) -> None:
+        self.rows.append(row)
         self._grouping = None
         self.history.extend([list(prompt)])
-        return self._handles
+
+    def _chunked(self, prompt: Sequence[int]) -> bool:
+        # A prompt longer than a chunk, within the context, in a cache whose slot is its position.
+        return 0 < self.chunk < len(prompt) - 1 and self.use_cache and not self.rolling and len(prompt) <= self.block
 
     def remove(self, row: int) -> None:
         """Drop a row now (its client left, or a stop string appeared); the others go on unchanged."""
+        self.reading = [r for r in self.reading if r.row.handle != row]
+        self._read.pop(row, None)
         self._keep([j for j, r in enumerate(self.rows) if r.handle != row])
 
     def reorder(self, index: Sequence[int]) -> list[int]:
@@ -205,11 +253,33 @@ class Decoder:
 
     @torch.no_grad()
     def step(self) -> list[Token]:
-        """One new token for every active row (rows that joined are read first)."""
+        """One new token for every active row (rows that joined are read first), and the
+        next chunk of the long prompts being read."""
+        if self.reading:
+            self._read_chunk()
         if not self.rows:
             return []
         logits = self.process(self.logits())
         return self.advance(self.choose(logits))
+
+    def _read_chunk(self) -> None:
+        """Read up to ``chunk`` tokens of the rows reading long prompts, oldest first; a row
+        with all but its last token read joins the batch (its first token comes from this
+        step's forward)."""
+        if self._open is None:
+            raise RuntimeError("use a Decoder inside `with`: it holds the model in eval mode while open")
+        # With no row decoding there is no one to keep waiting: the oldest prompt is read whole.
+        budget = self.chunk if self.rows else len(self.reading[0].prompt)
+        while self.reading and budget > 0:
+            r = self.reading[0]
+            n = min(budget, len(r.prompt) - 1 - r.done)
+            r.cache.length = r.done
+            self._forward(torch.tensor([r.prompt[r.done:r.done + n]], device=self.device), None, r.cache)
+            r.done, budget = r.done + n, budget - n
+            if r.done == len(r.prompt) - 1:
+                self.reading.pop(0)
+                self._read[r.row.handle] = r
+                self._join(r.row, r.prompt)
 
     @torch.no_grad()
     def logits(self) -> torch.Tensor:
@@ -235,7 +305,7 @@ class Decoder:
                 self.rows[j].read = True
             view = self.cache.rows(start, start + len(fresh))
             view.length = 0
-            known = self._reuse(view, [tokens[j] for j in fresh])
+            known = self._reuse(view, [tokens[j] for j in fresh], [self.rows[j].handle for j in fresh])
             ids, pos = _left_pad([tokens[j][-self.block:] for j in fresh], self.device, known)
             parts.append((fresh, self._forward(ids, pos, view)))
             self._keep_prefixes(view, [tokens[j] for j in fresh])
@@ -250,15 +320,21 @@ class Decoder:
         # A prompt within the context, in a cache whose slot is its position.
         return self.prefixes is not None and not self.rolling and len(prompt) <= self.block
 
-    def _reuse(self, view: KVCache, prompts: list[Sequence[int]]) -> list[int]:
-        """Copy each prompt's longest stored beginning into its cache row; how many tokens each got."""
+    def _reuse(self, view: KVCache, prompts: list[Sequence[int]],
+               handles: Sequence[int | None] = ()) -> list[int]:
+        """Copy into each prompt's cache row what is already read of it (a long prompt read in
+        chunks, else its longest stored beginning); how many tokens each got."""
         known = []
         for n, prompt in enumerate(prompts):
-            hit = self.prefixes.lookup(prompt) if self._cacheable(prompt) else None
-            if hit is None:
-                known.append(0)
-                continue
-            c, kv = hit
+            read = self._read.pop(handles[n], None) if n < len(handles) else None
+            if read is not None:
+                c, kv = read.done, [(layer.k[0], layer.v[0]) for layer in read.cache.layers]
+            else:
+                hit = self.prefixes.lookup(prompt) if self._cacheable(prompt) else None
+                if hit is None:
+                    known.append(0)
+                    continue
+                c, kv = hit
             for layer, (k, v) in zip(view.layers, kv):
                 layer.k[n, :, :c] = k[:, :c]
                 layer.v[n, :, :c] = v[:, :c]
@@ -309,7 +385,7 @@ class Decoder:
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
         """The last position's logits (B, V), fp32."""
         with autocast_to(self.device, self.dtype) if self.autocast else ExitStack():
-            return self.model(ids, input_pos=pos, cache=cache).logits[:, -1].float()
+            return self.model(ids, input_pos=pos, cache=cache, last=True).logits[:, -1].float()
 
     def process(self, logits: torch.Tensor) -> torch.Tensor:
         """Each row's logits through the decoder's processors, then its own rule's chain."""

@@ -56,6 +56,9 @@ class ServeConfig:
     timeout: float = opt(300.0, "seconds a request may take before it is cancelled (504)")
     prefix_cache_mb: float = opt(256.0, "memory per model for the keys and values of prompts already read, which "
                                         "requests that begin alike reuse (0: off)", metavar="MB")
+    prefill_chunk: int = opt(128, "prompt tokens read per decode step: a longer prompt is read in chunks between "
+                                  "the running requests' tokens, which otherwise wait for all of it (0: at once)",
+                             metavar="TOKENS")
     votes: str | None = opt(None, "keep the arena's blind votes in this SQLite file (created if new); without "
                                   "it the arena is off", metavar="FILE")
 
@@ -65,6 +68,8 @@ class ServeConfig:
                 raise TinyGPTError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.timeout <= 0:
             raise TinyGPTError(f"--timeout must be above 0 seconds, got {self.timeout}")
+        if self.prefill_chunk < 0:
+            raise TinyGPTError(f"--prefill-chunk must be 0 (off) or a token count, got {self.prefill_chunk}")
 
 
 @dataclass
@@ -108,7 +113,7 @@ def create_app(models: list[ServedModel], cfg: ServeConfig = ServeConfig()):
     async def lifespan(app):
         for m in models:
             m.engine = Engine(m.lm, rows=cfg.rows, queue_size=cfg.queue_size, prefix_cache_mb=cfg.prefix_cache_mb,
-                              on_step=lambda n, s, name=m.name: metrics.step(name, n, s))
+                              prefill_chunk=cfg.prefill_chunk, on_step=lambda n, s, name=m.name: metrics.step(name, n, s))
         try:
             yield
         finally:   # graceful shutdown: uvicorn has let running requests finish; the rest are cancelled

@@ -1,8 +1,9 @@
 """Continuous batching: one thread per model owns its decoder and KV cache rows.
 
 Requests wait in a bounded queue. Each step the engine admits waiting requests into free
-rows (the decoder reads their prompts in that step's forward), drops rows whose client went
-away, and gives every active row one token (generation/decoder.py: per-row settings and
+rows (the decoder reads their prompts in that step's forward; a long prompt a chunk per
+step, so the running rows are not stalled for its whole length), drops rows whose client
+went away, and gives every active row one token (generation/decoder.py: per-row settings and
 generators, so a request's tokens are what it gives alone). Tokens become text through the
 row's own TextStream (stop strings held back, split UTF-8 characters waited for) and go to
 the request's asyncio queue from this thread with ``call_soon_threadsafe``.
@@ -56,8 +57,9 @@ class Engine:
     """The decoding loop of one model: ``submit`` rows from the event loop, ``close`` at shutdown."""
 
     def __init__(self, lm: TinyGPT, *, rows: int = 8, queue_size: int = 64, prefix_cache_mb: float = 0,
-                 on_step: Callable[[int, float], None] | None = None):
+                 prefill_chunk: int = 0, on_step: Callable[[int, float], None] | None = None):
         self.lm, self.max_rows, self.queue_size = lm, rows, queue_size
+        self.prefill_chunk = prefill_chunk         # prompt tokens read per step (0: a prompt at once)
         # Prompts' keys and values, for requests that begin alike (generation/prefix.py); None: off.
         self.prefixes = PrefixStore(int(prefix_cache_mb * 1e6)) if prefix_cache_mb > 0 else None
         self.on_step = on_step                     # (tokens made, seconds) after every step
@@ -104,7 +106,7 @@ class Engine:
         limit = [LimitVocab(lm.tokenizer.vocab_size)] if lm.tokenizer.vocab_size < lm.model.config.vocab_size else []
         with Decoder(lm.model, device=lm.device, dtype=lm.dtype, autocast=lm.autocast, processors=limit,
                      rows=self.max_rows, pack=worth_packing(lm.model, self.max_rows, 1 << 20, lm.device),
-                     prefixes=self.prefixes) as decoder:
+                     prefixes=self.prefixes, chunk=self.prefill_chunk) as decoder:
             while True:
                 with self._wake:
                     while not self._closing and not self.waiting and not self.active:
@@ -116,7 +118,7 @@ class Engine:
                 for handle in cancelled:
                     decoder.remove(handle)
                     self._finish(handle, "cancelled")
-                if not decoder.active:
+                if not decoder.busy:
                     continue
                 started = time.perf_counter()
                 tokens = decoder.step()
