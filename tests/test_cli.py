@@ -51,7 +51,8 @@ def declarations(name):
 
 def test_the_walk_finds_every_command():
     assert {"sample", "chat", "eval", "export", "merge", "attention", "plot", "diagnose", "makemore", "lm-eval",
-            "bench generate", "bench train", "learn micrograd", "learn bpe", "train", "finetune", "prepare", "serve", "arena report", "bench serve"} == set(ALL)
+            "bench generate", "bench train", "learn micrograd", "learn bpe", "train", "finetune", "prepare", "serve",
+            "arena report", "bench serve", "quantize"} == set(ALL)
 
 
 @pytest.mark.parametrize("name", sorted(WALKED))

@@ -40,7 +40,7 @@ def read(path):
     return fields, tensors
 
 
-@pytest.mark.parametrize("kind, tol", [("f32", 0.0), ("f16", 1e-3), ("q8_0", 2e-2)])
+@pytest.mark.parametrize("kind, tol", [("f32", 0.0), ("f16", 1e-3), ("q8_0", 2e-2), ("q4_0", 0.15)])
 def test_gguf_has_llama_cpps_gpt2_layout_and_our_values(gpt2_run, tmp_path, kind, tol):
     path, model = gpt2_run
     out = tmp_path / f"model-{kind}.gguf"
@@ -64,13 +64,37 @@ def test_gguf_has_llama_cpps_gpt2_layout_and_our_values(gpt2_run, tmp_path, kind
             "output.weight": model.lm_head.weight[:50257]}
     for name, want in ours.items():
         t = tensors[name]
-        data = gguf.quants.dequantize(t.data, t.tensor_type).reshape(want.shape) if kind == "q8_0" \
+        data = gguf.quants.dequantize(t.data, t.tensor_type).reshape(want.shape) if kind.startswith("q") \
             else np.asarray(t.data, dtype=np.float32).reshape(want.shape)
         want = want.detach().numpy()
         assert np.abs(data - want).max() <= tol * np.abs(want).max(), name
         if want.ndim == 1:
             assert t.tensor_type == gguf.GGMLQuantizationType.F32  # vectors stay f32, as in llama.cpp
     assert tensors["position_embd.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+
+
+def test_an_int4_run_goes_into_q4_0_as_it_is(gpt2_run, tmp_path):
+    """The int4 run's codes and scales are the file's q4_0 blocks, byte for byte: no second rounding."""
+    from tinygpt import quant
+    from tinygpt.compress import QuantizeOptions, quantize_run
+
+    path, model = gpt2_run
+    q = quantize_run(path, tmp_path / "int4", QuantizeOptions(scheme="int4", quantize_head=True))
+    assert main(["export", str(q), "--to", "gguf", str(tmp_path / "q.gguf"), "--type", "q4_0"]) == 0
+    assert main(["export", str(path), "--to", "gguf", str(tmp_path / "f.gguf"), "--type", "q4_0"]) == 0
+    _, from_int4 = read(tmp_path / "q.gguf")
+    _, from_float = read(tmp_path / "f.gguf")
+    layer = RunDir.open(q).load_model()[0].transformer.h[0].attn.c_attn
+    t = from_int4["blk.0.attn_qkv.weight"]
+    assert t.tensor_type == gguf.GGMLQuantizationType.Q4_0
+    codes, scales = quant.unpack_int4(layer.qweight), layer.scales
+    blocks = codes.reshape(-1, 32).numpy()
+    expected = np.concatenate([scales.reshape(-1, 1).numpy().view(np.uint8),
+                               blocks[:, :16] | (blocks[:, 16:] << 4)], axis=1)
+    assert np.array_equal(np.asarray(t.data).reshape(-1, 18), expected)
+    # Rounding the float run gives the same bytes: one quantizer.
+    for name in from_int4:
+        assert np.array_equal(np.asarray(from_int4[name].data), np.asarray(from_float[name].data)), name
 
 
 def test_gguf_refusals_are_one_line(trained_run, gpt2_run, tmp_path, capsys):

@@ -337,7 +337,7 @@ def check_tensors_hold(params: int, tensors: dict[str, torch.Tensor], source: st
     """Refuse, before anything is built, a config declaring more parameters than the weights
     hold: a config.json saying 100000 layers would otherwise build layer after layer for
     minutes (and gigabytes) before the weights are compared with it."""
-    held = sum(t.numel() for t in tensors.values())
+    held = sum(t.numel() * (2 if t.dtype == torch.uint8 else 1) for t in tensors.values())  # uint8: int4 pairs
     if params > held:
         raise TinyGPTError(f"{source}: the config declares a model of {params:,} parameters but the weights hold "
                            f"{held:,}; the config does not match the weights (load it with the config it was "

@@ -3,7 +3,8 @@
 The model builds its linear layers from :class:`Linear`, which is ``nn.Linear`` plus the
 routes below; nothing in the model's math depends on them. What decides *when* a route
 pays (batched decoding, how long a generation runs) is the decoder's business
-(:mod:`tinygpt.generation.decoder`); quantized weights (int8/int4) will live here too.
+(:mod:`tinygpt.generation.decoder`). A Linear may also hold int8 or int4 weights instead of
+its float ones (:mod:`tinygpt.quant`: the formats and their kernels).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import torch.nn.functional as F
 from .checkpoint import atomic_write_json
 from .config import cache_dir
 from .device import cpu_name, fastest
+from .quant import QuantSpec, quantized_weights  # noqa: F401 (the model counts them)
+from .quant import forward as quantized_forward
 
 
 class Linear(nn.Linear):
@@ -41,10 +44,13 @@ class Linear(nn.Linear):
     decodes). Same parameters, same math; training (gradients on) pays one test per call."""
 
     _packed: tuple[torch.Tensor, int, torch.Tensor] | None = None  # (weight, its _version, oneDNN copy)
+    quant: QuantSpec | None = None              # set by quant.make_quantized: int8/int4 buffers, no weight
 
     def pack(self) -> bool:
         """Make oneDNN's blocked copy of the weight for batched CPU inference; False where
         this PyTorch build cannot (the plain routes stay)."""
+        if self.quant is not None:
+            return False   # quantized weights have kernels of their own
         w = self.weight
         if self._packed is not None and self._packed[0] is w and self._packed[1] == w._version:
             return True
@@ -57,7 +63,21 @@ class Linear(nn.Linear):
     def unpack(self) -> None:
         self._packed = None
 
+    def _apply(self, fn, recurse=True):
+        if self.quant is None:
+            return super()._apply(fn, recurse)
+        # A quantized layer's scales keep their dtype when the model's float tensors change
+        # theirs (a bf16 model's int4 scales would round off their fp16); they only move.
+        kept = {n: self._buffers.pop(n) for n in ("scales", "input_scale") if self._buffers.get(n) is not None}
+        super()._apply(fn, recurse)
+        for name, t in kept.items():
+            self._buffers[name] = t.to(fn(t[:0]).device)
+        self._kernel = None
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quant is not None:
+            return quantized_forward(self, x)
         # Under autocast F.linear computes in the autocast dtype: the routes would compute in the weights'.
         if (not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == self.weight.dtype
                 and not torch.is_autocast_enabled("cpu")):
@@ -163,7 +183,8 @@ def _save(routes: dict[str, str]) -> None:
 
 def packs_one_row(model: nn.Module) -> bool:
     """Whether any of ``model``'s linear layers reads one row fastest from a packed copy here."""
-    return any(one_row_route(m.weight) == "packed" for m in model.modules() if isinstance(m, Linear))
+    return any(one_row_route(m.weight) == "packed" for m in model.modules()
+               if isinstance(m, Linear) and m.quant is None)
 
 
 @contextmanager

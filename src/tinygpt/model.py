@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from . import kvcache
 from .config import check_choices, opt
 from .errors import TinyGPTError
-from .kernels import Linear
+from .kernels import Linear, quantized_weights
 from .kvcache import KVCache, LayerKV, Plan
 
 IGNORE_INDEX = -100  # a target equal to this takes no part in the loss (as in PyTorch and HF)
@@ -313,7 +313,7 @@ class GPT(nn.Module):
 
     def tie_weights(self) -> None:
         """Share the embedding with the head (again, after weights were assigned)."""
-        if self.config.tie_embeddings:
+        if self.config.tie_embeddings and self.lm_head.quant is None:  # a quantized head is its own copy
             self.lm_head.weight = self.transformer.wte.weight
 
     def init_buffers(self, device: torch.device | str | None = None) -> None:
@@ -343,9 +343,9 @@ class GPT(nn.Module):
         return self.rotary.max_len if self.rotary is not None else self.transformer.wpe.num_embeddings
 
     def num_params(self, non_embedding: bool = False) -> int:
-        """Parameter count (tied weights once); ``non_embedding`` drops the lookup-only tables
-        (positions, value embeddings), which cost no multiply-adds."""
-        n = sum(p.numel() for p in self.parameters())
+        """Parameter count (tied weights once, a quantized layer's weights as many as it holds);
+        ``non_embedding`` drops the lookup-only tables (positions, value embeddings)."""
+        n = sum(p.numel() for p in self.parameters()) + quantized_weights(self)
         if non_embedding and "wpe" in self.transformer:
             n -= self.transformer.wpe.weight.numel()
         if non_embedding and self.value_embeds is not None:
@@ -368,8 +368,7 @@ class GPT(nn.Module):
         Default: 0..T-1, or with ``cache`` the continuation at ``cache.length``.
         ``loss_mask`` (B, T): only targets where it is true count (as do targets equal
         to IGNORE_INDEX not); the loss is returned as mean, sum and count.
-        ``last``: logits (B, 1, vocab_size) of the last position only, what decoding reads (the
-        head over every prompt position is a fifth of GPT-2 small's prefill).
+        ``last``: the last position's logits (B, 1, vocab_size) only, what decoding reads.
         """
         if last and targets is not None:
             raise TinyGPTError("last=True gives one position's logits; a loss needs them all")

@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import adapters
+from . import adapters, quant
 from . import checkpoint as ckpt
 from . import lock as _lock
 from .adapters import AdapterConfig
@@ -296,8 +296,24 @@ class RunDir:
         if bad is not None:
             raise TinyGPTError(f"{path} holds non-finite weights ({bad} has nan/inf): it was saved by a run that "
                                "diverged; use another checkpoint (--checkpoint best|last) or train again")
-        model = ckpt.model_from_tensors(lambda: GPT(config), tensors, path, params=config.stored_params())
+        spec = self.quantization()
+        if spec is None:
+            model = ckpt.model_from_tensors(lambda: GPT(config), tensors, path, params=config.stored_params())
+        else:  # int8 / int4 buffers in place of the weights it covers (quant.py)
+            model = ckpt.model_from_tensors(lambda: quant.prepare(GPT(config), spec), tensors, path,
+                                            params=config.stored_params())
+            quant.own_buffers(model)
         return model.to(device).eval(), info, path
+
+    def quantization(self) -> quant.QuantSpec | None:
+        """How the run's weights are quantized (config.json's "quantization"), or None: float."""
+        raw = self.read_config().get("quantization")
+        if raw is None:
+            return None
+        if not isinstance(raw, dict):
+            raise TinyGPTError(f"{self.path / CONFIG_FILE}: the quantization section is not a mapping; the run "
+                               "directory is damaged")
+        return quant.QuantSpec.from_json(raw)
 
     # ------------------------------------------------------------------ trainer state and other files
 

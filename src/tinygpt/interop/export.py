@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .. import adapters
+from .. import adapters, quant
 from ..checkpoint import weight_tensors
 from ..config import check_choices, opt
 from ..device import resolve_device, resolve_dtype
@@ -54,6 +54,29 @@ class Exported:
     merged: bool = False                # a LoRA fine-tune's weights were merged
 
 
+def float_tensors(model: GPT) -> dict[str, torch.Tensor]:
+    """The model's weights, a quantized layer's as its dequantized weight (what it computes with)."""
+    tensors = weight_tensors(model)
+    for name, layer in quant.linears(model, head=True):
+        if layer.quant is not None:
+            for part in ("qweight", "scales", "input_scale"):
+                tensors.pop(f"{name}.{part}", None)
+            tensors[f"{name}.weight"] = quant.weight_of(layer).to(layer.bias.dtype if layer.bias is not None
+                                                                   else torch.float32)
+    return tensors
+
+
+def q4_0_ready(model: GPT) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{weight name: (codes, scales)} of the layers already on q4_0's grid: int4 in groups of
+    32 with no input scale, written into a q4_0 GGUF without rounding again."""
+    out = {}
+    for name, layer in quant.linears(model, head=True):
+        spec = layer.quant
+        if spec is not None and (spec.bits, spec.group_size) == (4, 32) and getattr(layer, "input_scale", None) is None:
+            out[f"{name}.weight"] = (quant.unpack_int4(layer.qweight), layer.scales)
+    return out
+
+
 def tensors_to_write(model: GPT, fmt: str, *, merged: bool = False, name: str = "the model"
                      ) -> tuple[GPTConfig, dict[str, torch.Tensor], adapters.AdapterConfig | None]:
     """(config, weights to write, the LoRA to write beside them or None) for ``fmt``. A LoRA
@@ -61,7 +84,7 @@ def tensors_to_write(model: GPT, fmt: str, *, merged: bool = False, name: str = 
     Other adapters are refused: neither format has a place for them."""
     adapter = adapters.attached(model)
     if adapter is None:
-        return model.config, weight_tensors(model), None
+        return model.config, float_tensors(model), None
     if adapter.method != "lora":
         what = "an adapter fine-tune: {} models have no place for its bottleneck adapters" \
             if adapter.method == "adapter" else "a prompt fine-tune: {} models have no place for its soft prompt"
@@ -89,7 +112,8 @@ def export_model(source: str | Path, fmt: str, out: str | Path, *, checkpoint: s
                     and lora is None)
     if fmt == "gguf":
         name = Path(source).resolve().name if Path(source).exists() else str(source)  # a hub name as it is
-        gguf_file.export(config, tensors, opened.tokenizer, out, dtype=gguf_type, force=force, name=name)
+        gguf_file.export(config, tensors, opened.tokenizer, out, dtype=gguf_type, force=force, name=name,
+                         int4=q4_0_ready(model))
         return done
     done.architecture = hf_dir.export(config, tensors, opened.tokenizer, out, force=force)
     if lora is not None:

@@ -1,4 +1,4 @@
-"""A GGUF file for llama.cpp: GPT-2 architecture, f32 / f16 / q8_0, through the ``gguf`` library.
+"""A GGUF file for llama.cpp: GPT-2 architecture, f32 / f16 / q8_0 / q4_0, through the ``gguf`` library.
 
 Metadata and tensor names are the ones llama.cpp's own converter writes for GPT-2
 (``convert_hf_to_gguf.py``): ``gpt2.*`` hyper-parameters, a byte-level BPE vocabulary
@@ -6,7 +6,11 @@ Metadata and tensor names are the ones llama.cpp's own converter writes for GPT-
 ``token_embd`` / ``blk.N.attn_qkv`` ... tensors with the head written as ``output`` even
 when tied. Our linears are (out, in) like llama.cpp's, so nothing is transposed. As in
 llama.cpp's converter, vectors (norms, biases) and the position table stay f32; other
-matrices become f16 or q8_0 (q8_0 needs rows a multiple of 32 wide; others stay f16).
+matrices become f16, q8_0 or q4_0 (those two need rows a multiple of 32 wide; others stay
+f16). q8_0 is the gguf library's quantizer. q4_0 is tinygpt's own int4 (tinygpt.quant, groups
+of 32: the same rule and layout, tested bit for bit against the gguf library's), so a run
+quantized to int4 with groups of 32 goes into the file as it is, without rounding again;
+other quantized layers are written from their dequantized weights.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import quant
 from ..errors import TinyGPTError
 from ..model import GPTConfig
 from ..tokenizer import BPETokenizer, GPT2Tokenizer, Tokenizer, gpt2_files
 from . import hf
 
-TYPES = ("f32", "f16", "q8_0")
+TYPES = ("f32", "f16", "q8_0", "q4_0")
 _BLOCK = {"ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "ln_2": "ffn_norm",
           "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
 _TOP = {"transformer.wte": "token_embd", "transformer.wpe": "position_embd", "transformer.ln_f": "output_norm",
@@ -59,9 +64,20 @@ def _vocabulary(tokenizer: Tokenizer) -> tuple[list[str], list[str], list[int]]:
     return tokens, merges, special
 
 
+def q4_0_blocks(codes: torch.Tensor, scales: torch.Tensor) -> np.ndarray:
+    """int4 codes (N, K) 0..15 and fp16 scales (N, K/32) -> q4_0's bytes (N, K/32 * 18): per
+    block of 32, the scale, then 16 bytes holding values j (low nibble) and j + 16 (high)."""
+    blocks = codes.to(torch.uint8).reshape(-1, 32).numpy()
+    packed = blocks[:, :16] | (blocks[:, 16:] << 4)
+    d = scales.to(torch.float16).reshape(-1, 1).numpy().view(np.uint8)
+    return np.concatenate([d, packed], axis=1).reshape(codes.shape[0], -1)
+
+
 def export(cfg: GPTConfig, tensors: dict[str, torch.Tensor], tokenizer: Tokenizer, out: str | Path, *,
-           dtype: str = "f16", force: bool = False, name: str = "tinygpt") -> None:
-    """Write ``out`` (a .gguf file) atomically.
+           dtype: str = "f16", force: bool = False, name: str = "tinygpt",
+           int4: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+    """Write ``out`` (a .gguf file) atomically. ``int4``: weights already quantized to q4_0's
+    grid, {name: (codes (N, K), fp16 scales (N, K/32))}, written as they are for q4_0.
 
     llama.cpp's GPT-2 graph always computes GELU in its tanh form; a model trained with
     exact GELU (tinygpt's default) runs there with activations within 4.7e-4 of its own,
@@ -83,7 +99,8 @@ def export(cfg: GPTConfig, tensors: dict[str, torch.Tensor], tokenizer: Tokenize
     out = output_file(out, force=force, flag="--to gguf")
     Q = gguf.GGMLQuantizationType
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
+                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[dtype]
+    int4 = int4 or {}
     named = {k: v for k, v in tensors.items()}
     named.setdefault("lm_head.weight", named["transformer.wte.weight"])  # llama.cpp wants the head written
     with atomic_path(out) as tmp:
@@ -114,6 +131,11 @@ def export(cfg: GPTConfig, tensors: dict[str, torch.Tensor], tokenizer: Tokenize
                 w.add_tensor(gguf_name(key), data)
             elif dtype == "q8_0" and data.shape[-1] % 32 == 0:
                 w.add_tensor(gguf_name(key), quantize(data, Q.Q8_0), raw_dtype=Q.Q8_0)
+            elif dtype == "q4_0" and data.shape[-1] % 32 == 0:
+                codes, scales = int4[key] if key in int4 else quant.quantize_int4(torch.from_numpy(data), 32)
+                if key in ("transformer.wte.weight", "lm_head.weight"):
+                    codes, scales = codes[:cfg.vocab_size], scales[:cfg.vocab_size]
+                w.add_tensor(gguf_name(key), q4_0_blocks(codes, scales), raw_dtype=Q.Q4_0)
             else:
                 w.add_tensor(gguf_name(key), data.astype(np.float16))
         w.write_header_to_file()

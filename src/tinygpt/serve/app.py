@@ -113,7 +113,8 @@ def create_app(models: list[ServedModel], cfg: ServeConfig = ServeConfig()):
     async def lifespan(app):
         for m in models:
             m.engine = Engine(m.lm, rows=cfg.rows, queue_size=cfg.queue_size, prefix_cache_mb=cfg.prefix_cache_mb,
-                              prefill_chunk=cfg.prefill_chunk, on_step=lambda n, s, name=m.name: metrics.step(name, n, s))
+                              prefill_chunk=cfg.prefill_chunk,
+                              on_step=lambda n, s, name=m.name: metrics.step(name, n, s))
         try:
             yield
         finally:   # graceful shutdown: uvicorn has let running requests finish; the rest are cancelled
