@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinygpt import quant
+from tinygpt import kernels, quant
 from tinygpt.errors import TinyGPTError
 from tinygpt.kernels import Linear
 from tinygpt.quant import QuantSpec
@@ -75,17 +75,32 @@ def test_int4_packs_two_codes_a_byte_and_back():
 
 
 @pytest.mark.parametrize("spec", [INT8, INT4, QuantSpec(bits=4, group_size=64)], ids=["int8", "int4-32", "int4-64"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("how", ["fp32", "fp32 via bf16", "bf16"])
 @pytest.mark.parametrize("rows", [1, 7])
-def test_the_kernels_compute_what_the_dequantized_weights_do(spec, dtype, rows):
+def test_the_kernels_compute_what_the_dequantized_weights_do(spec, how, rows, monkeypatch):
     lin, _ = layer(spec)
+    dtype = torch.bfloat16 if how == "bf16" else torch.float32
+    monkeypatch.setattr(kernels, "quantized_route", lambda _: "int-bf16" if how == "fp32 via bf16" else "int-fp32")
     x = torch.randn(rows, 128).to(dtype)
     with torch.no_grad():
         y = lin(x)
         reference = x.float() @ quant.weight_of(lin).T + lin.bias
     assert y.dtype == dtype and y.shape == (rows, 48)
-    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    tol = 1e-4 if how == "fp32" else 3e-2
     torch.testing.assert_close(y.float(), reference, rtol=tol, atol=tol * reference.abs().max().item())
+
+
+def test_fp32_activations_take_the_faster_measured_route_and_keep_it(monkeypatch):
+    lin, _ = layer(INT4)
+    timed = []
+    for faster in ("int-bf16", "int-fp32"):
+        kernels._ROUTE.clear()
+        monkeypatch.setattr(kernels, "_SAVED", {})
+        monkeypatch.setattr(kernels, "_quantized_times", lambda _, f=faster: timed.append(f) or
+                            {"int-fp32": 1.0, "int-bf16": 0.5 if f == "int-bf16" else 0.9})
+        assert kernels.quantized_route(lin) == faster and kernels.quantized_route(lin) == faster
+    assert timed == ["int-bf16", "int-fp32"]   # timed once each time, then remembered
+    kernels._ROUTE.clear()
 
 
 def test_a_quantized_layer_holds_no_float_weight_and_keeps_its_scales_dtype():

@@ -52,7 +52,7 @@ def opt(default: Any, help: str, *, choices: tuple | None = None, parse: Callabl
     ``parse`` turns a command-line or config-file string into the field's value
     (e.g. ``"6h"`` -> 21600.0 seconds); it must raise ``ValueError`` on bad input.
     On the command line the field is a ``--flag``, or with ``positional`` an argument
-    (one value; ``X | None``: may be left out; ``list[X]``: one or more). ``nargs`` makes
+    (one value; ``X | None``: may be left out; ``list[X]``: one or more; ``list[X] | None``: any). ``nargs`` makes
     a flag take that many values (a list); ``required`` makes a flag one the command line must
     give; ``aliases`` are its old spellings; ``shown`` says in help what the default means
     where the value alone would not (a None worked out later).
@@ -445,7 +445,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str
             help_text += f" [{'|'.join(map(str, choices))}]"
         listed = typing.get_origin(base) is list
         if meta.get("positional"):
-            parser.add_argument(name, metavar=flag_name(f), nargs="+" if listed else "?" if optional else None,
+            nargs = ("*" if optional else "+") if listed else "?" if optional else None
+            parser.add_argument(name, metavar=flag_name(f), nargs=nargs,
                                 default=None, help=help_text)
             continue
         kwargs: dict[str, Any] = {"required": bool(meta.get("required"))}

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from .checkpoint import atomic_write_json
 from .config import cache_dir
 from .device import cpu_name, fastest
+from . import quant
 from .quant import QuantSpec, quantized_weights  # noqa: F401 (the model counts them)
-from .quant import forward as quantized_forward
 
 
 class Linear(nn.Linear):
@@ -110,7 +110,7 @@ COPY_BYTES, MAX_COPIES, READ_BYTES = 48 * 2**20, 32, 8 * 2**20
 # How much faster than linear a route must be to be taken. mv gives linear's bits, so 5%
 # will do; packed weights round differently (within 1e-5 in fp32), so they must win by so
 # much (EPYC: 1.3-2x) that timing noise does not flip the choice.
-WIN_BY = {"linear": 1.0, "mv": 0.95, "packed": 0.8}
+WIN_BY = {"linear": 1.0, "mv": 0.95, "packed": 0.8, "int-fp32": 1.0, "int-bf16": 0.8}
 # Each choice is kept on disk, per CPU and PyTorch, so that every later run on this machine
 # takes the same routes (the same bits for a seeded generation) without timing them again.
 ROUTES_FILE = "kernel_routes.json"
@@ -201,3 +201,136 @@ def packed_weights(model: nn.Module) -> Iterator[bool]:
     finally:
         for m in mine:
             m.unpack()
+
+
+# ---------------------------------------------------------------------------- quantized layers
+
+def quantized_forward(layer: Linear, x: torch.Tensor) -> torch.Tensor:
+    """A quantized layer's y = x W^T + b, in x's dtype (tinygpt.quant holds its formats).
+
+    On CPU, PyTorch's own kernels: ``aten._weight_int8pack_mm``, and
+    ``aten._weight_int4pack_mm_for_cpu`` on a copy converted once by
+    ``_convert_weight_to_int4pack_for_cpu``. Their fp32 paths can be far slower than their
+    bf16 ones (EPYC, AVX512-BF16, torch 2.13, GPT-2 small's head: int8 38.6 ms in fp32
+    against 7.6 ms in bf16; fp32 weights 15.1 ms), so fp32 activations take the faster of
+    the two, timed once per machine and shape (:func:`quantized_route`); in bf16 they round
+    to 3 significant digits, finer than llama.cpp's q8_0 activations (8 bits). Elsewhere, and
+    where a build lacks the kernel, the weights are dequantized for the call (correct
+    everywhere, not fast). Dynamic int8 rounds each row of x to int8 and multiplies integers
+    (``torch._int_mm``), as ``torch.ao.quantization.quantize_dynamic`` does."""
+    spec: QuantSpec = layer.quant
+    input_scale = getattr(layer, "input_scale", None)
+    if input_scale is not None:
+        x = x / input_scale.to(x.dtype)
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    y = None
+    if spec.activations == "int8":
+        y = _dynamic_int8(x2, layer.qweight, layer.scales)
+    elif x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16, torch.float16):
+        if x.dtype == torch.float32 and quantized_route(layer) == "int-bf16":
+            y = _int_kernel(layer, x2.to(torch.bfloat16))
+            y = y.float() if y is not None else None
+        else:
+            y = _int_kernel(layer, x2)
+    if y is None:  # every device: the weights dequantized for this call
+        y = F.linear(x2, quant.dequantize(layer.qweight, layer.scales, spec.bits).to(x.dtype))
+    if layer.bias is not None:
+        y = y + layer.bias.to(y.dtype)
+    return y.view(*shape[:-1], -1)
+
+
+_KERNELS: dict[tuple, bool] = {}   # (op, dtype) -> whether this PyTorch build runs it here (tried once)
+
+
+def _works(name: str, dtype: torch.dtype, call) -> torch.Tensor | None:
+    """``call()``, or None where this build lacks the kernel (then never tried again)."""
+    if _KERNELS.get((name, dtype)) is False:
+        return None
+    try:
+        y = call()
+    except (RuntimeError, NotImplementedError, AttributeError):
+        _KERNELS[(name, dtype)] = False
+        return None
+    _KERNELS[(name, dtype)] = True
+    return y
+
+
+def _int_kernel(layer: Linear, x: torch.Tensor) -> torch.Tensor | None:
+    """x (M, K) times the layer's int8 / int4 weight by PyTorch's CPU kernel, or None."""
+    spec: QuantSpec = layer.quant
+    if spec.bits == 8:
+        scales = layer.scales.to(x.dtype)
+        return _works("int8", x.dtype, lambda: torch.ops.aten._weight_int8pack_mm(x, layer.qweight, scales))
+    key = (x.dtype, layer.qweight.data_ptr())
+    if layer._kernel is None or layer._kernel[0] != key:
+        made = _works("int4-pack", x.dtype, lambda: _int4_pack(layer, x.dtype))
+        if made is None:
+            return None
+        layer._kernel = (key, *made)
+    _, packed, scale_zeros = layer._kernel
+    return _works("int4", x.dtype, lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, spec.group_size,
+                                                                                        scale_zeros))
+
+
+def _int4_pack(layer: Linear, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """PyTorch's CPU int4 layout of the codes, and its (K/g, N, 2) scales and zeros (zero 0:
+    its dequantization, (q - 8) * scale + zero, is then ours)."""
+    codes = quant.unpack_int4(layer.qweight).to(torch.int32)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+    s = layer.scales.to(dtype).t()                            # (K/g, N)
+    return packed, torch.stack([s, torch.zeros_like(s)], dim=-1).contiguous()
+
+
+def _dynamic_int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """x (M, K) rounded per row to int8, times the int8 weight in integers, scaled back."""
+    xf = x.float()
+    sx = xf.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127           # (M, 1)
+    xq = torch.round(xf / sx).clamp_(-127, 127).to(torch.int8)
+    acc = _works("int_mm", torch.int8, lambda: torch._int_mm(xq, qweight.t()))
+    if acc is None:  # integer products summed in fp32 could lose bits past 2^24: int32
+        acc = xq.to(torch.int32) @ qweight.t().to(torch.int32)
+    return (acc.float() * sx * scales.float()[None, :]).to(x.dtype)
+
+
+def quantized_route(layer: Linear) -> str:
+    """How fp32 activations meet this quantized layer fastest here: "int-fp32" (the kernel
+    in fp32) or "int-bf16" (rounded to bf16 for the kernel, which must win by ``WIN_BY``).
+    Timed once per machine for each format and shape, over enough copies to leave the
+    caches (see ``COPY_BYTES``), and kept on disk with the other routes."""
+    spec: QuantSpec = layer.quant
+    shape = (layer.out_features, layer.in_features)
+    key = (f"int{spec.bits}/{spec.group_size}", shape)
+    route = _ROUTE.get(key)
+    if route is None:
+        saved, name = _saved_routes(), route_name(key[0], shape)
+        route = saved.get(name)
+        if route is None:
+            times = _quantized_times(layer)
+            wins = [r for r in times if times[r] < WIN_BY[r] * times["int-fp32"]]
+            route = saved[name] = min(wins, key=times.get) if wins else "int-fp32"
+            _save(saved)
+        _ROUTE[key] = route
+    return route
+
+
+def _quantized_times(layer: Linear) -> dict[str, float]:
+    """Seconds for one row through copies of the layer, each way that runs on this build."""
+    nbytes = layer.qweight.numel() * layer.qweight.element_size()
+    n = min(MAX_COPIES, max(1, COPY_BYTES // nbytes))
+    copies = []
+    for _ in range(n):
+        c = Linear(layer.in_features, layer.out_features, bias=False, device="meta")
+        quant.make_quantized(c, layer.quant, {"qweight": layer.qweight.clone(), "scales": layer.scales.clone()})
+        copies.append(c)
+    reads = copies * max(1, -(-READ_BYTES // (n * nbytes)))
+    x = torch.ones(1, layer.in_features) / layer.in_features
+    options = {}
+    for route, dtype in (("int-fp32", torch.float32), ("int-bf16", torch.bfloat16)):
+        if _int_kernel(copies[0], x.to(dtype)) is not None:
+            options[route] = lambda dtype=dtype: [_int_kernel(c, x.to(dtype)) for c in reads]
+    if not options:
+        return {"int-fp32": 1.0}   # no kernel: the dequantizing fallback either way
+    with torch.no_grad():
+        _, times = fastest(options, torch.device("cpu"), reps=3)
+    return times

@@ -17,12 +17,8 @@ weights: int8 is a quarter of fp32's bytes, int4 an eighth. What a quantized lin
   they lose less, and divides their inputs back down here.
 
 The weights themselves (``<name>.weight``) are gone: the layer keeps only these buffers.
-Its forward runs PyTorch's own CPU kernels where this build has them
-(``aten._weight_int8pack_mm``; ``aten._weight_int4pack_mm_for_cpu`` on a weight converted
-once by ``_convert_weight_to_int4pack_for_cpu``), and dequantize-then-matmul elsewhere,
-which is correct on every device. Dynamic int8 (``activations="int8"``) also rounds each
-row of x to int8 on the fly and multiplies integers (``torch._int_mm``), as
-``torch.ao.quantization.quantize_dynamic`` does.
+How it multiplies (PyTorch's int8 / int4 CPU kernels, or dequantize-then-matmul) is
+tinygpt.kernels' business, like every route behind ``Linear``.
 """
 
 from __future__ import annotations
@@ -30,7 +26,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .errors import TinyGPTError
 
@@ -170,13 +165,14 @@ def buffers_of(linear, spec: QuantSpec, device=None) -> dict[str, torch.Tensor]:
 
 def make_quantized(linear, spec: QuantSpec, tensors: dict[str, torch.Tensor] | None = None) -> None:
     """Turn ``linear`` (a tinygpt Linear) into a quantized one: its weight parameter goes,
-    ``tensors`` (qweight, scales, optional input_scale; else empty ones to load into) stay."""
-    tensors = tensors if tensors is not None else buffers_of(linear, spec, linear.weight.device)
-    device = linear.weight.device
+    ``tensors`` (qweight, scales, optional input_scale, on their own device; else empty ones
+    on the weight's, to load into) stay."""
+    if tensors is None:   # on the weight's device (meta, for a model about to be loaded)
+        tensors = buffers_of(linear, spec, linear.weight.device)
     del linear.weight
     linear.register_parameter("weight", None)
     for name, t in tensors.items():
-        linear.register_buffer(name, t.to(device))
+        linear.register_buffer(name, t)
     linear.quant = spec
     linear._kernel = None
 
@@ -187,78 +183,6 @@ def weight_of(linear) -> torch.Tensor:
     if getattr(linear, "quant", None) is None:
         return linear.weight
     return dequantize(linear.qweight, linear.scales, linear.quant.bits, getattr(linear, "input_scale", None))
-
-
-def forward(linear, x: torch.Tensor) -> torch.Tensor:
-    """A quantized layer's y = x W^T + b, in x's dtype."""
-    spec: QuantSpec = linear.quant
-    input_scale = getattr(linear, "input_scale", None)
-    if input_scale is not None:
-        x = x / input_scale.to(x.dtype)
-    shape = x.shape
-    x2 = x.reshape(-1, shape[-1])
-    y = None
-    if spec.activations == "int8":
-        y = _dynamic_int8(x2, linear.qweight, linear.scales)
-    elif x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16, torch.float16):
-        y = _cpu_kernel(linear, x2)
-    if y is None:  # every device: the weights dequantized for this call
-        y = F.linear(x2, dequantize(linear.qweight, linear.scales, spec.bits).to(x.dtype))
-    if linear.bias is not None:
-        y = y + linear.bias.to(y.dtype)
-    return y.view(*shape[:-1], -1)
-
-
-_KERNELS: dict[tuple, bool] = {}   # (op, dtype) -> whether this PyTorch build runs it here (tried once)
-
-
-def _works(name: str, dtype: torch.dtype, call) -> torch.Tensor | None:
-    """``call()``, or None where this build lacks the kernel (then never tried again)."""
-    if _KERNELS.get((name, dtype)) is False:
-        return None
-    try:
-        y = call()
-    except (RuntimeError, NotImplementedError, AttributeError):
-        _KERNELS[(name, dtype)] = False
-        return None
-    _KERNELS[(name, dtype)] = True
-    return y
-
-
-def _cpu_kernel(linear, x: torch.Tensor) -> torch.Tensor | None:
-    spec: QuantSpec = linear.quant
-    if spec.bits == 8:
-        scales = linear.scales.to(x.dtype)
-        return _works("int8", x.dtype, lambda: torch.ops.aten._weight_int8pack_mm(x, linear.qweight, scales))
-    key = (x.dtype, linear.qweight.data_ptr())
-    if linear._kernel is None or linear._kernel[0] != key:
-        made = _works("int4-pack", x.dtype, lambda: _int4_pack(linear, x.dtype))
-        if made is None:
-            return None
-        linear._kernel = (key, *made)
-    _, packed, scale_zeros = linear._kernel
-    return _works("int4", x.dtype, lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, spec.group_size,
-                                                                               scale_zeros))
-
-
-def _int4_pack(linear, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """PyTorch's CPU int4 layout of the codes, and its (K/g, N, 2) scales and zeros (zero 0:
-    its dequantization, (q - 8) * scale + zero, is then ours)."""
-    codes = unpack_int4(linear.qweight).to(torch.int32)
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
-    s = linear.scales.to(dtype).t()                            # (K/g, N)
-    return packed, torch.stack([s, torch.zeros_like(s)], dim=-1).contiguous()
-
-
-def _dynamic_int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """x (M, K) rounded per row to int8, times the int8 weight in integers, scaled back."""
-    xf = x.float()
-    sx = xf.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127           # (M, 1)
-    xq = torch.round(xf / sx).clamp_(-127, 127).to(torch.int8)
-    acc = _works("int_mm", torch.int8, lambda: torch._int_mm(xq, qweight.t()))
-    if acc is None:  # integer products summed exactly in fp32 would overflow its mantissa: use int32
-        acc = (xq.to(torch.int32) @ qweight.t().to(torch.int32))
-    return (acc.float() * sx * scales.float()[None, :]).to(x.dtype)
 
 
 # ---------------------------------------------------------------------------- a model's layers

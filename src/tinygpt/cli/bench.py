@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from ..bench.compress import CompressBench
+from ..bench.compress import run as bench_compress
 from ..bench.generate import GenerateBench
 from ..bench.generate import run as bench_generate
 from ..bench.serve import ServeBench
@@ -31,6 +33,12 @@ class BenchServeCommand:
 
 
 @dataclass
+class BenchCompressCommand:
+    bench: CompressBench = field(default_factory=CompressBench)
+    runtime: RuntimeConfig = section(RuntimeConfig, only=("threads",))
+
+
+@dataclass
 class BenchTrainCommand:
     bench: TrainBench = field(default_factory=TrainBench)
     runtime: RuntimeConfig = section(RuntimeConfig, only=("threads",))
@@ -51,6 +59,12 @@ def add_parser(sub) -> None:
                             "the same random GPT-2-shaped weights, one at a time, and load each with 1, 2, 4, 8 and "
                             "16 concurrent streaming clients: requests/s, output tokens/s, time to first token and "
                             "per output token (p50/p99), failures; --soak N samples the server's memory.")
+    add_command(kinds, "compress", BenchCompressCommand, run_compress,
+                help="size, decoding speed and bits per byte of a model in fp32, bf16, int8, int4 and more",
+                description="One table for MODEL's smaller forms (fp32, bf16, int8, int4 by three roundings, "
+                            "dynamic int8, and further runs given: QAT, pruned): file size, greedy tokens/s per "
+                            "batch size, bits per byte on held-out text; llama.cpp q8_0 / q4_0 on the same "
+                            "weights where installed. Without MODEL: a random GPT-2-small, speed only.")
     add_command(kinds, "train", BenchTrainCommand, run_train,
                 help="training tokens/s, MFU against the measured matmul peak, loop overhead, "
                      "and a plain nanoGPT-style fp32 loop of the same shape",
@@ -62,6 +76,13 @@ def add_parser(sub) -> None:
 
 def run_generate(cmd: BenchGenerateCommand) -> int:
     bench_generate(cmd.bench, log=print)
+    return 0
+
+
+def run_compress(cmd: BenchCompressCommand) -> int:
+    from ..console import log
+
+    bench_compress(cmd.bench, log=log)
     return 0
 
 

@@ -64,6 +64,15 @@ def _vocabulary(tokenizer: Tokenizer) -> tuple[list[str], list[str], list[int]]:
     return tokens, merges, special
 
 
+def require_gguf_shape(cfg: GPTConfig) -> str | None:
+    """Why a model of this shape cannot go into a GGUF file, or None."""
+    try:
+        hf.require_gpt2_shape(cfg, "GGUF (llama.cpp's GPT-2)")
+    except TinyGPTError as e:
+        return str(e)
+    return None
+
+
 def q4_0_blocks(codes: torch.Tensor, scales: torch.Tensor) -> np.ndarray:
     """int4 codes (N, K) 0..15 and fp16 scales (N, K/32) -> q4_0's bytes (N, K/32 * 18): per
     block of 32, the scale, then 16 bytes holding values j (low nibble) and j + 16 (high)."""
