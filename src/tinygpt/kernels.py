@@ -17,10 +17,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import quant
 from .checkpoint import atomic_write_json
 from .config import cache_dir
 from .device import cpu_name, fastest
-from . import quant
 from .quant import QuantSpec, quantized_weights  # noqa: F401 (the model counts them)
 
 
@@ -45,6 +45,7 @@ class Linear(nn.Linear):
 
     _packed: tuple[torch.Tensor, int, torch.Tensor] | None = None  # (weight, its _version, oneDNN copy)
     quant: QuantSpec | None = None              # set by quant.make_quantized: int8/int4 buffers, no weight
+    fake_quant: QuantSpec | None = None         # quantization-aware training: the forward rounds the weight
 
     def pack(self) -> bool:
         """Make oneDNN's blocked copy of the weight for batched CPU inference; False where
@@ -78,6 +79,9 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quant is not None:
             return quantized_forward(self, x)
+        if self.fake_quant is not None:  # the weight as it will be stored, its gradient straight through
+            w = quant.fake_quantize(self.weight, self.fake_quant.bits, self.fake_quant.group_size)
+            return F.linear(x, w, self.bias)
         # Under autocast F.linear computes in the autocast dtype: the routes would compute in the weights'.
         if (not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == self.weight.dtype
                 and not torch.is_autocast_enabled("cpu")):

@@ -203,6 +203,16 @@ def prepare(model, spec: QuantSpec):
     return model
 
 
+def set_fake_quant(model, spec: QuantSpec | None) -> None:
+    """Quantization-aware training on (``spec``: the layers it covers see their weights
+    rounded in every forward) or off (None)."""
+    for _, m in linears(model, head=True):
+        m.fake_quant = None
+    if spec is not None:
+        for _, m in linears(model, spec.head):
+            m.fake_quant = spec
+
+
 def quantized_weights(model) -> int:
     """How many weights the model's quantized layers hold (they have no weight parameters)."""
     return sum(m.in_features * m.out_features for m in model.modules() if getattr(m, "quant", None) is not None)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, make_dataclass
+from shlex import quote
 
+from ..compress import QuantizeOptions, quantize_run
 from ..config import add_command, like, sections_of
 from ..console import log
 from ..finetune import FinetuneRunConfig, FinetuneSession
@@ -38,4 +40,10 @@ def add_parser(sub) -> None:
 
 def run(cmd, given: dict) -> int:
     session = FinetuneSession.from_options(cmd.session, given, base=cmd.base.model, log=log)
-    return fit_and_report(session, resumed=bool(cmd.session.resume), log=log)
+    code = fit_and_report(session, resumed=bool(cmd.session.resume), log=log)
+    ft = session.cfg.finetune
+    if code == 0 and ft.qat is not None and session.dist.is_main:  # the quantized run it trained for
+        opts = QuantizeOptions(scheme=ft.qat, group_size=ft.group_size, quantize_head=ft.quantize_head)
+        out = quantize_run(session.run.path, None, opts, method="qat", log=log)
+        log(f"quantized as trained ({ft.qat}) -> {out}; try: tinygpt sample {quote(str(out))}")
+    return code

@@ -21,6 +21,7 @@ text by default: never its validation split, which scores the result).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,13 +82,15 @@ def quantize_model(model: GPT, spec: QuantSpec, calibration: torch.Tensor | None
                    log: Callable[[str], None] | None = None) -> GPT:
     """Quantize ``model``'s linear layers (in place, fp32 on CPU) as ``spec`` says;
     ``calibration`` (B, T) token ids feed awq-lite and gptq-lite. Returns the model."""
+    if any(getattr(m, "fake_quant", None) is not None for m in model.modules()):
+        quant.set_fake_quant(model, None)   # (a QAT model, rounded for real now)
     if spec.method in ("awq-lite", "gptq-lite") and calibration is None:
         raise TinyGPTError(f"{spec.method} needs a calibration text")
     if any(getattr(m, "quant", None) is not None for m in model.modules()):
         raise TinyGPTError("this model is already quantized; quantize its float run")
     model.float().eval()
     layers = quant.linears(model, spec.head)
-    stats = _collect(model, layers, calibration, spec.method) if spec.method != "rtn" else {}
+    stats = _collect(model, layers, calibration, spec.method) if spec.method in ("awq-lite", "gptq-lite") else {}
     for i, (name, layer) in enumerate(layers):
         w = layer.weight.detach().float()
         if spec.method == "awq-lite":
@@ -230,10 +233,12 @@ def calibration_ids(source: str | Path, tokenizer, opts: QuantizeOptions, contex
 
 
 def quantize_run(source: str | Path, out: str | Path | None, opts: QuantizeOptions, *, checkpoint: str = "best",
-                 force: bool = False, log: Callable[[str], None] | None = None) -> Path:
+                 force: bool = False, method: str | None = None, log: Callable[[str], None] | None = None) -> Path:
     """Write ``source`` quantized as ``opts`` say, as a run at ``out`` (default: beside it,
-    ``<name>-<to>``); returns ``out``. Its config.json says how (``quantization``) and from what."""
-    spec = opts.spec()
+    ``<name>-<scheme>``); returns ``out``. Its config.json says how (``quantization``; its
+    method recorded as ``method`` where given: "qat" for a quantization-aware fine-tune) and
+    from what."""
+    spec = opts.spec() if method is None else dataclasses.replace(opts.spec(), method=method)
     name = Path(str(source).rstrip("/")).name
     out = Path(out) if out is not None else Path(str(source).rstrip("/")).with_name(f"{name}-{spec.name}")
     RunDir.check_new(out, force=force)
@@ -242,7 +247,7 @@ def quantize_run(source: str | Path, out: str | Path | None, opts: QuantizeOptio
         raise TinyGPTError(f"{source} is already quantized ({opened.run.quantization().name}); quantize its float run")
     model = opened.model
     ids = None
-    if spec.method != "rtn":
+    if spec.method in ("awq-lite", "gptq-lite"):
         ids = calibration_ids(source, opened.tokenizer, opts, model.config.block_size, log)
         if log is not None:
             log(f"calibrating {spec.method} on {ids.numel():,} tokens")

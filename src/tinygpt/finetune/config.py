@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..adapters import METHODS, AdapterConfig
+from ..compress.quantize import QuantizeOptions
 from ..config import like, opt, section
 from ..data import DataConfig
 from ..data.instruct import DEFAULT_TEMPLATE, InstructOptions
 from ..device import RuntimeConfig
 from ..errors import TinyGPTError
+from ..quant import QuantSpec
 from ..source import ModelSource
 from ..train import ResolvedRun, RunSection, TrainConfig
 
@@ -36,6 +38,12 @@ class FinetuneConfig(AdapterConfig):
     template: str = like(InstructOptions, "template", DEFAULT_TEMPLATE)  # of instruction data (.jsonl)
     pack: bool = opt(True, "instruction data: pack several examples per sequence (attention stays inside each); "
                            "off: one padded example per sequence")
+    qat: str | None = opt(None, "quantization-aware training (--method full): every forward sees the linear "
+                                "layers' weights rounded as int8 or int4 will store them (the gradient passes "
+                                "straight through); at the end the quantized run is written beside the fine-tune "
+                                "(<run>-int8 / -int4)", choices=("int8", "int4"))
+    group_size: int = like(QuantizeOptions, "group_size")
+    quantize_head: bool = like(QuantizeOptions, "quantize_head")
     epochs: float | None = opt(None, f"passes over the training data (default with no other budget: "
                                      f"{DEFAULT_EPOCHS:g}, within the default 5m)")
 
@@ -45,9 +53,21 @@ class FinetuneConfig(AdapterConfig):
             raise TinyGPTError(f"--freeze-blocks must be at least 0, got {self.freeze_blocks}")
         if self.epochs is not None and self.epochs <= 0:
             raise TinyGPTError(f"--epochs must be positive, got {self.epochs}")
+        if self.qat is not None and self.method != "full":
+            raise TinyGPTError(f"--qat trains every weight to suit its rounding: use it with --method full, not "
+                               f"{self.method}")
+        if self.qat is not None:
+            self.qat_spec()   # a group size the kernels take
         if self.method != "full" and (self.freeze_blocks or self.freeze_embeddings):
             raise TinyGPTError(f"--freeze-blocks / --freeze-embeddings are for --method full; {self.method} "
                                "already trains only its own tensors")
+
+    def qat_spec(self) -> QuantSpec | None:
+        """How --qat rounds the weights (None: it is off)."""
+        if self.qat is None:
+            return None
+        opts = QuantizeOptions(scheme=self.qat, group_size=self.group_size, quantize_head=self.quantize_head)
+        return dataclasses.replace(opts.spec(), method="qat")
 
     def adapter(self) -> AdapterConfig | None:
         """The parameter-efficient method's settings (None for a full fine-tune)."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from shlex import quote
 from typing import Callable, Iterator
 
-from .. import adapters, versions
+from .. import adapters, quant, versions
 from ..config import flatten_values, layered, replace
 from ..data import Batch
 from ..data import instruct as ins
@@ -139,6 +139,9 @@ class FinetuneSession(Session):
     def _prepare_model(cfg: FinetuneRunConfig, model: GPT, tokenizer) -> GPT:
         """The base in fp32 with the method applied: blocks frozen (full) or an adapter attached."""
         ft = cfg.finetune
+        if any(getattr(m, "quant", None) is not None for m in model.modules()):
+            raise TinyGPTError("the base is quantized (int8 / int4 weights cannot learn); fine-tune its float run "
+                               "(with --qat int8|int4 to end with a quantized run again)")
         model = model.float()
         seed_everything(cfg.runtime.seed)  # the adapter's init is the first draw, as a new model's is
         adapter = ft.adapter()
@@ -158,6 +161,7 @@ class FinetuneSession(Session):
                     model.transformer[name].requires_grad_(False)
         if not any(p.requires_grad for p in model.parameters()):
             raise TinyGPTError("everything is frozen: lower --freeze-blocks or drop --freeze-embeddings")
+        quant.set_fake_quant(model, ft.qat_spec())
         return model
 
     @staticmethod
