@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .. import quant
@@ -225,7 +226,7 @@ def calibration_ids(source: str | Path, tokenizer, opts: QuantizeOptions, contex
         from ..train import run_data
 
         ids = run_data(source, log=log or (lambda _: None)).train[: opts.calibration_tokens]
-    ids = torch.as_tensor(ids[: opts.calibration_tokens], dtype=torch.long)
+    ids = torch.tensor(np.asarray(ids[: opts.calibration_tokens]), dtype=torch.long)   # a copy: a memmap is read-only
     T = min(context, 512)
     if len(ids) < T:
         raise TinyGPTError(f"the calibration text has {len(ids)} tokens; give at least {T} (--data)")
