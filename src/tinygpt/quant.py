@@ -84,10 +84,10 @@ def quantize_int8(w: torch.Tensor, scales: torch.Tensor | None = None) -> tuple[
 
 
 def int4_scales(w: torch.Tensor, group: int) -> torch.Tensor:
-    """q4_0's scales (N, K/g) fp16 of a (N, K) weight: each group's largest-magnitude value / -8."""
+    """q4_0's scales (N, K/g) of a (N, K) weight, in fp32 (they are stored in fp16): each
+    group's largest-magnitude value, signed, over -8."""
     g = w.detach().float().reshape(w.shape[0], -1, group)
-    at = g.abs().argmax(dim=-1, keepdim=True)
-    return (g.gather(-1, at).squeeze(-1) / -8).to(torch.float16)
+    return g.gather(-1, g.abs().argmax(dim=-1, keepdim=True)).squeeze(-1) / -8
 
 
 def int4_codes(w: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -106,9 +106,7 @@ def quantize_int4(w: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tens
     if w.shape[1] % group:
         raise TinyGPTError(f"int4 groups of {group} need layers whose inputs are a multiple of {group} wide; "
                            f"one is {w.shape[1]}: choose a --group-size that divides it")
-    g = w.detach().float().reshape(w.shape[0], -1, group)
-    at = g.abs().argmax(dim=-1, keepdim=True)
-    d32 = g.gather(-1, at).squeeze(-1) / -8                    # fp32, as llama.cpp computes the codes with
+    d32 = int4_scales(w, group)                                # fp32, as llama.cpp computes the codes with
     return int4_codes(w, d32), d32.to(torch.float16)
 
 
@@ -228,11 +226,3 @@ def own_buffers(model) -> None:
             m.qweight = m.qweight.clone()
 
 
-def stored_bytes(model) -> int:
-    """Bytes of the model's tensors as saved (each shared tensor once)."""
-    seen, n = set(), 0
-    for t in model.state_dict().values():
-        if t.data_ptr() not in seen or not t.numel():
-            seen.add(t.data_ptr())
-            n += t.numel() * t.element_size()
-    return n

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import statistics
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -39,7 +37,7 @@ from ..generation.lm import TinyGPT
 from ..model import GPT, GPTConfig
 from ..options import TextOptions
 from ..source import ModelSource, open_source
-from .generate import GenerateBench, _llama_cpp
+from .generate import GenerateBench, _llama_cpp, copy_model, time_engines
 
 VARIANTS = ("fp32", "bf16", "int8", "int4", "int4-awq", "int4-gptq", "dynamic-int8")
 _SCHEMES = {"int8": ("int8", "rtn"), "int4": ("int4", "rtn"), "int4-awq": ("int4", "awq-lite"),
@@ -89,8 +87,7 @@ class Row:
 
 def _variant(model: GPT, name: str, b: CompressBench, calibration: torch.Tensor | None) -> tuple[GPT, torch.dtype]:
     """``name``'s form of ``model`` (a fresh copy) and the dtype it computes in."""
-    copy = GPT(model.config).eval()
-    copy.load_state_dict(model.state_dict())
+    copy = copy_model(model)
     if name == "fp32":
         return copy, torch.float32
     if name == "bf16":
@@ -175,7 +172,10 @@ def run(b: CompressBench, log: Callable[[str], None] = print) -> list[Row]:
                         engines[f"llama.cpp {kind}"], settings[f"llama.cpp {kind}"] = engine, said
                         size = (Path(tmp) / f"model-{kind}.gguf").stat().st_size / 1e6
                         rows.append(Row(f"llama.cpp {kind}", size, {}, None))
-        _time(engines, rows, b, model.config.vocab_size)
+        by_name = {r.name: r for r in rows}
+        for name, batch, speed in time_engines(engines, b.batch_sizes, b.prompt_tokens, b.max_new_tokens, b.rounds,
+                                               model.config.vocab_size):
+            by_name[name].speed[batch] = speed
     _report(b, model, rows, log)
     for name, said in settings.items():
         log(f"{name}: {said}")
@@ -186,24 +186,6 @@ def _decoder(model: GPT, dtype: torch.dtype) -> Callable[[torch.Tensor, int], in
     def go(prompts: torch.Tensor, n: int) -> int:
         return sum(len(r) for r in decode(model, prompts.tolist(), n, greedy=True, dtype=dtype))
     return go
-
-
-def _time(engines: dict, rows: list[Row], b: CompressBench, vocab: int) -> None:
-    by_name = {r.name: r for r in rows}
-    g = torch.Generator().manual_seed(0)
-    for batch in b.batch_sizes:
-        prompts = torch.randint(0, vocab, (batch, b.prompt_tokens), generator=g)
-        for e in engines.values():   # warm-up: allocations, first-call paths, routes timed
-            e(prompts, 4)
-        seen: dict[str, list[float]] = {}
-        for _ in range(b.rounds):
-            for name, e in engines.items():
-                started = time.perf_counter()
-                n = e(prompts, b.max_new_tokens)
-                if n:
-                    seen.setdefault(name, []).append(n / (time.perf_counter() - started))
-        for name, v in seen.items():
-            by_name[name].speed[batch] = statistics.median(v)
 
 
 def _report(b: CompressBench, model: GPT, rows: list[Row], log: Callable[[str], None]) -> None:

@@ -77,7 +77,7 @@ def _model(b: GenerateBench) -> GPT:
 def _tinygpt(model: GPT, dtype: torch.dtype) -> Engine:
     from ..generation.decoder import decode
 
-    m = model if dtype == torch.float32 else _copy(model).to(dtype)
+    m = model if dtype == torch.float32 else copy_model(model).to(dtype)
 
     def run(prompts: torch.Tensor, n: int) -> int:
         out = decode(m, prompts.tolist(), n, greedy=True, dtype=dtype)
@@ -86,7 +86,27 @@ def _tinygpt(model: GPT, dtype: torch.dtype) -> Engine:
     return run
 
 
-def _copy(model: GPT) -> GPT:
+def time_engines(engines: dict[str, Engine], batch_sizes: tuple[int, ...], prompt_tokens: int, new_tokens: int,
+                 rounds: int, vocab_size: int) -> list[tuple[str, int, float]]:
+    """(engine, batch size, tokens/s) for each engine that decodes that batch: after a
+    warm-up (allocations, first-call paths, routes timed), ``rounds`` rounds alternating
+    between the engines (so a shared machine's noise falls on all alike), the median."""
+    g = torch.Generator().manual_seed(0)
+    results: dict[tuple[str, int], list[float]] = {}
+    for batch in batch_sizes:
+        prompts = torch.randint(0, vocab_size, (batch, prompt_tokens), generator=g)
+        for e in engines.values():
+            e(prompts, 4)
+        for _ in range(rounds):
+            for name, e in engines.items():
+                t = time.perf_counter()
+                n = e(prompts, new_tokens)
+                if n:
+                    results.setdefault((name, batch), []).append(n / (time.perf_counter() - t))
+    return [(name, batch, statistics.median(v)) for (name, batch), v in results.items()]
+
+
+def copy_model(model: GPT) -> GPT:
     clone = GPT(model.config).eval()
     clone.load_state_dict(model.state_dict())
     return clone
@@ -229,19 +249,7 @@ def run(b: GenerateBench, log: Callable[[str], None] = print) -> list[tuple[str,
             for kind in ("f32", "f16", "q8_0"):
                 if (made := _llama_cpp(model, kind, Path(tmp))) is not None:
                     engines[f"llama.cpp {kind}"], settings[f"llama.cpp {kind}"] = made
-        g = torch.Generator().manual_seed(0)
-        results: dict[tuple[str, int], list[float]] = {}
-        for batch in b.batch_sizes:
-            prompts = torch.randint(0, b.vocab_size, (batch, b.prompt_tokens), generator=g)
-            for e in engines.values():  # warm-up: allocations, first-call paths
-                e(prompts, 4)
-            for _ in range(b.rounds):
-                for name, e in engines.items():
-                    t = time.perf_counter()
-                    n = e(prompts, b.max_new_tokens)
-                    if n:
-                        results.setdefault((name, batch), []).append(n / (time.perf_counter() - t))
-    rows = [(name, batch, statistics.median(v)) for (name, batch), v in results.items()]
+        rows = time_engines(engines, b.batch_sizes, b.prompt_tokens, b.max_new_tokens, b.rounds, b.vocab_size)
     _report(b, model, rows, log)
     for name, said in settings.items():
         log(f"{name}: {said}")

@@ -187,8 +187,8 @@ def _gptq(w: torch.Tensor, spec: QuantSpec, H: torch.Tensor) -> dict[str, torch.
         for j in range(end - start):
             col = start + j
             if spec.bits == 4 and col % g == 0:  # the group's scale, from its weights as they are now
-                grp = torch.cat([block[:, j:], W[:, end:]], dim=1)[:, :g]
-                d32 = quant.int4_scales(grp, g).float()[:, 0]
+                grp = torch.cat([block[:, j:j + g], W[:, end:end + g - (end - col)]], dim=1)   # (N, g)
+                d32 = quant.int4_scales(grp, g)[:, 0]
                 scales[:, col // g] = d32.to(torch.float16)
                 d_codes = d32
             v = block[:, j]
