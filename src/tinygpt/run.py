@@ -161,6 +161,23 @@ class RunDir:
         return run
 
     @classmethod
+    def derive(cls, path: str | Path, config: dict, model: torch.nn.Module, tokenizer: Tokenizer,
+               info: CheckpointInfo, record: dict[str, Any], *, force: bool = False) -> "RunDir":
+        """A new run at ``path`` holding ``model``, made from another model (merged, quantized,
+        pruned): the source's ``config`` (a run's config.json; a Hugging Face model's is not
+        kept) with ``model``'s shape and ``record`` (such as {"quantized": {...}}) added, the
+        tokenizer, and the weights as "best"."""
+        from . import versions
+
+        saved = {k: v for k, v in config.items() if k != "hf"}
+        saved.setdefault("versions", versions())
+        run = cls.create(path, force=force)
+        run.write_config({**saved, "model": to_dict(model.config), **record})
+        run.save_tokenizer(tokenizer)
+        run.save_weights(model, "best", info)
+        return run
+
+    @classmethod
     def open(cls, path: str | Path) -> "RunDir":
         """An existing run directory (it must have its config.json), for reading; writers
         also call :meth:`lock`."""

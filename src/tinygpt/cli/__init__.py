@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         merge,
         plot,
         prepare,
+        prune,
         quantize,
         sample,
         serve,
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinygpt", description="Train, run and study small GPT language models.")
     parser.add_argument("--version", action="version", version=f"tinygpt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    for command in (prepare, train, finetune, merge, quantize, sample, chat, serve, arena, eval, harness, export, bench,
+    for command in (prepare, train, finetune, merge, quantize, prune, sample, chat, serve, arena, eval, harness, export, bench,
                     attention, plot, diagnose, learn, makemore):
         command.add_parser(sub)
     return parser

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .. import quant
-from ..config import like, opt, to_dict
+from ..config import like, opt
 from ..errors import TinyGPTError
 from ..model import GPT
 from ..options import TextOptions
@@ -253,16 +253,9 @@ def quantize_run(source: str | Path, out: str | Path | None, opts: QuantizeOptio
         if log is not None:
             log(f"calibrating {spec.method} on {ids.numel():,} tokens")
     quantize_model(model, spec, ids, log)
-    saved = {k: v for k, v in opened.config.items() if k != "hf"}
-    if "versions" not in saved:
-        from .. import versions
-
-        saved["versions"] = versions()
     record = {"from": str(Path(source).resolve()) if Path(source).exists() else str(source),
               "checkpoint": str(opened.path), "calibration": None if ids is None else
               {"data": opts.data or "the run's training text", "tokens": ids.numel()}}
-    run = RunDir.create(out, force=force)
-    run.write_config({**saved, "model": to_dict(model.config), "quantization": spec.to_json(), "quantized": record})
-    run.save_tokenizer(opened.tokenizer)
-    run.save_weights(model, "best", opened.info)
+    RunDir.derive(out, opened.config, model, opened.tokenizer, opened.info,
+                  {"quantization": spec.to_json(), "quantized": record}, force=force)
     return out

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from .. import adapters
 from ..checkpoint import model_from_tensors
-from ..config import to_dict
 from ..errors import TinyGPTError
 from ..model import GPT
 from ..run import RunDir
@@ -30,8 +29,5 @@ def merge_run(source: str | Path, out: str | Path | None = None, *, checkpoint: 
     saved = dict(opened.config)
     record = {"from": str(src.resolve()), "checkpoint": str(opened.path), "base": saved.pop("base", None),
               "finetune": saved.pop("finetune", None)}
-    run = RunDir.create(out, force=force)
-    run.write_config({**saved, "model": to_dict(config), "merged": record})
-    run.save_tokenizer(opened.tokenizer)
-    run.save_weights(model, "best", opened.info)
+    RunDir.derive(out, saved, model, opened.tokenizer, opened.info, {"merged": record}, force=force)
     return out
