@@ -254,17 +254,14 @@ def _pause(base: str, model: str, prompt: str, n: int, seed: int) -> tuple[float
     return asyncio.run(go())
 
 
-def _chunk_gain(cmd: list[str], prompt: str, b: ServeBench, threads: int, log: Callable[[str], None]) -> None:
-    """``_pause`` on a server reading prompts in chunks (its default) and on one reading them at once."""
-    for how, extra in (("in chunks (its default)", []), ("at once (--prefill-chunk 0)", ["--prefill-chunk", "0"])):
-        # The running answer must outlast the long prompt's reading: a cap above its 400 tokens.
-        with _started([*cmd, "--max-request-tokens", "512", *extra], "tinygpt", threads) as (base, _):
-            _pause(base, "bench", prompt, 64, 0)   # warm-up, not counted
-            runs = [_pause(base, "bench", prompt, b.long_prompt_tokens, k + 1) for k in range(3)]
-        worst, step, ttft = (statistics.median(r[i] for r in runs) for i in range(3))
-        log(f"a {b.long_prompt_tokens}-token prompt arriving, read {how}: the running answer's longest pause "
-            f"{worst * 1000:.0f} ms (its usual {step * 1000:.0f} ms), the new request's first token after "
-            f"{ttft * 1000:.0f} ms (medians of 3)")
+def _chunk_gain(base: str, prompt: str, b: ServeBench, how: str, log: Callable[[str], None]) -> None:
+    """``_pause`` on the server at ``base`` (reading prompts ``how``), median of 3 after a warm-up."""
+    _pause(base, "bench", prompt, 64, 0)
+    runs = [_pause(base, "bench", prompt, b.long_prompt_tokens, k + 1) for k in range(3)]
+    worst, step, ttft = (statistics.median(r[i] for r in runs) for i in range(3))
+    log(f"a {b.long_prompt_tokens}-token prompt arriving, read {how}: the running answer's longest pause "
+        f"{worst * 1000:.0f} ms (its usual {step * 1000:.0f} ms), the new request's first token after "
+        f"{ttft * 1000:.0f} ms (medians of 3)")
 
 
 def _rss(pid: int) -> float:
@@ -307,6 +304,8 @@ def _serve(cmd: list[str], name: str, model: str, b: ServeBench, prompts: list[s
             log(_line(loads[-1]))
         if b.prefix_tokens and name == "tinygpt":
             log(_prefix_gain(base, model, b.prefix_tokens))
+        if b.long_prompt_tokens and name == "tinygpt":
+            _chunk_gain(base, prompts[0], b, "in chunks (its default)", log)
         if b.soak:
             memory.append(_rss(proc.pid))
             for k in range(0, b.soak, 100):
@@ -364,12 +363,15 @@ def run(b: ServeBench, log: Callable[[str], None] = print) -> list[Load]:
         hf_dir.export(model.config, tensors, tok, served)
         log(header)
         if "tinygpt" in b.servers:
+            # The cap on max_tokens lets the long-prompt measurement's running answer outlast
+            # the prompt's reading (400 tokens); the load asks for --max-new-tokens.
             cmd = [sys.executable, "-m", "tinygpt", "serve", str(served), "--rows", str(b.server_rows),
-                   "--dtype", b.weights, "--threads", str(threads), "--max-request-tokens", str(b.max_new_tokens),
-                   "--queue-size", str(max(b.concurrency) + 8)]
+                   "--dtype", b.weights, "--threads", str(threads),
+                   "--max-request-tokens", str(max(b.max_new_tokens, 512)), "--queue-size", str(max(b.concurrency) + 8)]
             loads += _serve(cmd, "tinygpt", "bench", b, prompts, threads, log)[0]
             if b.long_prompt_tokens:
-                _chunk_gain(cmd, prompts[0], b, threads, log)
+                with _started([*cmd, "--prefill-chunk", "0"], "tinygpt", threads) as (base, _):
+                    _chunk_gain(base, prompts[0], b, "at once (--prefill-chunk 0)", log)
         if "llama.cpp" in b.servers:
             if not llama_server_installed():
                 log("llama.cpp: skipped, llama-cpp-python's server is not installed "
