@@ -116,3 +116,18 @@ def test_bad_requests_are_refused_before_anything_is_written(float_run, tmp_path
     assert not (tmp_path / "odd4").exists()
     with pytest.raises(TinyGPTError, match="already quantized"):
         quantize_model(RunDir.open(out).load_model()[0], QuantSpec())
+
+
+def test_a_quantized_model_saves_and_reloads_to_bitwise_the_same_logits(float_run, tmp_path):
+    from tinygpt.checkpoint import load_weights, save_weights
+
+    path, _ = float_run
+    out = quantize_run(path, tmp_path / "q", QuantizeOptions(scheme="int4", quantize_head=True))
+    first, second = RunDir.open(out).load_model()[0], RunDir.open(out).load_model()[0]
+    save_weights(first, tmp_path / "again.safetensors")
+    x = ids()
+    with torch.no_grad():
+        assert torch.equal(first(x).logits, second(x).logits)
+    again = load_weights(tmp_path / "again.safetensors")    # saved again: the same integers and scales
+    assert again.keys() == first.state_dict().keys()
+    assert all(torch.equal(again[k], v) for k, v in first.state_dict().items())

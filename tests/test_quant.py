@@ -161,3 +161,23 @@ def test_specs_refuse_what_no_kernel_holds():
         quant.quantize_int4(torch.randn(4, 48), 32)
     with pytest.raises(TinyGPTError, match="not one this version reads"):
         QuantSpec.from_json({"bits": 8, "shape": "round"})
+
+
+def test_a_missing_kernel_falls_back_to_dequantizing_and_says_so_once(monkeypatch):
+    lin, _ = layer(INT8)
+    monkeypatch.setattr(kernels, "quantized_route", lambda _: "int-fp32")
+    monkeypatch.setattr(kernels, "_KERNELS", {})
+
+    def missing(*args):
+        raise NotImplementedError("no kernel for this build")
+
+    monkeypatch.setattr(torch.ops.aten, "_weight_int8pack_mm", missing)
+    x = torch.randn(3, 128)
+    with torch.no_grad():
+        with pytest.warns(RuntimeWarning, match="no CPU int8 kernel.*dequantizing") as said:
+            y = lin(x)
+            again = lin(x)
+    assert len(said) == 1
+    expected = x @ quant.weight_of(lin).T + lin.bias
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(y, again)

@@ -346,3 +346,13 @@ def test_requests_that_begin_alike_reuse_the_prefix_and_answer_the_same(models):
     assert 'tinygpt_prefix_cache_hits{model="tiny"} 1.0' in metrics.text
     reused = float(metrics.text.split('tinygpt_prefix_cache_reused_tokens{model="tiny"} ')[1].split()[0])
     assert reused >= len(system["content"])   # the template's opening and the whole system message
+
+
+def test_a_quantized_run_answers_as_sample_does(serve_run, tmp_path):
+    from tinygpt.compress import QuantizeOptions, quantize_run
+
+    out = quantize_run(serve_run, tmp_path / "tiny", QuantizeOptions(scheme="int4", quantize_head=True))
+    quantized = load_models([str(out)], device="cpu", dtype="fp32")
+    (r,) = call(quantized, [("POST", "/v1/completions", {"model": "tiny", "prompt": PROMPT, "max_tokens": 12,
+                                                         "temperature": 0}, None)])
+    assert r.json()["choices"][0]["text"] == alone(quantized[0].lm, PROMPT, max_new_tokens=12, temperature=0)

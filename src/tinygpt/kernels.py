@@ -10,6 +10,7 @@ its float ones (:mod:`tinygpt.quant`: the formats and their kernels).
 from __future__ import annotations
 
 import json
+import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -248,13 +249,17 @@ _KERNELS: dict[tuple, bool] = {}   # (op, dtype) -> whether this PyTorch build r
 
 
 def _works(name: str, dtype: torch.dtype, call) -> torch.Tensor | None:
-    """``call()``, or None where this build lacks the kernel (then never tried again)."""
+    """``call()``, or None where this build lacks the kernel (then never tried again, and
+    said once: the fallback is correct but slow)."""
     if _KERNELS.get((name, dtype)) is False:
         return None
     try:
         y = call()
-    except (RuntimeError, NotImplementedError, AttributeError):
+    except (RuntimeError, NotImplementedError, AttributeError) as e:
         _KERNELS[(name, dtype)] = False
+        warnings.warn(f"this PyTorch ({torch.__version__}) has no CPU {name} kernel for {str(dtype)[6:]} here "
+                      f"({str(e).splitlines()[0][:100]}); quantized layers multiply by dequantizing their weights "
+                      "instead: correct, not fast", RuntimeWarning, stacklevel=2)
         return None
     _KERNELS[(name, dtype)] = True
     return y
