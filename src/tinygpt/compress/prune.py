@@ -28,7 +28,7 @@ from ..errors import TinyGPTError
 from ..model import GPT
 from ..run import RunDir
 from ..source import open_source
-from .quantize import QuantizeOptions, calibration_ids
+from .quantize import QuantizeOptions, calibration_ids, read_inputs
 
 CRITERIA = ("magnitude", "wanda")
 
@@ -80,19 +80,7 @@ def prune_model(model: GPT, opts: PruneOptions, calibration: torch.Tensor | None
         if calibration is None:
             raise TinyGPTError("wanda needs a calibration text")
         squares = {n: torch.zeros(m.in_features) for n, m in layers}
-
-        def hook(name):
-            def seen(_, args):
-                squares[name] += args[0].detach().float().reshape(-1, args[0].shape[-1]).pow(2).sum(0)
-            return seen
-
-        handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers]
-        try:
-            for row in calibration:
-                model(row[None])
-        finally:
-            for h in handles:
-                h.remove()
+        read_inputs(model, layers, calibration, lambda name, x: squares[name].add_(x.pow(2).sum(0)))
         norms = {n: s.sqrt() for n, s in squares.items()}
     zeroed = {}
     for name, layer in layers:

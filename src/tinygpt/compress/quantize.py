@@ -114,25 +114,13 @@ def _rtn(w: torch.Tensor, spec: QuantSpec) -> dict[str, torch.Tensor]:
     return {"qweight": quant.pack_int4(q), "scales": s}
 
 
-def _collect(model: GPT, layers, ids: torch.Tensor, method: str) -> dict[str, object]:
-    """What each layer's inputs say, from forwards of the float model over ``ids`` (B, T):
-    awq-lite (mean |x| per input channel (K,), a sample of rows (M, K)); gptq-lite H = X^T X / n (K, K)."""
-    acc: dict[str, list] = {name: [None, None, 0] for name, _ in layers}
-
+def read_inputs(model: GPT, layers, ids: torch.Tensor, seen: Callable[[str, torch.Tensor], None]) -> None:
+    """Forwards of ``model`` over each row of ``ids`` (B, T), showing ``seen(name, x)`` each
+    of ``layers``' (name, module) inputs as (n, K) fp32 rows; the hooks go after."""
     def hook(name):
-        def seen(_, args):
-            x = args[0].detach().float().reshape(-1, args[0].shape[-1])   # (n, K)
-            a = acc[name]
-            if method == "awq-lite":
-                a[0] = x.abs().sum(0) if a[0] is None else a[0] + x.abs().sum(0)
-                kept = 0 if a[1] is None else a[1].shape[0]
-                if kept < AWQ_ROWS:
-                    rows = x[: AWQ_ROWS - kept]
-                    a[1] = rows.clone() if a[1] is None else torch.cat([a[1], rows])
-            else:
-                a[0] = x.T @ x if a[0] is None else a[0].addmm_(x.T, x)
-            a[2] += x.shape[0]
-        return seen
+        def look(_, args) -> None:   # returns nothing: a pre-hook's return value would replace the input
+            seen(name, args[0].detach().float().reshape(-1, args[0].shape[-1]))
+        return look
 
     handles = [layer.register_forward_pre_hook(hook(name)) for name, layer in layers]
     try:
@@ -141,6 +129,26 @@ def _collect(model: GPT, layers, ids: torch.Tensor, method: str) -> dict[str, ob
     finally:
         for h in handles:
             h.remove()
+
+
+def _collect(model: GPT, layers, ids: torch.Tensor, method: str) -> dict[str, object]:
+    """What each layer's inputs say, from forwards of the float model over ``ids`` (B, T):
+    awq-lite (mean |x| per input channel (K,), a sample of rows (M, K)); gptq-lite H = X^T X / n (K, K)."""
+    acc: dict[str, list] = {name: [None, None, 0] for name, _ in layers}
+
+    def seen(name: str, x: torch.Tensor) -> None:
+        a = acc[name]
+        if method == "awq-lite":
+            a[0] = x.abs().sum(0) if a[0] is None else a[0] + x.abs().sum(0)
+            kept = 0 if a[1] is None else a[1].shape[0]
+            if kept < AWQ_ROWS:
+                rows = x[: AWQ_ROWS - kept]
+                a[1] = rows.clone() if a[1] is None else torch.cat([a[1], rows])
+        else:
+            a[0] = x.T @ x if a[0] is None else a[0].addmm_(x.T, x)
+        a[2] += x.shape[0]
+
+    read_inputs(model, layers, ids, seen)
     if method == "awq-lite":
         return {name: (a[0] / a[2], a[1]) for name, a in acc.items()}
     return {name: a[0] / a[2] for name, a in acc.items()}
