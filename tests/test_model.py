@@ -544,7 +544,7 @@ def test_model_py_is_the_model_alone():
     import tinygpt.model
 
     source = open(tinygpt.model.__file__, encoding="utf-8").read()
-    assert len(source.splitlines()) <= 470  # 420 before modded-nanogpt's five switches
+    assert len(source.splitlines()) <= 495  # 420 before modded-nanogpt's five switches, 470 before pruned widths
     imported, names = set(), set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom):

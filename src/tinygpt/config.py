@@ -268,7 +268,13 @@ def convert(f: dataclasses.Field, tp: Any, value: Any) -> Any:
         elif base is str:
             out = str(value)
         elif typing.get_origin(base) is list:  # a repeatable flag, or a list in a config file
-            out = [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+            items = value if isinstance(value, (list, tuple)) else [value]
+            if typing.get_args(base) == (int,):  # per-block widths
+                if any(isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()) for v in items):
+                    raise ValueError(f"not whole numbers: {value!r}")
+                out = [int(v) for v in items]
+            else:
+                out = [str(v) for v in items]
         else:
             out = value
     except (TypeError, ValueError) as e:

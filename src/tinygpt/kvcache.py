@@ -92,9 +92,11 @@ class KVCache:
         self.max_len = config.block_size if max_len is None else max_len
         self.rolling = rolling
         if self.max_len:
-            shape = (batch_size, config.kv_heads, self.max_len + 1, config.head_size)
+            # (B, n_kv, S + 1, hs) per layer; n_kv may differ between layers (a structurally pruned model)
+            shapes = [(batch_size, config.heads(i)[1], self.max_len + 1, config.head_size)
+                      for i in range(config.n_layer)]
             self.layers = [LayerKV(torch.zeros(shape, device=device, dtype=dtype),
-                                   torch.zeros(shape, device=device, dtype=dtype)) for _ in range(config.n_layer)]
+                                   torch.zeros(shape, device=device, dtype=dtype)) for shape in shapes]
         else:
             self.layers = [LayerKV(None, None) for _ in range(config.n_layer)]
         self.length = 0

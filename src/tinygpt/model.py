@@ -73,6 +73,10 @@ class GPTConfig:
                                   "the second half, with a learned weight (modded-nanogpt's U-net skips)")
     value_embeds: bool = opt(False, "a token embedding per block added to its attention values "
                                     "(modded-nanogpt's value embeddings)")
+    # Set by structured pruning (tinygpt prune --structured), not a training flag: blocks differ.
+    layer_heads: list[int] | None = opt(None, "query heads of each block (a multiple of n_head/n_kv_head: heads go "
+                                              "with their key/value head); default n_head in every block")
+    layer_hidden: list[int] | None = opt(None, "feed-forward hidden width of each block; default hidden_size")
     # Derived, never set directly: the embedding/head row count, padded to a multiple of
     # 64 because matmuls with such shapes are markedly faster on GPUs.
     padded_vocab_size: int | None = field(init=False)
@@ -98,6 +102,13 @@ class GPTConfig:
             raise TinyGPTError(f"--logit-softcap must be positive (15-30 is usual), got {self.logit_softcap}")
         if not 0.0 <= self.dropout < 1.0:
             raise TinyGPTError(f"--dropout must be in [0, 1), got {self.dropout}")
+        group = self.n_head // self.kv_heads
+        for name, top, step in (("layer_heads", self.n_head, group), ("layer_hidden", None, 1)):
+            widths = getattr(self, name)
+            if widths is not None and (len(widths) != self.n_layer or any(
+                    not isinstance(w, int) or w <= 0 or w % step or (top and w > top) for w in widths)):
+                raise TinyGPTError(f"{name} must give each of the {self.n_layer} blocks a positive width (heads: a "
+                                   f"multiple of {group}, at most {self.n_head}), got {widths!r}")
         self.padded_vocab_size = None if self.vocab_size is None else -(-self.vocab_size // 64) * 64
         if self.mlp_hidden is not None:
             self.hidden_size = self.mlp_hidden
@@ -115,15 +126,27 @@ class GPTConfig:
         """Parameters a file of this shape holds: one- and two-layer models on the meta device say."""
         try:
             with torch.device("meta"):  # the U-net's skip weights (one per pair of blocks) are added below
-                one, two = (GPT(replace(self, n_layer=n, unet_skips=False)).num_params() for n in (1, 2))
+                if self.layer_heads or self.layer_hidden:  # blocks differ (a pruned file's): count them all
+                    n = GPT(replace(self, unet_skips=False)).num_params()
+                else:
+                    one, two = (GPT(replace(self, n_layer=n, unet_skips=False)).num_params() for n in (1, 2))
+                    n = one + (self.n_layer - 1) * (two - one)
         except RuntimeError as e:  # "Storage size calculation overflowed": no file can hold it
             raise TinyGPTError(f"a model {self.n_embd} wide with {self.vocab_size} tokens is too large to exist") from e
-        return (one + (self.n_layer - 1) * (two - one) + (self.n_layer // 2 if self.unet_skips else 0)
+        return (n + (self.n_layer // 2 if self.unet_skips else 0)
                 - (self.padded_vocab_size - self.vocab_size) * self.n_embd * (1 if self.tie_embeddings else 2))
 
     @property
     def kv_heads(self) -> int:
         return self.n_kv_head or self.n_head
+
+    def heads(self, layer: int) -> tuple[int, int]:
+        """(query heads, key/value heads) of block ``layer``: fewer where structured pruning removed some."""
+        nh = self.layer_heads[layer] if self.layer_heads else self.n_head
+        return nh, nh * self.kv_heads // self.n_head
+
+    def hidden(self, layer: int) -> int:
+        return self.layer_hidden[layer] if self.layer_hidden else self.hidden_size
 
 
 # ---------------------------------------------------------------------------- layers
@@ -191,13 +214,13 @@ class ScaledDotProduct(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, layer: int = 0):
         super().__init__()
-        self.n_head, self.head_size, self.kv_heads = config.n_head, config.head_size, config.kv_heads
-        # Queries, keys and values in one matmul: (C) -> (C + 2 * n_kv * hs).
-        self.kv_width = config.kv_heads * config.head_size
-        self.c_attn = Linear(config.n_embd, config.n_embd + 2 * self.kv_width, bias=config.bias)
-        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
+        (self.n_head, self.kv_heads), self.head_size = config.heads(layer), config.head_size
+        # Queries, keys and values in one matmul: (C) -> (nh * hs + 2 * n_kv * hs); nh * hs = C unless pruned.
+        self.q_width, self.kv_width = self.n_head * self.head_size, self.kv_heads * self.head_size
+        self.c_attn = Linear(config.n_embd, self.q_width + 2 * self.kv_width, bias=config.bias)
+        self.c_proj = Linear(self.q_width, config.n_embd, bias=config.bias)
         self.c_proj.residual_scaled = True  # see GPT._init_weights
         self.attend = ScaledDotProduct(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -210,7 +233,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, plan: Plan,
                 kv: LayerKV | None, ve: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split([C, self.kv_width, self.kv_width], dim=2)
+        q, k, v = self.c_attn(x).split([self.q_width, self.kv_width, self.kv_width], dim=2)
         if ve is not None:  # the block's value embedding of each token: (B, T, n_kv * hs)
             v = v + ve
         # (B, T, C) -> (B, nh, T, hs); keys and values (B, n_kv, T, hs)
@@ -227,20 +250,20 @@ class CausalSelfAttention(nn.Module):
             k = k.repeat_interleave(self.n_head // self.kv_heads, dim=1)  # (B, nh, S, hs)
             v = v.repeat_interleave(self.n_head // self.kv_heads, dim=1)
         y = self.attend(q, k, v, plan.mask, plan.causal)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.q_width)  # (B, nh, T, hs) -> (B, T, nh * hs)
         y = self.c_proj(y)
         return self.resid_dropout(y) if self.training else y  # eval: not even the call
 
 
 class MLP(nn.Module):
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, layer: int = 0):
         super().__init__()
+        hidden = config.hidden(layer)
         self.swiglu, self.relu2 = config.mlp == "swiglu", config.mlp == "relu2"
         self.gelu_approximate = "tanh" if config.gelu == "tanh" else "none"  # torch's name for exact
         # SwiGLU packs gate and up projections into one matmul: (C) -> (2H).
-        width = 2 * config.hidden_size if self.swiglu else config.hidden_size
-        self.c_fc = Linear(config.n_embd, width, bias=config.bias)
-        self.c_proj = Linear(config.hidden_size, config.n_embd, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, 2 * hidden if self.swiglu else hidden, bias=config.bias)
+        self.c_proj = Linear(hidden, config.n_embd, bias=config.bias)
         self.c_proj.residual_scaled = True
         self.dropout = nn.Dropout(config.dropout)
 
@@ -258,12 +281,12 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, layer: int = 0):
         super().__init__()
         self.ln_1 = make_norm(config, config.n_embd)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = make_norm(config, config.n_embd)
-        self.mlp = MLP(config)
+        self.mlp = MLP(config, layer)
 
     def forward(self, x, rope, plan: Plan, kv: LayerKV | None, ve: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), rope, plan, kv, ve)
@@ -290,7 +313,7 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+            h=nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
             ln_f=make_norm(config, config.n_embd),
         ))
         if config.pos_emb == "learned":
@@ -300,8 +323,8 @@ class GPT(nn.Module):
             self.rotary = RotaryEmbedding(config.head_size, config.block_size, config.rope_theta)
         if config.value_embeds:  # (V) -> (n_kv * hs) per block; top-level, so embeddings stay on AdamW under Muon.
             # Not padded: a lookup gains nothing from a round row count.
-            self.value_embeds = nn.ModuleList(nn.Embedding(config.vocab_size, config.kv_heads * config.head_size)
-                                              for _ in range(config.n_layer))
+            self.value_embeds = nn.ModuleList(nn.Embedding(config.vocab_size, config.heads(i)[1] * config.head_size)
+                                              for i in range(config.n_layer))
         else:
             self.value_embeds = None
         # Block i < n_layer//2 hands its output to block n_layer-1-i, which adds it, weighted, to its input.
@@ -354,9 +377,9 @@ class GPT(nn.Module):
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (forward + backward): 6N plus attention's score matmuls."""
-        T = seq_len or self.config.block_size
-        c = self.config
-        return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * T
+        T, c = seq_len or self.config.block_size, self.config
+        attended = sum(c.heads(i)[0] for i in range(c.n_layer)) * c.head_size  # n_layer * C unless pruned
+        return 6 * self.num_params(non_embedding=True) + 12 * attended * T
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 input_pos: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None,

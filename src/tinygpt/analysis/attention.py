@@ -100,6 +100,9 @@ def _maps(lm: TinyGPT, ids: torch.Tensor) -> torch.Tensor:
         maps = lm.model.attention_maps(ids.to(lm.device))
     finally:
         lm.model.train(was_training)
+    if len({m.shape[1] for m in maps}) > 1:
+        raise TinyGPTError(f"this model was pruned to different heads per block ({lm.model.config.layer_heads}); "
+                           "the pictures lay every block's heads in one grid: look at the unpruned run")
     return torch.stack([m[0].float().cpu() for m in maps])
 
 

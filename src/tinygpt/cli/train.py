@@ -12,7 +12,7 @@ from ..train.distributed import launch, launched_by_torchrun
 # The run's own sections (model, data, run, train, runtime), less the vocabulary size that the
 # tokenizer decides; the flags given reach the library as a layer over the preset and --config.
 TrainCommand = make_dataclass("TrainCommand", [("session", SessionOptions, field(default_factory=SessionOptions)),
-                                               *sections_of(RunConfig, leave=("vocab_size",))])
+                                               *sections_of(RunConfig, leave=("vocab_size", "layer_heads", "layer_hidden"))])
 
 
 def add_parser(sub) -> None:

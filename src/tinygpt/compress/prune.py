@@ -8,10 +8,10 @@ Two ways to say which weights matter least (``--criterion``):
   input j over a calibration text, compared within each output row. A small weight on a
   loud input can matter more than a larger one on a quiet input; no retraining is needed.
 
-This is unstructured: the tensors keep their shapes (a zero costs what any weight costs to a
-dense kernel), so the file and the speed stay the same. Removing whole heads or MLP neurons,
-which shrinks the tensors, is the next step (it needs per-layer widths in the model config).
-The head and the embeddings are left whole.
+Unstructured zeros keep the tensors' shapes (a zero costs what any weight costs to a dense
+kernel), so the file and the speed stay the same. ``--structured`` removes whole attention
+heads or MLP neurons instead, so the tensors shrink (see :mod:`.structured`). Either way the
+head and the embeddings are left whole.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from ..model import GPT
 from ..run import RunDir
 from ..source import open_source
 from .quantize import QuantizeOptions, calibration_ids, read_inputs
+from .structured import UNITS, prune_structure
 
 CRITERIA = ("magnitude", "wanda")
 
@@ -39,12 +40,29 @@ class PruneOptions:
     criterion: str = opt("magnitude", "which weights go: magnitude (the smallest |w| of each layer) or wanda (|w| "
                                       "times its input's norm over a calibration text, within each output row)",
                          choices=CRITERIA)
+    structured: str | None = opt(None, "remove whole units instead of single weights, so the tensors shrink: "
+                                       "heads (attention heads, with their key/value head's group), neurons (MLP "
+                                       "hidden units; the kept width rounds to a multiple of 32) or both; --amount "
+                                       "of each block's units", choices=UNITS)
+    recover_steps: int = opt(0, "after pruning, fine-tune every weight for this many steps on the training text "
+                                "(--data, else the run's own) to win back what pruning cost; the pruned run "
+                                "before it is kept as <out>-unrecovered")
+    distill_weight: float = opt(0.0, "the share of the training loss that is the KL divergence from a teacher's "
+                                     "next-token distribution (0: cross-entropy alone, 1: the teacher's alone); "
+                                     "finetune's teacher is --teacher, prune's recovery the unpruned model; "
+                                     "validation stays cross-entropy")
     data: str | None = like(QuantizeOptions, "data")
     calibration_tokens: int = like(QuantizeOptions, "calibration_tokens")
 
     def __post_init__(self) -> None:
         if not 0 < self.amount < 1:
             raise TinyGPTError(f"--amount is a fraction between 0 and 1 (0.2: a fifth), got {self.amount}")
+        if self.recover_steps < 0:
+            raise TinyGPTError(f"--recover-steps must be at least 0, got {self.recover_steps}")
+        if not 0 <= self.distill_weight <= 1:
+            raise TinyGPTError(f"--distill-weight is a share between 0 and 1, got {self.distill_weight}")
+        if self.distill_weight and not self.recover_steps:
+            raise TinyGPTError("--distill-weight weighs the teacher in the recovery fine-tune; add --recover-steps N")
         if self.calibration_tokens < 1:
             raise TinyGPTError(f"--calibration-tokens must be at least 1, got {self.calibration_tokens}")
 
@@ -105,13 +123,23 @@ def prune_run(source: str | Path, out: str | Path | None, opts: PruneOptions, *,
         ids = calibration_ids(source, opened.tokenizer, QuantizeOptions(
             data=opts.data, calibration_tokens=opts.calibration_tokens, rounding="gptq-lite"),
             model.config.block_size, log)
-    zeroed = prune_model(model, opts, ids)
-    if log is not None:
-        log(f"pruned {len(zeroed)} layers by {opts.criterion}: {sum(zeroed.values()) / len(zeroed):.1%} of their "
-            "weights are zero")
     record = {"from": str(Path(source).resolve()) if Path(source).exists() else str(source),
               "checkpoint": str(opened.path), "amount": opts.amount, "criterion": opts.criterion,
               "calibration": None if ids is None else {"data": opts.data or "the run's training text",
                                                        "tokens": ids.numel()}}
+    if opts.structured:
+        if any(getattr(m, "quant", None) is not None for m in model.modules()):
+            raise TinyGPTError("this model is quantized; prune its float run (then quantize the pruned run)")
+        before = model.num_params()
+        model, removed = prune_structure(model, opts.structured, opts.amount, ids)
+        record.update(structured=opts.structured, removed=removed, params=[before, model.num_params()])
+        if log is not None:
+            gone = ", ".join(f"{sum(map(len, r))} {kind}" for kind, r in removed.items())
+            log(f"removed {gone} by {opts.criterion}: {before:,} -> {model.num_params():,} parameters")
+    else:
+        zeroed = prune_model(model, opts, ids)
+        if log is not None:
+            log(f"pruned {len(zeroed)} layers by {opts.criterion}: {sum(zeroed.values()) / len(zeroed):.1%} of their "
+                "weights are zero")
     RunDir.derive(out, opened.config, model, opened.tokenizer, opened.info, {"pruned": record}, force=force)
     return out

@@ -58,7 +58,8 @@ class QuantizeOptions:
     quantize_head: bool = opt(False, "quantize the output head too (a tied head gets its own quantized copy; "
                                      "the embedding stays float)")
     data: str | None = like(TextOptions, "data", shown="the run's training text")
-    calibration_tokens: int = opt(8192, "tokens of --data that awq-lite and gptq-lite read", metavar="N")
+    calibration_tokens: int = opt(8192, "tokens of --data that calibration reads (awq-lite, gptq-lite, wanda)",
+                                  metavar="N")
 
     def __post_init__(self) -> None:
         if self.calibration_tokens < 1:

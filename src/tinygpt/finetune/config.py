@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..adapters import METHODS, AdapterConfig
+from ..compress.prune import PruneOptions
 from ..compress.quantize import QuantizeOptions
 from ..config import like, opt, section
 from ..data import DataConfig
@@ -44,6 +45,10 @@ class FinetuneConfig(AdapterConfig):
                                 "(<run>-int8 / -int4)", choices=("int8", "int4"))
     group_size: int = like(QuantizeOptions, "group_size")
     quantize_head: bool = like(QuantizeOptions, "quantize_head")
+    teacher: str | None = opt(None, "distil from this model (a run, Hugging Face directory or hub name with the "
+                                    "same tokenizer): the training loss mixes cross-entropy with the KL divergence "
+                                    "from the teacher's next-token distribution (its share: --distill-weight)")
+    distill_weight: float = like(PruneOptions, "distill_weight", 0.5)
     epochs: float | None = opt(None, f"passes over the training data (default with no other budget: "
                                      f"{DEFAULT_EPOCHS:g}, within the default 5m)")
 
@@ -58,6 +63,11 @@ class FinetuneConfig(AdapterConfig):
                                f"{self.method}")
         if self.qat is not None:
             self.qat_spec()   # a group size the kernels take
+        if not 0 <= self.distill_weight <= 1:
+            raise TinyGPTError(f"--distill-weight is a share between 0 and 1, got {self.distill_weight}")
+        if self.teacher is not None and self.method == "prompt":
+            raise TinyGPTError("--teacher distils through the model's own positions; a soft prompt adds positions "
+                               "the teacher has not got: use --method full, lora or adapter")
         if self.method != "full" and (self.freeze_blocks or self.freeze_embeddings):
             raise TinyGPTError(f"--freeze-blocks / --freeze-embeddings are for --method full; {self.method} "
                                "already trains only its own tensors")

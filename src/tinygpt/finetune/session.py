@@ -40,6 +40,7 @@ from ..train.distributed import launched_by_torchrun
 from ..train.resolve import draw_seed
 from .config import DEFAULT_EPOCHS, METHOD_LR, FinetuneRun, FinetuneRunConfig
 from .data import FinetuneData, prepare
+from .distill import attach_teacher
 
 # What cannot change when a fine-tune is resumed: what it is and what it learns from.
 FIXED_ON_RESUME = ("data", "finetune")
@@ -188,6 +189,12 @@ class FinetuneSession(Session):
     @classmethod
     def _build(cls, cfg: FinetuneRun, model: GPT, data: FinetuneData, run: RunDir) -> "FinetuneSession":
         model = model.to(cfg.device)
+        if cfg.finetune.teacher is not None:
+            teacher = open_source(cfg.finetune.teacher)
+            if teacher.tokenizer.to_dict() != data.tokenizer.to_dict():
+                raise TinyGPTError(f"--teacher {cfg.finetune.teacher} has another tokenizer than the model; distil "
+                                   "from a model that reads the same tokens")
+            attach_teacher(model, teacher.model.float().to(cfg.device), cfg.finetune.distill_weight)
         batches = data.batches("train", cfg.train.batch_size, model.config.block_size, cfg.seed)
         return cls(cfg, run, data, Trainer(model, cfg.train, batches, device=cfg.device, dtype=cfg.dtype))
 
@@ -233,7 +240,9 @@ class FinetuneSession(Session):
             (" (embeddings frozen)" if ft.freeze_embeddings else "")
         return [f"run: {self.run.path}", f"base: {self.cfg.base['source']} | method: {method}, {trainable:,} "
                 f"trainable parameters ({trainable / max(1, self._base_params()):.2%} of the base's)", tr.describe(),
-                f"budget: {t.describe_budget()}, lr {t.lr:g}; data: {self.data.description}"]
+                f"budget: {t.describe_budget()}, lr {t.lr:g}; data: {self.data.description}"] + (
+                    [f"distilling from {ft.teacher} (the KL term {ft.distill_weight:g} of the training loss)"]
+                    if ft.teacher else [])
 
     def _base_params(self) -> int:
         model = self.trainer.model

@@ -117,7 +117,7 @@ def export(cfg: GPTConfig, tensors: dict[str, torch.Tensor], tokenizer: Tokenize
         w.add_name(name)
         w.add_context_length(cfg.block_size)
         w.add_embedding_length(cfg.n_embd)
-        w.add_feed_forward_length(cfg.hidden_size)
+        w.add_feed_forward_length(cfg.hidden(0))
         w.add_block_count(cfg.n_layer)
         w.add_head_count(cfg.n_head)
         w.add_layer_norm_eps(cfg.norm_eps)

@@ -82,6 +82,13 @@ def _require_shape(cfg: GPTConfig, shape: dict, family: str) -> None:
     if cfg.vocab_size is None:  # normally filled in from the tokenizer
         raise TinyGPTError(f"the model config has no vocab_size; set it (from the tokenizer) "
                            f"before converting to or from {family}")
+    # Structured pruning: the same MLP width in every block is an ordinary width; fewer heads
+    # of the same size, or blocks that differ, are shapes these formats have no field for.
+    if cfg.layer_heads or len(set(cfg.layer_hidden or ())) > 1:
+        raise TinyGPTError(f"{family} gives every block {cfg.n_head} heads of {cfg.head_size} and one MLP width, "
+                           f"but this pruned model has heads {cfg.layer_heads or 'as usual'} and widths "
+                           f"{cfg.layer_hidden or 'as usual'}; export the unpruned run, or prune --structured neurons "
+                           "only, which keeps one width")
     for field, want in shape.items():
         got = getattr(cfg, field)
         if got != want:
@@ -135,7 +142,8 @@ def gpt2_config_to_hf(cfg: GPTConfig) -> dict:
     return dict(
         model_type="gpt2", architectures=["GPT2LMHeadModel"], vocab_size=cfg.vocab_size,
         n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
-        n_inner=cfg.mlp_hidden, activation_function="gelu_new" if cfg.gelu == "tanh" else "gelu",
+        n_inner=cfg.hidden(0) if cfg.layer_hidden else cfg.mlp_hidden,
+        activation_function="gelu_new" if cfg.gelu == "tanh" else "gelu",
         layer_norm_epsilon=cfg.norm_eps,
         resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
         tie_word_embeddings=cfg.tie_embeddings, bos_token_id=eot, eos_token_id=eot)
@@ -177,7 +185,7 @@ def llama_config_to_hf(cfg: GPTConfig) -> dict:
     _require_shape(cfg, _LLAMA_SHAPE, "Llama")
     return dict(
         model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=cfg.vocab_size,
-        hidden_size=cfg.n_embd, intermediate_size=cfg.hidden_size, num_hidden_layers=cfg.n_layer,
+        hidden_size=cfg.n_embd, intermediate_size=cfg.hidden(0), num_hidden_layers=cfg.n_layer,
         num_attention_heads=cfg.n_head, num_key_value_heads=cfg.kv_heads, head_dim=cfg.head_size,
         max_position_embeddings=cfg.block_size, hidden_act="silu", rms_norm_eps=cfg.norm_eps,
         # Top-level rope_theta is accepted by every transformers version (5.x moves it into
