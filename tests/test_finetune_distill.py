@@ -53,3 +53,21 @@ def test_a_teacher_equal_to_the_student_adds_nothing_and_other_vocabularies_are_
     other = GPT(GPTConfig(**{**CFG, "vocab_size": 30}))
     with pytest.raises(TinyGPTError, match="same tokenizer"):
         attach_teacher(model(0), other, 0.5)
+
+
+def test_finetune_refuses_a_teacher_that_reads_other_tokens(tmp_path, capsys):
+    from helpers import make_run
+
+    from tinygpt.cli import main
+    from tinygpt.tokenizer import CharTokenizer
+
+    make_run(tmp_path / "base", n_layer=1, n_head=2, n_embd=32, block_size=16)
+    make_run(tmp_path / "teacher", tokenizer=CharTokenizer("abcdefghijklmnopqrstuvwxyz .\n"), n_layer=1, n_head=2,
+             n_embd=32, block_size=16)
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox. " * 50)
+    assert main(["finetune", str(tmp_path / "base"), "--data", str(text), "--method", "full", "--teacher",
+                 str(tmp_path / "teacher"), "--max-steps", "1", "--out", str(tmp_path / "ft"),
+                 "--progress", "false"]) == 1
+    assert "another tokenizer" in capsys.readouterr().err
+    assert not (tmp_path / "ft").exists()   # refused before anything was written
