@@ -32,36 +32,31 @@ UNITS = ("heads", "neurons", "both")
 MULTIPLE = 32  # kept MLP widths round to this where the width is a multiple of it: int4 groups and fast GEMM shapes
 
 
-def _head_rows(block) -> tuple[int, int, int]:
-    """(query heads, key/value heads, head size) of ``block``'s attention."""
-    a = block.attn
-    return a.n_head, a.kv_heads, a.head_size
-
-
 def unit_columns(model: GPT, layer: int, units: str) -> list[torch.Tensor]:
     """The output projection's input columns of each unit of block ``layer``: one index tensor
     per head group (``heads``) or per neuron (``neurons``)."""
     block = model.transformer.h[layer]
     if units == "neurons":
         return list(torch.arange(block.mlp.c_proj.in_features)[:, None])
-    nh, nkv, hs = _head_rows(block)
-    per = nh // nkv * hs  # query columns of one group
-    return [torch.arange(g * per, (g + 1) * per) for g in range(nkv)]
+    a = block.attn
+    per = a.n_head // a.kv_heads * a.head_size  # query columns of one group
+    return [torch.arange(g * per, (g + 1) * per) for g in range(a.kv_heads)]
 
 
-def _input_rows(model: GPT, layer: int, units: str, unit: int) -> torch.Tensor:
-    """The rows of the unit's input matrix (c_attn's q/k/v, or c_fc's; SwiGLU: gate and up)."""
+def input_rows(model: GPT, layer: int, units: str, idx: list[int]) -> torch.Tensor:
+    """The rows of the input matrix (c_fc, or c_attn's packed q/k/v) that units ``idx`` own,
+    in the matrix's own layout: SwiGLU's gates then ups; all queries, then keys, then values."""
     block = model.transformer.h[layer]
+
+    def span(width: int, offset: int = 0) -> torch.Tensor:  # rows [u * width, (u + 1) * width) of each unit
+        return torch.cat([torch.arange(u * width, (u + 1) * width) for u in idx]) + offset
+
     if units == "neurons":
         H = block.mlp.c_proj.in_features
-        rows = [unit, H + unit] if block.mlp.swiglu else [unit]
-        return torch.tensor(rows)
-    nh, nkv, hs = _head_rows(block)
-    q = nh * hs
-    per = nh // nkv * hs
-    return torch.cat([torch.arange(unit * per, (unit + 1) * per),
-                      q + torch.arange(unit * hs, (unit + 1) * hs),
-                      q + nkv * hs + torch.arange(unit * hs, (unit + 1) * hs)])
+        return torch.cat([span(1), span(1, H)]) if block.mlp.swiglu else span(1)
+    a = block.attn
+    return torch.cat([span(a.n_head // a.kv_heads * a.head_size), span(a.head_size, a.q_width),
+                      span(a.head_size, a.q_width + a.kv_width)])
 
 
 def _modules(model: GPT, layer: int, units: str):
@@ -82,7 +77,7 @@ def scores(model: GPT, units: str, input_norms: dict[int, torch.Tensor] | None =
             if input_norms is not None:
                 s.append((col_norms[cols] * input_norms[i][cols]).sum())
             else:
-                s.append(col_norms[cols].norm() * fc.weight.float()[_input_rows(model, i, units, u)].norm())
+                s.append(col_norms[cols].norm() * fc.weight.float()[input_rows(model, i, units, [u])].norm())
         out.append(torch.stack(s))
     return out
 
@@ -103,28 +98,24 @@ def shrink(model: GPT, units: str, keep: list[torch.Tensor]) -> GPT:
     state = {k: v.clone() for k, v in model.state_dict().items()}
     widths = []
     for i, idx in enumerate(keep):
-        idx = idx.sort().values
+        idx = idx.sort().values.tolist()
         fc, proj = _modules(model, i, units)
         prefix = f"transformer.h.{i}." + ("mlp." if units == "neurons" else "attn.")
-        rows = torch.cat([_input_rows(model, i, units, int(u)) for u in idx])
-        if units == "heads":  # q rows of all kept groups first, then k, then v: the layout c_attn splits
-            nh, nkv, hs = _head_rows(model.transformer.h[i])
-            per = nh // nkv * hs
-            rows = rows.view(len(idx), per + 2 * hs)
-            rows = torch.cat([rows[:, :per].reshape(-1), rows[:, per:per + hs].reshape(-1),
-                              rows[:, per + hs:].reshape(-1)])
-            widths.append(len(idx) * (nh // nkv))
-            if model.value_embeds is not None:
-                v = f"value_embeds.{i}.weight"
-                state[v] = state[v][:, torch.cat([torch.arange(u * hs, (u + 1) * hs) for u in idx.tolist()])]
+        rows = input_rows(model, i, units, idx)
+        cols = torch.cat([unit_columns(model, i, units)[u] for u in idx])
+        if units == "heads":
+            a = model.transformer.h[i].attn
+            widths.append(len(idx) * (a.n_head // a.kv_heads))
+            if model.value_embeds is not None:  # a value embedding per key/value head
+                name = f"value_embeds.{i}.weight"
+                state[name] = state[name][:, torch.cat([torch.arange(u * a.head_size, (u + 1) * a.head_size)
+                                                        for u in idx])]
         else:
-            if fc.weight.shape[0] != proj.in_features:  # SwiGLU: all gates, then all ups
-                rows = torch.cat([idx, proj.in_features + idx])
             widths.append(len(idx))
-        cols = torch.cat([unit_columns(model, i, units)[int(u)] for u in idx])
-        state[prefix + "c_fc.weight" if units == "neurons" else prefix + "c_attn.weight"] = fc.weight[rows].clone()
+        fc_name = prefix + ("c_fc" if units == "neurons" else "c_attn")
+        state[fc_name + ".weight"] = fc.weight[rows].clone()
         if fc.bias is not None:
-            state[prefix + ("c_fc.bias" if units == "neurons" else "c_attn.bias")] = fc.bias[rows].clone()
+            state[fc_name + ".bias"] = fc.bias[rows].clone()
         state[prefix + "c_proj.weight"] = proj.weight[:, cols].clone()
     new = replace(c, **({"layer_hidden": widths} if units == "neurons" else {"layer_heads": widths}))
     with torch.device("meta"):
