@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from tinygpt.bench.train import ReferenceGPT, matmul_shapes
@@ -94,8 +95,14 @@ def test_busy_processes_run_for_the_block_only(monkeypatch):
 def test_bench_train_times_one_and_several_data_parallel_processes(tmp_path, capsys):
     out_json = tmp_path / "bench.json"
     assert main(["bench", "train", "--preset", "char-nano", "--batch-size", "2", "--rounds", "1", "--warmup", "1",
-                 "--loop-steps", "3", "--dtype", "fp32", "--data-parallel", "2", "--json", str(out_json)]) == 0
+                 "--loop-steps", "3", "--dtype", "fp32", "--data-parallel", "2", "--zero-stages", "1",
+                 "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
     rows = json.loads(out_json.read_text())["data_parallel"]
-    assert [r["processes"] for r in rows] == [1, 2] and all(r["tokens_per_s"] > 0 for r in rows)
-    assert "512 tokens per step (2 micro-batches of 2)" in out and "speed-up" in out
+    assert [(r["processes"], r["zero"]) for r in rows] == [(1, 0), (2, 1)] and all(r["tokens_per_s"] > 0 for r in rows)
+    assert "512 tokens per step (2 micro-batches of 2)" in out and "speed-up" in out and "2 x ZeRO-1" in out
+    # ZeRO-1: each rank keeps the whole weights and gradients, and the AdamW state of about half of them.
+    one, two = rows
+    assert two["mem_weights_mb"] == one["mem_weights_mb"] == one["mem_grads_mb"] == two["mem_grads_mb"]
+    assert one["mem_optimizer_mb"] == pytest.approx(2 * one["mem_weights_mb"], rel=1e-3)   # AdamW: two moments (and steps)
+    assert 0.25 < two["mem_optimizer_mb"] / one["mem_optimizer_mb"] < 0.75

@@ -76,6 +76,9 @@ class TrainBench:
     data_parallel: int = opt(1, "instead, time tinygpt train on 1 and on N data-parallel processes (torchrun, "
                                 "the cores shared out among them) at the same global batch, in alternating rounds",
                              metavar="N")
+    zero_stages: tuple[int, ...] = opt((0,), "with --data-parallel: the ZeRO stages to lay side by side (train's "
+                                             "--zero: 0 DDP, 1 optimizer state sharded, 2 gradients too, 3 weights "
+                                             "too), each on N processes", parse=parse_ints)
 
     def __post_init__(self) -> None:
         if self.activation_checkpointing < 0:
@@ -85,6 +88,8 @@ class TrainBench:
                 raise TinyGPTError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.data_parallel < 1:
             raise TinyGPTError(f"--data-parallel must be at least 1, got {self.data_parallel}")
+        if not self.zero_stages or any(z not in (0, 1, 2, 3) for z in self.zero_stages):
+            raise TinyGPTError(f"--zero-stages are among 0, 1, 2 and 3 (e.g. 0,1,2,3), got {self.zero_stages}")
         if self.loop_steps < 0:
             raise TinyGPTError(f"--loop-steps must be 0 or more, got {self.loop_steps}")
 
@@ -276,10 +281,12 @@ def _loop_vs_bare(b: TrainBench, dtype: str, directory: Path) -> tuple[float, fl
 
 
 def data_parallel(b: TrainBench, log: Callable[[str], None] = print) -> dict:
-    """Training tokens/s of ``tinygpt train`` on one process and on ``b.data_parallel`` (torchrun,
-    gloo or NCCL), the same global step on both (``b.data_parallel`` micro-batches of
-    ``b.batch_size``, accumulated on the one process), in alternating rounds; each side's
-    median step after the warm-up steps, from its metrics.jsonl."""
+    """Training tokens/s and what rank 0 holds (weights, gradients, optimizer state, one
+    micro-batch's activations: train/memory.py) of ``tinygpt train`` on one process and on
+    ``b.data_parallel`` (torchrun, gloo or NCCL) under each of ``b.zero_stages``, the same
+    global step everywhere (``b.data_parallel`` micro-batches of ``b.batch_size``, accumulated
+    on the one process), in alternating rounds; each layout's median step after the warm-up
+    steps, from its metrics.jsonl."""
     import os
     import subprocess
 
@@ -291,17 +298,20 @@ def data_parallel(b: TrainBench, log: Callable[[str], None] = print) -> dict:
     step_tokens = b.data_parallel * b.batch_size * block
     steps = max(b.loop_steps, b.warmup + 3)
     cpu = device.type == "cpu"
-    speeds: dict[int, list[float]] = {1: [], b.data_parallel: []}
+    n = b.data_parallel
+    layouts = [(1, 0)] + ([(n, z) for z in b.zero_stages] if n > 1 else [])
+    speeds: dict[tuple[int, int], list[float]] = {lay: [] for lay in layouts}
+    memory: dict[tuple[int, int], dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         text = Path(tmp) / "text.txt"
         rng = np.random.default_rng(1)
         text.write_text("".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz ABCDEFGHIJ.,;:!?'\n"), 400_000)))
         for r in range(b.rounds):
-            for n in speeds:
-                threads = max(1, ALL_CORES // n) if cpu else 1
-                out = Path(tmp) / f"run-{n}-{r}"
-                cmd = [*tinygpt_command(n), "train", "--data", str(text), "--preset", b.resolved_preset,
-                       "--out", str(out),
+            for procs, zero in layouts:
+                threads = max(1, ALL_CORES // procs) if cpu else 1
+                out = Path(tmp) / f"run-{procs}-{zero}-{r}"
+                cmd = [*tinygpt_command(procs), "train", "--data", str(text), "--preset", b.resolved_preset,
+                       "--out", str(out), "--optimizer", "adamw", "--zero", str(zero),
                        "--batch-size", str(b.batch_size), "--tokens-per-step", str(step_tokens),
                        "--max-steps", str(steps), "--eval-interval", str(10**6), "--max-new-tokens", "0",
                        "--progress", "false", "--device", b.device, "--dtype", b.dtypes[0],
@@ -309,18 +319,26 @@ def data_parallel(b: TrainBench, log: Callable[[str], None] = print) -> dict:
                 proc = subprocess.run(cmd, capture_output=True, text=True,
                                       env={**os.environ, "OMP_NUM_THREADS": str(threads)})
                 if proc.returncode != 0:
-                    raise TinyGPTError(f"the {n}-process run failed: {proc.stderr.strip().splitlines()[-1:]}")
-                records = RunDir.open(out).read_metrics()
-                speeds[n].append(statistics.median(r["tok_per_s"] for r in records if "loss" in r
-                                                   and r["step"] > b.warmup))
-    rows = [{"processes": n, "threads_each": max(1, ALL_CORES // n) if cpu else 1,
-             "tokens_per_s": statistics.median(v), "rounds": v} for n, v in speeds.items()]
-    log(f"{b.resolved_preset}, {b.dtypes[0]}, {step_tokens} tokens per step ({b.data_parallel} micro-batches of "
-        f"{b.batch_size}), device {device}" + (f", {cpu_name()}" if cpu else "") + ": tinygpt train tokens/s")
-    log(f"{'processes':>9} {'threads each':>13} {'tokens/s':>10} {'speed-up':>9}")
+                    raise TinyGPTError(f"the {procs}-process run (ZeRO-{zero}) failed: "
+                                       f"{proc.stderr.strip().splitlines()[-1:]}")
+                records = [r for r in RunDir.open(out).read_metrics() if "loss" in r]
+                speeds[procs, zero].append(statistics.median(r["tok_per_s"] for r in records if r["step"] > b.warmup))
+                memory[procs, zero] = {k: v for k, v in records[0].items() if k.startswith("mem_")}
+    rows = [{"processes": p, "zero": z, "threads_each": max(1, ALL_CORES // p) if cpu else 1,
+             "tokens_per_s": statistics.median(speeds[p, z]), "rounds": speeds[p, z], **memory[p, z]}
+            for p, z in layouts]
+    log(f"{b.resolved_preset}, {b.dtypes[0]}, AdamW, {step_tokens} tokens per step ({n} micro-batches of "
+        f"{b.batch_size}), device {device}" + (f", {cpu_name()}" if cpu else "") + ": tinygpt train tokens/s, and "
+        "what rank 0 holds in MB (activations: one micro-batch's)")
+    log(f"{'layout':>14} {'threads each':>13} {'tokens/s':>10} {'speed-up':>9} {'weights':>8} {'grads':>8} "
+        f"{'optimizer':>10} {'activations':>12}")
     for row in rows:
-        log(f"{row['processes']:>9} {row['threads_each']:>13} {row['tokens_per_s']:>10,.0f} "
-            f"{row['tokens_per_s'] / rows[0]['tokens_per_s']:>8.2f}x")
+        name = "1 process" if row["processes"] == 1 else (
+            f"{row['processes']} x " + (f"ZeRO-{row['zero']}" if row["zero"] else "DDP"))
+        log(f"{name:>14} {row['threads_each']:>13} {row['tokens_per_s']:>10,.0f} "
+            f"{row['tokens_per_s'] / rows[0]['tokens_per_s']:>8.2f}x {row.get('mem_weights_mb', 0):>8.2f} "
+            f"{row.get('mem_grads_mb', 0):>8.2f} {row.get('mem_optimizer_mb', 0):>10.2f} "
+            f"{row.get('mem_activations_mb', 0):>12.2f}")
     return {"preset": b.resolved_preset, "dtype": b.dtypes[0], "data_parallel": rows}
 
 

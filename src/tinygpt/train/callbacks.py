@@ -93,7 +93,8 @@ class Checkpointer(Callback):
     def __init__(self, run: RunDir, every: int, has_val: bool, every_rank: bool = False):
         self.run, self.every, self.has_val = run, every, has_val
         self.saved_step = 0  # the step of the last checkpoint written (or resumed from)
-        # A sharded model's whole weights are gathered from every rank; rank 0 alone writes them.
+        # A sharded model's whole weights (ZeRO-1: optimizer state) are gathered from every rank;
+        # rank 0 alone writes them.
         self.main_process_only = not every_rank
 
     def on_train_start(self, trainer: Trainer) -> None:
@@ -116,6 +117,10 @@ class Checkpointer(Callback):
         if trainer.sharded:  # every rank gathers; rank 0 writes
             model, whole_state = trainer.gather_whole(), trainer.state_dict()
             if model is None:
+                return
+        elif trainer.zero:  # every rank sends rank 0 its share of the optimizer state
+            whole_state = trainer.state_dict()
+            if not trainer.dist.is_main:
                 return
         if not trainer.weights_finite(model):
             raise trainer.diverged("a weight became non-finite", trainer.state.step, trainer.state.step)

@@ -98,9 +98,11 @@ class TrainConfig:
     activation_checkpointing: int = opt(0, "recompute every Nth block's activations in the backward instead of "
                                            "keeping them (1: every block, 0: off): less memory, about a third "
                                            "more time per recomputed block", metavar="N")
-    shard: bool = opt(False, "on several processes, shard the weights, gradients and AdamW state across them "
-                             "(FSDP2) instead of keeping a whole copy on each (DDP): for models that do not fit "
-                             "one device")
+    zero: int = opt(0, "on several processes, shard what each would otherwise hold whole (ZeRO's stages): 1 the "
+                       "AdamW state (PyTorch's ZeroRedundancyOptimizer, under DDP), 2 also the gradients (FSDP2, "
+                       "the weights gathered once per step), 3 also the weights (FSDP2, gathered per block as "
+                       "needed); 0: whole copies (DDP)", choices=(0, 1, 2, 3))
+    shard: bool = opt(False, "the same as --zero 3 (FSDP2 full sharding): its first name, still read")
     compile: bool = opt(False, "torch.compile the model (slow start, faster steps on GPUs)")
     progress: bool = opt(True, "show a progress bar (a line every 10 s when stderr is not a terminal)")
     # Derived from the options above here and nowhere else (not recorded: a resume that
@@ -120,6 +122,8 @@ class TrainConfig:
                 raise TinyGPTError(f"--{name.replace('_', '-')} must be at least {lowest}, got {v}")
         if self.max_time is not None and self.max_time <= 0:
             raise TinyGPTError(f"--max-time must be positive, got {self.max_time}")
+        if self.shard and self.zero not in (0, 3):
+            raise TinyGPTError(f"--shard is --zero 3, which --zero {self.zero} contradicts; give one of them")
         for name in ("batch_warmup", "window_warmup"):
             if not 0 <= getattr(self, name) <= 1:
                 raise TinyGPTError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
@@ -130,6 +134,11 @@ class TrainConfig:
         no_budget = self.max_steps is None and self.max_tokens is None and self.max_time is None
         self.time_limit = DEFAULT_TIME_BUDGET if no_budget else self.max_time
         self.final_lr = self.lr / 10 if self.min_lr is None else self.min_lr
+
+    @property
+    def zero_stage(self) -> int:
+        """What --zero says, --shard (its first name) included."""
+        return 3 if self.shard else self.zero
 
     def micro_batches(self, block_size: int) -> int:
         """Micro-batches accumulated per optimizer step on sequences of ``block_size``:

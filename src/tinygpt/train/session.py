@@ -228,10 +228,10 @@ class Session:
     @classmethod
     def _build(cls, cfg: ResolvedRun, data: TokenData, run: RunDir, dist: DistContext | None = None) -> "Session":
         T = cfg.model.block_size
-        if cfg.train.shard and (dist or DistContext()).world_size > 1 and (cfg.train.diagnostics
+        if cfg.train.zero_stage >= 2 and (dist or DistContext()).world_size > 1 and (cfg.train.diagnostics
                                                                          or cfg.train.sample_interval):
             # Both run the model on rank 0 alone, which a sharded model cannot: its forward gathers from every rank.
-            raise TinyGPTError("--shard does not go with --diagnostics or --sample-interval yet; turn them off "
+            raise TinyGPTError("--zero 2/3 do not go with --diagnostics or --sample-interval yet; turn them off "
                                "(the sample at the end is drawn from the saved weights)")
         # Batch windows first: a corpus too short for one block fails here, before any work.
         batches = data.batches("train", cfg.train.batch_size, T, mode=cfg.data.sampling, seed=cfg.seed)
@@ -276,7 +276,7 @@ class Session:
             out.append(PeriodicSampler(t.sample_interval, self.sample, write))
         if t.early_stop and has_val:
             out.append(EarlyStop(t.early_stop))
-        return out + [Checkpointer(self.run, t.eval_interval, has_val, every_rank=self.trainer.sharded)]
+        return out + [Checkpointer(self.run, t.eval_interval, has_val, every_rank=bool(self.trainer.zero))]
 
     def fit(self, *extra: Callback) -> dict:
         """Train to the budget (or a stop request); the standard callbacks, then ``extra``.

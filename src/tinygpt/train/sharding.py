@@ -15,6 +15,7 @@ writing each rank's shards.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import torch
@@ -22,8 +23,10 @@ import torch
 from ..model import GPT
 
 
-def shard_model(model: GPT, dtype: torch.dtype, world_size: int) -> None:
-    """``fully_shard`` each block of ``model``, then the model, over all ``world_size`` ranks (in place)."""
+def shard_model(model: GPT, dtype: torch.dtype, world_size: int, reshard: bool = True) -> None:
+    """``fully_shard`` each block of ``model``, then the model, over all ``world_size`` ranks (in place).
+    ``reshard``: free each block's gathered weights after its forward and gather them again for
+    its backward (ZeRO-3); off, they stay gathered from forward to backward (ZeRO-2)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -35,8 +38,20 @@ def shard_model(model: GPT, dtype: torch.dtype, world_size: int) -> None:
     # modifies them in place, which is what FSDP2's warning about views is for.
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     for block in model.transformer.h:
-        fully_shard(block, mesh=mesh, mp_policy=policy)
-    fully_shard(model, mesh=mesh, mp_policy=policy)
+        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
+    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
+
+
+def zero_redundancy(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """ZeRO-1: ``optimizer``'s parameter groups under PyTorch's ZeroRedundancyOptimizer, which
+    gives each rank the state of a share of the parameters, steps that share and broadcasts it.
+    (Its ``state_dict`` after ``consolidate_state_dict(to=0)`` is the whole optimizer's, on rank 0.)"""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    takes = inspect.signature(type(optimizer)).parameters  # AdamW's defaults hold a flag its constructor refuses
+    defaults = {k: v for k, v in optimizer.defaults.items() if k in takes}
+    return ZeroRedundancyOptimizer([dict(g) for g in optimizer.param_groups], optimizer_class=type(optimizer),
+                                   **defaults)
 
 
 def is_sharded(module: torch.nn.Module) -> bool:

@@ -16,7 +16,7 @@ import math
 import signal
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator, Sequence
 
 import torch
@@ -30,9 +30,10 @@ from .callbacks import Callback
 from .config import TrainConfig
 from .curriculum import shape_batch, stage_divisor
 from .distributed import DistContext, RankShare
+from .memory import rank_memory, saved_activations
 from .optim import lr_at, make_optimizer
 from .recompute import recompute_blocks
-from .sharding import full_optimizer_state, full_weights, load_full_state, shard_model
+from .sharding import full_optimizer_state, full_weights, load_full_state, shard_model, zero_redundancy
 from .state import TrainState, capture_rng, restore_rng
 
 WARMUP_SHARE = 0.1  # of a time or token budget: warmup ends there at the latest
@@ -65,12 +66,13 @@ class Trainer:
         configure_backends(device)
         self.recomputed = recompute_blocks(model, cfg.activation_checkpointing)
         # One process has nothing to shard across: a sharded run resumed on one trains whole.
-        self.sharded = cfg.shard and dist.world_size > 1
+        self.zero = cfg.zero_stage if dist.world_size > 1 else 0
+        self.sharded = self.zero >= 2  # FSDP2 holds the weights (stage 2: between steps; 3: between blocks)
+        if self.zero and cfg.optimizer != "adamw":
+            raise TinyGPTError(f"--zero {self.zero} trains with AdamW only (Muon orthogonalises whole matrices, which "
+                               "sharding splits); add --optimizer adamw")
         if self.sharded:  # before the optimizer: it must hold the sharded parameters
-            if cfg.optimizer != "adamw":
-                raise TinyGPTError("--shard trains with AdamW only (Muon orthogonalises whole matrices, which "
-                                   "sharding splits); add --optimizer adamw")
-            shard_model(model, dtype, dist.world_size)
+            shard_model(model, dtype, dist.world_size, reshard=self.zero == 3)
         self.local_forward = torch.compile(model) if cfg.compile else model  # evaluation: no gradients to sync
         # Wrapped at the first step (see forward); a sharded model is its own wrapper.
         self._forward: torch.nn.Module | None = self.local_forward if self.sharded else None
@@ -81,6 +83,8 @@ class Trainer:
         self._seed = torch.initial_seed()
         self.optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device,
                                         cfg.optimizer)
+        if self.zero == 1:  # each rank keeps (and steps) the AdamW state of its share of the parameters
+            self.optimizer = zero_redundancy(self.optimizer)
         # Loss scaling keeps fp16 gradients from underflowing; bf16/fp32 have the range.
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
@@ -98,6 +102,7 @@ class Trainer:
         self._stop: str | None = None
         self._signal: int | None = None  # the signal that asked for the stop, if one did
         self._reserve = 0.0  # seconds: the slowest step with its callbacks, kept free at a time budget's end
+        self._measure_memory = True  # the first step records what this rank holds (train/memory.py)
 
     @property
     def forward(self) -> torch.nn.Module:
@@ -128,6 +133,10 @@ class Trainer:
         if self.sharded:
             optimizer = full_optimizer_state(self.model, self.optimizer)
             weights = state_tensors(self.whole) if self.dist.is_main else {}
+        elif self.zero == 1:  # every rank sends rank 0 its share of the AdamW state
+            self.optimizer.consolidate_state_dict(to=0)
+            optimizer = self.optimizer.state_dict() if self.dist.is_main else {}
+            weights = state_tensors(self.model)
         else:
             optimizer, weights = self.optimizer.state_dict(), state_tensors(self.model)
         return {
@@ -227,10 +236,15 @@ class Trainer:
             raise TinyGPTError(f"step {self.state.step + 1} has no targets to learn from (every loss_mask entry "
                                "is false); check the data's loss masks or use longer sequences")
         total = torch.zeros((), device=self.device)
+        measure, activations = self._measure_memory, {}
         for i, batch in enumerate(micro):
             b = batch.to(self.device, non_blocking=True)
             with self.dist.gradient_sync(self.forward, sync=i == len(micro) - 1):
-                with autocast(self.device, self.dtype):
+                # This process's first step records what a rank holds (one micro-batch's activations;
+                # a compiled forward is not looked into).
+                look = measure and i == 0 and not self.cfg.compile
+                with autocast(self.device, self.dtype), (saved_activations(self.model) if look
+                                                         else nullcontext(activations)) as activations:
                     loss = self.forward(b.x, b.y, loss_mask=b.loss_mask, input_pos=b.input_pos).loss_sum / n_targets
                 scale = self.dist.gradient_scale  # DDP averages over ranks; the step's gradient is their sum
                 self.scaler.scale(loss * scale if scale != 1 else loss).backward()
@@ -253,6 +267,9 @@ class Trainer:
             raise self.diverged(what, self.state.step + 1, self.state.step, info)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if measure:
+            info.update(rank_memory(self.model, self.optimizer, activations))
+            self._measure_memory = False
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         self.step_tokens = self.tokens_per_step * max(1, t.batch_size // cut_batch) // t.batch_size
@@ -398,7 +415,7 @@ class Trainer:
         return (f"model: {c.n_layer} layers, {heads}, {c.n_embd} wide, context {c.block_size}, "
                 f"{self.model.num_params() / 1e6:.2f}M parameters | device {self.device} {dtype_name(self.dtype)}"
                 f"{' compiled' if t.compile else ''}{' | Muon' if t.optimizer == 'muon' else ''}"
-                f"{' | sharded (FSDP2)' if self.sharded else ''} | {self.tokens_per_step} tokens/step "
+                f"{f' | ZeRO-{self.zero}' if self.zero else ''} | {self.tokens_per_step} tokens/step "
                 f"(batch {t.batch_size} x {c.block_size} x {self.grad_accum} accumulation)"
                 + "".join(f" | {what} warmup over {f:.0%} of the budget" for what, f in
                           (("batch", t.batch_warmup), ("window", t.window_warmup)) if f))
