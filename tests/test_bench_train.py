@@ -104,5 +104,6 @@ def test_bench_train_times_one_and_several_data_parallel_processes(tmp_path, cap
     # ZeRO-1: each rank keeps the whole weights and gradients, and the AdamW state of about half of them.
     one, two = rows
     assert two["mem_weights_mb"] == one["mem_weights_mb"] == one["mem_grads_mb"] == two["mem_grads_mb"]
-    assert one["mem_optimizer_mb"] == pytest.approx(2 * one["mem_weights_mb"], rel=1e-3)   # AdamW: two moments (and steps)
+    # AdamW holds two moments per weight (and a step count per tensor).
+    assert one["mem_optimizer_mb"] == pytest.approx(2 * one["mem_weights_mb"], rel=1e-3)
     assert 0.25 < two["mem_optimizer_mb"] / one["mem_optimizer_mb"] < 0.75

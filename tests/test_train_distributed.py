@@ -106,7 +106,8 @@ def test_a_run_resumes_on_another_number_of_processes(tmp_path, corpus, whole_ru
     split = tmp_path / "split"
     train(int(first[0]), "--data", str(corpus), *FLAGS, *first[1:], "--max-steps", "3", "--eval-interval", "3",
           "--out", str(split), here=False)
-    if "--shard" in first or "--zero" in first:  # the saved weights are the whole model's: one process scores what rank 0 measured
+    if "--shard" in first or "--zero" in first:
+        # The saved weights are the whole model's: one process scores what rank 0 measured.
         run = RunDir.open(split)
         val = next(r["val_loss"] for r in run.read_metrics() if r["step"] == 3 and "val_loss" in r)
         assert evaluate_saved(split) == pytest.approx(val, abs=1e-6)
