@@ -101,12 +101,14 @@ def test_two_processes_take_the_steps_of_one_with_twice_the_accumulation(tmp_pat
     (["1"], ["2", "--zero", "1"]),               # and each rank takes its share of a whole optimizer state
     (["2", "--shard", "true"], ["1"]),           # ZeRO-3 (FSDP2): whole weights and optimizer state gathered
     (["1"], ["2", "--zero", "2"]),               # ZeRO-2 (FSDP2): each rank takes its slice of the whole state
+    (["2", "--parallel", "tp=2"], ["1"]),        # tensor parallel: the split blocks gathered whole
+    (["1"], ["2", "--parallel", "tp=2"]),        # and whole ones split by heads and MLP columns
 ])
 def test_a_run_resumes_on_another_number_of_processes(tmp_path, corpus, whole_run, first, then):
     split = tmp_path / "split"
     train(int(first[0]), "--data", str(corpus), *FLAGS, *first[1:], "--max-steps", "3", "--eval-interval", "3",
           "--out", str(split), here=False)
-    if "--shard" in first or "--zero" in first:
+    if {"--shard", "--zero", "--parallel"} & set(first):
         # The saved weights are the whole model's: one process scores what rank 0 measured.
         run = RunDir.open(split)
         val = next(r["val_loss"] for r in run.read_metrics() if r["step"] == 3 and "val_loss" in r)

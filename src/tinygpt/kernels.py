@@ -85,7 +85,7 @@ class Linear(nn.Linear):
             return F.linear(x, w, self.bias)
         # Under autocast F.linear computes in the autocast dtype: the routes would compute in the weights'.
         if (not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == self.weight.dtype
-                and not torch.is_autocast_enabled("cpu")):
+                and not torch.is_autocast_enabled("cpu") and not hasattr(self.weight, "placements")):  # DTensor: split
             route = one_row_route(self.weight) if x.numel() == x.shape[-1] else "packed"
             if route == "mv":
                 y = torch.mv(self.weight, x.reshape(-1))

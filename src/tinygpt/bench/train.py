@@ -43,6 +43,7 @@ from ..errors import TinyGPTError
 from ..model import GPT, GPTConfig
 from ..presets import get_preset, resolve_preset
 from ..train.config import RunSection, TrainConfig
+from ..train.memory import saved_activations
 from .busy import BusyOptions, contention
 from .generate import GenerateBench
 
@@ -118,16 +119,7 @@ def training_memory_mb(step: Callable[[], None], model: nn.Module, optimizer: to
     state, plus every tensor the forward saves for the backward (found through autograd's
     saved-tensor hooks, each storage once). Counted from the tensors themselves, so it is
     the same on every device and allocator; allocator slack comes on top."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with saved_activations(model) as saved:
         step()
     state = sum(t.nbytes for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
     weights = sum(p.nbytes for p in model.parameters())
@@ -350,7 +342,9 @@ def _trainer(b: TrainBench, dtype: str, tokens: np.ndarray, recompute: int = 0):
     device = resolve_device(b.device)
     seed_everything(0)
     batches = Batches(tokens, b.batch_size, cfg.model.block_size, seed=0)
-    return Trainer(GPT(cfg.model).to(device), cfg.train, batches, device=device, dtype=resolve_dtype(dtype, device))
+    trainer = Trainer(GPT(cfg.model).to(device), cfg.train, batches, device=device, dtype=resolve_dtype(dtype, device))
+    trainer.measure_memory = False  # training_memory_mb looks into the step from outside
+    return trainer
 
 
 def run(b: TrainBench, log: Callable[[str], None] = print) -> dict:

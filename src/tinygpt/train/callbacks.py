@@ -114,11 +114,11 @@ class Checkpointer(Callback):
         """Write the checkpoint: the best weights too where ``improved`` (the evaluator's verdict)."""
         self.saved_step = trainer.state.step
         model, whole_state = trainer.model, None
-        if trainer.sharded:  # every rank gathers; rank 0 writes
+        if trainer.gathers:  # every rank gathers; rank 0 writes
             model, whole_state = trainer.gather_whole(), trainer.state_dict()
             if model is None:
                 return
-        elif trainer.zero:  # every rank sends rank 0 its share of the optimizer state
+        elif trainer.zero:  # ZeRO-1: every rank sends rank 0 its share of the optimizer state
             whole_state = trainer.state_dict()
             if not trainer.dist.is_main:
                 return

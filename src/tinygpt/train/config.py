@@ -22,6 +22,7 @@ from ..model import GPTConfig
 from ..options import OutputOptions
 from ..presets import PRESETS
 from .optim import OPTIMIZERS, SCHEDULES
+from .parallel import parse_layout
 
 DEFAULT_TIME_BUDGET = 300.0  # seconds, when no budget at all is given
 
@@ -103,6 +104,9 @@ class TrainConfig:
                        "the weights gathered once per step), 3 also the weights (FSDP2, gathered per block as "
                        "needed); 0: whole copies (DDP)", choices=(0, 1, 2, 3))
     shard: bool = opt(False, "the same as --zero 3 (FSDP2 full sharding): its first name, still read")
+    parallel: str = opt("", "how torchrun's processes share the work: dp=N (data parallel, each a whole model, the "
+                            "default) or tp=N (tensor parallel, Megatron-style: each block's matrices split across "
+                            "the processes by heads and MLP columns; all processes for now)", metavar="LAYOUT")
     compile: bool = opt(False, "torch.compile the model (slow start, faster steps on GPUs)")
     progress: bool = opt(True, "show a progress bar (a line every 10 s when stderr is not a terminal)")
     # Derived from the options above here and nowhere else (not recorded: a resume that
@@ -122,6 +126,10 @@ class TrainConfig:
                 raise TinyGPTError(f"--{name.replace('_', '-')} must be at least {lowest}, got {v}")
         if self.max_time is not None and self.max_time <= 0:
             raise TinyGPTError(f"--max-time must be positive, got {self.max_time}")
+        try:
+            parse_layout(self.parallel)
+        except ValueError as e:
+            raise TinyGPTError(f"--parallel: {e}") from None
         if self.shard and self.zero not in (0, 3):
             raise TinyGPTError(f"--shard is --zero 3, which --zero {self.zero} contradicts; give one of them")
         for name in ("batch_warmup", "window_warmup"):

@@ -55,6 +55,15 @@ class DistContext:
         return self.rank == 0
 
     @property
+    def data_ranks(self) -> int:
+        """How many replicas train on micro-batches of their own (tensor parallel: one)."""
+        return self.world_size
+
+    @property
+    def data_rank(self) -> int:
+        return self.rank
+
+    @property
     def gradient_scale(self) -> float:
         return 1.0
 
@@ -131,6 +140,34 @@ class ProcessGroup(DistContext):
         # NCCL reduces CUDA tensors only; gloo CPU ones.
         nccl = dist.get_backend() == "nccl"
         return torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class TensorParallelGroup(ProcessGroup):
+    """Ranks that each hold a slice of every block (train/parallel.py) and train on the same
+    micro-batches: to the data and the loss, one process; the collectives that join the
+    slices are DTensor's, inside the forward and backward."""
+
+    @property
+    def data_ranks(self) -> int:
+        return 1
+
+    @property
+    def data_rank(self) -> int:
+        return 0
+
+    @property
+    def gradient_scale(self) -> float:
+        return 1.0
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def gradient_sync(self, module: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def sum_across_ranks(self, x):
+        return x  # every rank computed the same whole sums
 
 
 def launched_by_torchrun() -> bool:

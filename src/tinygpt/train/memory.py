@@ -5,9 +5,9 @@ ZeRO-3 the weights too), so the trainer records them for its first step (``mem_*
 metrics.jsonl) and ``tinygpt bench train`` lays the layouts side by side.
 
 Counted from the tensors themselves (a sharded tensor's local shard), so the figures are
-the same on every device and allocator. Weights gathered for a moment (FSDP2 gathers a
-block's for its forward and backward; ZeRO-2 keeps them from one to the other) are not
-counted: they are the transient price of sharding, not what a rank keeps.
+the same on every device and allocator. Weights FSDP2 gathers for a block's forward and
+keeps for its backward (ZeRO-2 and 3) are saved tensors like any other, so they show in the
+activations column: the price sharding pays for the memory it saves elsewhere.
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ from .callbacks import (
 from .config import SessionOptions
 from .distributed import DistContext, join, launched_by_torchrun
 from .health import HealthProbe
+from .parallel import parse_layout
 from .resolve import (
     ResolvedRun,
     given_settings,
@@ -53,14 +54,15 @@ from .resolve import (
 from .trainer import DivergedError, Trainer
 
 
-def shared_step(cfg: ResolvedRun, micro_batches: int) -> ResolvedRun:
+def shared_step(cfg: ResolvedRun, processes: int) -> ResolvedRun:
     """``cfg`` with its tokens per step made explicit when torchrun started this process and
-    none was given: ``micro_batches`` of the batch size (a new run: one on each rank; a
-    resumed one: the one its steps had). Recorded in config.json, so the run keeps its steps
-    when it resumes on another number of processes."""
+    none was given: a micro-batch on each of the ``processes``' data-parallel ranks (a new
+    run; tensor-parallel ranks share one), or one (a resumed run's steps had it). Recorded in
+    config.json, so the run keeps its steps when it resumes on another number of processes."""
     t = cfg.train
     if t.tokens_per_step is not None or not launched_by_torchrun():
         return cfg
+    micro_batches = max(1, processes // parse_layout(t.parallel)["tp"])
     tokens = micro_batches * t.batch_size * cfg.model.block_size
     return dataclasses.replace(cfg, train=dataclasses.replace(t, tokens_per_step=tokens))
 
@@ -228,11 +230,11 @@ class Session:
     @classmethod
     def _build(cls, cfg: ResolvedRun, data: TokenData, run: RunDir, dist: DistContext | None = None) -> "Session":
         T = cfg.model.block_size
-        if cfg.train.zero_stage >= 2 and (dist or DistContext()).world_size > 1 and (cfg.train.diagnostics
-                                                                         or cfg.train.sample_interval):
-            # Both run the model on rank 0 alone, which a sharded model cannot: its forward gathers from every rank.
-            raise TinyGPTError("--zero 2/3 do not go with --diagnostics or --sample-interval yet; turn them off "
-                               "(the sample at the end is drawn from the saved weights)")
+        splits = cfg.train.zero_stage >= 2 or parse_layout(cfg.train.parallel)["tp"] > 1
+        if splits and (dist or DistContext()).world_size > 1 and (cfg.train.diagnostics or cfg.train.sample_interval):
+            # Both run the model on rank 0 alone, which a split model cannot: its forward needs every rank.
+            raise TinyGPTError("--zero 2/3 and --parallel tp do not go with --diagnostics or --sample-interval yet; "
+                               "turn them off (the sample at the end is drawn from the saved weights)")
         # Batch windows first: a corpus too short for one block fails here, before any work.
         batches = data.batches("train", cfg.train.batch_size, T, mode=cfg.data.sampling, seed=cfg.seed)
         if len(data.val):
@@ -276,7 +278,8 @@ class Session:
             out.append(PeriodicSampler(t.sample_interval, self.sample, write))
         if t.early_stop and has_val:
             out.append(EarlyStop(t.early_stop))
-        return out + [Checkpointer(self.run, t.eval_interval, has_val, every_rank=bool(self.trainer.zero))]
+        every_rank = bool(self.trainer.zero or self.trainer.tp > 1)  # saving is a collective there
+        return out + [Checkpointer(self.run, t.eval_interval, has_val, every_rank=every_rank)]
 
     def fit(self, *extra: Callback) -> dict:
         """Train to the budget (or a stop request); the standard callbacks, then ``extra``.
@@ -320,7 +323,7 @@ class Session:
         ``tinygpt.load(run).generate("", max_new_tokens, seed=<the run's seed>)`` draws it."""
         # A sharded model samples from its whole weights as last saved (every run saves at its end).
         model, device = self.trainer.model, self.trainer.device
-        if self.trainer.sharded:
+        if self.trainer.gathers:
             model, device = self.trainer.whole, torch.device("cpu")
         lm = TinyGPT(model, self.data.tokenizer, device, self.trainer.dtype, autocast=True)
         n = self.cfg.train.max_new_tokens if max_new_tokens is None else max_new_tokens
@@ -351,7 +354,10 @@ def fit_and_report(session: Session, *, resumed: bool, log: Callable[[str], None
         log(f"resuming {run_dir} at step {s.step} ({s.tokens:,} tokens, {s.elapsed:.0f}s trained)")
     for line in session.describe():
         log(line)
-    if session.dist.world_size > 1:
+    if trainer.tp > 1:
+        log(f"tensor parallel: {trainer.tp} processes share every block (heads and MLP neurons split), "
+            f"{trainer.grad_accum} micro-batch(es) per step")
+    elif session.dist.world_size > 1:
         log(f"data parallel: {session.dist.world_size} processes, {trainer.grad_accum} micro-batch(es) each per step")
     if trainer.done():
         log(f"{run_dir} already used its budget at step {trainer.state.step}; raise {session.budget_flags} to "
@@ -374,7 +380,7 @@ def fit_and_report(session: Session, *, resumed: bool, log: Callable[[str], None
         log(f"notice: the run ended at step {summary['step']}, still warming up ({trainer.cfg.warmup_steps} steps): "
             "the learning rate never reached its peak, so the model has barely learned; give it a larger budget "
             f"(raise {session.budget_flags}) or fewer --warmup-steps")
-    if session.cfg.train.max_new_tokens and not (trainer.sharded and trainer.whole is None):
+    if session.cfg.train.max_new_tokens and not (trainer.gathers and trainer.whole is None):
         print("--- sample ---")
         print(session.sample(), flush=True)
         print("--------------")

@@ -21,6 +21,8 @@ import warnings
 import torch
 
 from ..model import GPT
+from .optim import adamw_groups
+from .parallel import split_rows, whole_rows
 
 
 def shard_model(model: GPT, dtype: torch.dtype, world_size: int, reshard: bool = True) -> None:
@@ -73,23 +75,51 @@ def full_weights(model: GPT) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=_options(cpu_offload=True))
 
 
-def full_optimizer_state(model: GPT, optimizer: torch.optim.Optimizer) -> dict:
-    """The whole optimizer state on rank 0, keyed as ``Optimizer.state_dict()`` keys it (by
-    parameter index). A collective: every rank calls it."""
+def full_optimizer_state(model: GPT, optimizer: torch.optim.Optimizer, row_orders: dict | None = None) -> dict:
+    """The whole optimizer state on rank 0, keyed as one process's ``Optimizer.state_dict()``
+    keys it (by parameter index, in :func:`adamw_groups`' groups); a tensor-parallel model's
+    rows put back in order (``row_orders``: train/parallel.py). A collective: every rank calls it."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
     state = get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
-    return by_index(state) if state else {}
+    if not state:
+        return {}
+    return by_index(regroup(_rows(state, row_orders or {}, whole=True), adamw_groups(model)))
 
 
 def load_full_state(model: GPT, optimizer: torch.optim.Optimizer, weights: dict[str, torch.Tensor],
-                    optimizer_state: dict) -> None:
+                    optimizer_state: dict, row_orders: dict | None = None) -> None:
     """Each rank takes its slice of whole ``weights`` and an index-keyed ``optimizer_state``
     (every rank has read them from the checkpoint)."""
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-    set_model_state_dict(model, weights, options=_options())
-    set_optimizer_state_dict(model, optimizer, by_name(optimizer_state, model, optimizer), options=_options())
+    orders = row_orders or {}
+    set_model_state_dict(model, split_rows(weights, orders), options=_options())
+    names = {id(p): n for n, p in model.named_parameters()}
+    own = [[names[id(p)] for p in group["params"]] for group in optimizer.param_groups]
+    state = regroup(by_name(optimizer_state, adamw_groups(model)), own)
+    set_optimizer_state_dict(model, optimizer, _rows(state, orders, whole=False), options=_options())
+
+
+def regroup(state: dict, groups: list[list[str]]) -> dict:
+    """A name-keyed optimizer state with its param groups laid out as ``groups`` (lists of
+    names), each with the settings of the group that held its first parameter. A layout that
+    splits a group (tensor parallel keeps split and whole parameters apart: optim.py) saves
+    and loads in the one-process shape."""
+    settings = {name: g for g in state["param_groups"] for name in g["params"]}
+    return {"state": state["state"], "param_groups": [{**settings[names[0]], "params": names}
+                                                      for names in groups if names]}
+
+
+def _rows(state: dict, orders: dict, whole: bool) -> dict:
+    """A name-keyed optimizer state with each tensor-parallel parameter's moments in the model's
+    row order (``whole``) or in the split order."""
+    change = whole_rows if whole else split_rows
+    for name, s in state["state"].items():
+        if name in orders:
+            state["state"][name] = {k: change({name: v}, orders)[name] if torch.is_tensor(v) and v.dim() else v
+                                    for k, v in s.items()}
+    return state
 
 
 def by_index(state: dict) -> dict:
@@ -103,11 +133,8 @@ def by_index(state: dict) -> dict:
     return {"state": {index[name]: s for name, s in state["state"].items()}, "param_groups": groups}
 
 
-def by_name(state: dict, model: GPT, optimizer: torch.optim.Optimizer) -> dict:
-    """The inverse of :func:`by_index`, for ``optimizer`` over ``model``'s parameters."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
-    groups = []
-    for group in state["param_groups"]:
-        groups.append({**group, "params": [order[i] for i in group["params"]]})
-    return {"state": {order[int(i)]: s for i, s in state["state"].items()}, "param_groups": groups}
+def by_name(state: dict, groups: list[list[str]]) -> dict:
+    """The inverse of :func:`by_index` for a state saved in ``groups`` (lists of names)."""
+    order = [name for names in groups for name in names]
+    param_groups = [{**g, "params": [order[i] for i in g["params"]]} for g in state["param_groups"]]
+    return {"state": {order[int(i)]: s for i, s in state["state"].items()}, "param_groups": param_groups}

@@ -29,9 +29,10 @@ from ..model import GPT
 from .callbacks import Callback
 from .config import TrainConfig
 from .curriculum import shape_batch, stage_divisor
-from .distributed import DistContext, RankShare
+from .distributed import DistContext, RankShare, TensorParallelGroup
 from .memory import rank_memory, saved_activations
 from .optim import lr_at, make_optimizer
+from .parallel import clip_grad_norm, parse_layout, tensor_parallel, whole_rows
 from .recompute import recompute_blocks
 from .sharding import full_optimizer_state, full_weights, load_full_state, shard_model, zero_redundancy
 from .state import TrainState, capture_rng, restore_rng
@@ -60,9 +61,22 @@ class Trainer:
         self.model, self.cfg = model, cfg
         self.device, self.dtype = device, dtype
         self.callbacks = list(callbacks)
-        self.dist = dist = dist or DistContext()
+        dist = dist or DistContext()
+        layout = parse_layout(cfg.parallel) if dist.world_size > 1 else {"dp": 1, "tp": 1}
+        self.tp = layout["tp"]
+        if self.tp > 1:  # the ranks share each block's matrices instead of the micro-batches
+            if self.tp != dist.world_size or layout["dp"] != 1:
+                raise TinyGPTError(f"--parallel {cfg.parallel} on {dist.world_size} processes: tensor parallel takes "
+                                   f"every process for now (tp={dist.world_size}); data x tensor is not built yet")
+            if cfg.zero_stage or cfg.optimizer != "adamw" or cfg.compile:
+                raise TinyGPTError("--parallel tp=N trains with AdamW, without --zero / --shard and --compile")
+            dist = TensorParallelGroup(dist.rank, dist.world_size, dist.local_rank)
+        elif layout["dp"] not in (1, dist.world_size):
+            raise TinyGPTError(f"--parallel {cfg.parallel} asks for {layout['dp']} data-parallel ranks on "
+                               f"{dist.world_size} processes")
+        self.dist = dist
         # ``batches`` is the global stream; a rank trains on its share of each step's micro-batches.
-        self.batches = RankShare(batches, dist.rank, dist.world_size) if dist.world_size > 1 else batches
+        self.batches = RankShare(batches, dist.data_rank, dist.data_ranks) if dist.data_ranks > 1 else batches
         configure_backends(device)
         self.recomputed = recompute_blocks(model, cfg.activation_checkpointing)
         # One process has nothing to shard across: a sharded run resumed on one trains whole.
@@ -73,9 +87,12 @@ class Trainer:
                                "sharding splits); add --optimizer adamw")
         if self.sharded:  # before the optimizer: it must hold the sharded parameters
             shard_model(model, dtype, dist.world_size, reshard=self.zero == 3)
+        # Tensor parallel: the blocks' rows in the order that splits them (undone when saving).
+        self.row_orders = tensor_parallel(model, self.tp) if self.tp > 1 else {}
+        self.gathers = self.sharded or self.tp > 1  # a checkpoint gathers the whole weights from every rank
         self.local_forward = torch.compile(model) if cfg.compile else model  # evaluation: no gradients to sync
         # Wrapped at the first step (see forward); a sharded model is its own wrapper.
-        self._forward: torch.nn.Module | None = self.local_forward if self.sharded else None
+        self._forward: torch.nn.Module | None = self.local_forward if self.gathers else None
         self.whole: GPT | None = None  # a sharded run's whole weights on rank 0, as last gathered (gather_whole)
         self._pending: tuple[dict, dict] | None = None  # a sharded run's loaded state, until training starts
         # Each rank draws its own dropout masks, from the run's seed, the step and the rank, so a
@@ -91,18 +108,20 @@ class Trainer:
         # The config derives the budget, the final lr and the accumulation; the loop only follows
         # them. The micro-batches of a step are shared out among the ranks.
         T, accum = model.config.block_size, cfg.micro_batches(model.config.block_size)
-        if accum % dist.world_size:
-            even = -(-accum // dist.world_size) * dist.world_size * cfg.batch_size * T
+        if accum % dist.data_ranks:
+            even = -(-accum // dist.data_ranks) * dist.data_ranks * cfg.batch_size * T
             raise TinyGPTError(f"a step of {accum} micro-batch(es) of {cfg.batch_size}x{T} tokens cannot be shared "
-                               f"evenly by {dist.world_size} processes; use --tokens-per-step {even}")
-        self.grad_accum = accum // dist.world_size  # micro-batches per rank
+                               f"evenly by {dist.data_ranks} processes; use --tokens-per-step {even}")
+        self.grad_accum = accum // dist.data_ranks  # micro-batches per rank
         self.tokens_per_step = cfg.step_tokens(T)  # all ranks together, at the full shape
         self.step_tokens = self.tokens_per_step  # the last step's, smaller during a batch warmup
         self.state = TrainState()
         self._stop: str | None = None
         self._signal: int | None = None  # the signal that asked for the stop, if one did
         self._reserve = 0.0  # seconds: the slowest step with its callbacks, kept free at a time budget's end
-        self._measure_memory = True  # the first step records what this rank holds (train/memory.py)
+        # The first step records what this rank holds (train/memory.py); off where a caller measures
+        # the step itself (autograd's saved-tensor hooks do not nest: the innermost alone sees).
+        self.measure_memory = True
 
     @property
     def forward(self) -> torch.nn.Module:
@@ -118,7 +137,7 @@ class Trainer:
     def gather_whole(self) -> GPT | None:
         """A sharded run's whole weights in a plain model on rank 0's CPU (None on the other
         ranks), for saving and sampling. A collective: every rank calls it at the same step."""
-        weights = full_weights(self.model)
+        weights = whole_rows(full_weights(self.model), self.row_orders)
         if not self.dist.is_main:
             return None
         if self.whole is None:
@@ -130,8 +149,8 @@ class Trainer:
         """Everything needed to continue exactly: weights, optimizer, scaler, data position,
         the loop's counters and every random generator. (Sharded: whole, on rank 0, after
         :meth:`gather_whole`; a collective.)"""
-        if self.sharded:
-            optimizer = full_optimizer_state(self.model, self.optimizer)
+        if self.gathers:
+            optimizer = full_optimizer_state(self.model, self.optimizer, self.row_orders)
             weights = state_tensors(self.whole) if self.dist.is_main else {}
         elif self.zero == 1:  # every rank sends rank 0 its share of the AdamW state
             self.optimizer.consolidate_state_dict(to=0)
@@ -149,10 +168,10 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict, source: str = "the trainer state") -> None:
-        if not self.sharded:
+        if not self.gathers:
             load_state_tensors(self.model, state.get("model", {}), source)
         try:
-            if self.sharded:
+            if self.gathers:
                 # Every rank read the whole state; each takes its slice when training starts
                 # (a collective, and rank 0 resumes before the others know where the run is).
                 self._pending = (state["model"], state["optimizer"])
@@ -225,8 +244,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         cut_batch, cut_window = stage_divisor(progress, t.batch_warmup), stage_divisor(progress, t.window_warmup)
-        if self.dist.world_size > 1:
-            torch.manual_seed(self._seed + self.state.step * self.dist.world_size + self.dist.rank)
+        if self.dist.world_size > 1:  # the ranks of one replica (tensor parallel) draw alike
+            torch.manual_seed(self._seed + self.state.step * self.dist.data_ranks + self.dist.data_rank)
         micro = [shape_batch(next(self.batches), cut_batch, cut_window) for _ in range(self.grad_accum)]
         # The step's loss is the mean over every real target in it (all micro-batches, all
         # ranks): each micro-batch's summed loss is divided by that one count, so batches
@@ -236,7 +255,7 @@ class Trainer:
             raise TinyGPTError(f"step {self.state.step + 1} has no targets to learn from (every loss_mask entry "
                                "is false); check the data's loss masks or use longer sequences")
         total = torch.zeros((), device=self.device)
-        measure, activations = self._measure_memory, {}
+        measure, activations = self.measure_memory, {}
         for i, batch in enumerate(micro):
             b = batch.to(self.device, non_blocking=True)
             with self.dist.gradient_sync(self.forward, sync=i == len(micro) - 1):
@@ -254,8 +273,8 @@ class Trainer:
         # nothing): with the loss it decides, before the optimizer moves, whether the step
         # is sound. fp16's loss scaler handles its own overflowed gradients by skipping.
         self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                   self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf)
+        clip = clip_grad_norm if self.tp > 1 else torch.nn.utils.clip_grad_norm_  # split and whole gradients
+        grad_norm = clip(self.model.parameters(), self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf)
         if hasattr(grad_norm, "full_tensor"):  # sharded: a DTensor of the ranks' partial norms
             grad_norm = grad_norm.full_tensor()
         loss_value, norm_value = torch.stack([total, grad_norm.float()]).tolist()  # one device sync
@@ -269,7 +288,7 @@ class Trainer:
         self.scaler.update()
         if measure:
             info.update(rank_memory(self.model, self.optimizer, activations))
-            self._measure_memory = False
+            self.measure_memory = False
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         self.step_tokens = self.tokens_per_step * max(1, t.batch_size // cut_batch) // t.batch_size
@@ -301,10 +320,10 @@ class Trainer:
         count = torch.zeros((), device=self.device, dtype=torch.long)
         # Each rank evaluates its share of the batches; a sharded model's forward gathers
         # weights from every rank, so there each rank runs every batch (and the sums are whole).
-        share = 1 if self.sharded else self.dist.world_size
+        share = 1 if self.sharded else self.dist.data_ranks
         for i in range(n_batches):
             b = next(batches)
-            if i % share != self.dist.rank % share:
+            if i % share != self.dist.data_rank % share:
                 continue
             b = b.to(self.device)
             with autocast(self.device, self.dtype):
@@ -325,7 +344,7 @@ class Trainer:
         self._stop, self._signal = None, None
         callbacks = [cb for cb in self.callbacks if self.dist.is_main or not cb.main_process_only]
         if self._pending is not None:
-            load_full_state(self.model, self.optimizer, *self._pending)
+            load_full_state(self.model, self.optimizer, *self._pending, self.row_orders)
             self._pending = None
         try:
             for cb in callbacks:
