@@ -103,6 +103,8 @@ def test_two_processes_take_the_steps_of_one_with_twice_the_accumulation(tmp_pat
     (["1"], ["2", "--zero", "2"]),               # ZeRO-2 (FSDP2): each rank takes its slice of the whole state
     (["2", "--parallel", "tp=2"], ["1"]),        # tensor parallel: the split blocks gathered whole
     (["1"], ["2", "--parallel", "tp=2"]),        # and whole ones split by heads and MLP columns
+    (["2", "--parallel", "pp=2"], ["1"]),        # pipeline parallel (1F1B): each stage's blocks gathered
+    (["1"], ["2", "--parallel", "pp=2", "--pipeline-schedule", "gpipe"]),  # and a whole model cut into stages
 ])
 def test_a_run_resumes_on_another_number_of_processes(tmp_path, corpus, whole_run, first, then):
     split = tmp_path / "split"

@@ -105,8 +105,13 @@ class TrainConfig:
                        "needed); 0: whole copies (DDP)", choices=(0, 1, 2, 3))
     shard: bool = opt(False, "the same as --zero 3 (FSDP2 full sharding): its first name, still read")
     parallel: str = opt("", "how torchrun's processes share the work: dp=N (data parallel, each a whole model, the "
-                            "default) or tp=N (tensor parallel, Megatron-style: each block's matrices split across "
-                            "the processes by heads and MLP columns; all processes for now)", metavar="LAYOUT")
+                            "default), tp=N (tensor parallel, Megatron-style: each block's matrices split across "
+                            "the processes by heads and MLP columns) or pp=N (pipeline parallel: the blocks split "
+                            "into N stages, micro-batches flowing through them); tp and pp take all processes for now",
+                        metavar="LAYOUT")
+    pipeline_schedule: str = opt("1f1b", "with --parallel pp=N: the order of the micro-batches' forwards and "
+                                         "backwards (1f1b: alternating, at most N micro-batches' activations held; "
+                                         "gpipe: all forwards, then all backwards)", choices=("1f1b", "gpipe"))
     compile: bool = opt(False, "torch.compile the model (slow start, faster steps on GPUs)")
     progress: bool = opt(True, "show a progress bar (a line every 10 s when stderr is not a terminal)")
     # Derived from the options above here and nowhere else (not recorded: a resume that

@@ -143,10 +143,11 @@ class ProcessGroup(DistContext):
 
 
 @dataclass(frozen=True)
-class TensorParallelGroup(ProcessGroup):
-    """Ranks that each hold a slice of every block (train/parallel.py) and train on the same
-    micro-batches: to the data and the loss, one process; the collectives that join the
-    slices are DTensor's, inside the forward and backward."""
+class ModelParallelGroup(ProcessGroup):
+    """Ranks that each hold a part of one model (a slice of every block: train/parallel.py;
+    or a stage of blocks: train/pipeline.py) and train on the same micro-batches: to the
+    data and the loss, one process; the communication that joins the parts is inside the
+    forward and backward."""
 
     @property
     def data_ranks(self) -> int:

@@ -29,16 +29,16 @@ import torch
 from ..errors import TinyGPTError
 from ..model import GPT
 
-LAYOUT_KEYS = ("dp", "tp")
+LAYOUT_KEYS = ("dp", "tp", "pp")
 
 
 def parse_layout(text: str) -> dict[str, int]:
-    """"tp=2" or "dp=2,tp=2" -> {"dp": 2, "tp": 2} (each left out: 1)."""
+    """"tp=2", "pp=2" or "dp=2,tp=2" -> {"dp": 2, "tp": 2, "pp": 1} (each left out: 1)."""
     layout = {k: 1 for k in LAYOUT_KEYS}
     for part in filter(None, (p.strip() for p in str(text).split(","))):
         key, _, value = part.partition("=")
         if key not in LAYOUT_KEYS or not value.isdigit() or int(value) < 1:
-            raise ValueError(f"{part!r} is not one of dp=N, tp=N (e.g. tp=2 or dp=2,tp=2)")
+            raise ValueError(f"{part!r} is not one of dp=N, tp=N, pp=N (e.g. tp=2, pp=2 or dp=2,tp=2)")
         layout[key] = int(value)
     return layout
 

@@ -43,6 +43,7 @@ from .config import SessionOptions
 from .distributed import DistContext, join, launched_by_torchrun
 from .health import HealthProbe
 from .parallel import parse_layout
+from .pipeline import bubble, stage_blocks
 from .resolve import (
     ResolvedRun,
     given_settings,
@@ -62,7 +63,9 @@ def shared_step(cfg: ResolvedRun, processes: int) -> ResolvedRun:
     t = cfg.train
     if t.tokens_per_step is not None or not launched_by_torchrun():
         return cfg
-    micro_batches = max(1, processes // parse_layout(t.parallel)["tp"])
+    layout = parse_layout(t.parallel)
+    # A pipeline of one micro-batch is all bubble: two per stage keep it to a third or less.
+    micro_batches = max(1, processes // (layout["tp"] * layout["pp"])) * (2 * layout["pp"] if layout["pp"] > 1 else 1)
     tokens = micro_batches * t.batch_size * cfg.model.block_size
     return dataclasses.replace(cfg, train=dataclasses.replace(t, tokens_per_step=tokens))
 
@@ -230,10 +233,11 @@ class Session:
     @classmethod
     def _build(cls, cfg: ResolvedRun, data: TokenData, run: RunDir, dist: DistContext | None = None) -> "Session":
         T = cfg.model.block_size
-        splits = cfg.train.zero_stage >= 2 or parse_layout(cfg.train.parallel)["tp"] > 1
+        layout = parse_layout(cfg.train.parallel)
+        splits = cfg.train.zero_stage >= 2 or layout["tp"] > 1 or layout["pp"] > 1
         if splits and (dist or DistContext()).world_size > 1 and (cfg.train.diagnostics or cfg.train.sample_interval):
             # Both run the model on rank 0 alone, which a split model cannot: its forward needs every rank.
-            raise TinyGPTError("--zero 2/3 and --parallel tp do not go with --diagnostics or --sample-interval yet; "
+            raise TinyGPTError("--zero 2/3 and --parallel tp/pp do not go with --diagnostics or --sample-interval yet; "
                                "turn them off (the sample at the end is drawn from the saved weights)")
         # Batch windows first: a corpus too short for one block fails here, before any work.
         batches = data.batches("train", cfg.train.batch_size, T, mode=cfg.data.sampling, seed=cfg.seed)
@@ -278,7 +282,7 @@ class Session:
             out.append(PeriodicSampler(t.sample_interval, self.sample, write))
         if t.early_stop and has_val:
             out.append(EarlyStop(t.early_stop))
-        every_rank = bool(self.trainer.zero or self.trainer.tp > 1)  # saving is a collective there
+        every_rank = bool(self.trainer.zero or self.trainer.gathers)  # saving is a collective there
         return out + [Checkpointer(self.run, t.eval_interval, has_val, every_rank=every_rank)]
 
     def fit(self, *extra: Callback) -> dict:
@@ -354,7 +358,13 @@ def fit_and_report(session: Session, *, resumed: bool, log: Callable[[str], None
         log(f"resuming {run_dir} at step {s.step} ({s.tokens:,} tokens, {s.elapsed:.0f}s trained)")
     for line in session.describe():
         log(line)
-    if trainer.tp > 1:
+    if trainer.pipeline is not None:
+        p = trainer.pipeline
+        sizes = "+".join(str(len(r)) for r in stage_blocks(p.stage.config.n_layer, p.pp))
+        log(f"pipeline parallel: {p.pp} stages ({sizes} blocks), "
+            f"{p.micro_batches} micro-batches per step, {p.kind}: each stage idles {bubble(p.pp, p.micro_batches):.0%} "
+            "of a step (the bubble; more micro-batches shrink it)")
+    elif trainer.tp > 1:
         log(f"tensor parallel: {trainer.tp} processes share every block (heads and MLP neurons split), "
             f"{trainer.grad_accum} micro-batch(es) per step")
     elif session.dist.world_size > 1:

@@ -25,14 +25,15 @@ from ..adapters import load_state_tensors, state_tensors
 from ..data import Batch
 from ..device import autocast, configure_backends, dtype_name
 from ..errors import TinyGPTError
-from ..model import GPT
+from ..model import GPT, IGNORE_INDEX
 from .callbacks import Callback
 from .config import TrainConfig
 from .curriculum import shape_batch, stage_divisor
-from .distributed import DistContext, RankShare, TensorParallelGroup
+from .distributed import DistContext, ModelParallelGroup, RankShare
 from .memory import rank_memory, saved_activations
 from .optim import lr_at, make_optimizer
 from .parallel import clip_grad_norm, parse_layout, tensor_parallel, whole_rows
+from .pipeline import Pipeline
 from .recompute import recompute_blocks
 from .sharding import full_optimizer_state, full_weights, load_full_state, shard_model, zero_redundancy
 from .state import TrainState, capture_rng, restore_rng
@@ -62,15 +63,18 @@ class Trainer:
         self.device, self.dtype = device, dtype
         self.callbacks = list(callbacks)
         dist = dist or DistContext()
-        layout = parse_layout(cfg.parallel) if dist.world_size > 1 else {"dp": 1, "tp": 1}
-        self.tp = layout["tp"]
-        if self.tp > 1:  # the ranks share each block's matrices instead of the micro-batches
-            if self.tp != dist.world_size or layout["dp"] != 1:
-                raise TinyGPTError(f"--parallel {cfg.parallel} on {dist.world_size} processes: tensor parallel takes "
-                                   f"every process for now (tp={dist.world_size}); data x tensor is not built yet")
-            if cfg.zero_stage or cfg.optimizer != "adamw" or cfg.compile:
-                raise TinyGPTError("--parallel tp=N trains with AdamW, without --zero / --shard and --compile")
-            dist = TensorParallelGroup(dist.rank, dist.world_size, dist.local_rank)
+        layout = parse_layout(cfg.parallel) if dist.world_size > 1 else {"dp": 1, "tp": 1, "pp": 1}
+        self.tp, pp = layout["tp"], layout["pp"]
+        if self.tp > 1 or pp > 1:  # the ranks share one model's blocks instead of the micro-batches
+            kind = "tensor" if self.tp > 1 else "pipeline"
+            if self.tp * pp != dist.world_size or layout["dp"] != 1 or min(self.tp, pp) > 1:
+                raise TinyGPTError(f"--parallel {cfg.parallel} on {dist.world_size} processes: {kind} parallel takes "
+                                   f"every process for now (tp={dist.world_size} or pp={dist.world_size}); layouts "
+                                   "combining dp, tp and pp are not built yet")
+            if cfg.zero_stage or cfg.optimizer != "adamw" or cfg.compile or dtype == torch.float16:
+                raise TinyGPTError(f"--parallel {kind[0]}p=N trains with AdamW in fp32 or bf16, without --zero / "
+                                   "--shard and --compile")
+            dist = ModelParallelGroup(dist.rank, dist.world_size, dist.local_rank)
         elif layout["dp"] not in (1, dist.world_size):
             raise TinyGPTError(f"--parallel {cfg.parallel} asks for {layout['dp']} data-parallel ranks on "
                                f"{dist.world_size} processes")
@@ -89,7 +93,11 @@ class Trainer:
             shard_model(model, dtype, dist.world_size, reshard=self.zero == 3)
         # Tensor parallel: the blocks' rows in the order that splits them (undone when saving).
         self.row_orders = tensor_parallel(model, self.tp) if self.tp > 1 else {}
-        self.gathers = self.sharded or self.tp > 1  # a checkpoint gathers the whole weights from every rank
+        # Pipeline parallel: this rank's stage of blocks (the others' dropped from its model).
+        self.pipeline = Pipeline(model, pp, dist.rank, cfg.micro_batches(model.config.block_size),
+                                 cfg.pipeline_schedule, device) if pp > 1 else None
+        # A checkpoint gathers the whole weights from every rank.
+        self.gathers = self.sharded or self.tp > 1 or self.pipeline is not None
         self.local_forward = torch.compile(model) if cfg.compile else model  # evaluation: no gradients to sync
         # Wrapped at the first step (see forward); a sharded model is its own wrapper.
         self._forward: torch.nn.Module | None = self.local_forward if self.gathers else None
@@ -137,19 +145,25 @@ class Trainer:
     def gather_whole(self) -> GPT | None:
         """A sharded run's whole weights in a plain model on rank 0's CPU (None on the other
         ranks), for saving and sampling. A collective: every rank calls it at the same step."""
-        weights = whole_rows(full_weights(self.model), self.row_orders)
+        if self.pipeline is not None:
+            weights = self.pipeline.whole_weights()
+        else:
+            weights = whole_rows(full_weights(self.model), self.row_orders)
         if not self.dist.is_main:
             return None
         if self.whole is None:
             self.whole = GPT(self.model.config)
-        self.whole.load_state_dict(weights)
+        self.whole.load_state_dict({**self.whole.state_dict(), **weights})
         return self.whole
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: weights, optimizer, scaler, data position,
         the loop's counters and every random generator. (Sharded: whole, on rank 0, after
         :meth:`gather_whole`; a collective.)"""
-        if self.gathers:
+        if self.pipeline is not None:
+            optimizer = self.pipeline.whole_optimizer_state(self.optimizer, self.model)
+            weights = state_tensors(self.whole) if self.dist.is_main else {}
+        elif self.gathers:
             optimizer = full_optimizer_state(self.model, self.optimizer, self.row_orders)
             weights = state_tensors(self.whole) if self.dist.is_main else {}
         elif self.zero == 1:  # every rank sends rank 0 its share of the AdamW state
@@ -256,7 +270,11 @@ class Trainer:
                                "is false); check the data's loss masks or use longer sequences")
         total = torch.zeros((), device=self.device)
         measure, activations = self.measure_memory, {}
-        for i, batch in enumerate(micro):
+        if self.pipeline is not None:  # the schedule runs every micro-batch through every stage
+            with autocast(self.device, self.dtype), (saved_activations(self.model) if measure
+                                                     else nullcontext(activations)) as activations:
+                total = self.pipeline.step(micro, n_targets)
+        for i, batch in enumerate(micro if self.pipeline is None else ()):
             b = batch.to(self.device, non_blocking=True)
             with self.dist.gradient_sync(self.forward, sync=i == len(micro) - 1):
                 # This process's first step records what a rank holds (one micro-batch's activations;
@@ -273,8 +291,12 @@ class Trainer:
         # nothing): with the loss it decides, before the optimizer moves, whether the step
         # is sound. fp16's loss scaler handles its own overflowed gradients by skipping.
         self.scaler.unscale_(self.optimizer)
-        clip = clip_grad_norm if self.tp > 1 else torch.nn.utils.clip_grad_norm_  # split and whole gradients
-        grad_norm = clip(self.model.parameters(), self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf)
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
+        if self.pipeline is not None:
+            grad_norm = self.pipeline.clip_grad_norm(max_norm)
+        else:
+            clip = clip_grad_norm if self.tp > 1 else torch.nn.utils.clip_grad_norm_  # split and whole gradients
+            grad_norm = clip(self.model.parameters(), max_norm)
         if hasattr(grad_norm, "full_tensor"):  # sharded: a DTensor of the ranks' partial norms
             grad_norm = grad_norm.full_tensor()
         loss_value, norm_value = torch.stack([total, grad_norm.float()]).tolist()  # one device sync
@@ -326,6 +348,13 @@ class Trainer:
             if i % share != self.dist.data_rank % share:
                 continue
             b = b.to(self.device)
+            if self.pipeline is not None:
+                y = b.y.masked_fill(~b.loss_mask.bool(), IGNORE_INDEX) if b.loss_mask is not None else b.y
+                with autocast(self.device, self.dtype):
+                    part_sum, part_count = self.pipeline.loss_sum(b.x, y)
+                loss_sum += part_sum
+                count += part_count.long()
+                continue
             with autocast(self.device, self.dtype):
                 out = self.local_forward(b.x, b.y, loss_mask=b.loss_mask, input_pos=b.input_pos)
             loss_sum += out.loss_sum.float()
@@ -344,7 +373,10 @@ class Trainer:
         self._stop, self._signal = None, None
         callbacks = [cb for cb in self.callbacks if self.dist.is_main or not cb.main_process_only]
         if self._pending is not None:
-            load_full_state(self.model, self.optimizer, *self._pending, self.row_orders)
+            if self.pipeline is not None:
+                self.pipeline.load(self.model, self.optimizer, *self._pending)
+            else:
+                load_full_state(self.model, self.optimizer, *self._pending, self.row_orders)
             self._pending = None
         try:
             for cb in callbacks:
@@ -431,8 +463,9 @@ class Trainer:
     def describe(self) -> str:
         c, t = self.model.config, self.cfg
         heads = f"{c.n_head} heads" + (f" ({c.kv_heads} key/value)" if c.kv_heads != c.n_head else "")
+        params = self.pipeline.whole_params if self.pipeline else self.model.num_params()
         return (f"model: {c.n_layer} layers, {heads}, {c.n_embd} wide, context {c.block_size}, "
-                f"{self.model.num_params() / 1e6:.2f}M parameters | device {self.device} {dtype_name(self.dtype)}"
+                f"{params / 1e6:.2f}M parameters | device {self.device} {dtype_name(self.dtype)}"
                 f"{' compiled' if t.compile else ''}{' | Muon' if t.optimizer == 'muon' else ''}"
                 f"{f' | ZeRO-{self.zero}' if self.zero else ''} | {self.tokens_per_step} tokens/step "
                 f"(batch {t.batch_size} x {c.block_size} x {self.grad_accum} accumulation)"
