@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import Alias, layered, like, opt, parse_ints
+from ..config import Alias, layered, like, opt, parse_ints, parse_names
 from ..data import Batches
 from ..device import (
     ALL_CORES,
@@ -48,6 +48,7 @@ from .busy import BusyOptions, contention
 from .generate import GenerateBench
 
 VOCAB = 65  # a character vocabulary the size of Shakespeare's
+MODEL_PARALLEL = {"tp": ("tp", "1f1b"), "pp": ("pp", "1f1b"), "pp-gpipe": ("pp", "gpipe")}
 RECOMPUTED = "recompute"  # the engine name's prefix for the activation-checkpointed step
 
 
@@ -80,6 +81,12 @@ class TrainBench:
     zero_stages: tuple[int, ...] = opt((0,), "with --data-parallel: the ZeRO stages to lay side by side (train's "
                                              "--zero: 0 DDP, 1 optimizer state sharded, 2 gradients too, 3 weights "
                                              "too), each on N processes", parse=parse_ints)
+    micro_batches: int = opt(0, "with --data-parallel: micro-batches of --batch-size in every layout's global step "
+                                "(shared out by the data-parallel ranks, a pipeline's schedule runs them through "
+                                "its stages); 0: N", metavar="M")
+    model_parallel: tuple[str, ...] = opt((), "with --data-parallel: model-parallel layouts on the same N processes "
+                                              "too, comma-separated among tp (tensor), pp (pipeline, 1F1B) and "
+                                              "pp-gpipe", parse=parse_names)
 
     def __post_init__(self) -> None:
         if self.activation_checkpointing < 0:
@@ -91,6 +98,12 @@ class TrainBench:
             raise TinyGPTError(f"--data-parallel must be at least 1, got {self.data_parallel}")
         if not self.zero_stages or any(z not in (0, 1, 2, 3) for z in self.zero_stages):
             raise TinyGPTError(f"--zero-stages are among 0, 1, 2 and 3 (e.g. 0,1,2,3), got {self.zero_stages}")
+        if self.micro_batches < 0 or (self.micro_batches and self.micro_batches % self.data_parallel):
+            raise TinyGPTError(f"--micro-batches must be a multiple of --data-parallel ({self.data_parallel}), "
+                               f"got {self.micro_batches}")
+        if any(m not in MODEL_PARALLEL for m in self.model_parallel):
+            raise TinyGPTError(f"--model-parallel takes {', '.join(MODEL_PARALLEL)}, "
+                               f"got {','.join(self.model_parallel)}")
         if self.loop_steps < 0:
             raise TinyGPTError(f"--loop-steps must be 0 or more, got {self.loop_steps}")
 
@@ -116,14 +129,14 @@ class Result:
 
 def training_memory_mb(step: Callable[[], None], model: nn.Module, optimizer: torch.optim.Optimizer) -> float:
     """What one training step holds at its peak, in MB: weights, gradients and optimizer
-    state, plus every tensor the forward saves for the backward (found through autograd's
+    state, plus the tensors saved for the backward at their peak (found through autograd's
     saved-tensor hooks, each storage once). Counted from the tensors themselves, so it is
     the same on every device and allocator; allocator slack comes on top."""
     with saved_activations(model) as saved:
         step()
     state = sum(t.nbytes for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
     weights = sum(p.nbytes for p in model.parameters())
-    return (2 * weights + state + sum(saved.values())) / 2**20  # gradients: one per weight
+    return (2 * weights + state + saved.peak) / 2**20  # gradients: one per weight
 
 
 def matmul_shapes(config: GPTConfig, tokens: int) -> list[tuple[int, int, int]]:
@@ -273,9 +286,10 @@ def _loop_vs_bare(b: TrainBench, dtype: str, directory: Path) -> tuple[float, fl
 
 
 def data_parallel(b: TrainBench, log: Callable[[str], None] = print) -> dict:
-    """Training tokens/s and what rank 0 holds (weights, gradients, optimizer state, one
-    micro-batch's activations: train/memory.py) of ``tinygpt train`` on one process and on
-    ``b.data_parallel`` (torchrun, gloo or NCCL) under each of ``b.zero_stages``, the same
+    """Training tokens/s and what rank 0 holds (weights, gradients, optimizer state,
+    activations at their peak: train/memory.py) of ``tinygpt train`` on one process and on
+    ``b.data_parallel`` (torchrun, gloo or NCCL) under each of ``b.zero_stages`` and
+    ``b.model_parallel``, the same
     global step everywhere (``b.data_parallel`` micro-batches of ``b.batch_size``, accumulated
     on the one process), in alternating rounds; each layout's median step after the warm-up
     steps, from its metrics.jsonl."""
@@ -287,23 +301,30 @@ def data_parallel(b: TrainBench, log: Callable[[str], None] = print) -> dict:
 
     device = resolve_device(b.device)
     block = get_preset(b.resolved_preset).model["block_size"]
-    step_tokens = b.data_parallel * b.batch_size * block
+    n = b.data_parallel
+    m = b.micro_batches or n
+    step_tokens = m * b.batch_size * block
     steps = max(b.loop_steps, b.warmup + 3)
     cpu = device.type == "cpu"
-    n = b.data_parallel
-    layouts = [(1, 0)] + ([(n, z) for z in b.zero_stages] if n > 1 else [])
-    speeds: dict[tuple[int, int], list[float]] = {lay: [] for lay in layouts}
-    memory: dict[tuple[int, int], dict] = {}
+    # (processes, ZeRO stage, --parallel, --pipeline-schedule, the row's name)
+    layouts = [(1, 0, "", "1f1b", "1 process")]
+    if n > 1:
+        layouts += [(n, z, "", "1f1b", f"{n} x " + (f"ZeRO-{z}" if z else "DDP")) for z in b.zero_stages]
+        layouts += [(n, 0, f"{MODEL_PARALLEL[m][0]}={n}", MODEL_PARALLEL[m][1],
+                     f"{n} x " + {"tp": "TP", "pp": "PP 1F1B", "pp-gpipe": "PP GPipe"}[m]) for m in b.model_parallel]
+    speeds: dict[str, list[float]] = {lay[-1]: [] for lay in layouts}
+    memory: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         text = Path(tmp) / "text.txt"
         rng = np.random.default_rng(1)
         text.write_text("".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz ABCDEFGHIJ.,;:!?'\n"), 400_000)))
         for r in range(b.rounds):
-            for procs, zero in layouts:
+            for i, (procs, zero, parallel, schedule, name) in enumerate(layouts):
                 threads = max(1, ALL_CORES // procs) if cpu else 1
-                out = Path(tmp) / f"run-{procs}-{zero}-{r}"
+                out = Path(tmp) / f"run-{i}-{r}"
                 cmd = [*tinygpt_command(procs), "train", "--data", str(text), "--preset", b.resolved_preset,
                        "--out", str(out), "--optimizer", "adamw", "--zero", str(zero),
+                       "--parallel", parallel, "--pipeline-schedule", schedule,
                        "--batch-size", str(b.batch_size), "--tokens-per-step", str(step_tokens),
                        "--max-steps", str(steps), "--eval-interval", str(10**6), "--max-new-tokens", "0",
                        "--progress", "false", "--device", b.device, "--dtype", b.dtypes[0],
@@ -311,23 +332,21 @@ def data_parallel(b: TrainBench, log: Callable[[str], None] = print) -> dict:
                 proc = subprocess.run(cmd, capture_output=True, text=True,
                                       env={**os.environ, "OMP_NUM_THREADS": str(threads)})
                 if proc.returncode != 0:
-                    raise TinyGPTError(f"the {procs}-process run (ZeRO-{zero}) failed: "
-                                       f"{proc.stderr.strip().splitlines()[-1:]}")
+                    raise TinyGPTError(f"the {name} run failed: {proc.stderr.strip().splitlines()[-1:]}")
                 records = [r for r in RunDir.open(out).read_metrics() if "loss" in r]
-                speeds[procs, zero].append(statistics.median(r["tok_per_s"] for r in records if r["step"] > b.warmup))
-                memory[procs, zero] = {k: v for k, v in records[0].items() if k.startswith("mem_")}
-    rows = [{"processes": p, "zero": z, "threads_each": max(1, ALL_CORES // p) if cpu else 1,
-             "tokens_per_s": statistics.median(speeds[p, z]), "rounds": speeds[p, z], **memory[p, z]}
-            for p, z in layouts]
-    log(f"{b.resolved_preset}, {b.dtypes[0]}, AdamW, {step_tokens} tokens per step ({n} micro-batches of "
+                speeds[name].append(statistics.median(r["tok_per_s"] for r in records if r["step"] > b.warmup))
+                memory[name] = {k: v for k, v in records[0].items() if k.startswith("mem_")}
+    rows = [{"layout": name, "processes": p, "zero": z, "parallel": par, "pipeline_schedule": sch,
+             "threads_each": max(1, ALL_CORES // p) if cpu else 1,
+             "tokens_per_s": statistics.median(speeds[name]), "rounds": speeds[name], **memory[name]}
+            for p, z, par, sch, name in layouts]
+    log(f"{b.resolved_preset}, {b.dtypes[0]}, AdamW, {step_tokens} tokens per step ({m} micro-batches of "
         f"{b.batch_size}), device {device}" + (f", {cpu_name()}" if cpu else "") + ": tinygpt train tokens/s, and "
-        "what rank 0 holds in MB (activations: one micro-batch's)")
+        "what rank 0 holds in MB (activations: at their peak in a step)")
     log(f"{'layout':>14} {'threads each':>13} {'tokens/s':>10} {'speed-up':>9} {'weights':>8} {'grads':>8} "
         f"{'optimizer':>10} {'activations':>12}")
     for row in rows:
-        name = "1 process" if row["processes"] == 1 else (
-            f"{row['processes']} x " + (f"ZeRO-{row['zero']}" if row["zero"] else "DDP"))
-        log(f"{name:>14} {row['threads_each']:>13} {row['tokens_per_s']:>10,.0f} "
+        log(f"{row['layout']:>14} {row['threads_each']:>13} {row['tokens_per_s']:>10,.0f} "
             f"{row['tokens_per_s'] / rows[0]['tokens_per_s']:>8.2f}x {row.get('mem_weights_mb', 0):>8.2f} "
             f"{row.get('mem_grads_mb', 0):>8.2f} {row.get('mem_optimizer_mb', 0):>10.2f} "
             f"{row.get('mem_activations_mb', 0):>12.2f}")

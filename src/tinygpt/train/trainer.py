@@ -30,7 +30,7 @@ from .callbacks import Callback
 from .config import TrainConfig
 from .curriculum import shape_batch, stage_divisor
 from .distributed import DistContext, ModelParallelGroup, RankShare
-from .memory import rank_memory, saved_activations
+from .memory import SavedActivations, rank_memory, saved_activations
 from .optim import lr_at, make_optimizer
 from .parallel import clip_grad_norm, parse_layout, tensor_parallel, whole_rows
 from .pipeline import Pipeline
@@ -269,23 +269,24 @@ class Trainer:
             raise TinyGPTError(f"step {self.state.step + 1} has no targets to learn from (every loss_mask entry "
                                "is false); check the data's loss masks or use longer sequences")
         total = torch.zeros((), device=self.device)
-        measure, activations = self.measure_memory, {}
-        if self.pipeline is not None:  # the schedule runs every micro-batch through every stage
-            with autocast(self.device, self.dtype), (saved_activations(self.model) if measure
-                                                     else nullcontext(activations)) as activations:
-                total = self.pipeline.step(micro, n_targets)
-        for i, batch in enumerate(micro if self.pipeline is None else ()):
-            b = batch.to(self.device, non_blocking=True)
-            with self.dist.gradient_sync(self.forward, sync=i == len(micro) - 1):
-                # This process's first step records what a rank holds (one micro-batch's activations;
-                # a compiled forward is not looked into).
-                look = measure and i == 0 and not self.cfg.compile
-                with autocast(self.device, self.dtype), (saved_activations(self.model) if look
-                                                         else nullcontext(activations)) as activations:
-                    loss = self.forward(b.x, b.y, loss_mask=b.loss_mask, input_pos=b.input_pos).loss_sum / n_targets
-                scale = self.dist.gradient_scale  # DDP averages over ranks; the step's gradient is their sum
-                self.scaler.scale(loss * scale if scale != 1 else loss).backward()
-            total += loss.detach()
+        # This process's first step records what a rank holds, activations at their peak over
+        # the step's forwards and backwards (a compiled forward is not looked into).
+        measure = self.measure_memory
+        look = saved_activations(self.model) if measure and not self.cfg.compile else nullcontext({})
+        with look as activations:
+            if self.pipeline is not None:  # the schedule runs every micro-batch through every stage
+                with autocast(self.device, self.dtype):
+                    total = self.pipeline.step(micro, n_targets)
+            for i, batch in enumerate(micro if self.pipeline is None else ()):
+                b = batch.to(self.device, non_blocking=True)
+                with self.dist.gradient_sync(self.forward, sync=i == len(micro) - 1):
+                    with autocast(self.device, self.dtype):
+                        out = self.forward(b.x, b.y, loss_mask=b.loss_mask, input_pos=b.input_pos)
+                    loss = out.loss_sum / n_targets
+                    scale = self.dist.gradient_scale  # DDP averages over ranks; the step's gradient is their sum
+                    self.scaler.scale(loss * scale if scale != 1 else loss).backward()
+                total += loss.detach()
+                del out, loss  # the graph, and the activations it saved, go before the next micro-batch
         total = self.dist.sum_across_ranks(total)  # the step's loss: every rank's share of it
         # The gradient norm is measured even without clipping (an infinite max_norm clips
         # nothing): with the loss it decides, before the optimizer moves, whether the step
@@ -309,7 +310,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if measure:
-            info.update(rank_memory(self.model, self.optimizer, activations))
+            info.update(rank_memory(self.model, self.optimizer,
+                                    activations if isinstance(activations, SavedActivations) else None))
             self.measure_memory = False
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
