@@ -6,7 +6,7 @@ import torch
 
 from tinygpt.errors import TinyGPTError
 from tinygpt.model import GPT, GPTConfig
-from tinygpt.train.parallel import _row_order, parse_layout, split_rows, whole_rows
+from tinygpt.train.parallel import parse_layout, row_order, split_rows, whole_rows
 from tinygpt.train.pipeline import Stage, bubble, check_pipeline, stage_blocks
 
 
@@ -41,10 +41,10 @@ def test_a_pipeline_refuses_what_it_cannot_split(tiny_model):
 
 
 @pytest.mark.parametrize("mlp", ["gelu", "swiglu"])
-def test_the_tensor_parallel_row_order_gives_each_rank_its_own_heads_and_columns(mlp):
+def test_the_tensor_parallelrow_order_gives_each_rank_its_own_heads_and_columns(mlp):
     cfg = GPTConfig(n_layer=1, n_head=4, n_kv_head=2, n_embd=16, block_size=8, vocab_size=50, mlp=mlp)
     model = GPT(cfg)
-    orders = _row_order(model, 2)
+    orders = row_order(model, 2)
     params = {n: p.detach() for n, p in model.named_parameters()}
     split = split_rows(params, orders)
     for name, t in whole_rows(split, orders).items():
@@ -55,4 +55,5 @@ def test_the_tensor_parallel_row_order_gives_each_rank_its_own_heads_and_columns
     rank1 = split["transformer.h.0.attn.c_attn.weight"][16:]
     assert torch.equal(rank1, torch.cat([q[2 * hs:], k[hs:], v[hs:]]))
     with pytest.raises(TinyGPTError, match="cannot share evenly"):
-        _row_order(model, 4)  # two key/value heads, four ranks
+        row_order(model, 4)  # two key/value heads, four ranks
+

@@ -43,7 +43,7 @@ def parse_layout(text: str) -> dict[str, int]:
     return layout
 
 
-def _row_order(model: GPT, tp: int) -> dict[str, torch.Tensor]:
+def row_order(model: GPT, tp: int) -> dict[str, torch.Tensor]:
     """{parameter name: the row order that makes rank r's share rows [r*n/tp, (r+1)*n/tp)}."""
     orders = {}
     for i, block in enumerate(model.transformer.h):
@@ -84,7 +84,7 @@ def tensor_parallel(model: GPT, tp: int) -> dict[str, torch.Tensor]:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
-    orders = _row_order(model, tp)
+    orders = row_order(model, tp)
     params = dict(model.named_parameters())
     for name, order in orders.items():
         params[name].copy_(params[name][order])
