@@ -96,8 +96,9 @@ class TrainBench:
                 raise TinyGPTError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.data_parallel < 1:
             raise TinyGPTError(f"--data-parallel must be at least 1, got {self.data_parallel}")
-        if not self.zero_stages or any(z not in (0, 1, 2, 3) for z in self.zero_stages):
-            raise TinyGPTError(f"--zero-stages are among 0, 1, 2 and 3 (e.g. 0,1,2,3), got {self.zero_stages}")
+        if any(z not in (0, 1, 2, 3) for z in self.zero_stages) or not (self.zero_stages or self.model_parallel):
+            raise TinyGPTError(f"--zero-stages are among 0, 1, 2 and 3 (e.g. 0,1,2,3; none only with "
+                               f"--model-parallel), got {self.zero_stages}")
         if self.micro_batches < 0 or (self.micro_batches and self.micro_batches % self.data_parallel):
             raise TinyGPTError(f"--micro-batches must be a multiple of --data-parallel ({self.data_parallel}), "
                                f"got {self.micro_batches}")
