@@ -101,7 +101,7 @@ def test_two_processes_take_the_steps_of_one_with_twice_the_accumulation(tmp_pat
     (["2", "--shard", "true"], ["1"]),           # ZeRO-3 (FSDP2): whole weights and optimizer state gathered
     (["1"], ["2", "--zero", "2"]),               # ZeRO-2 (FSDP2): each rank takes its slice of the whole state
     (["2", "--parallel", "tp=2"], ["1"]),        # tensor parallel: the split blocks gathered whole
-    (["1"], ["2", "--parallel", "tp=2"]),        # and whole ones split by heads and MLP columns
+    (["1"], ["4", "--parallel", "dp=2,tp=2"]),   # and whole ones split by heads and MLP columns, two replicas
     (["2", "--parallel", "pp=2"], ["1"]),        # pipeline parallel (1F1B): each stage's blocks gathered
     (["1"], ["2", "--parallel", "pp=2", "--pipeline-schedule", "gpipe"]),  # and a whole model cut into stages
 ])
@@ -293,3 +293,20 @@ def test_train_nproc_starts_itself_again_under_torchrun(monkeypatch, tmp_path):
     args = ["train", "--nproc", "2", "--max-steps", "3", "--out", str(tmp_path / "run")]
     assert main(args) == 0
     assert seen == [(2, args)] and not (tmp_path / "run").exists()  # the children do the run
+
+
+@pytest.mark.parametrize("parallel, world, message", [
+    ("tp=3", 2, "needs 3 processes, not 2"),
+    ("dp=2,pp=2", 4, "pipeline parallel takes every process for now"),
+    ("dp=2,tp=2", 4, "is decided when torchrun starts the processes"),  # no mesh made at start-up
+])
+def test_model_parallel_layouts_that_cannot_run_are_refused(parallel, world, message):
+    from tinygpt.config import from_dict
+    from tinygpt.model import GPT, GPTConfig
+    from tinygpt.train import TrainConfig, Trainer
+
+    cfg = from_dict(TrainConfig, {"batch_size": 4, "parallel": parallel, "optimizer": "adamw"})
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=16, vocab_size=50))
+    with pytest.raises(TinyGPTError, match=message):
+        Trainer(model, cfg, iter([]), device=torch.device("cpu"), dtype=torch.float32,
+                dist=DistContext(rank=0, world_size=world))

@@ -107,7 +107,8 @@ class TrainConfig:
     parallel: str = opt("", "how torchrun's processes share the work: dp=N (data parallel, each a whole model, the "
                             "default), tp=N (tensor parallel, Megatron-style: each block's matrices split across "
                             "the processes by heads and MLP columns) or pp=N (pipeline parallel: the blocks split "
-                            "into N stages, micro-batches flowing through them); tp and pp take all processes for now",
+                            "into N stages, micro-batches flowing through them); dp=N,tp=M combines the first two on "
+                            "N*M processes (a 2-D mesh); pp takes all processes for now",
                         metavar="LAYOUT")
     pipeline_schedule: str = opt("1f1b", "with --parallel pp=N: the order of the micro-batches' forwards and "
                                          "backwards (1f1b: alternating, at most N micro-batches' activations held; "

@@ -145,30 +145,50 @@ class ProcessGroup(DistContext):
 @dataclass(frozen=True)
 class ModelParallelGroup(ProcessGroup):
     """Ranks that each hold a part of one model (a slice of every block: train/parallel.py;
-    or a stage of blocks: train/pipeline.py) and train on the same micro-batches: to the
-    data and the loss, one process; the communication that joins the parts is inside the
-    forward and backward."""
+    or a stage of blocks: train/pipeline.py). The ranks of one replica train on the same
+    micro-batches: to the data and the loss, one process; the communication that joins the
+    parts is inside the forward and backward. With several replicas (data x tensor), each
+    takes its share of the micro-batches and a slice's gradients are summed over the
+    replicas' matching slices (``replica_group``) after the step's last backward."""
+
+    replicas: int = 1
+    replica: int = 0
+    replica_group: Any = None
 
     @property
     def data_ranks(self) -> int:
-        return 1
+        return self.replicas
 
     @property
     def data_rank(self) -> int:
-        return 0
+        return self.replica
 
     @property
     def gradient_scale(self) -> float:
-        return 1.0
+        return 1.0  # the gradients are summed, not averaged
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
 
-    def gradient_sync(self, module: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()
+    @contextlib.contextmanager
+    def gradient_sync(self, module: torch.nn.Module, sync: bool) -> Iterator[None]:
+        yield
+        if sync and self.replicas > 1:
+            for p in module.parameters():
+                if p.grad is not None:  # a split weight's gradient: this rank's slice of it
+                    dist.all_reduce(p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad,
+                                    group=self.replica_group)
 
     def sum_across_ranks(self, x):
-        return x  # every rank computed the same whole sums
+        if self.replicas == 1:
+            return x  # every rank of the one replica computed the same whole sums
+        if torch.is_tensor(x):
+            x = x.clone()
+            dist.all_reduce(x, group=self.replica_group)
+            return x
+        t = torch.tensor([x], dtype=torch.float64 if isinstance(x, float) else torch.int64, device=self._device())
+        dist.all_reduce(t, group=self.replica_group)
+        return type(x)(t.item())
 
 
 def launched_by_torchrun() -> bool:

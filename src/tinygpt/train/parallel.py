@@ -43,6 +43,33 @@ def parse_layout(text: str) -> dict[str, int]:
     return layout
 
 
+_MESH: dict[tuple[int, int], object] = {}  # (dp, tp) -> this process's 2-D DeviceMesh
+
+
+def prepare_mesh(parallel: str, world_size: int, device_type: str) -> None:
+    """Every rank at start-up, before rank 0 builds the run alone: a data x tensor layout's
+    2-D mesh (its sub-groups are made by every rank together, which a build on rank 0
+    alone would wait on forever). Anything else needs none; a bad layout is left for the
+    trainer to refuse, once, on rank 0."""
+    try:
+        layout = parse_layout(parallel)
+    except ValueError:
+        return
+    dp, tp = layout["dp"], layout["tp"]
+    if dp > 1 and tp > 1 and dp * tp == world_size and (dp, tp) not in _MESH:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        _MESH[dp, tp] = init_device_mesh(device_type, (dp, tp), mesh_dim_names=("dp", "tp"))
+
+
+def mesh_2d(dp: int, tp: int):
+    """The data x tensor mesh :func:`prepare_mesh` made (rank = replica * tp + slice)."""
+    if (dp, tp) not in _MESH:
+        raise TinyGPTError(f"--parallel dp={dp},tp={tp} is decided when torchrun starts the processes: give it "
+                           "on the command line (for a resumed run too)")
+    return _MESH[dp, tp]
+
+
 def row_order(model: GPT, tp: int) -> dict[str, torch.Tensor]:
     """{parameter name: the row order that makes rank r's share rows [r*n/tp, (r+1)*n/tp)}."""
     orders = {}
@@ -78,9 +105,9 @@ def whole_rows(tensors: dict[str, torch.Tensor], orders: dict[str, torch.Tensor]
 
 
 @torch.no_grad()
-def tensor_parallel(model: GPT, tp: int) -> dict[str, torch.Tensor]:
-    """Split ``model``'s blocks across the ``tp`` ranks of this process group (in place);
-    returns the row orders that saving and loading undo and redo."""
+def tensor_parallel(model: GPT, tp: int, mesh=None) -> dict[str, torch.Tensor]:
+    """Split ``model``'s blocks across the ``tp`` ranks of ``mesh`` (default: the whole
+    process group), in place; returns the row orders that saving and loading undo and redo."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
@@ -88,7 +115,7 @@ def tensor_parallel(model: GPT, tp: int) -> dict[str, torch.Tensor]:
     params = dict(model.named_parameters())
     for name, order in orders.items():
         params[name].copy_(params[name][order])
-    mesh = init_device_mesh(next(model.parameters()).device.type, (tp,))
+    mesh = mesh if mesh is not None else init_device_mesh(next(model.parameters()).device.type, (tp,))
     for block in model.transformer.h:
         a = block.attn  # each rank attends with its own heads
         a.n_head, a.kv_heads, a.q_width, a.kv_width = a.n_head // tp, a.kv_heads // tp, a.q_width // tp, \

@@ -42,7 +42,7 @@ from .callbacks import (
 from .config import SessionOptions
 from .distributed import DistContext, join, launched_by_torchrun
 from .health import HealthProbe
-from .parallel import parse_layout
+from .parallel import parse_layout, prepare_mesh
 from .pipeline import bubble, stage_blocks
 from .resolve import (
     ResolvedRun,
@@ -53,6 +53,15 @@ from .resolve import (
     resumed_run_config,
 )
 from .trainer import DivergedError, Trainer
+
+
+def prepare_layout(dist: DistContext, parallel: str) -> None:
+    """What every rank must set up together, before rank 0 builds the run alone (see
+    train/parallel.py's prepare_mesh)."""
+    if dist.world_size > 1:
+        import torch.distributed
+
+        prepare_mesh(parallel, dist.world_size, "cuda" if torch.distributed.get_backend() == "nccl" else "cpu")
 
 
 def shared_step(cfg: ResolvedRun, processes: int) -> ResolvedRun:
@@ -132,6 +141,7 @@ class Session:
         other ranks then build the same run from the config.json it wrote."""
         given = given_settings(*layers)
         dist = join(given.runtime.device)
+        prepare_layout(dist, given.train.parallel)
         if not dist.is_main:
             return cls._follow(dist)
         return cls._lead(dist, lambda: cls._start(given, layers, force, dist, log))
@@ -159,6 +169,9 @@ class Session:
         stopped before its first checkpoint starts over, with its recorded settings)."""
         saved = RunDir.open(path).read_config()
         dist = join(saved.get("runtime", {}).get("device", "auto"))
+        given = [layer.get("parallel", layer.get("train", {}).get("parallel")) for layer in layers]
+        prepare_layout(dist, next((g for g in reversed(given) if g is not None),
+                                  saved.get("train", {}).get("parallel", "")))
         if not dist.is_main:
             return cls._follow(dist)
         return cls._lead(dist, lambda: cls._resume(path, layers, dist, log))
@@ -365,8 +378,10 @@ def fit_and_report(session: Session, *, resumed: bool, log: Callable[[str], None
             f"{p.micro_batches} micro-batches per step, {p.kind}: each stage idles {bubble(p.pp, p.micro_batches):.0%} "
             "of a step (the bubble; more micro-batches shrink it)")
     elif trainer.tp > 1:
-        log(f"tensor parallel: {trainer.tp} processes share every block (heads and MLP neurons split), "
-            f"{trainer.grad_accum} micro-batch(es) per step")
+        replicas = trainer.dist.data_ranks
+        log(f"tensor parallel: {trainer.tp} processes share every block (heads and MLP neurons split)"
+            + (f"; {replicas} such replicas, data parallel" if replicas > 1 else "")
+            + f"; {trainer.grad_accum} micro-batch(es) per {'replica and ' if replicas > 1 else ''}step")
     elif session.dist.world_size > 1:
         log(f"data parallel: {session.dist.world_size} processes, {trainer.grad_accum} micro-batch(es) each per step")
     if trainer.done():

@@ -32,7 +32,7 @@ from .curriculum import shape_batch, stage_divisor
 from .distributed import DistContext, ModelParallelGroup, RankShare
 from .memory import SavedActivations, rank_memory, saved_activations
 from .optim import lr_at, make_optimizer
-from .parallel import clip_grad_norm, parse_layout, tensor_parallel, whole_rows
+from .parallel import clip_grad_norm, mesh_2d, parse_layout, tensor_parallel, whole_rows
 from .pipeline import Pipeline
 from .recompute import recompute_blocks
 from .sharding import full_optimizer_state, full_weights, load_full_state, shard_model, zero_redundancy
@@ -65,17 +65,25 @@ class Trainer:
         dist = dist or DistContext()
         layout = parse_layout(cfg.parallel) if dist.world_size > 1 else {"dp": 1, "tp": 1, "pp": 1}
         self.tp, pp = layout["tp"], layout["pp"]
+        self._tp_mesh = None
         if self.tp > 1 or pp > 1:  # the ranks share one model's blocks instead of the micro-batches
             kind = "tensor" if self.tp > 1 else "pipeline"
-            if self.tp * pp != dist.world_size or layout["dp"] != 1 or min(self.tp, pp) > 1:
-                raise TinyGPTError(f"--parallel {cfg.parallel} on {dist.world_size} processes: {kind} parallel takes "
-                                   f"every process for now (tp={dist.world_size} or pp={dist.world_size}); layouts "
-                                   "combining dp, tp and pp are not built yet")
+            dp = layout["dp"]
+            if dp * self.tp * pp != dist.world_size:
+                raise TinyGPTError(f"--parallel {cfg.parallel} needs {dp * self.tp * pp} processes, not "
+                                   f"{dist.world_size}: the sizes multiply to the number torchrun starts")
+            if pp > 1 and (self.tp > 1 or dp > 1):
+                raise TinyGPTError(f"--parallel {cfg.parallel}: pipeline parallel takes every process for now "
+                                   f"(pp={dist.world_size}); dp x tp is built, pp with dp or tp is not yet")
             if cfg.zero_stage or cfg.optimizer != "adamw" or cfg.compile or dtype == torch.float16:
                 raise TinyGPTError(f"--parallel {kind[0]}p=N trains with AdamW in fp32 or bf16, without --zero / "
                                    "--shard and --compile")
-            dist = ModelParallelGroup(dist.rank, dist.world_size, dist.local_rank)
-        elif layout["dp"] not in (1, dist.world_size):
+            mesh = mesh_2d(dp, self.tp) if dp > 1 else None  # rank = replica * tp + slice
+            dist = ModelParallelGroup(dist.rank, dist.world_size, dist.local_rank, replicas=dp,
+                                      replica=dist.rank // (self.tp * pp),
+                                      replica_group=mesh["dp"].get_group() if mesh is not None else None)
+            self._tp_mesh = mesh["tp"] if mesh is not None else None
+        elif layout["dp"] not in (1, dist.world_size):  # plain data parallel
             raise TinyGPTError(f"--parallel {cfg.parallel} asks for {layout['dp']} data-parallel ranks on "
                                f"{dist.world_size} processes")
         self.dist = dist
@@ -92,7 +100,7 @@ class Trainer:
         if self.sharded:  # before the optimizer: it must hold the sharded parameters
             shard_model(model, dtype, dist.world_size, reshard=self.zero == 3)
         # Tensor parallel: the blocks' rows in the order that splits them (undone when saving).
-        self.row_orders = tensor_parallel(model, self.tp) if self.tp > 1 else {}
+        self.row_orders = tensor_parallel(model, self.tp, self._tp_mesh) if self.tp > 1 else {}
         # Pipeline parallel: this rank's stage of blocks (the others' dropped from its model).
         self.pipeline = Pipeline(model, pp, dist.rank, cfg.micro_batches(model.config.block_size),
                                  cfg.pipeline_schedule, device) if pp > 1 else None
