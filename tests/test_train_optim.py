@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tinygpt.model import GPT, GPTConfig
-from tinygpt.train.optim import lr_at, make_optimizer
+from tinygpt.train.optim import lr_at, make_optimizer, onecycle_momentum
 
 
 def test_warmup_is_linear_from_lr_over_warmup():
@@ -80,3 +80,12 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
                        state["muon"]["state"][0]["momentum_buffer"])
     with pytest.raises(KeyError):
         fresh.load_state_dict(make_optimizer(model, 2e-3, 0.1, (0.9, 0.95), torch.device("cpu")).state_dict())
+
+
+def test_onecycle_by_progress_rises_to_the_peak_then_anneals_to_its_floor():
+    kw = dict(lr=1e-3, min_lr=1e-8, warmup_steps=100, schedule="onecycle", pct_start=0.3)  # no warmup of its own
+    assert lr_at(0, 0.0, **kw) == pytest.approx(1e-3 / 25, rel=1e-12)
+    assert lr_at(0, 0.15, **kw) == pytest.approx((1e-3 + 1e-3 / 25) / 2, rel=1e-12)
+    assert lr_at(0, 0.3, **kw) == pytest.approx(1e-3, rel=1e-12)
+    assert lr_at(0, 1.0, **kw) == pytest.approx(1e-8, rel=1e-12)
+    assert [onecycle_momentum(0, p, None, 0.3) for p in (0.0, 0.3, 1.0)] == pytest.approx([0.95, 0.85, 0.95])

@@ -252,6 +252,42 @@ def test_schedule_follows_steps(data):
     assert lrs == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_onecycle_is_pytorchs_onecycle_lr_step_by_step_and_resumes_exactly(data, optimizer):
+    seen, stop_at = [], []
+
+    def record(t, r):  # the rate and the momentum (AdamW's beta1; Muon's own) each step took
+        group = t.optimizer.param_groups[0]
+        seen.append((r["lr"], group["betas"][0] if "betas" in group else group["momentum"]))
+        if t.state.step in stop_at:
+            t.request_stop()
+
+    settings = dict(max_steps=20, lr=1e-2, schedule="onecycle", optimizer=optimizer, pct_start=0.25)
+    whole = make_trainer(data, **settings)
+    whole.callbacks = [LambdaCallback(record)]
+    whole.fit()
+    p = torch.nn.Parameter(torch.zeros(1))
+    reference = torch.optim.AdamW([p], lr=1e-2)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(reference, max_lr=1e-2, total_steps=20, pct_start=0.25)
+    expected = []
+    for _ in range(20):
+        expected += [reference.param_groups[0]["lr"], reference.param_groups[0]["betas"][0]]
+        reference.step()
+        schedule.step()
+    assert [x for pair in seen for x in pair] == pytest.approx(expected, rel=1e-12, abs=0)
+    # Stopped after step 7 and resumed: the same 20 steps.
+    whole_run, seen[:], stop_at[:] = list(seen), [], [7]
+    first = make_trainer(data, **settings)
+    first.callbacks = [LambdaCallback(record)]
+    first.fit()
+    assert first.state.step == 7
+    again, stop_at[:] = make_trainer(data, **settings), []
+    again.load_state_dict(first.state_dict())
+    again.callbacks = [LambdaCallback(record)]
+    again.fit()
+    assert seen == whole_run
+
+
 def test_time_budget_drives_progress(data):
     trainer = make_trainer(data, max_steps=None, max_time="1h")
     trainer.state.elapsed = 1800.0

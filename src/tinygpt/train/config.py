@@ -21,7 +21,7 @@ from ..generation.config import GenerationConfig
 from ..model import GPTConfig
 from ..options import OutputOptions
 from ..presets import PRESETS
-from .optim import OPTIMIZERS, SCHEDULES
+from .optim import ONECYCLE_DIV, ONECYCLE_FINAL_DIV, OPTIMIZERS, SCHEDULES
 from .parallel import parse_layout
 
 DEFAULT_TIME_BUDGET = 300.0  # seconds, when no budget at all is given
@@ -79,8 +79,12 @@ class TrainConfig:
     min_lr: float | None = opt(None, "learning rate at the end of the schedule (default lr/10)")
     warmup_steps: int = opt(100, "linear warmup steps")
     schedule: str = opt("cosine", "decay after warmup (wsd: hold the rate, then decay over the last "
-                                  "--decay-fraction of the budget)", choices=SCHEDULES)
+                                  "--decay-fraction of the budget; onecycle: PyTorch's OneCycleLR)",
+                       choices=SCHEDULES)
     decay_fraction: float = opt(0.2, "wsd schedule: the final fraction of the budget spent decaying")
+    pct_start: float = opt(0.3, "onecycle schedule: the fraction of the budget spent rising from lr/25 to the "
+                                "peak (in place of --warmup-steps); then it anneals to lr/25e4 (or --min-lr), "
+                                "and AdamW's beta1 cycles 0.95 -> 0.85 -> 0.95")
     optimizer: str = opt("adamw", "adamw, or muon: Muon for the blocks' weight matrices, AdamW for embeddings, "
                                   "head, biases and gains (the same --lr and --weight-decay; the char "
                                   "presets pick muon)", choices=OPTIMIZERS)
@@ -147,7 +151,10 @@ class TrainConfig:
             raise TinyGPTError(f"need 0 < --lr and 0 <= --min-lr <= --lr, got lr={self.lr} min_lr={self.min_lr}")
         no_budget = self.max_steps is None and self.max_tokens is None and self.max_time is None
         self.time_limit = DEFAULT_TIME_BUDGET if no_budget else self.max_time
-        self.final_lr = self.lr / 10 if self.min_lr is None else self.min_lr
+        if not 0 < self.pct_start < 1:
+            raise TinyGPTError(f"--pct-start must be in (0, 1), got {self.pct_start}")
+        default_floor = self.lr / ONECYCLE_DIV / ONECYCLE_FINAL_DIV if self.schedule == "onecycle" else self.lr / 10
+        self.final_lr = default_floor if self.min_lr is None else self.min_lr
 
     @property
     def zero_stage(self) -> int:

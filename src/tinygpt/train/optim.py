@@ -6,7 +6,12 @@ import math
 
 import torch
 
-SCHEDULES = ("cosine", "linear", "constant", "wsd")
+SCHEDULES = ("cosine", "linear", "constant", "wsd", "onecycle")
+# OneCycle (Smith & Topin; PyTorch's OneCycleLR defaults): it starts at lr / ONECYCLE_DIV, rises to
+# lr over --pct-start of the run and anneals to lr / ONECYCLE_DIV / ONECYCLE_FINAL_DIV (or
+# --min-lr), both halves cosine, while the momentum (AdamW's beta1) falls from
+# ONECYCLE_MOMENTUM[1] to [0] and rises back.
+ONECYCLE_DIV, ONECYCLE_FINAL_DIV, ONECYCLE_MOMENTUM = 25.0, 1e4, (0.85, 0.95)
 OPTIMIZERS = ("adamw", "muon")
 
 
@@ -100,8 +105,33 @@ class Optimizers:
             o.load_state_dict(state[name])  # a missing one (another optimizer's state): KeyError
 
 
+def _cos(start: float, end: float, pct: float) -> float:
+    return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+
+
+def onecycle_phase(step: int, progress: float, total_steps: int | None, pct_start: float) -> tuple[bool, float]:
+    """(rising, how far through that half) of a OneCycle run at optimizer step ``step``:
+    with a step budget of ``total_steps`` exactly as OneCycleLR counts (the peak at step
+    pct_start * total - 1, the floor at total - 1); otherwise by ``progress``."""
+    if total_steps:
+        pos, peak, end = float(step), pct_start * total_steps - 1, float(total_steps - 1)
+    else:
+        pos, peak, end = min(max(progress, 0.0), 1.0), pct_start, 1.0
+    if pos <= peak:
+        return True, pos / peak if peak > 0 else 1.0
+    return False, min(1.0, (pos - peak) / (end - peak)) if end > peak else 1.0
+
+
+def onecycle_momentum(step: int, progress: float, total_steps: int | None, pct_start: float) -> float:
+    """AdamW's beta1 at this point of a OneCycle run: high while the rate is low, and back."""
+    rising, pct = onecycle_phase(step, progress, total_steps, pct_start)
+    low, high = ONECYCLE_MOMENTUM
+    return _cos(high, low, pct) if rising else _cos(low, high, pct)
+
+
 def lr_at(step: int, progress: float, *, lr: float, min_lr: float, warmup_steps: int, schedule: str,
-          decay_fraction: float = 0.2, warmup_floor: float = 0.0) -> float:
+          decay_fraction: float = 0.2, warmup_floor: float = 0.0, total_steps: int | None = None,
+          pct_start: float = 0.3) -> float:
     """Learning rate for optimizer step ``step`` (0-based) at run ``progress`` in [0, 1].
 
     Linear warmup over the first ``warmup_steps`` steps, then ``schedule`` decays from
@@ -112,7 +142,12 @@ def lr_at(step: int, progress: float, *, lr: float, min_lr: float, warmup_steps:
     simply goes on at full rate, so it can be extended ("overnight, then some more").
     ``warmup_floor``: how far warmup is by another measure (the trainer's share of a time or
     token budget); warmup ends at whichever comes first.
+    "onecycle" brings its own rise (``pct_start`` of the run) in place of the warmup; with a
+    step budget (``total_steps``) it is OneCycleLR's curve step for step.
     """
+    if schedule == "onecycle":
+        rising, pct = onecycle_phase(step, progress, total_steps, pct_start)
+        return _cos(lr / ONECYCLE_DIV, lr, pct) if rising else _cos(lr, min_lr, pct)
     if step < warmup_steps and warmup_floor < 1:
         # (lr * (step + 1) / warmup_steps, not lr * ramp: the same bits as ever for a step budget)
         return max(lr * (step + 1) / warmup_steps, lr * warmup_floor)

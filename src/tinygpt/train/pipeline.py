@@ -35,8 +35,6 @@ from ..errors import TinyGPTError
 from ..model import GPT, IGNORE_INDEX
 from .optim import adamw_groups
 
-SCHEDULES = ("1f1b", "gpipe")
-
 
 def stage_blocks(n_layer: int, pp: int) -> list[range]:
     """The blocks of each of ``pp`` stages: ``n_layer`` split as evenly as it goes, the
@@ -126,7 +124,11 @@ class Pipeline:
     @property
     def schedule(self):
         if self._schedule is None:
-            from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+            from torch.distributed.pipelining import (
+                PipelineStage,
+                Schedule1F1B,
+                ScheduleGPipe,
+            )
 
             stage = PipelineStage(self.stage, self.rank, self.pp, self.device)
             kind = Schedule1F1B if self.kind == "1f1b" else ScheduleGPipe

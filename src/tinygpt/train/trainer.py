@@ -31,7 +31,7 @@ from .config import TrainConfig
 from .curriculum import shape_batch, stage_divisor
 from .distributed import DistContext, ModelParallelGroup, RankShare
 from .memory import SavedActivations, rank_memory, saved_activations
-from .optim import lr_at, make_optimizer
+from .optim import lr_at, make_optimizer, onecycle_momentum, onecycle_phase
 from .parallel import clip_grad_norm, mesh_2d, parse_layout, tensor_parallel, whole_rows
 from .pipeline import Pipeline
 from .recompute import recompute_blocks
@@ -240,7 +240,20 @@ class Trainer:
     def lr(self) -> float:
         t = self.cfg
         return lr_at(self.state.step, self.progress(), lr=t.lr, min_lr=t.final_lr, warmup_steps=t.warmup_steps,
-                     schedule=t.schedule, decay_fraction=t.decay_fraction, warmup_floor=self._warmup_floor())
+                     schedule=t.schedule, decay_fraction=t.decay_fraction, warmup_floor=self._warmup_floor(),
+                     total_steps=self._onecycle_steps(), pct_start=t.pct_start)
+
+    def _onecycle_steps(self) -> int | None:
+        """A step budget alone fixes OneCycle's curve in steps; any other budget, by progress."""
+        t = self.cfg
+        return t.max_steps if t.max_steps and t.max_tokens is None and t.time_limit is None else None
+
+    def momentum(self) -> float | None:
+        """OneCycle's beta1 for the next step (None: the optimizer's own, unchanged)."""
+        t = self.cfg
+        if t.schedule != "onecycle":
+            return None
+        return onecycle_momentum(self.state.step, self.progress(), self._onecycle_steps(), t.pct_start)
 
     def _warmup_floor(self) -> float:
         """How far warmup is by the budget: with a time or token budget it also ends at
@@ -253,6 +266,9 @@ class Trainer:
     def in_warmup(self) -> bool:
         """Whether the learning rate has yet to reach its peak (a run that ends so is told)."""
         t = self.cfg
+        if t.schedule == "onecycle":  # its own rise, over --pct-start of the budget
+            return onecycle_phase(self.state.step, self.progress(), self._onecycle_steps(), t.pct_start)[0] \
+                and self.lr() < t.lr
         return self.state.step < t.warmup_steps and max((self.state.step + 1) / t.warmup_steps,
                                                         self._warmup_floor()) < 1
 
@@ -262,9 +278,14 @@ class Trainer:
         """One optimizer step over ``grad_accum`` micro-batches."""
         self.model.train()
         t, progress = self.cfg, self.progress()
-        lr = self.lr()
+        lr, momentum = self.lr(), self.momentum()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+            if momentum is not None:  # OneCycle: AdamW's beta1, Muon's momentum
+                if "betas" in group:
+                    group["betas"] = (momentum, group["betas"][1])
+                elif "momentum" in group:
+                    group["momentum"] = momentum
         cut_batch, cut_window = stage_divisor(progress, t.batch_warmup), stage_divisor(progress, t.window_warmup)
         if self.dist.world_size > 1:  # the ranks of one replica (tensor parallel) draw alike
             torch.manual_seed(self._seed + self.state.step * self.dist.data_ranks + self.dist.data_rank)
