@@ -52,7 +52,7 @@ def declarations(name):
 def test_the_walk_finds_every_command():
     assert {"sample", "chat", "eval", "export", "merge", "attention", "plot", "diagnose", "makemore", "lm-eval",
             "bench generate", "bench train", "learn micrograd", "learn bpe", "train", "finetune", "prepare", "serve",
-            "arena report", "bench serve", "quantize", "bench compress", "prune"} == set(ALL)
+            "arena report", "bench serve", "quantize", "bench compress", "prune", "scaling"} == set(ALL)
 
 
 @pytest.mark.parametrize("name", sorted(WALKED))

@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         prune,
         quantize,
         sample,
+        scaling,
         serve,
         train,
     )
@@ -45,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinygpt", description="Train, run and study small GPT language models.")
     parser.add_argument("--version", action="version", version=f"tinygpt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    for command in (prepare, train, finetune, merge, quantize, prune, sample, chat, serve, arena, eval, harness, export, bench,
-                    attention, plot, diagnose, learn, makemore):
+    for command in (prepare, train, finetune, merge, quantize, prune, sample, chat, serve, arena, eval, harness, export,
+                    bench, attention, plot, diagnose, scaling, learn, makemore):
         command.add_parser(sub)
     return parser
 

@@ -1,0 +1,225 @@
+"""Scaling laws measured on your own machine: a sweep of model sizes at a few compute
+budgets, Chinchilla's fit of the loss, and the compute-optimal size for a budget.
+
+The law (Hoffmann et al. 2022, "approach 3"): the loss of a model of N parameters trained
+on D tokens is L(N, D) = E + A / N^alpha + B / D^beta, and a run costs C = 6 N D FLOPs.
+Fitted as the paper does: a Huber loss on log L, the terms combined by log-sum-exp so that
+A, B and E stay positive, L-BFGS from a grid of starting points (the fit has many shallow
+local minima), the best kept. (Written here, on torch, rather than with scipy: scipy is
+not one of tinygpt's dependencies and the whole fit is twenty lines.)
+
+At a fixed C, substituting D = C / (6 N) gives one curve of N per budget (an iso-FLOP
+curve) whose minimum is at N_opt(C) = G (C / 6)^(beta / (alpha + beta)) with
+G = (alpha A / (beta B))^(1 / (alpha + beta)), and D_opt = C / (6 N_opt).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..config import opt, parse_duration, parse_names
+from ..errors import TinyGPTError
+
+MIN_RUNS = 5  # the law has five parameters
+
+
+@dataclass
+class ScalingOptions:
+    sizes: tuple[str, ...] = opt(("2x64", "2x128", "4x128", "4x192", "6x256"),
+                                 "model sizes to train, LAYERSxWIDTH, comma-separated (heads 64 wide)",
+                                 parse=parse_names)
+    budgets: tuple[str, ...] = opt(("2m", "5m", "15m"), "training time of every size, comma-separated: each "
+                                                        "budget is one iso-FLOP curve", parse=parse_names)
+    predict: str | None = opt(None, "a training time to predict the compute-optimal model size and token count "
+                                    "for, on this machine (e.g. 1h)")
+
+    def __post_init__(self) -> None:
+        for size in self.sizes:
+            parse_size(size)
+        for budget in self.budgets:
+            if (parse_duration(budget) or 0) <= 0:
+                raise TinyGPTError(f"--budgets are training times such as 90, 2m or 1h; got {budget!r}")
+        if len(self.sizes) * len(self.budgets) < MIN_RUNS:
+            raise TinyGPTError(f"{len(self.sizes)} sizes x {len(self.budgets)} budgets are fewer than the {MIN_RUNS} "
+                               "runs a fit needs; add sizes or budgets")
+        if self.predict is not None and (parse_duration(self.predict) or 0) <= 0:
+            raise TinyGPTError(f"--predict is a training time such as 1h; got {self.predict!r}")
+
+
+@dataclass(frozen=True)
+class ScalingLaw:
+    E: float
+    A: float
+    B: float
+    alpha: float
+    beta: float
+
+    def loss(self, n: float | np.ndarray, d: float | np.ndarray) -> float | np.ndarray:
+        return self.E + self.A / np.power(n, self.alpha) + self.B / np.power(d, self.beta)
+
+    def optimal(self, flops: float) -> tuple[float, float]:
+        """(N, D) that minimise the loss at ``flops`` = 6 N D."""
+        a, b = self.alpha, self.beta
+        g = (a * self.A / (b * self.B)) ** (1 / (a + b))
+        n = g * (flops / 6) ** (b / (a + b))
+        return n, flops / (6 * n)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def fit_law(n: Sequence[float], d: Sequence[float], loss: Sequence[float], delta: float = 1e-3) -> ScalingLaw:
+    """The law's five parameters from runs of ``n`` parameters on ``d`` tokens that reached
+    ``loss`` (at least five runs, with more than one size and more than one token count)."""
+    if len(loss) < MIN_RUNS:
+        raise TinyGPTError(f"a scaling fit needs at least {MIN_RUNS} runs, got {len(loss)}; add sizes or budgets")
+    if len(set(n)) < 2 or len(set(d)) < 2:
+        raise TinyGPTError("a scaling fit needs runs of more than one model size and more than one token count")
+    log_n, log_d = (torch.tensor(np.log(x), dtype=torch.float64) for x in (n, d))
+    log_l = torch.tensor(np.log(loss), dtype=torch.float64)
+
+    def per_start(p: torch.Tensor) -> torch.Tensor:  # (S, 5) starting points -> (S,) objectives
+        a, b, e, alpha, beta = p.T.unsqueeze(-1)  # (S, 1) each
+        pred = torch.logsumexp(torch.stack([a - alpha * log_n, b - beta * log_d, e.expand(-1, len(log_n))]), dim=0)
+        return torch.nn.functional.huber_loss(pred, log_l.expand_as(pred), delta=delta, reduction="none").sum(-1)
+
+    # The paper's grid, thinned: a (log A), b (log B), e (log E), alpha, beta; all the starts
+    # optimised together (their objectives are independent, so the sum's minimum is each one's).
+    starts = torch.tensor(list(itertools.product((0.0, 6.0, 12.0), (0.0, 6.0, 12.0), (-1.0, 0.5), (0.2, 0.5),
+                                                 (0.2, 0.5))), dtype=torch.float64)
+    p = starts.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([p], lr=1.0, max_iter=500, tolerance_change=1e-14, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        value = per_start(p).nan_to_num(1e30).sum()
+        value.backward()
+        return value
+
+    opt.step(closure)
+    with torch.no_grad():
+        values = per_start(p)
+        values[~torch.isfinite(p).all(-1)] = math.inf
+    best = p[values.argmin()].detach() if torch.isfinite(values).any() else None
+    if best is not None:  # the shared line search stops short for some: polish the winner alone
+        q = best.clone().unsqueeze(0).requires_grad_(True)
+        polish = torch.optim.LBFGS([q], lr=1.0, max_iter=200, tolerance_change=1e-14, line_search_fn="strong_wolfe")
+
+        def alone() -> torch.Tensor:
+            polish.zero_grad()
+            value = per_start(q).sum()
+            value.backward()
+            return value
+
+        polish.step(alone)
+        if bool(torch.isfinite(q).all()) and per_start(q.detach()).item() <= values.min().item():
+            best = q.detach()[0]
+    if best is None:
+        raise TinyGPTError("the scaling fit did not converge from any starting point; the losses may not fall with "
+                           "size and data (check the runs, or give larger budgets)")
+    a, b, e, alpha, beta = best.tolist()
+    return ScalingLaw(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=alpha, beta=beta)
+
+
+@dataclass
+class SweepRun:
+    budget: str          # as given, e.g. "2m"
+    size: str            # "LxC": layers x width
+    params: int          # N: parameters without the position table
+    tokens: int          # D: tokens trained on
+    seconds: float       # training time
+    val_loss: float
+
+    @property
+    def flops(self) -> float:
+        return 6.0 * self.params * self.tokens
+
+
+def parse_size(spec: str) -> dict:
+    """"4x128" -> 4 blocks 128 wide, with 64-wide heads (at least one)."""
+    layers, _, width = spec.lower().partition("x")
+    if not (layers.isdigit() and width.isdigit()) or int(layers) < 1 or int(width) < 8:
+        raise TinyGPTError(f"a model size is LAYERSxWIDTH, e.g. 4x128; got {spec!r}")
+    n_embd = int(width)
+    n_head = max(1, n_embd // 64)
+    if n_embd % n_head:
+        raise TinyGPTError(f"width {n_embd} does not split into {n_head} heads of 64; pick a multiple of 64")
+    return {"n_layer": int(layers), "n_embd": n_embd, "n_head": n_head}
+
+
+def sweep(data: str, sizes: Sequence[str], budgets: Sequence[str], out: Path, base: dict,
+          log: Callable[[str], None] = print) -> list[SweepRun]:
+    """Train every size at every time budget (``tinygpt train --max-time``, one after
+    another on this machine), each a run directory under ``out``; their final losses."""
+    from ..train import Session
+
+    shapes = [parse_size(s) for s in sizes]
+    seconds = [parse_duration(b) for b in budgets]
+    runs = []
+    for budget, limit in zip(budgets, seconds):
+        for size, shape in zip(sizes, shapes):
+            path = out / f"{budget}-{size}"
+            settings = {**base, **shape, "data": data, "max_time": limit, "out": str(path),
+                        "eval_interval": 10**9, "progress": False, "max_new_tokens": 0}
+            session = Session.start(settings, force=True, log=lambda _: None)
+            session.fit()
+            t = session.trainer
+            if t.state.last_val is None:
+                raise TinyGPTError(f"the {size} run at {budget} has no validation loss; give the data a validation "
+                                   "split (--val-fraction)")
+            run = SweepRun(budget, size, t.model.num_params(non_embedding=True), t.state.tokens, t.state.elapsed,
+                           t.state.last_val)
+            log(f"{budget:>6} {size:>8}: {run.params / 1e6:7.3f}M parameters, {run.tokens:>12,} tokens, "
+                f"val loss {run.val_loss:.4f}")
+            runs.append(run)
+    return runs
+
+
+def flops_per_second(runs: Sequence[SweepRun]) -> float:
+    """This machine's training rate in 6ND FLOPs per second (the median run's)."""
+    return float(np.median([r.flops / r.seconds for r in runs if r.seconds > 0]))
+
+
+def draw_isoflops(runs: Sequence[SweepRun], law: ScalingLaw, path: str | Path) -> Path:
+    """Loss against model size, one colour per budget: the runs, the law's iso-FLOP curve at
+    the budget's compute, and its minimum; plus the fitted frontier N_opt(C)."""
+    from matplotlib.figure import Figure
+
+    from .pictures import STYLES, save
+
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    budgets = list(dict.fromkeys(r.budget for r in runs))
+    for i, budget in enumerate(budgets):
+        mine = [r for r in runs if r.budget == budget]
+        c = float(np.median([r.flops for r in mine]))
+        marker, line = STYLES[i % len(STYLES)]
+        ns = np.array([r.params for r in mine], dtype=float)
+        left.scatter(ns, [r.val_loss for r in mine], marker=marker, label=f"{budget}: C = {c:.2e} FLOPs")
+        grid = np.geomspace(ns.min() / 3, ns.max() * 3, 100)
+        left.plot(grid, law.loss(grid, c / (6 * grid)), line, alpha=0.7)
+        n_opt, d_opt = law.optimal(c)
+        left.plot([n_opt], [law.loss(n_opt, d_opt)], "*", markersize=14, color=left.lines[-1].get_color())
+    left.set_xscale("log")
+    left.set_xlabel("parameters N (without the position table)")
+    left.set_ylabel("validation loss")
+    left.set_title("iso-FLOP curves: runs, fitted L(N, C/6N), its minimum (star)")
+    left.legend(fontsize=8)
+    cs = np.geomspace(min(r.flops for r in runs) / 3, max(r.flops for r in runs) * 30, 50)
+    right.plot(cs, [law.optimal(c)[0] for c in cs], "-", label="N_opt(C)")
+    right.plot(cs, [law.optimal(c)[1] for c in cs], "--", label="D_opt(C) (tokens)")
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("compute C = 6 N D (FLOPs)")
+    right.set_ylabel("compute-optimal parameters / tokens")
+    right.set_title(f"fitted frontier: L = {law.E:.2f} + {law.A:.3g}/N^{law.alpha:.2f} + {law.B:.3g}/D^{law.beta:.2f}",
+                    fontsize=9)
+    right.legend(fontsize=8)
+    return save(fig, path)

@@ -1,0 +1,60 @@
+"""Scaling laws: the fit recovers a known law, the optimum is the iso-FLOP minimum, and a
+tiny real sweep runs end to end."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tinygpt.analysis.scaling import ScalingLaw, fit_law, parse_size
+from tinygpt.cli import main
+from tinygpt.errors import TinyGPTError
+
+CHINCHILLA = ScalingLaw(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+
+
+def test_the_fit_recovers_a_known_law_from_noisy_losses():
+    rng = np.random.default_rng(0)
+    n, d = (x.ravel() for x in np.meshgrid(np.geomspace(1e6, 1e9, 6), np.geomspace(1e8, 1e11, 6)))
+    loss = CHINCHILLA.loss(n, d) * np.exp(rng.normal(0, 0.003, n.size))  # 0.3% noise
+    law = fit_law(n, d, loss)
+    assert law.alpha == pytest.approx(0.34, abs=0.01) and law.beta == pytest.approx(0.28, abs=0.01)
+    assert law.E == pytest.approx(1.69, abs=0.05)
+    # The compute-optimal size at 1e21 FLOPs within 5% of the true law's.
+    assert law.optimal(1e21)[0] == pytest.approx(CHINCHILLA.optimal(1e21)[0], rel=0.05)
+
+
+def test_the_optimum_is_the_minimum_of_the_iso_flop_curve():
+    c = 1e20
+    n_opt, d_opt = CHINCHILLA.optimal(c)
+    assert 6 * n_opt * d_opt == pytest.approx(c, rel=1e-12)
+    grid = n_opt * np.geomspace(0.5, 2, 201)
+    losses = CHINCHILLA.loss(grid, c / (6 * grid))
+    assert grid[losses.argmin()] == pytest.approx(n_opt, rel=0.01)
+
+
+def test_a_fit_and_a_size_refuse_what_they_cannot_use():
+    with pytest.raises(TinyGPTError, match="at least 5 runs"):
+        fit_law([1e6] * 4, [1e9] * 4, [3.0] * 4)
+    with pytest.raises(TinyGPTError, match="more than one model size"):
+        fit_law([1e6] * 5, [1e9, 2e9, 3e9, 4e9, 5e9], [3.0] * 5)
+    assert parse_size("4x128") == {"n_layer": 4, "n_embd": 128, "n_head": 2}
+    with pytest.raises(TinyGPTError, match="LAYERSxWIDTH"):
+        parse_size("big")
+
+
+def test_a_tiny_sweep_runs_end_to_end(tmp_path, tiny_corpus):
+    out, report = tmp_path / "sweep", tmp_path / "scaling.json"
+    assert main(["scaling", "--data", str(tiny_corpus), "--sizes", "1x16,1x32,2x32,1x64,2x64", "--budgets", "0.1s",
+                 "--predict", "1m", "--block-size", "32", "--batch-size", "4", "--device", "cpu", "--dtype", "fp32",
+                 "--out", str(out), "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    runs = result["runs"]
+    assert [r["size"] for r in runs] == ["1x16", "1x32", "2x32", "1x64", "2x64"]
+    assert all(r["tokens"] > 0 and np.isfinite(r["val_loss"]) for r in runs)
+    assert [r["params"] for r in runs] == sorted(r["params"] for r in runs)  # the sizes grow
+    assert all((out / f"0.1s-{r['size']}" / "model.safetensors").exists() for r in runs)
+    assert (out / "isoflops.png").stat().st_size > 10_000
+    p = result["prediction"]
+    assert p["flops"] == pytest.approx(60 * result["flops_per_second"]) and p["params"] * p["tokens"] * 6 == \
+        pytest.approx(p["flops"], rel=1e-9)
