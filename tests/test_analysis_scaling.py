@@ -45,7 +45,7 @@ def test_a_fit_and_a_size_refuse_what_they_cannot_use():
 
 def test_a_tiny_sweep_runs_end_to_end(tmp_path, tiny_corpus):
     out, report = tmp_path / "sweep", tmp_path / "scaling.json"
-    assert main(["scaling", "--data", str(tiny_corpus), "--sizes", "1x16,1x32,2x32,1x64,2x64", "--budgets", "0.1s",
+    assert main(["scaling", "--data", str(tiny_corpus), "--sizes", "1x16,1x32,2x32,1x64,2x64", "--budgets", "0.2s",
                  "--predict", "1m", "--block-size", "32", "--batch-size", "4", "--device", "cpu", "--dtype", "fp32",
                  "--out", str(out), "--json", str(report)]) == 0
     result = json.loads(report.read_text())
@@ -53,7 +53,7 @@ def test_a_tiny_sweep_runs_end_to_end(tmp_path, tiny_corpus):
     assert [r["size"] for r in runs] == ["1x16", "1x32", "2x32", "1x64", "2x64"]
     assert all(r["tokens"] > 0 and np.isfinite(r["val_loss"]) for r in runs)
     assert [r["params"] for r in runs] == sorted(r["params"] for r in runs)  # the sizes grow
-    assert all((out / f"0.1s-{r['size']}" / "model.safetensors").exists() for r in runs)
+    assert all((out / f"0.2s-{r['size']}" / "model.safetensors").exists() for r in runs)
     assert (out / "isoflops.png").stat().st_size > 10_000
     p = result["prediction"]
     assert p["flops"] == pytest.approx(60 * result["flops_per_second"]) and p["params"] * p["tokens"] * 6 == \

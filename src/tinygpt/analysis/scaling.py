@@ -171,11 +171,14 @@ def sweep(data: str, sizes: Sequence[str], budgets: Sequence[str], out: Path, ba
             session = Session.start(settings, force=True, log=lambda _: None)
             session.fit()
             t = session.trainer
-            if t.state.last_val is None:
-                raise TinyGPTError(f"the {size} run at {budget} has no validation loss; give the data a validation "
-                                   "split (--val-fraction)")
-            run = SweepRun(budget, size, t.model.num_params(non_embedding=True), t.state.tokens, t.state.elapsed,
-                           t.state.last_val)
+            if not session.has_val():
+                raise TinyGPTError("the sweep scores every run on held-out text: give the data a validation split "
+                                   "(--val-fraction)")
+            if t.state.tokens == 0:
+                raise TinyGPTError(f"{budget} was too short for one step of the {size} model; give longer --budgets")
+            # Every run scored alike, on the same held-out batches, whatever it evaluated while training.
+            val = t.evaluate(session.batches("val", seed=0), t.cfg.eval_batches)
+            run = SweepRun(budget, size, t.model.num_params(non_embedding=True), t.state.tokens, t.state.elapsed, val)
             log(f"{budget:>6} {size:>8}: {run.params / 1e6:7.3f}M parameters, {run.tokens:>12,} tokens, "
                 f"val loss {run.val_loss:.4f}")
             runs.append(run)
