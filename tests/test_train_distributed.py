@@ -100,12 +100,12 @@ def test_two_processes_take_the_steps_of_one_with_twice_the_accumulation(tmp_pat
     (["1"], ["2", "--zero", "1"]),               # and each rank takes its share of a whole optimizer state
     (["2", "--shard", "true"], ["1"]),           # ZeRO-3 (FSDP2): whole weights and optimizer state gathered
     (["1"], ["2", "--zero", "2"]),               # ZeRO-2 (FSDP2): each rank takes its slice of the whole state
-    (["2", "--parallel", "tp=2"], ["1"]),        # tensor parallel: the split blocks gathered whole
-    (["1"], ["4", "--parallel", "dp=2,tp=2"]),   # and whole ones split by heads and MLP columns, two replicas
-    (["2", "--parallel", "pp=2"], ["1"]),        # pipeline parallel (1F1B): each stage's blocks gathered
-    (["1"], ["2", "--parallel", "pp=2", "--pipeline-schedule", "gpipe"]),  # and a whole model cut into stages
+    # Tensor parallel's split blocks gathered whole, then cut into pipeline stages (1F1B);
+    (["2", "--parallel", "tp=2"], ["2", "--parallel", "pp=2"]),
+    # a GPipe pipeline's stages gathered, then split by heads and MLP columns in two replicas.
+    (["2", "--parallel", "pp=2", "--pipeline-schedule", "gpipe"], ["4", "--parallel", "dp=2,tp=2"]),
 ])
-def test_a_run_resumes_on_another_number_of_processes(tmp_path, corpus, whole_run, first, then):
+def test_a_run_resumes_on_another_number_of_processes_or_layout(tmp_path, corpus, whole_run, first, then):
     split = tmp_path / "split"
     train(int(first[0]), "--data", str(corpus), *FLAGS, *first[1:], "--max-steps", "3", "--eval-interval", "3",
           "--out", str(split), here=False)
