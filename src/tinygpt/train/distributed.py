@@ -115,12 +115,16 @@ class ProcessGroup(DistContext):
         return contextlib.nullcontext() if sync else module.no_sync()
 
     def sum_across_ranks(self, x):
+        return self._sum(x, group=None)
+
+    def _sum(self, x, group):
+        """``x`` (an int, a float or a tensor) summed over the ranks of ``group`` (None: all)."""
         if torch.is_tensor(x):
             x = x.clone()
-            dist.all_reduce(x)
+            dist.all_reduce(x, group=group)
             return x
         t = torch.tensor([x], dtype=torch.float64 if isinstance(x, float) else torch.int64, device=self._device())
-        dist.all_reduce(t)
+        dist.all_reduce(t, group=group)
         return type(x)(t.item())
 
     def max_across_ranks(self, values: list[float]) -> list[float]:
@@ -180,15 +184,8 @@ class ModelParallelGroup(ProcessGroup):
                                     group=self.replica_group)
 
     def sum_across_ranks(self, x):
-        if self.replicas == 1:
-            return x  # every rank of the one replica computed the same whole sums
-        if torch.is_tensor(x):
-            x = x.clone()
-            dist.all_reduce(x, group=self.replica_group)
-            return x
-        t = torch.tensor([x], dtype=torch.float64 if isinstance(x, float) else torch.int64, device=self._device())
-        dist.all_reduce(t, group=self.replica_group)
-        return type(x)(t.item())
+        # The ranks of one replica computed the same whole sums: they are added across replicas.
+        return x if self.replicas == 1 else self._sum(x, group=self.replica_group)
 
 
 def launched_by_torchrun() -> bool:
