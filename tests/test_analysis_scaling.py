@@ -46,8 +46,8 @@ def test_a_fit_and_a_size_refuse_what_they_cannot_use():
 def test_a_tiny_sweep_runs_end_to_end(tmp_path, tiny_corpus):
     out, report = tmp_path / "sweep", tmp_path / "scaling.json"
     assert main(["scaling", "--data", str(tiny_corpus), "--sizes", "1x16,1x32,2x32,1x64,2x64", "--budgets", "0.2s",
-                 "--predict", "1m", "--block-size", "32", "--batch-size", "4", "--device", "cpu", "--dtype", "fp32",
-                 "--out", str(out), "--json", str(report)]) == 0
+                 "--predict", "1m", "--save-profile", "false", "--block-size", "32", "--batch-size", "4",
+                 "--device", "cpu", "--dtype", "fp32", "--out", str(out), "--json", str(report)]) == 0
     result = json.loads(report.read_text())
     runs = result["runs"]
     assert [r["size"] for r in runs] == ["1x16", "1x32", "2x32", "1x64", "2x64"]

@@ -6,13 +6,19 @@ import pytest
 import torch
 
 from tinygpt.device import cpu_has_bf16
+from tinygpt.errors import TinyGPTError
 from tinygpt.model import GPT, GPTConfig
 from tinygpt.presets import get_preset
 from tinygpt.train import Session
 from tinygpt.train.recipe import (
     LADDER,
     TOKENS_PER_PARAM,
+    ScalingLaw,
+    best_ratio,
     preset_for_time,
+    profile_path,
+    save_law,
+    saved_law,
     training_speed,
 )
 
@@ -98,3 +104,24 @@ def test_a_session_sizes_auto_to_its_time_budget_and_records_the_choice(tmp_path
                                 log=lambda _: None)
         assert session.cfg.preset == "char-tiny"
     assert len(asked) == 1
+
+
+def test_a_fitted_law_moves_the_target_to_its_compute_optimal_ratio(tmp_path):
+    # alpha = beta: the compute-optimal ratio is (B / A)^(1 / alpha) at every budget, here 20.
+    law = ScalingLaw(E=1.0, A=1.0, B=math.sqrt(20.0), alpha=0.5, beta=0.5)
+    assert best_ratio(law, 1e6, 1e8) == pytest.approx(20.0, rel=1e-9)
+    F, (below, above) = 1e11, LADDER[:2]
+    t = boundary(below, above, F) * 20.0 / TOKENS_PER_PARAM  # where the two sizes are equally far from 20
+    pick = [preset_for_time(t * k, VOCAB, log=lambda _: None, speed=constant_flops(F, []), law=law)
+            for k in (0.99, 1.01)]
+    assert pick == [below, above]
+    # Without a saved profile the fixed rule holds; with one, auto reads it.
+    assert saved_law() is None
+    said = []
+    path = save_law(law, 1e11)
+    assert path == profile_path() and saved_law() == law
+    assert preset_for_time(t * 1.01, VOCAB, log=said.append, speed=constant_flops(F, [])) == above
+    assert "compute-optimal ratio of this machine's fitted scaling law" in said[0]
+    path.write_text('{"law": {"E": "x"}}')
+    with pytest.raises(TinyGPTError, match="is not a scaling profile tinygpt wrote; delete it"):
+        saved_law()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -26,6 +26,7 @@ import torch
 
 from ..config import opt, parse_duration, parse_names
 from ..errors import TinyGPTError
+from ..train.recipe import ScalingLaw
 
 MIN_RUNS = 5  # the law has five parameters
 
@@ -39,6 +40,8 @@ class ScalingOptions:
                                                         "budget is one iso-FLOP curve", parse=parse_names)
     predict: str | None = opt(None, "a training time to predict the compute-optimal model size and token count "
                                     "for, on this machine (e.g. 1h)")
+    save_profile: bool = opt(True, "save the fit as this machine's profile, which --preset auto then sizes "
+                                   "time-budgeted runs by (its compute-optimal tokens per parameter)")
 
     def __post_init__(self) -> None:
         for size in self.sizes:
@@ -51,28 +54,6 @@ class ScalingOptions:
                                "runs a fit needs; add sizes or budgets")
         if self.predict is not None and (parse_duration(self.predict) or 0) <= 0:
             raise TinyGPTError(f"--predict is a training time such as 1h; got {self.predict!r}")
-
-
-@dataclass(frozen=True)
-class ScalingLaw:
-    E: float
-    A: float
-    B: float
-    alpha: float
-    beta: float
-
-    def loss(self, n: float | np.ndarray, d: float | np.ndarray) -> float | np.ndarray:
-        return self.E + self.A / np.power(n, self.alpha) + self.B / np.power(d, self.beta)
-
-    def optimal(self, flops: float) -> tuple[float, float]:
-        """(N, D) that minimise the loss at ``flops`` = 6 N D."""
-        a, b = self.alpha, self.beta
-        g = (a * self.A / (b * self.B)) ** (1 / (a + b))
-        n = g * (flops / 6) ** (b / (a + b))
-        return n, flops / (6 * n)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def fit_law(n: Sequence[float], d: Sequence[float], loss: Sequence[float], delta: float = 1e-3) -> ScalingLaw:

@@ -16,6 +16,7 @@ from ..device import RuntimeConfig
 from ..model import GPTConfig
 from ..options import OutputOptions
 from ..train import TrainConfig
+from ..train.recipe import save_law
 
 
 @dataclass
@@ -63,6 +64,12 @@ def run(cmd: ScalingCommand) -> int:
               f"({d / n:.1f} tokens per parameter), predicted loss {law.loss(n, d):.3f}")
         report["prediction"] = {"budget": s.predict, "flops": rate * seconds, "params": n, "tokens": d,
                                 "loss": float(law.loss(n, d))}
+    if s.save_profile and min(law.alpha, law.beta) >= 0.05:
+        path = save_law(law, rate)
+        log(f"saved this machine's scaling profile to {path}: --preset auto now sizes time-budgeted runs by it "
+            "(delete the file to go back to the fixed rule)")
+    elif s.save_profile:
+        log("not saved as this machine's profile: the exponents are too near 0 to size runs by")
     log(f"wrote {picture}")
     if cmd.output.json:
         atomic_write_text(cmd.output.json, json.dumps(report, indent=1) + "\n")

@@ -13,14 +13,88 @@ round the 192-wide model, at 3.1 tokens per parameter, reached val loss 1.464 ag
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
+from ..config import cache_dir
 from ..device import autocast, cpu_has_bf16, fastest
+from ..errors import TinyGPTError
 from ..model import GPT, GPTConfig
 from ..presets import get_preset
+
+
+@dataclass(frozen=True)
+class ScalingLaw:
+    """Chinchilla's L(N, D) = E + A / N^alpha + B / D^beta (fitted by ``tinygpt scaling``:
+    analysis/scaling.py); here because a saved fit decides what --preset auto trains."""
+
+    E: float
+    A: float
+    B: float
+    alpha: float
+    beta: float
+
+    def loss(self, n: float | np.ndarray, d: float | np.ndarray) -> float | np.ndarray:
+        return self.E + self.A / np.power(n, self.alpha) + self.B / np.power(d, self.beta)
+
+    def optimal(self, flops: float) -> tuple[float, float]:
+        """(N, D) that minimise the loss at ``flops`` = 6 N D."""
+        a, b = self.alpha, self.beta
+        g = (a * self.A / (b * self.B)) ** (1 / (a + b))
+        n = g * (flops / 6) ** (b / (a + b))
+        return n, flops / (6 * n)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PROFILE = "scaling_profile.json"  # in the cache folder: this machine's fitted law (tinygpt scaling)
+
+
+def profile_path() -> Path:
+    return cache_dir() / PROFILE
+
+
+def saved_law(path: Path | None = None) -> ScalingLaw | None:
+    """The law ``tinygpt scaling`` saved for this machine, if it saved one."""
+    path = path or profile_path()
+    if not path.is_file():
+        return None
+    try:
+        law = ScalingLaw(**{k: float(v) for k, v in json.loads(path.read_text())["law"].items()})
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise TinyGPTError(f"{path} is not a scaling profile tinygpt wrote; delete it, or run tinygpt scaling "
+                           "again to write a new one") from None
+    if not all(math.isfinite(v) and v >= 0 for v in asdict(law).values()) or min(law.alpha, law.beta) <= 0:
+        raise TinyGPTError(f"{path} holds a law with exponents that are not positive; delete it, or run "
+                           "tinygpt scaling again with longer --budgets")
+    return law
+
+
+def save_law(law: ScalingLaw, flops_per_second: float, path: Path | None = None) -> Path:
+    """Write ``law`` as this machine's profile (what ``saved_law`` reads)."""
+    from ..checkpoint import atomic_write_text
+
+    path = path or profile_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"law": asdict(law), "flops_per_second": flops_per_second}, indent=1) + "\n")
+    return path
+
+
+def best_ratio(law: ScalingLaw | None, params: float, tokens: float) -> float:
+    """Tokens per parameter to aim at for a run of ``params`` on ``tokens``: the law's
+    compute-optimal ratio at that run's compute (6 N D), or the measured TOKENS_PER_PARAM."""
+    if law is None:
+        return TOKENS_PER_PARAM
+    n, d = law.optimal(6.0 * params * tokens)
+    return d / n
+
 
 LADDER = ("char-nano", "char-tiny", "char-small", "baby")  # smallest first
 TOKENS_PER_PARAM = 3.0
@@ -50,10 +124,17 @@ def training_speed(model: GPT, batch_size: int) -> dict[torch.dtype, float]:
     return {d: rows * T / s for d, s in times.items()}
 
 
+_SAVED = object()
+
+
 def preset_for_time(seconds: float, vocab_size: int, log: Callable[[str], None] = print,
-                    speed: Callable[[GPT, int], dict[torch.dtype, float]] = training_speed) -> str:
+                    speed: Callable[[GPT, int], dict[torch.dtype, float]] = training_speed,
+                    law: ScalingLaw | None | object = _SAVED) -> str:
     """The ladder's preset whose tokens per (non-embedding) parameter, trained in
-    ``seconds`` on this CPU, come nearest TOKENS_PER_PARAM (nearest as a ratio)."""
+    ``seconds`` on this CPU, come nearest the best ratio (nearest as a ratio): the
+    compute-optimal one of the law ``tinygpt scaling`` fitted on this machine where it
+    saved one (``law``: default the saved one), else TOKENS_PER_PARAM."""
+    law = saved_law() if law is _SAVED else law
     best, best_gap, first_rate, said = LADDER[0], math.inf, None, []
     for name in LADDER:
         preset = get_preset(name)
@@ -62,17 +143,21 @@ def preset_for_time(seconds: float, vocab_size: int, log: Callable[[str], None] 
         params, per_token = model.num_params(non_embedding=True), model.flops_per_token()
         if first_rate is not None:
             hopeful = MAX_SPEEDUP * first_rate * seconds / per_token / params
-            if hopeful < TOKENS_PER_PARAM and math.log(TOKENS_PER_PARAM / hopeful) >= best_gap:
+            aim = best_ratio(law, params, hopeful * params)
+            if hopeful < aim and math.log(aim / hopeful) >= best_gap:
                 break  # cannot come nearer even at the best speed-up: not worth timing
         rate = max(speed(model, preset.train.get("batch_size", 32)).values()) * per_token  # FLOP/s
         first_rate = first_rate or rate
         ratio = rate * seconds / per_token / params
-        said.append(f"{name} {ratio:.1f}")
-        gap = abs(math.log(ratio / TOKENS_PER_PARAM))
+        aim = best_ratio(law, params, ratio * params)
+        said.append(f"{name} {ratio:.1f}" + (f" (best {aim:.1f})" if law is not None else ""))
+        gap = abs(math.log(ratio / aim))
         if gap < best_gap:
             best, best_gap = name, gap
-        if ratio < TOKENS_PER_PARAM:
+        if ratio < aim:
             break  # the larger ones fall further below
+    rule = ("nearest the compute-optimal ratio of this machine's fitted scaling law wins" if law is not None
+            else f"nearest {TOKENS_PER_PARAM:g} wins")
     log(f"preset auto: {best} for {seconds:.0f} s (tokens per parameter this machine trains in that time: "
-        f"{', '.join(said)}; nearest {TOKENS_PER_PARAM:g} wins)")
+        f"{', '.join(said)}; {rule})")
     return best
