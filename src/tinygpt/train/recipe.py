@@ -9,6 +9,10 @@ Shakespeare, 2-core AMX Xeon, 4-layer models of three widths) put the best near 
 round the 192-wide model, at 3.1 tokens per parameter, reached val loss 1.464 against the
 128-wide's 1.478 at 7.5; in a second, with the machine running ~1.5x slower, 192-wide
 (with RoPE) reached 1.475 at 2.1, 128-wide 1.484 at 6.8 and 256-wide 1.496 at 1.0.
+
+Where ``tinygpt scaling`` has fitted Chinchilla's law on this machine and saved it (the
+profile in the cache folder), the target is that law's compute-optimal ratio at each
+candidate's compute instead of the fixed one.
 """
 
 from __future__ import annotations
