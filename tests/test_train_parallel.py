@@ -57,3 +57,15 @@ def test_the_tensor_parallelrow_order_gives_each_rank_its_own_heads_and_columns(
     with pytest.raises(TinyGPTError, match="cannot share evenly"):
         row_order(model, 4)  # two key/value heads, four ranks
 
+
+
+def test_one_process_given_a_model_parallel_layout_says_it_trains_whole(tmp_path, tiny_corpus, capsys):
+    from tinygpt.cli import main
+
+    assert main(["train", "--data", str(tiny_corpus), "--parallel", "tp=2", "--n-layer", "1", "--n-head", "2",
+                 "--n-embd", "16", "--block-size", "16", "--batch-size", "2", "--max-steps", "1",
+                 "--device", "cpu", "--dtype", "fp32", "--progress", "false", "--max-new-tokens", "0",
+                 "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert ("notice: --parallel tp=2 shares the work among 2 processes, and this is one: it trains the whole "
+            "model") in err

@@ -371,6 +371,11 @@ def fit_and_report(session: Session, *, resumed: bool, log: Callable[[str], None
         log(f"resuming {run_dir} at step {s.step} ({s.tokens:,} tokens, {s.elapsed:.0f}s trained)")
     for line in session.describe():
         log(line)
+    layout = parse_layout(trainer.cfg.parallel)
+    wanted = layout["dp"] * layout["tp"] * layout["pp"]
+    if session.dist.world_size == 1 and wanted > 1:
+        log(f"notice: --parallel {trainer.cfg.parallel} shares the work among {wanted} processes, and this is one: "
+            f"it trains the whole model (start it with --nproc {wanted}, or under torchrun)")
     if trainer.pipeline is not None:
         p = trainer.pipeline
         sizes = "+".join(str(len(r)) for r in stage_blocks(p.stage.config.n_layer, p.pp))
