@@ -34,6 +34,17 @@ def test_the_optimum_is_the_minimum_of_the_iso_flop_curve():
     assert grid[losses.argmin()] == pytest.approx(n_opt, rel=0.01)
 
 
+def test_losses_that_do_not_fall_still_fit_a_law_with_a_real_optimum():
+    # Tiny runs' losses can rise with the tokens: the exponents stay positive (small), never complex.
+    n = np.array([1e4, 2e4, 4e4, 1e4, 2e4, 4e4])
+    d = np.array([4e5, 2e5, 1e5, 8e5, 4e5, 2e5])
+    law = fit_law(n, d, np.array([3.1, 3.0, 3.3, 3.2, 3.1, 3.4]))
+    assert law.alpha > 0 and law.beta > 0
+    assert all(np.isfinite(x) and isinstance(x, float) for x in law.optimal(1e12))
+    with pytest.raises(TinyGPTError, match="has no compute-optimal size"):
+        ScalingLaw(E=1.0, A=1.0, B=1.0, alpha=0.3, beta=-0.1).optimal(1e12)
+
+
 def test_a_fit_and_a_size_refuse_what_they_cannot_use():
     with pytest.raises(TinyGPTError, match="at least 5 runs"):
         fit_law([1e6] * 4, [1e9] * 4, [3.0] * 4)

@@ -67,14 +67,16 @@ def fit_law(n: Sequence[float], d: Sequence[float], loss: Sequence[float], delta
     log_l = torch.tensor(np.log(loss), dtype=torch.float64)
 
     def per_start(p: torch.Tensor) -> torch.Tensor:  # (S, 5) starting points -> (S,) objectives
-        a, b, e, alpha, beta = p.T.unsqueeze(-1)  # (S, 1) each
+        a, b, e, log_alpha, log_beta = p.T.unsqueeze(-1)  # (S, 1) each
+        alpha, beta = log_alpha.exp(), log_beta.exp()  # kept positive: a law that improves with N and D
         pred = torch.logsumexp(torch.stack([a - alpha * log_n, b - beta * log_d, e.expand(-1, len(log_n))]), dim=0)
         return torch.nn.functional.huber_loss(pred, log_l.expand_as(pred), delta=delta, reduction="none").sum(-1)
 
-    # The paper's grid, thinned: a (log A), b (log B), e (log E), alpha, beta; all the starts
+    # The paper's grid, thinned: a (log A), b (log B), e (log E), log alpha, log beta; all the starts
     # optimised together (their objectives are independent, so the sum's minimum is each one's).
-    starts = torch.tensor(list(itertools.product((0.0, 6.0, 12.0), (0.0, 6.0, 12.0), (-1.0, 0.5), (0.2, 0.5),
-                                                 (0.2, 0.5))), dtype=torch.float64)
+    exponents = (math.log(0.2), math.log(0.5))
+    starts = torch.tensor(list(itertools.product((0.0, 6.0, 12.0), (0.0, 6.0, 12.0), (-1.0, 0.5), exponents,
+                                                 exponents)), dtype=torch.float64)
     p = starts.clone().requires_grad_(True)
     opt = torch.optim.LBFGS([p], lr=1.0, max_iter=500, tolerance_change=1e-14, line_search_fn="strong_wolfe")
 
@@ -105,8 +107,8 @@ def fit_law(n: Sequence[float], d: Sequence[float], loss: Sequence[float], delta
     if best is None:
         raise TinyGPTError("the scaling fit did not converge from any starting point; the losses may not fall with "
                            "size and data (check the runs, or give larger budgets)")
-    a, b, e, alpha, beta = best.tolist()
-    return ScalingLaw(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=alpha, beta=beta)
+    a, b, e, log_alpha, log_beta = best.tolist()
+    return ScalingLaw(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=math.exp(log_alpha), beta=math.exp(log_beta))
 
 
 @dataclass

@@ -50,6 +50,9 @@ class ScalingLaw:
     def optimal(self, flops: float) -> tuple[float, float]:
         """(N, D) that minimise the loss at ``flops`` = 6 N D."""
         a, b = self.alpha, self.beta
+        if a <= 0 or b <= 0:
+            raise TinyGPTError(f"a law with exponents {a:.3g} and {b:.3g} has no compute-optimal size (the loss "
+                               "must fall with both parameters and tokens)")
         g = (a * self.A / (b * self.B)) ** (1 / (a + b))
         n = g * (flops / 6) ** (b / (a + b))
         return n, flops / (6 * n)
