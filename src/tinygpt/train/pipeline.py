@@ -226,7 +226,7 @@ class Pipeline:
 
     def load(self, model: nn.Module, optimizer: torch.optim.Optimizer, weights: dict, optimizer_state: dict) -> None:
         """This stage's weights and optimizer state from a whole checkpoint."""
-        from .sharding import by_name, regroup
+        from .sharding import by_index, by_name, group_names, regroup
 
         ours = model.state_dict()
         missing = [n for n in self.owned if n not in weights]
@@ -236,22 +236,18 @@ class Pipeline:
             for n, t in weights.items():
                 if n in ours:
                     ours[n].copy_(t)
-        names = {id(p): n for n, p in model.named_parameters()}
-        own = [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
+        own = group_names(model, optimizer)
         state = regroup(by_name(optimizer_state, self.groups), own)
-        order = [n for group in own for n in group]
-        index = {n: i for i, n in enumerate(order)}
-        optimizer.load_state_dict({"state": {index[n]: s for n, s in state["state"].items() if n in index},
-                                   "param_groups": [{**g, "params": [index[n] for n in g["params"]]}
-                                                    for g in state["param_groups"]]})
+        mine = {n for names in own for n in names}  # a checkpoint holds the other stages' state too
+        optimizer.load_state_dict(by_index({"state": {n: s for n, s in state["state"].items() if n in mine},
+                                            "param_groups": state["param_groups"]}))
 
 
 def _named_state(optimizer: torch.optim.Optimizer, model: nn.Module, keep: set[str]) -> dict:
-    """``optimizer``'s state for the parameters named in ``keep``, keyed by name."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    full = optimizer.state_dict()
-    order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
-    return {"state": {order[i]: {k: v.cpu() if torch.is_tensor(v) else v for k, v in s.items()}
-                      for i, s in full["state"].items() if order[i] in keep},
-            "param_groups": [{**g, "params": [order[i] for i in g["params"] if order[i] in keep]}
-                             for g in full["param_groups"]]}
+    """``optimizer``'s state for the parameters named in ``keep``, keyed by name, on the CPU."""
+    from .sharding import by_name, group_names
+
+    full = by_name(optimizer.state_dict(), group_names(model, optimizer))
+    return {"state": {n: {k: v.cpu() if torch.is_tensor(v) else v for k, v in s.items()}
+                      for n, s in full["state"].items() if n in keep},
+            "param_groups": [{**g, "params": [n for n in g["params"] if n in keep]} for g in full["param_groups"]]}

@@ -95,10 +95,14 @@ def load_full_state(model: GPT, optimizer: torch.optim.Optimizer, weights: dict[
 
     orders = row_orders or {}
     set_model_state_dict(model, split_rows(weights, orders), options=_options())
-    names = {id(p): n for n, p in model.named_parameters()}
-    own = [[names[id(p)] for p in group["params"]] for group in optimizer.param_groups]
-    state = regroup(by_name(optimizer_state, adamw_groups(model)), own)
+    state = regroup(by_name(optimizer_state, adamw_groups(model)), group_names(model, optimizer))
     set_optimizer_state_dict(model, optimizer, _rows(state, orders, whole=False), options=_options())
+
+
+def group_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[list[str]]:
+    """The names of ``optimizer``'s parameters in ``model``, group by group."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [[names[id(p)] for p in group["params"]] for group in optimizer.param_groups]
 
 
 def regroup(state: dict, groups: list[list[str]]) -> dict:
