@@ -89,7 +89,7 @@ def test_bad_directories_are_one_line_errors(tmp_path):
     hf, out = saved(tmp_path, "gpt2")
     config = json.loads((out / "config.json").read_text())
     (out / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
-    with pytest.raises(TinyGPTError, match="holds a 'bert' model; tinygpt loads the gpt2 and llama"):
+    with pytest.raises(TinyGPTError, match="holds a 'bert' model; tinygpt loads the gpt2, llama and mixtral"):
         tinygpt.load(out)
     (out / "config.json").write_text(json.dumps({**config, "n_layer": 3}))
     with pytest.raises(TinyGPTError, match="the config declares a model of [0-9,]+ parameters but the weights hold"):
@@ -187,6 +187,34 @@ def test_export_a_llama_shaped_model(tmp_path, tied, kv):
     assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_key_value_heads == (kv or 4)
     with torch.no_grad():
         assert (logits - lm.model(idx).logits).abs().max() < 1e-5
+
+
+def test_a_mixture_of_experts_exports_as_mixtral_and_comes_back(tmp_path, capsys):
+    from helpers import make_run
+
+    llama = dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False, n_kv_head=2)
+    make_run(tmp_path / "run", **llama, moe_experts=4, moe_top_k=2)
+    assert main(["export", str(tmp_path / "run"), "--to", "hf", str(tmp_path / "hf")]) == 0
+    lm = tinygpt.load(tmp_path / "run")
+    idx = random_ids((2, 12), seed=1, vocab=lm.tokenizer.vocab_size)
+    model, logits = _hf_logits(tmp_path / "hf", idx)
+    assert type(model).__name__ == "MixtralForCausalLM" and model.config.num_local_experts == 4
+    with torch.no_grad():
+        assert (logits - lm.model(idx).logits).abs().max() < 1e-5
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "hf" / "model.safetensors"), "pt") as f:  # the hub's per-expert layout
+        assert {"model.layers.1.block_sparse_moe.gate.weight", "model.layers.1.block_sparse_moe.experts.3.w2.weight"} \
+            <= set(f.keys())
+    back = tinygpt.load(tmp_path / "hf")
+    assert back.model.config.moe_experts == 4
+    with torch.no_grad():
+        assert torch.equal(back.model(idx).logits, lm.model(idx).logits)
+    # Top-1 routing weighs by the raw probability, which Mixtral would renormalise to 1: refused.
+    make_run(tmp_path / "top1", **llama, moe_experts=4, moe_top_k=1)
+    assert main(["export", str(tmp_path / "top1"), "--to", "hf", str(tmp_path / "hf1")]) == 1
+    err = capsys.readouterr().err
+    assert "--moe-top-k 2 or more" in err and not (tmp_path / "hf1").exists()
 
 
 def test_gpt2_tokenizer_exports_as_gpt2s_own_ids():

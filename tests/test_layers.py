@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "tinygpt"
 # module may import only from its own package or from a lower floor.
 FLOORS = [
     ("presets", "config", "device", "checkpoint", "lock", "errors", "console", "options"),
-    ("model", "kvcache", "kernels", "quant", "tokenizer"),
+    ("model", "kvcache", "kernels", "quant", "tokenizer", "moe", "patterns"),
     ("adapters",),  # below run.py, since loading a fine-tune needs them
     ("run",),
     ("source",),

@@ -544,7 +544,8 @@ def test_model_py_is_the_model_alone():
     import tinygpt.model
 
     source = open(tinygpt.model.__file__, encoding="utf-8").read()
-    assert len(source.splitlines()) <= 495  # 420 before modded-nanogpt's five switches, 470 before pruned widths
+    assert len(source.splitlines()) <= 540  # 420 before modded-nanogpt's five switches, 470 before pruned widths,
+    # 495 before mixture-of-experts and sparse attention (their math lives in moe.py and patterns.py)
     imported, names = set(), set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom):
@@ -553,7 +554,7 @@ def test_model_py_is_the_model_alone():
             imported.update(a.name for a in node.names)
         names.add(getattr(node, "id", None) or getattr(node, "attr", None) or getattr(node, "arg", None))
     assert imported == {"__future__", "math", "contextlib", "dataclasses", "typing", "torch", "torch.nn",
-                        "torch.nn.functional", ".", ".config", ".errors", ".kernels", ".kvcache"}
+                        "torch.nn.functional", ".", ".config", ".errors", ".kernels", ".kvcache", ".patterns"}
     for speed_or_adapter in ("mkldnn", "mv", "pack", "packed_weights", "SoftPrompt", "prompt"):
         assert speed_or_adapter not in names
 

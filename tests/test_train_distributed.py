@@ -71,8 +71,11 @@ def assert_same_run(a: Path, b: Path):
         assert la[step] == pytest.approx(lb[step], abs=1e-5), step
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys()
+    # The keys' bias has a zero gradient in exact arithmetic (softmax ignores a shift all keys
+    # share), so AdamW's normalised steps turn round-off, which differs between layouts and
+    # CPUs, into updates: 1.03e-5 apart after tp=2 -> pp=2 on an AMD EPYC (under 1e-5 elsewhere).
     for name in wa:
-        torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=1e-5, msg=name)
+        torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=5e-5, msg=name)
 
 
 @pytest.fixture(scope="module")
@@ -164,11 +167,19 @@ def evaluate_saved(run_path: Path) -> float:
 
 
 def test_a_new_run_on_two_processes_takes_one_micro_batch_on_each_by_default(tmp_path, corpus):
+    # A mixture of experts: DDP's gradient sum and the routers' losses (a mean over
+    # micro-batches and ranks) give the one-process steps; an expert given no tokens still
+    # runs (test_moe checks that), so DDP finds a gradient for every parameter.
     flags = [f for f in FLAGS if f not in ("--tokens-per-step", "128")]
-    train(2, "--data", str(corpus), *flags, "--max-steps", "2", "--out", str(tmp_path / "run"))
+    moe = ["--moe-experts", "4", "--moe-top-k", "1", "--moe-capacity", "1.0", "--max-steps", "2"]
+    train(2, "--data", str(corpus), *flags, *moe, "--out", str(tmp_path / "run"))
     run = RunDir.open(tmp_path / "run")
     assert run.read_config()["train"]["tokens_per_step"] == 2 * 4 * 16  # recorded: a resume keeps the steps
     assert run.checkpoint_info("last").tokens == 2 * 2 * 4 * 16
+    train(1, "--data", str(corpus), *FLAGS, *moe, "--out", str(tmp_path / "one"))
+    assert_same_run(tmp_path / "one", tmp_path / "run")
+    two, one = ([r for r in RunDir.open(tmp_path / p).read_metrics() if "expert_load" in r][-1] for p in ("run", "one"))
+    assert two["expert_load"] == one["expert_load"] and two["aux_loss"] == pytest.approx(one["aux_loss"], rel=1e-5)
 
 
 def test_a_time_budget_ends_both_ranks_at_one_step(tmp_path, corpus):

@@ -83,6 +83,7 @@ def make_trainer(data, *, batches=None, dist=None, **train):
     ("sequential", 128, 8, {}),     # stop right at an evaluation, with 2 accumulated micro-batches
     ("random", None, 6, {"optimizer": "muon", "schedule": "wsd"}),  # two optimizers' states
     ("random", None, 5, {"batch_warmup": 0.5, "window_warmup": 0.5}),  # stopped inside both warmups
+    ("random", None, 5, {"moe_experts": 4, "moe_top_k": 2, "moe_capacity": 1.0}),  # routers and their losses
 ])
 def test_resume_is_bitwise_identical(tmp_path, corpus, sampling, tokens_per_step, stop_at, extra):
     kw = dict(sampling=sampling, tokens_per_step=tokens_per_step, **extra)

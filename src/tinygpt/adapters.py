@@ -131,7 +131,7 @@ class SoftPrompt(nn.Module):
         memo = not torch.is_grad_enabled() and not self.training  # dropout and gradients: compute afresh
         if memo and self._memo is not None and self._memo[0] == key:
             return self._memo[1]
-        cache = KVCache(model.config, 1, self.n, device=w.device, dtype=dtype)
+        cache = KVCache(model.config, 1, self.n, device=w.device, dtype=dtype, windows=False)  # every key is read
         model.forward(w[None].to(dtype), cache=cache)  # forward, not __call__: no prefix before the prefix
         self._memo = (key, cache) if memo else None
         return cache

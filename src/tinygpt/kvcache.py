@@ -14,6 +14,12 @@ prefix's, and its own context is what the position tables leave. A cache with
 ``max_len=0`` stores nothing and only carries a prefix, for forwards that cache nothing
 (training a soft prompt).
 
+Sparse layers (:mod:`tinygpt.patterns`) get a plan of their own whose mask is the pattern's
+AND the plan's, one per distinct pattern per forward. A ``local`` layer whose window W is
+shorter than the cache keeps only W slots (+ the spare): a rolling buffer, slot = position % W.
+Such a layer attends the buffer as it was before the forward, then the forward's own keys
+(a chunk may overwrite keys its first queries still see), and stores the last W of them.
+
 Shape legend: B rows, T new tokens, S keys attended, n prefix positions, hs head size.
 """
 
@@ -23,6 +29,7 @@ from typing import NamedTuple
 
 import torch
 
+from . import patterns as P
 from .errors import TinyGPTError
 
 
@@ -33,6 +40,12 @@ class Plan(NamedTuple):
     end: int                          # one past the highest position, prefix included
     mask: torch.Tensor | None         # bool, True = may attend: (T, n + S) or (B, 1, T, n + S)
     causal: bool                      # plain causal over T == S keys (SDPA's fast path)
+    append: bool = False              # attend stored slots [0, length) as before the write, then the new keys
+    layers: tuple[Plan, ...] | None = None  # each layer's own plan where some are sparse
+
+    def layer(self, i: int) -> Plan:
+        """The plan of layer ``i``."""
+        return self.layers[i] if self.layers is not None else self
 
 
 class LayerKV:
@@ -60,7 +73,12 @@ class LayerKV:
         """This forward's keys and values (B, n_kv, T, hs) -> the ones to attend (B, n_kv, n + S, hs):
         stored first (then every stored slot attended is read back), the prefix's before them."""
         B = k.shape[0]
-        if plan.slots is not None:
+        if plan.append:  # a window buffer: its keys as they were (cat copies them) before the new ones
+            kept = self.k[:B, :, :plan.length], self.v[:B, :, :plan.length]
+            attend = torch.cat([kept[0], k], dim=2), torch.cat([kept[1], v], dim=2)  # (B, n_kv, W + T, hs)
+            self.write(plan.slots, k, v)
+            k, v = attend
+        elif plan.slots is not None:
             self.write(plan.slots, k, v)
             k, v = self.k[:B, :, :plan.length], self.v[:B, :, :plan.length]
         if self.prefix is not None:
@@ -81,20 +99,25 @@ class KVCache:
     ``max_len`` positions. The keys kept were computed when their own context was longer
     than the window is now: cheap, but not equal to re-reading the window (see
     generation.decoder's fast mode).
+
+    ``windows=False`` keeps every position in every layer, local ones too: a prefix's cache
+    (all of its keys are read by every query).
     """
 
     def __init__(self, config, batch_size: int, max_len: int | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
-                 rolling: bool = False, prefix: KVCache | None = None):
+                 rolling: bool = False, prefix: KVCache | None = None, windows: bool = True):
         if rolling and config.pos_emb != "rope":
             raise TinyGPTError("a rolling KV cache needs rotary positions (pos_emb rope): learned position "
                                "embeddings end at block_size")
         self.max_len = config.block_size if max_len is None else max_len
         self.rolling = rolling
+        self.windows = windows  # local layers keep only their window (not a prefix: all its keys are read)
         if self.max_len:
-            # (B, n_kv, S + 1, hs) per layer; n_kv may differ between layers (a structurally pruned model)
-            shapes = [(batch_size, config.heads(i)[1], self.max_len + 1, config.head_size)
-                      for i in range(config.n_layer)]
+            # (B, n_kv, S + 1, hs) per layer; n_kv may differ between layers (a structurally pruned model),
+            # S is W for a local layer's window buffer
+            shapes = [(batch_size, config.heads(i)[1], _slots(pattern, self.max_len, windows) + 1, config.head_size)
+                      for i, pattern in enumerate(P.layer_patterns(config))]
             self.layers = [LayerKV(torch.zeros(shape, device=device, dtype=dtype),
                                    torch.zeros(shape, device=device, dtype=dtype)) for shape in shapes]
         else:
@@ -135,7 +158,7 @@ class KVCache:
         """Rows [start, stop) as a cache of their own that shares this one's memory: what a
         forward through it writes lands here (a decoder's pool of rows)."""
         view = object.__new__(KVCache)
-        view.max_len, view.rolling, view.length = self.max_len, self.rolling, self.length
+        view.max_len, view.rolling, view.length, view.windows = self.max_len, self.rolling, self.length, self.windows
         view.layers = [LayerKV(layer.k[start:stop], layer.v[start:stop]) for layer in self.layers]
         view._prefix = None
         view.prefix = self._prefix
@@ -154,10 +177,11 @@ class KVCache:
 
 
 def plan(shape: tuple[int, int], device: torch.device, input_pos: torch.Tensor | None, cache: KVCache | None,
-         n_positions: int) -> tuple[torch.Tensor, Plan]:
+         n_positions: int, patterns: tuple[P.Pattern | None, ...] = ()) -> tuple[torch.Tensor, Plan]:
     """Positions of the (B, T) tokens for the position tables (after any prefix), and how
     their queries attend, from ``input_pos`` and the cache. ``n_positions``: how many
-    positions the model's tables hold (a prefix takes the first of them)."""
+    positions the model's tables hold (a prefix takes the first of them); ``patterns``:
+    each layer's sparse pattern (None: full), see :func:`tinygpt.patterns.layer_patterns`."""
     B, T = shape
     store = cache if cache is not None and cache.stores else None
     n = cache.prefix_length if cache is not None else 0
@@ -179,11 +203,72 @@ def plan(shape: tuple[int, int], device: torch.device, input_pos: torch.Tensor |
             how = Plan(start, end, end, mask, False)
     else:
         pos, how = _explicit(B, T, device, input_pos, store, context)
+    if any(p is not None for p in patterns):
+        queries = pos[None] if input_pos is None else input_pos.to(device=device, dtype=torch.long).expand(B, T)
+        how = how._replace(layers=_sparse(how, patterns, queries, store, B, input_pos is None and T == 1))
     if store is not None:
         store.length = max(store.length, how.end)
     if n:
         pos, how = pos + n, _after_prefix(how, n, T, device)
     return pos, how
+
+
+def _slots(pattern: P.Pattern | None, max_len: int, windows: bool = True) -> int:
+    """Cache slots a layer keeps: a local layer's window W where that is fewer than ``max_len``."""
+    if windows and pattern is not None and pattern.kind == "local" and pattern.window < max_len:
+        return pattern.window
+    return max_len
+
+
+def _sparse(how: Plan, patterns: tuple[P.Pattern | None, ...], q: torch.Tensor, store: KVCache | None,
+            B: int, one_step: bool) -> tuple[Plan, ...]:
+    """Each layer's plan: ``how`` for full layers, else ``how`` under its pattern (one per
+    distinct pattern). ``q``: the queries' positions (R, T), R = 1 or B, negative = padding;
+    ``one_step``: one token for every row at the cache's length (decoding's usual step)."""
+    pad = q < 0
+    made: dict[P.Pattern, Plan] = {}
+    keys = None  # (R, S): the position each attended slot holds, worked out once
+    for pattern in dict.fromkeys(p for p in patterns if p is not None):
+        if store is not None and _slots(pattern, store.max_len, store.windows) < store.max_len:
+            if one_step:  # its slots hold exactly the window: written first, then all read, no mask
+                W, p = pattern.window, how.end - 1
+                made[pattern] = Plan(p % W, min(p + 1, W), how.end, None, False)
+            else:
+                made[pattern] = _window(how, pattern, q, pad, B)
+            continue
+        if keys is None:
+            keys = q if store is None else _slot_positions(q, how.length, store)
+        mask = P.allowed(pattern, q[:, :, None], keys[:, None, :])  # (R, T, S)
+        mask = mask.unsqueeze(1) if how.mask is None else how.mask & mask.unsqueeze(1)  # (R, 1, T, S)
+        # A pad query may attend anything (see _explicit): never a row of -inf.
+        made[pattern] = how._replace(mask=mask | pad[:, None, :, None], causal=False)
+    return tuple(how if p is None else made[p] for p in patterns)
+
+
+def _slot_positions(q: torch.Tensor, S: int, store: KVCache) -> torch.Tensor:
+    """The position in each of slots 0..S-1, (R, S), negative where none is: slot = position, or in
+    a rolling cache the latest position up to the row's last query with that slot."""
+    slots = torch.arange(S, device=q.device)[None]
+    if not store.rolling:
+        return slots
+    last = q.max(dim=1, keepdim=True).values  # (R, 1)
+    return last - (last - slots) % store.max_len
+
+
+def _window(how: Plan, pattern: P.Pattern, q: torch.Tensor, pad: torch.Tensor, B: int) -> Plan:
+    """The plan of a local layer with a window buffer: its W slots as they were (each row's
+    last W positions before this forward, assuming its positions run on), then the T new keys."""
+    W, T = pattern.window, q.shape[1]
+    # (R, 1): each row's first new position (a pad, negative, stands in as a huge one: never the first)
+    first = q.masked_fill(pad, 2 ** 40).min(dim=1, keepdim=True).values
+    last = q.max(dim=1, keepdim=True).values
+    slots = torch.arange(W, device=q.device)[None]
+    before = first - 1 - (first - 1 - slots) % W  # (R, W): the position each slot holds now (negative: none)
+    keys = torch.cat([before, q], dim=1)  # (R, W + T)
+    mask = P.allowed(pattern, q[:, :, None], keys[:, None, :]) | pad[:, :, None]  # (R, T, W + T)
+    # Only a row's last W new keys are stored; the others (and pads) go to the spare slot W.
+    write = torch.where(pad | (q <= last - W), W, q % W).expand(B, T)
+    return Plan(write, W, how.end, mask.unsqueeze(1), False, append=True)
 
 
 def _explicit(B: int, T: int, device: torch.device, input_pos: torch.Tensor, store: KVCache | None,
@@ -223,6 +308,9 @@ def _explicit(B: int, T: int, device: torch.device, input_pos: torch.Tensor, sto
 
 def _after_prefix(how: Plan, n: int, T: int, device: torch.device) -> Plan:
     """``how`` with a prefix's n keys before its S keys, visible to every query."""
+    if how.layers is not None:  # each distinct plan once
+        done = {id(p): _after_prefix(p._replace(layers=None), n, T, device) for p in how.layers}
+        how = how._replace(layers=tuple(done[id(p)] for p in how.layers))
     how = how._replace(end=how.end + n)
     if how.mask is None and not how.causal:
         return how  # a lone new query already sees every key

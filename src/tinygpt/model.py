@@ -4,7 +4,8 @@ Defaults reproduce GPT-2 (pre-LN blocks, LayerNorm with bias, learned absolute p
 4x GELU MLP, tied embeddings, N(0, 0.02) init with residual projections scaled by
 1/sqrt(2 * n_layer)). RoPE, RMSNorm, SwiGLU, bias-free linears, an untied head, QK-norm and
 grouped-query attention can each be switched on by itself, as can modded-nanogpt's ReLU-squared
-MLP, zero-initialised projections, logit soft-capping, U-net skips and value embeddings.
+MLP, zero-initialised projections, logit soft-capping, U-net skips and value embeddings, and
+sparse attention (local, strided or BigBird masks in some or all layers: :mod:`tinygpt.patterns`).
 Parameter names follow the GPT-2 checkpoint (``transformer.wte``, ``h.0.attn.c_attn``, ``ln_f``
 ...): conversion is a renaming.
 
@@ -29,11 +30,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import kvcache
+from . import kvcache, moe
 from .config import check_choices, opt
 from .errors import TinyGPTError
 from .kernels import Linear, quantized_weights
 from .kvcache import KVCache, LayerKV, Plan
+from .patterns import check_options, layer_patterns
 
 IGNORE_INDEX = -100  # a target equal to this takes no part in the loss (as in PyTorch and HF)
 
@@ -73,6 +75,23 @@ class GPTConfig:
                                   "the second half, with a learned weight (modded-nanogpt's U-net skips)")
     value_embeds: bool = opt(False, "a token embedding per block added to its attention values "
                                     "(modded-nanogpt's value embeddings)")
+    # Sparse attention (tinygpt.patterns says what each pattern sees); full by default, as GPT-2.
+    attention: str = opt("full", "attention pattern: full (causal), local (sliding window), strided (window plus "
+                                 "every W-th earlier token) or bigbird (window, global first block, random blocks)",
+                         choices=("full", "local", "strided", "bigbird"))
+    window: int | None = opt(None, "window W of a sparse --attention (local: the last W positions; "
+                                   "bigbird: also the block size)")
+    attention_pattern: str | None = opt(None, "which layers are sparse: S (--attention) and L (full) letters repeated "
+                                              "over the layers, e.g. SSSL; default every layer --attention")
+    # Mixture of experts (tinygpt.moe): E copies of the MLP and a router in every moe_every-th block.
+    moe_experts: int | None = opt(None, "experts in each mixture-of-experts block (default none: dense MLPs)")
+    moe_top_k: int = opt(2, "experts each token goes to (1: Switch, 2: Mixtral)")
+    moe_every: int = opt(1, "experts in every N-th block, dense MLPs between (1: every block; 2: every other)")
+    moe_shared_expert: bool = opt(False, "one more expert that every token goes through (DeepSeek-MoE)")
+    moe_capacity: float | None = opt(None, "training only: an expert takes at most this factor of the balanced "
+                                           "load, the rest is dropped and counted (1.25 is usual); default no limit")
+    moe_aux_weight: float = opt(0.01, "weight of the router's load-balancing loss (Switch: 0.01)")
+    moe_z_weight: float = opt(0.001, "weight of the router's z-loss, which keeps its logits small (ST-MoE: 0.001)")
     # Set by structured pruning (tinygpt prune --structured), not a training flag: blocks differ.
     layer_heads: list[int] | None = opt(None, "query heads of each block (a multiple of n_head/n_kv_head: heads go "
                                               "with their key/value head); default n_head in every block")
@@ -84,6 +103,7 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
+        check_options(self.attention, self.window, self.attention_pattern)
         for name in ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "vocab_size", "mlp_hidden"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
@@ -109,6 +129,7 @@ class GPTConfig:
                     not isinstance(w, int) or w <= 0 or w % step or (top and w > top) for w in widths)):
                 raise TinyGPTError(f"{name} must give each of the {self.n_layer} blocks a positive width (heads: a "
                                    f"multiple of {group}, at most {self.n_head}), got {widths!r}")
+        moe.check(self)
         self.padded_vocab_size = None if self.vocab_size is None else -(-self.vocab_size // 64) * 64
         if self.mlp_hidden is not None:
             self.hidden_size = self.mlp_hidden
@@ -126,7 +147,7 @@ class GPTConfig:
         """Parameters a file of this shape holds: one- and two-layer models on the meta device say."""
         try:
             with torch.device("meta"):  # the U-net's skip weights (one per pair of blocks) are added below
-                if self.layer_heads or self.layer_hidden:  # blocks differ (a pruned file's): count them all
+                if self.layer_heads or self.layer_hidden or self.moe_every > 1:  # blocks differ: count them all
                     n = GPT(replace(self, unet_skips=False)).num_params()
                 else:
                     one, two = (GPT(replace(self, n_layer=n, unet_skips=False)).num_params() for n in (1, 2))
@@ -286,7 +307,8 @@ class Block(nn.Module):
         self.ln_1 = make_norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = make_norm(config, config.n_embd)
-        self.mlp = MLP(config, layer)
+        moe_here = moe.is_moe_layer(config, layer)  # a mixture of copies of the MLP, or the MLP
+        self.mlp = moe.MoE(config, lambda: MLP(config, layer)) if moe_here else MLP(config, layer)
 
     def forward(self, x, rope, plan: Plan, kv: LayerKV | None, ve: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), rope, plan, kv, ve)
@@ -301,6 +323,7 @@ class GPTOutput(NamedTuple):
     loss: torch.Tensor | None = None     # mean cross-entropy over the counted targets
     loss_sum: torch.Tensor | None = None  # summed cross-entropy (fp32), for averaging across batches
     n_targets: torch.Tensor | None = None  # how many targets were counted (int64)
+    aux_loss: torch.Tensor | None = None   # mixture of experts: the routers' weighted balance + z losses
 
 
 class GPT(nn.Module):
@@ -375,11 +398,16 @@ class GPT(nn.Module):
             n -= sum(p.numel() for p in self.value_embeds.parameters())
         return n
 
+    def active_params(self, non_embedding: bool = False) -> int:
+        """Parameters one token computes with: experts it is not routed to left out."""
+        return self.num_params(non_embedding) - moe.expert_params(self)[1]
+
     def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token (forward + backward): 6N plus attention's score matmuls."""
+        """Training FLOPs per token (forward + backward): 6N of the active parameters plus
+        attention's score matmuls."""
         T, c = seq_len or self.config.block_size, self.config
         attended = sum(c.heads(i)[0] for i in range(c.n_layer)) * c.head_size  # n_layer * C unless pruned
-        return 6 * self.num_params(non_embedding=True) + 12 * attended * T
+        return 6 * self.active_params(non_embedding=True) + 12 * attended * T
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 input_pos: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None,
@@ -396,7 +424,7 @@ class GPT(nn.Module):
         if last and targets is not None:
             raise TinyGPTError("last=True gives one position's logits; a loss needs them all")
         B, T = idx.shape[:2]
-        pos, plan = kvcache.plan((B, T), idx.device, input_pos, cache, self.n_positions)
+        pos, plan = kvcache.plan((B, T), idx.device, input_pos, cache, self.n_positions, layer_patterns(self.config))
         x = idx if idx.is_floating_point() else self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.rotary is not None:
@@ -414,7 +442,7 @@ class GPT(nn.Module):
             if i >= n - half:  # block i mirrors block n-1-i of the first half
                 x = x + self.skip_weights[n - 1 - i] * skips[n - 1 - i]
             ve = self.value_embeds[i](idx) if self.value_embeds is not None else None  # (B, T, n_kv * hs)
-            x = block(x, rope, plan, cache.layers[i] if cache is not None else None, ve)
+            x = block(x, rope, plan.layer(i), cache.layers[i] if cache is not None else None, ve)
             if i < half:
                 skips.append(x)
         if last:
@@ -426,15 +454,16 @@ class GPT(nn.Module):
         if self.config.logit_softcap is not None:
             cap = self.config.logit_softcap
             logits = cap * torch.tanh(logits / cap)
+        aux = moe.aux_loss(self) if self.config.moe_experts else None
         if targets is None:
-            return GPTOutput(logits)
+            return GPTOutput(logits, aux_loss=aux)
         if loss_mask is not None:
             targets = targets.masked_fill(~loss_mask.bool(), IGNORE_INDEX)
         targets = targets.reshape(-1)
         loss_sum = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets,
                                    ignore_index=IGNORE_INDEX, reduction="sum")
         n_targets = (targets != IGNORE_INDEX).sum()
-        return GPTOutput(logits, loss_sum / n_targets, loss_sum, n_targets)
+        return GPTOutput(logits, loss_sum / n_targets, loss_sum, n_targets, aux)
 
     @torch.no_grad()
     def attention_maps(self, idx: torch.Tensor, **forward_kwargs) -> list[torch.Tensor]:

@@ -10,11 +10,13 @@ keep SDPA. Pictures of these numbers are in :mod:`tinygpt.analysis.pictures`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from .. import patterns
 from ..config import check_choices, like, opt
 from ..device import fresh_seed
 from ..errors import TinyGPTError
@@ -63,6 +65,7 @@ class Attention:
     maps: torch.Tensor          # (n_layer, n_head, T, T) float32, row i = query token i
     source: str                 # which model, for titles
     cropped: int = 0            # tokens dropped from the front to fit the context
+    masks: dict[int, tuple[str, torch.Tensor]] = field(default_factory=dict)  # sparse layer -> (pattern, (T, T) bool)
 
     @property
     def n_layer(self) -> int:
@@ -88,7 +91,14 @@ def capture(lm: TinyGPT, text: str, source: str = "") -> Attention:
     cropped = max(0, len(ids) - block)
     ids = ids[cropped:]
     labels = [token_label(lm.tokenizer.decode([i])) for i in ids]
-    return Attention(ids, labels, _maps(lm, torch.tensor([ids])), source or str(lm.checkpoint or "model"), cropped)
+    masks = {i: (pattern_name(p), patterns.square(p, len(ids)))
+             for i, p in enumerate(patterns.layer_patterns(lm.model.config)) if p is not None}
+    return Attention(ids, labels, _maps(lm, torch.tensor([ids])), source or str(lm.checkpoint or "model"), cropped,
+                     masks)
+
+
+def pattern_name(pattern: patterns.Pattern | None) -> str:
+    return "full" if pattern is None else f"{pattern.kind}, W={pattern.window}"
 
 
 def _maps(lm: TinyGPT, ids: torch.Tensor) -> torch.Tensor:
@@ -242,8 +252,16 @@ def draw(att: Attention, out: Path, *, layer: int | None = None, head: int | Non
         paths.append(pictures.heatmap(maps[lay, head], att.labels, out / f"head_L{lay}_H{head}.png",
                                       f"{att.source}: layer {lay}, head {head}"))
     for lay in layers:
-        paths.append(pictures.grid(maps[lay], out / f"layer_{lay}.png", f"{att.source}: the heads of layer {lay}",
-                                   names=[f"head {h}{role.get((lay, h), '')}" for h in range(H)], labels=att.labels))
+        names = [f"head {h}{role.get((lay, h), '')}" for h in range(H)]
+        if lay in att.masks:  # a sparse layer: what its heads may attend, first
+            kind, mask = att.masks[lay]
+            panels = np.concatenate([mask.float().numpy()[None], maps[lay]])
+            paths.append(pictures.grid(panels, out / f"layer_{lay}.png", f"{att.source}: the {kind} mask and "
+                                       f"the heads of layer {lay}", names=[f"may attend ({kind})"] + names,
+                                       labels=att.labels))
+        else:
+            paths.append(pictures.grid(maps[lay], out / f"layer_{lay}.png", f"{att.source}: the heads of layer {lay}",
+                                       names=names, labels=att.labels))
     paths.append(pictures.grid(maps.reshape(L * H, *maps.shape[2:]), out / "all_heads.png",
                                f"{att.source}: every head (rows: layers 0..{L - 1}, columns: heads 0..{H - 1})",
                                names=[f"L{lay} H{h}{role.get((lay, h), '')}" for lay in range(L) for h in range(H)],
@@ -259,6 +277,16 @@ def draw(att: Attention, out: Path, *, layer: int | None = None, head: int | Non
     return paths
 
 
+def draw_patterns(path: str | Path, T: int = 64, window: int = 8) -> Path:
+    """The README's picture: the keys each query may attend under every pattern, side by side."""
+    from . import pictures
+
+    kinds = [None] + [patterns.Pattern(kind, window, 0) for kind in patterns.KINDS[1:]]
+    masks = np.stack([patterns.square(p, T).numpy() for p in kinds])
+    return pictures.masks(masks, [pattern_name(p) for p in kinds], path,
+                          f"Which keys (columns) each query (rows) may attend: {T} positions, window {window}")
+
+
 def compare(a: Attention, b: Attention, out: Path, layer: int, head: int) -> Path:
     """The same head of two models on the same text, side by side."""
     from . import pictures
@@ -272,3 +300,9 @@ def compare(a: Attention, b: Attention, out: Path, layer: int, head: int) -> Pat
     return pictures.side_by_side(a.maps[layer, head].numpy(), b.maps[layer, head].numpy(), a.labels,
                                  out / f"compare_L{layer}_H{head}.png", f"layer {layer}, head {head}",
                                  (a.source, b.source))
+
+
+if __name__ == "__main__":  # python -m tinygpt.analysis.attention PATH: the README's picture of the patterns
+    import sys
+
+    print(draw_patterns(sys.argv[1] if len(sys.argv) > 1 else "attention_patterns.png"))

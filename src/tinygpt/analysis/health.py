@@ -24,6 +24,7 @@ from ..train import run_data
 from ..train.config import TrainConfig
 from ..train.health import probe, update_ratios, weight_matrices
 from ..train.optim import updated_by
+from . import experts
 
 # Rules of thumb, with the fix each suggests.
 DEAD_TOO_MANY = 0.10        # > 10% of the MLP's hidden units never leave GELU's flat region
@@ -84,7 +85,12 @@ def diagnose_model(lm: TinyGPT, name: str, source: str | Path, opts: DiagnoseOpt
     for row in result["weights"]:
         row["optimizer"] = by.get(row["name"], "adamw")
     recorded = run.read_diagnostics(notice=log) if run else []
-    return Diagnosis(name, result, judge(result, recorded, by), recorded)
+    problems = judge(result, recorded, by)
+    routed = experts.history(run.read_metrics(notice=log), lm.model.config) if run else None
+    if routed is not None:  # a mixture-of-experts run: how its routers spread the tokens
+        result["experts"] = routed
+        problems += experts.judge(routed)
+    return Diagnosis(name, result, problems, recorded)
 
 
 def previous_weights(lm: TinyGPT, run: RunDir | None, previous: str | None) -> dict[str, torch.Tensor] | None:
@@ -241,6 +247,8 @@ def format_report(name: str, result: dict, problems: list[str], recorded: list[d
         u = w.get("update_to_weight")
         lines.append(f"{w['name'][:34]:34} {w['w_std']:8.4f} {w['grad_std']:10.2e} {g:>10}"
                      + (f" {'-' if u is None else f'{u:.2f}':>12}" if has_update else ""))
+    if "experts" in result:
+        lines += experts.summary(result["experts"])
     if recorded:
         lines.append(f"recorded during training: {len(recorded)} probes, steps {recorded[0]['step']}.."
                      f"{recorded[-1]['step']} (update ratios judged from the last"

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..train.health import FLAT_BELOW
+from . import experts
 from .health import (
     COLLAPSED_ENTROPY,
     DEAD_TOO_MANY,
@@ -49,6 +50,8 @@ def figures(name: str, result: dict, recorded: list[dict] | None = None) -> dict
     out["ratios"] = _ratios(name, result, recorded, by)
     if recorded:
         out["over_training"] = _over_training(name, recorded, by)
+    if "experts" in result:
+        out["experts"] = experts.figure(name, result["experts"])
     return out
 
 

@@ -161,6 +161,21 @@ def grid(matrices: np.ndarray, path: str | Path, title: str, *, names: Sequence[
     return save(fig, path)
 
 
+def masks(matrices: np.ndarray, names: Sequence[str], path: str | Path, title: str) -> Path:
+    """(N, T, T) bool masks in a row, rows = queries: what may be attended in the colour of a
+    full weight, the rest in the colour of none."""
+    N, T = matrices.shape[:2]
+    fig = Figure(figsize=(N * 3.0, 3.4), dpi=110, layout="constrained")
+    for ax, m, name in zip(fig.subplots(1, N, squeeze=False)[0], matrices, names):
+        ax.imshow(m.astype(float), cmap=CMAP, vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_title(f"{name} ({int(m.sum())} pairs)", fontsize=9)
+        ax.set_xlabel("key position", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.axes[0].set_ylabel("query position", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return save(fig, path)
+
+
 def side_by_side(a: np.ndarray, b: np.ndarray, labels: Sequence[str], path: str | Path, title: str,
                  names: tuple[str, str]) -> Path:
     """The same head in two models, on one shared colour scale."""

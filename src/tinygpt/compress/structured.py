@@ -138,6 +138,9 @@ def prune_structure(model: GPT, units: str, amount: float, ids: torch.Tensor | N
     """``model`` without the least important ``amount`` of each block's heads and/or neurons
     (by Wanda's scores over ``ids`` (B, T) where given, else by magnitude); and what went,
     {"heads": [per block: the removed units' indices], "neurons": [...]}."""
+    if model.config.moe_experts:  # one width per block cannot describe experts pruned apart
+        raise TinyGPTError("structured pruning of a mixture-of-experts model is not supported; prune it unstructured "
+                           "(tinygpt prune without --structured) or quantize it")
     removed: dict[str, list[list[int]]] = {}
     for kind in (("heads", "neurons") if units == "both" else (units,)):
         # Scored on the model as it is now: with heads gone, the MLPs read a changed stream.

@@ -39,6 +39,6 @@ def attach_teacher(student: GPT, teacher: GPT, weight: float) -> RemovableHandle
         kl = F.kl_div(out.logits.float().log_softmax(-1), taught.float().log_softmax(-1), log_target=True,
                       reduction="none").sum(-1)
         loss_sum = (1 - weight) * out.loss_sum + weight * kl[counted].sum()
-        return GPTOutput(out.logits, loss_sum / out.n_targets, loss_sum, out.n_targets)
+        return GPTOutput(out.logits, loss_sum / out.n_targets, loss_sum, out.n_targets, out.aux_loss)
 
     return student.register_forward_hook(mix, with_kwargs=True)

@@ -33,7 +33,8 @@ Every row decides this by itself, so a batched row gives what it gives alone.
 With a :class:`~tinygpt.generation.prefix.PrefixStore` (``prefixes``), the decoder keeps the
 keys and values of the prompts it reads, and a new row whose prompt begins like a stored
 one copies those positions into its cache row and reads only the rest (a server's shared
-system prompt). Only prompts within the context, in a cache whose slot is the position.
+system prompt). Only prompts within the context, in a cache whose slot is the position (a
+local attention layer's cache keeps only its window: prompts within the shortest window).
 
 With ``chunk`` > 0, a row with more than ``chunk`` tokens to read does not join the batch
 at once: each step reads at most ``chunk`` prompt tokens of such rows (first come, first
@@ -65,6 +66,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 
+from .. import patterns
 from ..device import autocast as autocast_to
 from ..kernels import packed_weights, packs_one_row
 from ..kvcache import KVCache
@@ -126,6 +128,10 @@ class Decoder:
         self.fast = use_cache and past_context == "fast"
         self.rolling = self.fast and model.config.pos_emb == "rope"
         self.block = model.config.block_size
+        # A local layer's cache keeps its last W positions only (slot = position % W): a stored
+        # prompt's keys are reusable for a shorter beginning only while slot = position.
+        windows = [p.window for p in patterns.layer_patterns(model.config) if p is not None and p.kind == "local"]
+        self.reusable = min([self.block] + windows)
         self.processors = list(processors)  # for every row, before its own rule's
         self.prefixes = prefixes             # prompts read before, whose beginnings new rows may reuse
         if chunk < 0:
@@ -318,7 +324,7 @@ class Decoder:
 
     def _cacheable(self, prompt: Sequence[int]) -> bool:
         # A prompt within the context, in a cache whose slot is its position.
-        return self.prefixes is not None and not self.rolling and len(prompt) <= self.block
+        return self.prefixes is not None and not self.rolling and len(prompt) <= self.reusable
 
     def _reuse(self, view: KVCache, prompts: list[Sequence[int]],
                handles: Sequence[int | None] = ()) -> list[int]:

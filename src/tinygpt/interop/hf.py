@@ -50,9 +50,16 @@ _LLAMA_BLOCK = {
 
 # The architecture switches each format fixes: field -> required value.
 # (init_proj is only how training starts: any value converts.)
-_NEITHER = {"qk_norm": False, "logit_softcap": None, "unet_skips": False, "value_embeds": False}
+# Neither has sparse attention (Mistral's sliding window would hold local; not mapped yet).
+_NEITHER = {"qk_norm": False, "logit_softcap": None, "unet_skips": False, "value_embeds": False, "attention": "full",
+            "moe_experts": None}
 _GPT2_SHAPE = {"pos_emb": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True, "n_kv_head": None, **_NEITHER}
 _LLAMA_SHAPE = {"pos_emb": "rope", "norm": "rmsnorm", "mlp": "swiglu", **_NEITHER}
+# Mixtral: Llama's blocks with a mixture of experts for every MLP (top-k renormalised, as
+# tinygpt's for k > 1), no biases, no shared expert; moe_experts and moe_top_k are checked apart.
+_MIXTRAL_SHAPE = {**{k: v for k, v in _LLAMA_SHAPE.items() if k != "moe_experts"}, "bias": False,
+                  "moe_every": 1, "moe_shared_expert": False}
+_MIXTRAL_EXPERT = {"c_fc": ("w1", "w3"), "c_proj": ("w2",)}  # gate and up packed in our c_fc, as Mixtral's w1, w3
 
 # GPT-2's activation names -> our gelu form (gelu_new and gelu_pytorch_tanh are both tanh).
 _GPT2_GELU = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact"}
@@ -149,9 +156,18 @@ def gpt2_config_to_hf(cfg: GPTConfig) -> dict:
         tie_word_embeddings=cfg.tie_embeddings, bos_token_id=eot, eos_token_id=eot)
 
 
-def llama_config_from_hf(hf: dict) -> GPTConfig:
-    """A ``LlamaConfig.to_dict()``-style dict -> our GPTConfig (RoPE, RMSNorm, SwiGLU)."""
-    _check_options(hf, _LLAMA_OPTIONS, "Llama")
+def llama_config_from_hf(hf: dict, family: str = "Llama") -> GPTConfig:
+    """A ``LlamaConfig.to_dict()``-style dict -> our GPTConfig (RoPE, RMSNorm, SwiGLU);
+    ``family="Mixtral"``: a ``MixtralConfig``'s, whose MLPs are mixtures of experts."""
+    _check_options(hf, _LLAMA_OPTIONS, family)
+    if family == "Mixtral":
+        experts = dict(moe_experts=_need(hf, "num_local_experts", family), moe_top_k=hf.get("num_experts_per_tok", 2),
+                       moe_aux_weight=hf.get("router_aux_loss_coef", 0.001), moe_z_weight=0.0)
+        if experts["moe_top_k"] < 2:
+            raise TinyGPTError("Mixtral with num_experts_per_tok=1 renormalises one probability to 1, which tinygpt's "
+                               "top-1 routing (Switch: the raw probability) does not; only top-2 and more convert")
+    else:
+        experts = {}
     n_embd, n_head = _need(hf, "hidden_size", "Llama"), _need(hf, "num_attention_heads", "Llama")
     kv_heads = hf.get("num_key_value_heads") or n_head
     head_dim = hf.get("head_dim") or n_embd // n_head
@@ -177,12 +193,40 @@ def llama_config_from_hf(hf: dict) -> GPTConfig:
         dropout=hf.get("attention_dropout", 0.0), bias=bool(attention_bias),
         mlp_hidden=_need(hf, "intermediate_size", "Llama"), tie_embeddings=hf.get("tie_word_embeddings", False),
         rope_theta=float(hf.get("rope_theta", rope.get("rope_theta", 10000.0))),
-        norm_eps=hf.get("rms_norm_eps", 1e-6), **_LLAMA_SHAPE)
+        norm_eps=hf.get("rms_norm_eps", 1e-6), **{**_LLAMA_SHAPE, **experts})
+
+
+def mixtral_config_from_hf(hf: dict) -> GPTConfig:
+    return llama_config_from_hf(hf, "Mixtral")
+
+
+def mixtral_config_to_hf(cfg: GPTConfig) -> dict:
+    """Our GPTConfig (a mixture of experts in every block, top-2 or more) -> kwargs for
+    ``transformers.MixtralConfig``."""
+    _require_mixtral(cfg)
+    out = _llama_like_config(cfg)
+    for key in ("attention_bias", "mlp_bias"):  # Mixtral has no biases, hence no such options
+        del out[key]
+    return {**out, "model_type": "mixtral", "architectures": ["MixtralForCausalLM"],
+            "num_local_experts": cfg.moe_experts, "num_experts_per_tok": cfg.moe_top_k,
+            "router_aux_loss_coef": cfg.moe_aux_weight, "output_router_logits": False, "sliding_window": None}
+
+
+def _require_mixtral(cfg: GPTConfig) -> None:
+    if cfg.moe_experts is None or cfg.moe_top_k < 2:
+        raise TinyGPTError("the Mixtral format needs a mixture of experts with --moe-top-k 2 or more (top-1 routing "
+                           "weighs by the raw probability, which Mixtral renormalises to 1); this model has "
+                           f"moe_experts={cfg.moe_experts}, moe_top_k={cfg.moe_top_k}")
+    _require_shape(cfg, _MIXTRAL_SHAPE, "Mixtral")
 
 
 def llama_config_to_hf(cfg: GPTConfig) -> dict:
     """Our GPTConfig -> kwargs for ``transformers.LlamaConfig``."""
     _require_shape(cfg, _LLAMA_SHAPE, "Llama")
+    return _llama_like_config(cfg)
+
+
+def _llama_like_config(cfg: GPTConfig) -> dict:
     return dict(
         model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=cfg.vocab_size,
         hidden_size=cfg.n_embd, intermediate_size=cfg.hidden(0), num_hidden_layers=cfg.n_layer,
@@ -212,6 +256,17 @@ def _llama_names(key: str) -> tuple[tuple[str, ...], bool]:
     return tuple(f"{p}.{param}" for p in parts), False
 
 
+def _mixtral_names(key: str) -> tuple[tuple[str, ...], bool]:
+    module, param = key.rsplit(".", 1)
+    moe = re.fullmatch(r"transformer\.h\.(\d+)\.mlp\.(router|experts\.(\d+)\.(c_fc|c_proj))", module)
+    if not moe:
+        return _llama_names(key)
+    at = f"model.layers.{moe[1]}.block_sparse_moe"  # the hub's layout (transformers 5 fuses it when loading)
+    if moe[2] == "router":
+        return (f"{at}.gate.{param}",), False
+    return tuple(f"{at}.experts.{moe[3]}.{w}.{param}" for w in _MIXTRAL_EXPERT[moe[4]]), False
+
+
 class _Family(NamedTuple):
     name: str                            # as users know it, for messages
     shape: dict                          # the architecture switches the format fixes
@@ -221,6 +276,7 @@ class _Family(NamedTuple):
 
 _GPT2 = _Family("GPT-2", _GPT2_SHAPE, _gpt2_names, _GPT2_BUFFERS)
 _LLAMA = _Family("Llama", _LLAMA_SHAPE, _llama_names, _LLAMA_BUFFERS)
+_MIXTRAL = _Family("Mixtral", _MIXTRAL_SHAPE, _mixtral_names, _LLAMA_BUFFERS)
 
 
 def _plan(cfg: GPTConfig, names) -> list[tuple[str, torch.Size, tuple[str, ...], bool]]:
@@ -320,3 +376,15 @@ def llama_weights_from_hf(hf_sd: StateDict, cfg: GPTConfig) -> StateDict:
 def llama_weights_to_hf(sd: StateDict, cfg: GPTConfig) -> StateDict:
     """Our state dict -> HF LlamaForCausalLM's."""
     return _to_hf(sd, cfg, _LLAMA)
+
+
+def mixtral_weights_from_hf(hf_sd: StateDict, cfg: GPTConfig) -> StateDict:
+    """A Mixtral checkpoint's tensors (the hub layout: per-expert w1/w2/w3) -> ours."""
+    _require_mixtral(cfg)
+    return _from_hf(hf_sd, cfg, _MIXTRAL)
+
+
+def mixtral_weights_to_hf(sd: StateDict, cfg: GPTConfig) -> StateDict:
+    """Our state dict -> a Mixtral checkpoint's tensors in the hub layout."""
+    _require_mixtral(cfg)
+    return _to_hf(sd, cfg, _MIXTRAL)

@@ -36,7 +36,8 @@ DAMAGED = "the model directory is damaged: download or save it again"
 PICKLE = "pytorch_model.bin"
 TOKENIZER = "tokenizer.json"
 _FAMILIES = {"gpt2": (hf.gpt2_config_from_hf, hf.gpt2_weights_from_hf, "transformer."),
-             "llama": (hf.llama_config_from_hf, hf.llama_weights_from_hf, "model.")}
+             "llama": (hf.llama_config_from_hf, hf.llama_weights_from_hf, "model."),
+             "mixtral": (hf.mixtral_config_from_hf, hf.mixtral_weights_from_hf, "model.")}
 
 
 def is_hf_dir(path: str | Path) -> bool:
@@ -80,7 +81,8 @@ def read_config(directory: Path) -> tuple[dict, str, GPTConfig]:
             from None
     family = raw.get("model_type") if isinstance(raw, dict) else None
     if family not in _FAMILIES:
-        raise TinyGPTError(f"{directory} holds a {family!r} model; tinygpt loads the gpt2 and llama architectures")
+        raise TinyGPTError(f"{directory} holds a {family!r} model; tinygpt loads the gpt2, llama and mixtral "
+                           "architectures")
     try:
         return raw, family, _FAMILIES[family][0](raw)
     except (TinyGPTError, TypeError, ValueError) as e:  # a value of the wrong kind: one line, not a traceback
@@ -191,7 +193,7 @@ def export(cfg: GPTConfig, tensors: dict[str, torch.Tensor], tokenizer: Tokenize
            force: bool = False) -> str:
     """Write a directory ``transformers.AutoModelForCausalLM.from_pretrained`` loads (and
     llama.cpp's converter and mlx-lm read): GPT-2 for GPT-2-shaped models, Llama for
-    RoPE + RMSNorm + SwiGLU ones. Returns the architecture. Each file is written atomically."""
+    RoPE + RMSNorm + SwiGLU ones (Mixtral with experts). Returns the architecture. Each file is written atomically."""
     from ..checkpoint import (
         atomic_write_json,
         atomic_write_text,
@@ -214,9 +216,11 @@ def export(cfg: GPTConfig, tensors: dict[str, torch.Tensor], tokenizer: Tokenize
         # llama.cpp's converter and mlx-lm expect them; transformers loads both.
         sd = {k.removeprefix("transformer."): v for k, v in sd.items()
               if not (cfg.tie_embeddings and k == "lm_head.weight")}
-    else:
-        config = {**hf.llama_config_to_hf(cfg), "bos_token_id": eot, "eos_token_id": eot}
-        sd = hf.llama_weights_to_hf(tensors, cfg)
+    else:  # Llama, or Mixtral for a mixture of experts
+        to_config, to_weights = ((hf.mixtral_config_to_hf, hf.mixtral_weights_to_hf) if cfg.moe_experts
+                                 else (hf.llama_config_to_hf, hf.llama_weights_to_hf))
+        config = {**to_config(cfg), "bos_token_id": eot, "eos_token_id": eot}
+        sd = to_weights(tensors, cfg)
         if cfg.tie_embeddings:
             sd.pop("lm_head.weight", None)
     config["torch_dtype"] = str(next(iter(sd.values())).dtype).removeprefix("torch.")

@@ -72,11 +72,13 @@ def probe(model: GPT, batch: Batch, device: torch.device, dtype: torch.dtype, *,
     activation, flat_below = FLAT_REGION[model.config.mlp]
     saved_grads = {n: p.grad for n, p in model.named_parameters()}
     model.eval()
-    pre: dict[int, torch.Tensor] = {}
+    pre: dict[int, list[torch.Tensor]] = {}  # per block, per expert (a dense MLP is one): (..., hidden)
     out: dict[int, torch.Tensor] = {}
     hooks = []
     for i, block in enumerate(model.transformer.h):
-        hooks.append(block.mlp.c_fc.register_forward_hook(lambda m, a, o, i=i: pre.__setitem__(i, o.detach())))
+        for mlp in getattr(block.mlp, "experts", [block.mlp]):
+            hooks.append(mlp.c_fc.register_forward_hook(
+                lambda m, a, o, i=i: pre.setdefault(i, []).append(o.detach().flatten(0, -2))))
         hooks.append(block.register_forward_hook(lambda m, a, o, i=i: out.__setitem__(i, o.detach())))
     try:
         for p in model.parameters():
@@ -87,13 +89,17 @@ def probe(model: GPT, batch: Batch, device: torch.device, dtype: torch.dtype, *,
         loss.backward()
         layers = []
         for i in range(len(model.transformer.h)):
-            x = pre[i].float()
+            xs = [x.float() for x in pre[i]]  # (tokens, hidden) each; an expert sees only its tokens
             if model.config.mlp == "swiglu":
-                x = x[..., :x.shape[-1] // 2]  # the gate half goes through SiLU
+                xs = [x[..., :x.shape[-1] // 2] for x in xs]  # the gate half goes through SiLU
+            x = torch.cat(xs)
             y = out[i].float()
-            flat = (x < flat_below).flatten(0, -2).float()  # (tokens, hidden units)
+            flats = [(x < flat_below).float() for x in xs]  # (tokens, hidden units)
+            flat = torch.cat(flats)
+            # A unit is dead when flat for nearly all the tokens its own expert saw.
+            dead = torch.cat([f.mean(0) >= DEAD_SHARE for f in flats if len(f)]).float().mean()
             layer = {"layer": i, "pre_mean": float(x.mean()), "pre_std": float(x.std()),
-                     "flat": float(flat.mean()), "dead": float((flat.mean(0) >= DEAD_SHARE).float().mean()),
+                     "flat": float(flat.mean()), "dead": float(dead),
                      "out_mean": float(y.mean()),
                      "out_std": float(y.std()), "attn_entropy": float(attention_entropy(maps[i])[1].mean())}
             if histograms:

@@ -52,7 +52,8 @@ def updated_by(model: torch.nn.Module, kind: str) -> dict[str, str]:
     """Which optimizer ``make_optimizer(..., kind=kind)`` gives each parameter: "muon" for
     the blocks' weight matrices under Muon, else "adamw". (Training health is judged per
     optimizer: Muon's orthogonalised steps move a matrix more than AdamW's at one rate.)"""
-    return {n: "muon" if kind == "muon" and p.dim() == 2 and ".h." in f".{n}" else "adamw"
+    # A mixture-of-experts router is a (E, C) matrix but a classifier: AdamW, as the head is.
+    return {n: "muon" if kind == "muon" and p.dim() == 2 and ".h." in f".{n}" and ".router." not in n else "adamw"
             for n, p in model.named_parameters()}
 
 

@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import kvcache
+from .. import kvcache, patterns
 from ..errors import TinyGPTError
 from ..model import GPT, IGNORE_INDEX
 from .optim import adamw_groups
@@ -58,6 +58,7 @@ class Stage(nn.Module):
         super().__init__()
         self.first, self.last = first, last
         self.blocks = nn.ModuleList(model.transformer.h[i] for i in blocks)
+        self.layers = blocks  # their indices in the whole model (a sparse layer's pattern)
         self.wte = model.transformer.wte if first else None
         self.wpe = model.transformer.wpe if first and model.rotary is None else None
         self.drop = model.transformer.drop
@@ -70,7 +71,7 @@ class Stage(nn.Module):
         """First stage: token ids (B, T); later ones: the residual stream (B, T, C). Returns
         the residual stream, or on the last stage the logits (B, T, vocab_size)."""
         B, T = x.shape[:2]
-        pos, plan = kvcache.plan((B, T), x.device, None, None, self.n_positions)
+        pos, plan = kvcache.plan((B, T), x.device, None, None, self.n_positions, patterns.layer_patterns(self.config))
         rope = self.rotary(pos, plan.end > self.rotary.max_len) if self.rotary is not None else None
         if self.first:
             x = self.wte(x)  # (B, T, C)
@@ -78,8 +79,8 @@ class Stage(nn.Module):
                 x = x + self.wpe(pos)
             if self.training:
                 x = self.drop(x)
-        for block in self.blocks:
-            x = block(x, rope, plan, None, None)
+        for i, block in zip(self.layers, self.blocks):
+            x = block(x, rope, plan.layer(i), None, None)
         if not self.last:
             return x
         logits = self.lm_head(self.ln_f(x))[..., :self.config.vocab_size]  # (B, T, vocab_size)

@@ -30,6 +30,7 @@ from .callbacks import Callback
 from .config import TrainConfig
 from .curriculum import shape_batch, stage_divisor
 from .distributed import DistContext, ModelParallelGroup, RankShare
+from .experts import ExpertLoad
 from .memory import SavedActivations, rank_memory, saved_activations
 from .optim import lr_at, make_optimizer, onecycle_momentum, onecycle_phase
 from .parallel import clip_grad_norm, mesh_2d, parse_layout, tensor_parallel, whole_rows
@@ -75,6 +76,9 @@ class Trainer:
             if pp > 1 and (self.tp > 1 or dp > 1):
                 raise TinyGPTError(f"--parallel {cfg.parallel}: pipeline parallel takes every process for now "
                                    f"(pp={dist.world_size}); dp x tp is built, pp with dp or tp is not yet")
+            if model.config.moe_experts:
+                raise TinyGPTError(f"--parallel {cfg.parallel}: mixture-of-experts models train on one process or "
+                                   "data parallel (--parallel dp=N or --zero); tensor/pipeline splits are dense-only")
             if cfg.zero_stage or cfg.optimizer != "adamw" or cfg.compile or dtype == torch.float16:
                 raise TinyGPTError(f"--parallel {kind[0]}p=N trains with AdamW in fp32 or bf16, without --zero / "
                                    "--shard and --compile")
@@ -298,6 +302,7 @@ class Trainer:
             raise TinyGPTError(f"step {self.state.step + 1} has no targets to learn from (every loss_mask entry "
                                "is false); check the data's loss masks or use longer sequences")
         total = torch.zeros((), device=self.device)
+        experts = ExpertLoad(self.model) if self.model.config.moe_experts else None
         # This process's first step records what a rank holds, activations at their peak over
         # the step's forwards and backwards (a compiled forward is not looked into).
         measure = self.measure_memory
@@ -313,9 +318,12 @@ class Trainer:
                         out = self.forward(b.x, b.y, loss_mask=b.loss_mask, input_pos=b.input_pos)
                     loss = out.loss_sum / n_targets
                     scale = self.dist.gradient_scale  # DDP averages over ranks; the step's gradient is their sum
-                    self.scaler.scale(loss * scale if scale != 1 else loss).backward()
+                    objective = loss
+                    if experts is not None:  # the routers' losses: a mean over micro-batches and ranks
+                        objective = loss + experts.add(out.aux_loss) / (len(micro) * self.dist.data_ranks)
+                    self.scaler.scale(objective * scale if scale != 1 else objective).backward()
                 total += loss.detach()
-                del out, loss  # the graph, and the activations it saved, go before the next micro-batch
+                del out, loss, objective  # the graph, and the activations it saved, go before the next micro-batch
         total = self.dist.sum_across_ranks(total)  # the step's loss: every rank's share of it
         # The gradient norm is measured even without clipping (an infinite max_norm clips
         # nothing): with the loss it decides, before the optimizer moves, whether the step
@@ -331,6 +339,8 @@ class Trainer:
             grad_norm = grad_norm.full_tensor()
         loss_value, norm_value = torch.stack([total, grad_norm.float()]).tolist()  # one device sync
         info = {"loss": loss_value, "lr": lr, "grad_norm": norm_value}
+        if experts is not None:
+            info.update(experts.record(self.dist, len(micro)))
         if not math.isfinite(loss_value) or (not self.scaler.is_enabled() and not math.isfinite(norm_value)):
             self.optimizer.zero_grad(set_to_none=True)
             what = (f"the loss became {loss_value}" if not math.isfinite(loss_value)
@@ -491,12 +501,20 @@ class Trainer:
             for s, h in old.items():
                 signal.signal(s, h)
 
+    def _experts(self) -> str:
+        c = self.model.config
+        if not c.moe_experts:
+            return ""
+        shared = " + 1 shared" if c.moe_shared_expert else ""
+        return (f" ({self.model.active_params() / 1e6:.2f}M active: {c.moe_experts} experts{shared}, "
+                f"top-{c.moe_top_k}{f', every {c.moe_every} blocks' if c.moe_every > 1 else ''})")
+
     def describe(self) -> str:
         c, t = self.model.config, self.cfg
         heads = f"{c.n_head} heads" + (f" ({c.kv_heads} key/value)" if c.kv_heads != c.n_head else "")
         params = self.pipeline.whole_params if self.pipeline else self.model.num_params()
         return (f"model: {c.n_layer} layers, {heads}, {c.n_embd} wide, context {c.block_size}, "
-                f"{params / 1e6:.2f}M parameters | device {self.device} {dtype_name(self.dtype)}"
+                f"{params / 1e6:.2f}M parameters{self._experts()} | device {self.device} {dtype_name(self.dtype)}"
                 f"{' compiled' if t.compile else ''}{' | Muon' if t.optimizer == 'muon' else ''}"
                 f"{f' | ZeRO-{self.zero}' if self.zero else ''} | {self.tokens_per_step} tokens/step "
                 f"(batch {t.batch_size} x {c.block_size} x {self.grad_accum} accumulation)"
