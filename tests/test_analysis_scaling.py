@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from tinygpt.analysis.scaling import ScalingLaw, fit_law, parse_size
+from tinygpt.analysis.scaling import ScalingLaw, fit_law, parse_budget, parse_size
 from tinygpt.cli import main
 from tinygpt.errors import TinyGPTError
 from tinygpt.run import RunDir
@@ -53,21 +53,49 @@ def test_a_fit_and_a_size_refuse_what_they_cannot_use():
     assert parse_size("4x128") == {"n_layer": 4, "n_embd": 128, "n_head": 2}
     with pytest.raises(TinyGPTError, match="LAYERSxWIDTH"):
         parse_size("big")
+    assert parse_budget("2m") == ("time", 120) and parse_budget("1.5E13flops") == ("flops", 1.5e13)
+    for bad in ("soon", "-1e13flops", "xflops", "0flop"):
+        with pytest.raises(TinyGPTError, match="--budgets are training times"):
+            parse_budget(bad)
 
 
 def test_a_tiny_sweep_runs_end_to_end(tmp_path, tiny_corpus):
     out, report = tmp_path / "sweep", tmp_path / "scaling.json"
-    assert main(["scaling", "--data", str(tiny_corpus), "--sizes", "1x16,1x32,2x32,1x64,2x64", "--budgets", "0.2s",
+    assert main(["scaling", "--data", str(tiny_corpus), "--sizes", "1x16,2x32,2x64", "--budgets", "0.2s,2e8flops",
                  "--predict", "1m", "--save-profile", "false", "--block-size", "32", "--batch-size", "4",
                  "--device", "cpu", "--dtype", "fp32", "--out", str(out), "--json", str(report)]) == 0
     result = json.loads(report.read_text())
     runs = result["runs"]
-    assert [r["size"] for r in runs] == ["1x16", "1x32", "2x32", "1x64", "2x64"]
+    assert [(r["budget"], r["size"]) for r in runs] == [(b, s) for b in ("0.2s", "2e8flops")
+                                                        for s in ("1x16", "2x32", "2x64")]
     assert all(r["tokens"] > 0 and np.isfinite(r["val_loss"]) for r in runs)
-    assert [r["params"] for r in runs] == sorted(r["params"] for r in runs)  # the sizes grow
+    assert [r["params"] for r in runs[:3]] == sorted(r["params"] for r in runs[:3])  # the sizes grow
+    # A compute budget trains each size on C / 6N tokens (whole steps of 4 x 32: the last may go over).
+    for r in runs[3:]:
+        assert 2e8 <= r["flops"] < 2e8 + 6 * r["params"] * 128
     # Each a run of its own (a run this short may end before an evaluation: its last weights, then).
-    assert all(RunDir.open(out / f"0.2s-{r['size']}").weights_path("last").exists() for r in runs)
+    assert all(RunDir.open(out / f"{r['budget']}-{r['size']}").weights_path("last").exists() for r in runs)
     assert (out / "isoflops.png").stat().st_size > 10_000
     p = result["prediction"]
     assert p["flops"] == pytest.approx(60 * result["flops_per_second"]) and p["params"] * p["tokens"] * 6 == \
         pytest.approx(p["flops"], rel=1e-9)
+
+
+def test_a_signal_stops_the_whole_sweep_with_its_run_saved(tmp_path, tiny_corpus, monkeypatch):
+    import os
+    import signal
+
+    from tinygpt.train import LambdaCallback, Session
+
+    fit = Session.fit
+
+    def fit_then_sigterm(self, *extra):  # SIGTERM arrives during the first run's first step
+        return fit(self, LambdaCallback(lambda trainer, record: os.kill(os.getpid(), signal.SIGTERM)), *extra)
+
+    monkeypatch.setattr(Session, "fit", fit_then_sigterm)
+    out = tmp_path / "sweep"
+    assert main(["scaling", "--data", str(tiny_corpus), "--sizes", "1x16,2x32,2x64", "--budgets", "10s,20s",
+                 "--block-size", "32", "--batch-size", "4", "--device", "cpu", "--dtype", "fp32",
+                 "--out", str(out)]) == 128 + signal.SIGTERM
+    assert sorted(p.name for p in out.iterdir()) == ["10s-1x16"]  # no later run began
+    assert RunDir.open(out / "10s-1x16").load_state()["step"] == 1

@@ -36,8 +36,10 @@ class ScalingOptions:
     sizes: tuple[str, ...] = opt(("2x64", "2x128", "4x128", "4x192", "6x256"),
                                  "model sizes to train, LAYERSxWIDTH, comma-separated (heads 64 wide)",
                                  parse=parse_names)
-    budgets: tuple[str, ...] = opt(("2m", "5m", "15m"), "training time of every size, comma-separated: each "
-                                                        "budget is one iso-FLOP curve", parse=parse_names)
+    budgets: tuple[str, ...] = opt(("2m", "5m", "15m"), "training budget of every size, comma-separated: each "
+                                                        "budget is one iso-FLOP curve; a time (90, 2m, 1h) or a "
+                                                        "compute (1e13flops: the same for every size, and untouched "
+                                                        "by whatever else the machine runs)", parse=parse_names)
     predict: str | None = opt(None, "a training time to predict the compute-optimal model size and token count "
                                     "for, on this machine (e.g. 1h)")
     save_profile: bool = opt(True, "save the fit as this machine's profile, which --preset auto then sizes "
@@ -47,13 +49,35 @@ class ScalingOptions:
         for size in self.sizes:
             parse_size(size)
         for budget in self.budgets:
-            if (parse_duration(budget) or 0) <= 0:
-                raise TinyGPTError(f"--budgets are training times such as 90, 2m or 1h; got {budget!r}")
+            parse_budget(budget)
         if len(self.sizes) * len(self.budgets) < MIN_RUNS:
             raise TinyGPTError(f"{len(self.sizes)} sizes x {len(self.budgets)} budgets are fewer than the {MIN_RUNS} "
                                "runs a fit needs; add sizes or budgets")
         if self.predict is not None and (parse_duration(self.predict) or 0) <= 0:
             raise TinyGPTError(f"--predict is a training time such as 1h; got {self.predict!r}")
+
+
+def parse_budget(budget: str) -> tuple[str, float]:
+    """("time", seconds) for "90", "2m", "1h"; ("flops", C) for "1e13flops"."""
+    text = budget.strip().lower()
+    for suffix in ("flops", "flop"):
+        if text.endswith(suffix):
+            try:
+                value = float(text[:-len(suffix)])
+            except ValueError:
+                value = 0.0
+            if not (value > 0 and math.isfinite(value)):
+                break
+            return "flops", value
+    else:
+        try:
+            seconds = parse_duration(budget) or 0
+        except ValueError:
+            seconds = 0
+        if seconds > 0:
+            return "time", seconds
+    raise TinyGPTError(f"--budgets are training times such as 90, 2m or 1h, or computes such as 1e13flops; "
+                       f"got {budget!r}")
 
 
 def fit_law(n: Sequence[float], d: Sequence[float], loss: Sequence[float], delta: float = 1e-3) -> ScalingLaw:
@@ -111,6 +135,14 @@ def fit_law(n: Sequence[float], d: Sequence[float], loss: Sequence[float], delta
     return ScalingLaw(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=math.exp(log_alpha), beta=math.exp(log_beta))
 
 
+class SweepStopped(Exception):
+    """A signal stopped the sweep during the run at ``path`` (checkpointed as a train would be)."""
+
+    def __init__(self, signal: int, path: Path):
+        super().__init__(f"stopped by signal {signal} during {path}")
+        self.signal, self.path = signal, path
+
+
 @dataclass
 class SweepRun:
     budget: str          # as given, e.g. "2m"
@@ -139,20 +171,29 @@ def parse_size(spec: str) -> dict:
 
 def sweep(data: str, sizes: Sequence[str], budgets: Sequence[str], out: Path, base: dict,
           log: Callable[[str], None] = print) -> list[SweepRun]:
-    """Train every size at every time budget (``tinygpt train --max-time``, one after
-    another on this machine), each a run directory under ``out``; their final losses."""
+    """Train every size at every budget (``tinygpt train --max-time``, or ``--max-tokens``
+    C / 6N for a compute budget; one after another on this machine), each a run directory
+    under ``out``; their final losses."""
     from ..train import Session
 
     shapes = [parse_size(s) for s in sizes]
-    seconds = [parse_duration(b) for b in budgets]
     runs = []
-    for budget, limit in zip(budgets, seconds):
+    for budget in budgets:
+        kind, amount = parse_budget(budget)
         for size, shape in zip(sizes, shapes):
             path = out / f"{budget}-{size}"
-            settings = {**base, **shape, "data": data, "max_time": limit, "out": str(path),
+            settings = {**base, **shape, "data": data, "out": str(path),
                         "eval_interval": 10**9, "progress": False, "max_new_tokens": 0}
+            if kind == "time":
+                settings["max_time"] = amount
+            else:  # the token count that spends the compute: N is known once the model is built
+                n = Session.start({**settings, "max_steps": 1}, force=True, log=lambda _: None).trainer.model \
+                    .num_params(non_embedding=True)
+                settings["max_tokens"] = max(1, round(amount / (6 * n)))
             session = Session.start(settings, force=True, log=lambda _: None)
-            session.fit()
+            summary = session.fit()
+            if summary["signal"]:  # Ctrl+C / SIGTERM stops the sweep, not just this run (saved, resumable)
+                raise SweepStopped(int(summary["signal"]), path)
             t = session.trainer
             if not session.has_val():
                 raise TinyGPTError("the sweep scores every run on held-out text: give the data a validation split "

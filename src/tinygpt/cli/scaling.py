@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..analysis.scaling import ScalingOptions, draw_isoflops, fit_law, flops_per_second, sweep
+from ..analysis.scaling import ScalingOptions, SweepStopped, draw_isoflops, fit_law, flops_per_second, sweep
 from ..checkpoint import atomic_write_text
 from ..config import add_command, parse_duration, section
 from ..console import log
@@ -45,7 +45,11 @@ def run(cmd: ScalingCommand) -> int:
             "device": cmd.runtime.device, "dtype": cmd.runtime.dtype, "preset": "char-nano", "dropout": 0.0,
             "warmup_steps": 20}
     log(f"scaling: {len(s.sizes)} sizes x {len(s.budgets)} budgets, one after another, into {out}")
-    runs = sweep(cmd.data.data, s.sizes, s.budgets, out, base, log=log)
+    try:
+        runs = sweep(cmd.data.data, s.sizes, s.budgets, out, base, log=log)
+    except SweepStopped as e:
+        log(f"stopped: the sweep ends at {e.path} (its run is saved; tinygpt train --resume {e.path} finishes it)")
+        return 128 + e.signal
     law = fit_law([r.params for r in runs], [r.tokens for r in runs], [r.val_loss for r in runs])
     picture = draw_isoflops(runs, law, out / "isoflops.png")
     rate = flops_per_second(runs)
