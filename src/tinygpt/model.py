@@ -454,7 +454,7 @@ class GPT(nn.Module):
         if self.config.logit_softcap is not None:
             cap = self.config.logit_softcap
             logits = cap * torch.tanh(logits / cap)
-        aux = moe.aux_loss(self) if self.config.moe_experts else None
+        aux = moe.aux_loss(self.transformer.h) if self.config.moe_experts else None
         if targets is None:
             return GPTOutput(logits, aux_loss=aux)
         if loss_mask is not None:

@@ -154,9 +154,10 @@ def moe_layers(model: nn.Module) -> list[MoE]:
     return [m for m in model.modules() if isinstance(m, MoE)]
 
 
-def aux_loss(model: nn.Module) -> torch.Tensor | None:
-    """The weighted auxiliary losses of the model's last forward, summed over its MoE blocks."""
-    losses = [m.aux_loss for m in moe_layers(model) if m.aux_loss is not None]
+def aux_loss(blocks: nn.ModuleList) -> torch.Tensor | None:
+    """The weighted auxiliary losses of the last forward, summed over the MoE ``blocks``'
+    MLPs (the blocks only, not a walk of every module: this runs in every forward)."""
+    losses = [b.mlp.aux_loss for b in blocks if isinstance(b.mlp, MoE) and b.mlp.aux_loss is not None]
     return torch.stack(losses).sum() if losses else None
 
 
