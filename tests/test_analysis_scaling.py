@@ -6,7 +6,15 @@ import json
 import numpy as np
 import pytest
 
-from tinygpt.analysis.scaling import ScalingLaw, fit_law, parse_budget, parse_size
+from tinygpt.analysis.scaling import (
+    ScalingLaw,
+    SweepRun,
+    fit_law,
+    isoflop_minima,
+    minima_exponent,
+    parse_budget,
+    parse_size,
+)
 from tinygpt.cli import main
 from tinygpt.errors import TinyGPTError
 from tinygpt.run import RunDir
@@ -45,6 +53,23 @@ def test_losses_that_do_not_fall_still_fit_a_law_with_a_real_optimum():
         ScalingLaw(E=1.0, A=1.0, B=1.0, alpha=0.3, beta=-0.1).optimal(1e12)
 
 
+def test_iso_flop_minima_find_the_laws_optimum_without_its_formula():
+    runs = []
+    for budget, c in (("a", 1e19), ("b", 1e20), ("c", 1e21)):
+        n_opt = CHINCHILLA.optimal(c)[0]
+        for n in n_opt * np.geomspace(1 / 3, 3, 5):  # sizes around the optimum, as a sweep would pick
+            runs.append(SweepRun(budget, "-", int(n), int(c / (6 * n)), 1.0, float(CHINCHILLA.loss(n, c / (6 * n)))))
+    minima = isoflop_minima(runs)
+    assert [m[0] for m in minima] == ["a", "b", "c"]
+    for _, c, n in minima:
+        assert n == pytest.approx(CHINCHILLA.optimal(c)[0], rel=0.05)
+    a = CHINCHILLA.beta / (CHINCHILLA.alpha + CHINCHILLA.beta)
+    assert minima_exponent(minima) == pytest.approx(a, abs=0.02) and minima_exponent(minima[:1]) is None
+    # Losses that only fall with size: the vertex stays at the largest size run.
+    falling = [SweepRun("x", "-", n, 10**9, 1.0, 3.0 - 0.1 * i) for i, n in enumerate((10**5, 10**6, 10**7))]
+    assert isoflop_minima(falling)[0][2] == pytest.approx(1e7)
+
+
 def test_a_fit_and_a_size_refuse_what_they_cannot_use():
     with pytest.raises(TinyGPTError, match="at least 5 runs"):
         fit_law([1e6] * 4, [1e9] * 4, [3.0] * 4)
@@ -76,6 +101,8 @@ def test_a_tiny_sweep_runs_end_to_end(tmp_path, tiny_corpus):
     # Each a run of its own (a run this short may end before an evaluation: its last weights, then).
     assert all(RunDir.open(out / f"{r['budget']}-{r['size']}").weights_path("last").exists() for r in runs)
     assert (out / "isoflops.png").stat().st_size > 10_000
+    assert [m["budget"] for m in result["isoflop_minima"]] == ["0.2s", "2e8flops"]
+    assert result["isoflop_exponent"] is not None
     p = result["prediction"]
     assert p["flops"] == pytest.approx(60 * result["flops_per_second"]) and p["params"] * p["tokens"] * 6 == \
         pytest.approx(p["flops"], rel=1e-9)

@@ -209,6 +209,30 @@ def sweep(data: str, sizes: Sequence[str], budgets: Sequence[str], out: Path, ba
     return runs
 
 
+def isoflop_minima(runs: Sequence[SweepRun]) -> list[tuple[str, float, float]]:
+    """Chinchilla's approach 2, a check on the fitted law that assumes no formula: for each
+    budget with three or more sizes, (budget, its compute C, the model size N at the minimum of
+    a parabola through its losses in log N), the vertex kept within the sizes it ran."""
+    out = []
+    for budget in dict.fromkeys(r.budget for r in runs):
+        mine = [r for r in runs if r.budget == budget]
+        if len(mine) < 3:
+            continue
+        log_n = np.log([r.params for r in mine])
+        a, b, _ = np.polyfit(log_n, np.log([r.val_loss for r in mine]), 2)
+        vertex = -b / (2 * a) if a > 0 else log_n[int(np.argmin([r.val_loss for r in mine]))]
+        out.append((budget, float(np.median([r.flops for r in mine])),
+                    float(np.exp(np.clip(vertex, log_n.min(), log_n.max())))))
+    return out
+
+
+def minima_exponent(minima: Sequence[tuple[str, float, float]]) -> float | None:
+    """a in N_opt ~ C^a through :func:`isoflop_minima` (two budgets or more), else None."""
+    if len(minima) < 2:
+        return None
+    return float(np.polyfit(np.log([c for _, c, _ in minima]), np.log([n for *_, n in minima]), 1)[0])
+
+
 def flops_per_second(runs: Sequence[SweepRun]) -> float:
     """This machine's training rate in 6ND FLOPs per second (the median run's)."""
     return float(np.median([r.flops / r.seconds for r in runs if r.seconds > 0]))

@@ -7,7 +7,16 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..analysis.scaling import ScalingOptions, SweepStopped, draw_isoflops, fit_law, flops_per_second, sweep
+from ..analysis.scaling import (
+    ScalingOptions,
+    SweepStopped,
+    draw_isoflops,
+    fit_law,
+    flops_per_second,
+    isoflop_minima,
+    minima_exponent,
+    sweep,
+)
 from ..checkpoint import atomic_write_text
 from ..config import add_command, parse_duration, section
 from ..console import log
@@ -59,8 +68,15 @@ def run(cmd: ScalingCommand) -> int:
             "near 0): the budgets are too short, or the sizes too close, to measure a law; give longer --budgets")
     print(f"compute-optimal: N grows as C^{law.beta / (law.alpha + law.beta):.2f}, D as "
           f"C^{law.alpha / (law.alpha + law.beta):.2f}; this machine trains {rate:.3g} FLOPs/s (6ND)")
+    minima = isoflop_minima(runs)
     report = {"runs": [{**r.__dict__, "flops": r.flops} for r in runs], "law": law.to_dict(),
-              "flops_per_second": rate}
+              "flops_per_second": rate, "isoflop_minima": [dict(budget=b, flops=c, params=n) for b, c, n in minima]}
+    exponent = minima_exponent(minima)
+    report["isoflop_exponent"] = exponent
+    if minima:
+        print("iso-FLOP minima (a parabola in log N per budget, no formula assumed): "
+              + ", ".join(f"{b} {n / 1e6:.2f}M" for b, _, n in minima)
+              + (f"; N grows as C^{exponent:.2f}" if exponent is not None else ""))
     if s.predict is not None:
         seconds = parse_duration(s.predict)
         n, d = law.optimal(rate * seconds)
