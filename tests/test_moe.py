@@ -43,13 +43,15 @@ def test_a_balanced_router_gives_the_switch_loss_its_minimum_one():
     x = torch.randn(64, 32)
     with torch.no_grad():
         layer.router.weight.zero_()  # every expert equally likely: P_i = 1/E whatever is chosen
-    logits, _, top_i = layer.route(x)
-    assert layer.balance_loss(logits, top_i).item() == pytest.approx(1.0, abs=1e-6)
+    _, probs, _, top_i = layer.route(x)
+    assert layer.balance_loss(probs, torch.bincount(top_i.reshape(-1), minlength=4)).item() == \
+        pytest.approx(1.0, abs=1e-6)
     x[:, 0] = 1.0
     with torch.no_grad():  # every token's first choice is expert 0, with probability ~1: f_0 = 1/2, P_0 = 1
         layer.router.weight[0, 0] = 100.0
-    logits, _, top_i = layer.route(x)
-    assert layer.balance_loss(logits, top_i).item() == pytest.approx(4 * 0.5, abs=1e-4)
+    _, probs, _, top_i = layer.route(x)
+    assert layer.balance_loss(probs, torch.bincount(top_i.reshape(-1), minlength=4)).item() == \
+        pytest.approx(4 * 0.5, abs=1e-4)
 
 
 def direct_moe(layer: moe.MoE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -94,42 +94,44 @@ class MoE(nn.Module):
         self.load: torch.Tensor | None = None      # (E,) assignments per expert, before capacity
         self.dropped: torch.Tensor | None = None   # assignments dropped by capacity (int64 scalar)
 
-    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Tokens (N, C) -> router logits (N, E) in fp32, gates (N, k) and expert ids (N, k)."""
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tokens (N, C) -> router logits (N, E) in fp32, their softmax (N, E), gates (N, k)
+        and expert ids (N, k)."""
         with torch.autocast(x.device.type, enabled=False):
             logits = F.linear(x.float(), self.router.weight.float())  # (N, E)
         probs = logits.softmax(dim=-1)
         top_p, top_i = probs.topk(self.top_k, dim=-1)  # (N, k)
         gates = top_p if self.top_k == 1 else top_p / top_p.sum(dim=-1, keepdim=True)
-        return logits, gates, top_i
+        return logits, probs, gates, top_i
 
-    def balance_loss(self, logits: torch.Tensor, top_i: torch.Tensor) -> torch.Tensor:
-        """Switch's load-balancing loss from the full softmax: 1 when balanced."""
-        N = logits.shape[0]
-        f = torch.bincount(top_i.reshape(-1), minlength=self.n_experts).float() / max(N * self.top_k, 1)  # (E,)
-        P = logits.softmax(dim=-1).mean(dim=0)  # (E,)
-        return self.n_experts * (f * P).sum()
+    def balance_loss(self, probs: torch.Tensor, load: torch.Tensor) -> torch.Tensor:
+        """Switch's load-balancing loss from the full softmax ``probs`` (N, E) and the
+        assignments per expert ``load`` (E,): 1 when balanced."""
+        f = load.float() / max(probs.shape[0] * self.top_k, 1)  # (E,) fraction of the assignments
+        return self.n_experts * (f * probs.mean(dim=0)).sum()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         flat = x.reshape(-1, C)  # (N, C)
         N, k = flat.shape[0], self.top_k
-        logits, gates, top_i = self.route(flat)
-        self.aux_loss = (self.aux_weight * self.balance_loss(logits, top_i)
-                         + self.z_weight * torch.logsumexp(logits, dim=-1).square().mean())
+        logits, probs, gates, top_i = self.route(flat)
         expert = top_i.reshape(-1)  # (N*k,) assignment j is token j // k's (j % k)-th choice
-        self.load = torch.bincount(expert, minlength=self.n_experts).detach()
+        load = torch.bincount(expert, minlength=self.n_experts)  # (E,) before capacity
+        self.aux_loss = (self.aux_weight * self.balance_loss(probs, load)
+                         + self.z_weight * torch.logsumexp(logits, dim=-1).square().mean())
+        self.load = load
         token = torch.arange(N, device=x.device).repeat_interleave(k)  # (N*k,)
         gate = gates.reshape(-1)
         if self.capacity is not None and self.training:
             keep = self.within_capacity(top_i, N)
             self.dropped = (~keep).sum()
             expert, token, gate = expert[keep], token[keep], gate[keep]
+            load = torch.bincount(expert, minlength=self.n_experts)  # what the experts take
         else:
             self.dropped = torch.zeros((), dtype=torch.long, device=x.device)
         order = torch.argsort(expert, stable=True)  # assignments grouped by expert, token order within
         token, gate = token[order], gate[order]
-        counts = torch.bincount(expert, minlength=self.n_experts).tolist()  # the one host sync
+        counts = load.tolist()  # the one host sync
         parts = flat[token].split(counts)
         # Every expert runs on its rows, when training even on none (see the module docstring);
         # without gradients an idle expert is skipped (int8/int4 kernels refuse zero rows).
